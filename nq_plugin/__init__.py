@@ -1,0 +1,1 @@
+"""nq_plugin: normalized, quantized LSTMs for fairseq."""

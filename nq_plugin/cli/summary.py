@@ -1,0 +1,72 @@
+"""``nq-summary``: model size as Hou et al. (NeurIPS 2019) count it.
+
+    nq-summary CHECKPOINT [--json]
+    nq-summary --input-size 50 --hidden-size 512 --layers 1 --quantizer bc --norm layer \
+        [--bn-stats separate --bn-max-steps 100] [--no-quantize-input] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+import torch
+
+from ..norm import NORMALIZATIONS
+from ..nn import NQLSTM
+from ..quant import QUANTIZERS
+from ..sizes import summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nq-summary",
+        description="Size of a normalized, quantized LSTM, counted as the paper counts it "
+                    "(LSTM layers only; embeddings and softmax listed separately).")
+    p.add_argument("checkpoint", nargs="?", help="a checkpoint trained with nq_plugin")
+    p.add_argument("--input-size", type=int, help="input features of the first layer "
+                   "(vocabulary size for one-hot char models, embedding size otherwise)")
+    p.add_argument("--hidden-size", type=int)
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--quantizer", default="fp", choices=sorted(QUANTIZERS))
+    p.add_argument("--norm", default="none", choices=sorted(NORMALIZATIONS))
+    p.add_argument("--bn-stats", default="shared", choices=["shared", "separate"])
+    p.add_argument("--bn-max-steps", type=int, default=100,
+                   help="time steps with their own batch-norm statistics (T_max)")
+    p.add_argument("--no-quantize-input", action="store_true",
+                   help="keep W_x full precision (scalar inputs, e.g. sequential MNIST)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return p
+
+
+def model_from_spec(args) -> NQLSTM:
+    missing = [n for n in ("input_size", "hidden_size") if getattr(args, n) is None]
+    if missing:
+        raise SystemExit("nq-summary: give a CHECKPOINT, or a spec with "
+                         + " and ".join("--" + m.replace("_", "-") for m in missing))
+    with torch.device("meta"):  # sizes only: allocate nothing
+        return NQLSTM(args.input_size, args.hidden_size, args.layers, quantizer=args.quantizer,
+                      norm=args.norm, quantize_input=not args.no_quantize_input,
+                      bn_stats=args.bn_stats, bn_max_steps=args.bn_max_steps)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.checkpoint:
+            from ..checkpoint_summary import model_from_checkpoint
+            model = model_from_checkpoint(args.checkpoint)
+        else:
+            model = model_from_spec(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"nq-summary: {err}", file=sys.stderr)
+        return 2
+    result = summary(model, print_fn=None if args.json else print)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

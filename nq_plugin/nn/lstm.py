@@ -1,0 +1,210 @@
+"""The normalized, quantized LSTM (Hou et al., "Normalization Helps Training of Quantized LSTM",
+NeurIPS 2019).
+
+Per layer and time step, with gates i, f, a (candidate), o:
+
+    [i f a o]_t = N_x(Q(W_x) x_t) + N_h(Q(W_h) h_{t-1}) + b
+    c_t = sigma(i) * tanh(a) + sigma(f) * c_{t-1},   h_t = sigma(o) * tanh(c_t)
+
+Q quantizes each of the 4 gate blocks of W_x and W_h separately (8 scales per layer); N is one
+of the normalizations of :mod:`nq_plugin.norm`. Two execution paths give the same result:
+
+* ``none`` / ``weight``: N only rewrites the matrix, so the quantized, normalized weights are
+  materialized once per forward and PyTorch's fused LSTM kernel runs;
+* ``layer`` / ``batch`` / ``power``: the input term is one GEMM over all steps, normalized
+  vectorized; only the recurrent term is stepped in a loop.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..norm import build_normalization
+from ..quant import build_quantizer
+
+State = Tuple[torch.Tensor, torch.Tensor]
+
+
+class NQLSTMLayer(nn.Module):
+    """One normalized, quantized LSTM layer (time-major input (T, B, input_size))."""
+
+    def __init__(self, input_size: int, hidden_size: int, quantizer: str = "fp",
+                 norm: str = "none", quantize_input: bool = True,
+                 latent_clip: Optional[float] = None, **norm_options):
+        super().__init__()
+        if input_size <= 0 or hidden_size <= 0:
+            raise ValueError(f"input_size and hidden_size must be positive, got "
+                             f"input_size={input_size}, hidden_size={hidden_size}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        gates = 4 * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(gates, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(gates, hidden_size))
+        self.bias = nn.Parameter(torch.empty(gates))
+        self.ih_quantizer = build_quantizer(quantizer if quantize_input else "fp",
+                                            latent_clip=latent_clip)
+        self.hh_quantizer = build_quantizer(quantizer, latent_clip=latent_clip)
+        self.ih_norm = build_normalization(norm, gates, **norm_options)
+        self.hh_norm = build_normalization(norm, gates, **norm_options)
+        self.quantizer_name = quantizer
+        self.norm_name = norm
+        self.quantize_input = quantize_input
+        self.second_moment_source = None
+        self.force_loop = False  # run the per-step loop even for none/weight (tests, benchmarks)
+        self.reset_parameters()
+
+    @property
+    def uses_loop(self) -> bool:
+        return (self.force_loop or self.ih_norm.acts_on_activations
+                or self.hh_norm.acts_on_activations)
+
+    def reset_parameters(self) -> None:
+        """U(-1/sqrt(H), 1/sqrt(H)) as torch's LSTM; weight-norm gains from the row norms."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in (self.weight_ih, self.weight_hh, self.bias):
+            nn.init.uniform_(p, -bound, bound)
+        self.init_norms_from_weights()
+
+    def init_norms_from_weights(self) -> None:
+        """Re-derive weight-norm gains from the current latent weights (after a custom init)."""
+        self.ih_norm.init_from_weight(self.weight_ih.detach())
+        self.hh_norm.init_from_weight(self.weight_hh.detach())
+
+    def set_second_moment_source(self, source) -> None:
+        """Install the callable param -> second moment used by the ``lab``/``lat`` quantizers."""
+        self.second_moment_source = source
+
+    def _quantize(self, quantizer, weight):
+        moment = None
+        if quantizer.uses_second_moment:
+            if self.second_moment_source is not None:
+                moment = self.second_moment_source(weight)
+            elif self.training:
+                raise RuntimeError(
+                    f"quantizer {quantizer.name!r} needs the optimizer's second moment but none "
+                    "is attached: call nq_plugin.quant.attach_optimizer(model, optimizer) with an "
+                    "Adam-type optimizer before training (the fairseq models do this themselves)")
+        return quantizer(weight, moment)
+
+    def effective_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Quantized (and, for weight norm, normalized) W_x and W_h used by the forward pass."""
+        w_ih = self.ih_norm.weight(self._quantize(self.ih_quantizer, self.weight_ih))
+        w_hh = self.hh_norm.weight(self._quantize(self.hh_quantizer, self.weight_hh))
+        return w_ih, w_hh
+
+    def forward(self, x: torch.Tensor, state: Optional[State] = None, t0: int = 0
+                ) -> Tuple[torch.Tensor, State]:
+        """x: (T, B, input_size); state: (h0, c0), each (B, H); ``t0`` is the index of the first
+        step inside the BPTT window (per-step batch-norm statistics). Returns (T, B, H), (h, c)."""
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(f"input has shape {tuple(x.shape)}; this LSTM layer expects "
+                             f"(T, B, {self.input_size}) (input_size={self.input_size})")
+        batch = x.shape[1]
+        if state is None:
+            zeros = x.new_zeros(batch, self.hidden_size)
+            state = (zeros, zeros)
+        else:
+            for name, s in zip(("h0", "c0"), state):
+                if s.shape != (batch, self.hidden_size):
+                    raise ValueError(f"initial state {name} has shape {tuple(s.shape)}, expected "
+                                     f"({batch}, {self.hidden_size}) (batch, hidden_size)")
+        self.ih_norm.begin_forward()
+        self.hh_norm.begin_forward()
+        w_ih, w_hh = self.effective_weights()
+        if self.uses_loop:
+            return self._loop(x, state, w_ih, w_hh, t0)
+        return self._fused(x, state, w_ih, w_hh)
+
+    def _fused(self, x, state, w_ih, w_hh):
+        h0, c0 = state
+        weights = [w_ih, w_hh, self.bias, torch.zeros_like(self.bias)]
+        out, h, c = torch._VF.lstm(x, (h0.unsqueeze(0), c0.unsqueeze(0)), weights, True, 1, 0.0,
+                                   self.training, False, False)
+        return out, (h.squeeze(0), c.squeeze(0))
+
+    def _loop(self, x, state, w_ih, w_hh, t0):
+        hidden = self.hidden_size
+        px = self.ih_norm.sequence(F.linear(x, w_ih), t0) + self.bias
+        h, c = state
+        w_hh_t = w_hh.t()
+        outputs: List[torch.Tensor] = []
+        # unbind(0), not px[t]: indexing makes each step's backward add a full (T, B, 4H) zero
+        # gradient (DESIGN.md section 5)
+        for t, px_t in enumerate(px.unbind(0)):
+            gates = px_t + self.hh_norm.step(torch.mm(h, w_hh_t), t0 + t)
+            sig = torch.sigmoid(gates)
+            i, f = sig[:, :hidden], sig[:, hidden:2 * hidden]
+            o = sig[:, 3 * hidden:]
+            a = torch.tanh(gates[:, 2 * hidden:3 * hidden])
+            c = torch.addcmul(f * c, i, a)
+            h = o * torch.tanh(c)
+            outputs.append(h)
+        return torch.stack(outputs), (h, c)
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, quantizer={self.quantizer_name}, "
+                f"norm={self.norm_name}, quantize_input={self.quantize_input}")
+
+
+class NQLSTM(nn.Module):
+    """Stack of :class:`NQLSTMLayer` with dropout between layers, interface like torch.nn.LSTM:
+    ``output, (h_n, c_n) = lstm(x, (h_0, c_0))`` with h/c of shape (num_layers, B, H).
+
+    Args: input_size, hidden_size, num_layers, dropout (between layers), quantizer (fp, bc, tc,
+    bwn, twn, lab, lat), norm (none, weight, layer, batch, power), quantize_input (False keeps W_x
+    full precision, e.g. scalar pixel inputs), latent_clip (BinaryConnect clipping of the latent
+    weights to [-c, c], off by default), batch_first, and normalization options: bn_stats
+    (shared/separate), bn_max_steps, bn_gain (gamma init, 0.1), layer_norm_gain (1.0),
+    pn_alpha, pn_alpha_backward, pn_warmup.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 dropout: float = 0.0, quantizer: str = "fp", norm: str = "none",
+                 quantize_input: bool = True, latent_clip: Optional[float] = None,
+                 batch_first: bool = False, **norm_options):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.dropout = dropout
+        self.batch_first = batch_first
+        self.layers = nn.ModuleList(
+            NQLSTMLayer(input_size if i == 0 else hidden_size, hidden_size, quantizer, norm,
+                        quantize_input=quantize_input if i == 0 else True,
+                        latent_clip=latent_clip, **norm_options)
+            for i in range(num_layers))
+
+    def forward(self, x: torch.Tensor, state: Optional[State] = None, t0: int = 0
+                ) -> Tuple[torch.Tensor, State]:
+        if x.dim() != 3:
+            raise ValueError(f"input must be 3-D (T, B, F) or (B, T, F) with batch_first, "
+                             f"got shape {tuple(x.shape)}")
+        if self.batch_first:
+            x = x.transpose(0, 1)
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input has {x.shape[-1]} features but the LSTM was built with "
+                             f"input_size={self.input_size}")
+        if state is not None:
+            h0, c0 = state
+            expected = (self.num_layers, x.shape[1], self.hidden_size)
+            if h0.shape != expected or c0.shape != expected:
+                raise ValueError(f"initial state has shapes {tuple(h0.shape)}, {tuple(c0.shape)};"
+                                 f" expected {expected} (num_layers, batch, hidden_size)")
+        hs, cs = [], []
+        for i, layer in enumerate(self.layers):
+            if i > 0 and self.dropout > 0:
+                x = F.dropout(x, self.dropout, self.training)
+            x, (h, c) = layer(x, None if state is None else (state[0][i], state[1][i]), t0)
+            hs.append(h)
+            cs.append(c)
+        if self.batch_first:
+            x = x.transpose(0, 1)
+        return x, (torch.stack(hs), torch.stack(cs))

@@ -1,0 +1,78 @@
+"""Normalization of one weight-input product W x of an LSTM layer (F = 4H gate features).
+
+The LSTM normalizes its input term W_x x_t and its recurrent term W_h h_{t-1} separately
+(Hou et al., NeurIPS 2019, eq. 3). A normalization either acts on the weight matrix (weight
+normalization: the fused LSTM kernel can then run) or on the activations (layer, batch, power
+normalization: the recurrent term needs a per-step loop). Each declares what the paper's size
+accounting counts: parameters and inference statistics, in 32-bit numbers.
+"""
+from __future__ import annotations
+
+from typing import Dict, Type
+
+import torch
+from torch import nn
+
+
+class Normalization(nn.Module):
+    """Base class: the identity. ``acts_on_weight`` norms rewrite the weight in :meth:`weight`;
+    the others rewrite activations in :meth:`step` (one time step, (B, F)) and :meth:`sequence`
+    (all steps at once, (T, B, F)), where ``t`` is the index of the (first) time step inside the
+    BPTT window (per-step statistics depend on it)."""
+
+    name = "none"
+    acts_on_weight = False
+    acts_on_activations = False
+
+    def __init__(self, features: int, blocks: int = 4):
+        super().__init__()
+        if features <= 0 or features % blocks:
+            raise ValueError(f"normalization needs features divisible by {blocks} gate blocks, "
+                             f"got {features}")
+        self.features = features
+        self.blocks = blocks
+
+    def init_from_weight(self, weight: torch.Tensor) -> None:
+        """Called once with the initial latent weight (weight norm sets its gains from it)."""
+
+    def weight(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight
+
+    def begin_forward(self) -> None:
+        """Called once at the start of every forward pass of the layer, before any step."""
+
+    def step(self, y: torch.Tensor, t: int) -> torch.Tensor:
+        return y
+
+    def sequence(self, y: torch.Tensor, t0: int = 0) -> torch.Tensor:
+        return y
+
+    def counted_parameters(self) -> int:
+        """Full-precision parameters counted by the paper's size formula."""
+        return 0
+
+    def counted_statistics(self) -> int:
+        """Inference statistics (running mean/var, ...) counted by the paper's size formula."""
+        return 0
+
+
+NORMALIZATIONS: Dict[str, Type[Normalization]] = {"none": Normalization}
+
+
+def register_normalization(cls):
+    if cls.name in NORMALIZATIONS:
+        raise ValueError(f"normalization {cls.name!r} is already registered")
+    NORMALIZATIONS[cls.name] = cls
+    return cls
+
+
+def build_normalization(name: str, features: int, **options) -> Normalization:
+    """Build ``none``, ``weight``, ``layer``, ``batch`` or ``power`` for F = ``features``.
+    Options a normalization does not use are ignored (one flat set of CLI options)."""
+    try:
+        cls = NORMALIZATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown normalization {name!r}; choose one of {', '.join(sorted(NORMALIZATIONS))}"
+        ) from None
+    return cls.from_options(features, **options) if hasattr(cls, "from_options") else cls(features)

@@ -1,0 +1,93 @@
+"""Recurrent batch normalization (Cooijmans et al., ICLR 2017) of a gate pre-activation term."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Normalization, register_normalization
+
+
+def ema_update(buffer: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
+               momentum: float) -> None:
+    """Apply ``buffer[s] = (1 - m) buffer[s] + m v`` for each (s, v) in order, in closed form.
+
+    ``values`` is (T, F), ``slots`` (T,) non-decreasing. Equals T sequential updates, like
+    torch's BatchNorm applied step by step, so the vectorized and the per-step paths agree."""
+    keep = 1.0 - momentum
+    for slot in torch.unique_consecutive(slots).tolist():
+        rows = values[slots == slot]
+        n = rows.shape[0]
+        # weight of the i-th of n sequential updates in the final value: m (1-m)^(n-1-i)
+        weights = momentum * keep ** torch.arange(n - 1, -1, -1, dtype=values.dtype,
+                                                  device=values.device)
+        buffer[slot].mul_(keep ** n).add_(weights @ rows)
+
+
+@register_normalization
+class BatchNorm(Normalization):
+    """``batch`` -- batch normalization over the minibatch at each time step:
+    N(y_t) = gamma * (y_t - mean_B(y_t)) / sqrt(var_B(y_t) + eps) + beta (per feature).
+
+    Inference uses population statistics, either ``shared`` over all time steps or ``separate``
+    per time step t < T_max (``max_steps``), step T_max - 1's reused beyond (Cooijmans et al.).
+    gamma starts at 0.1 (Cooijmans et al.), beta at 0 (the LSTM bias b already shifts). Running
+    statistics follow torch's BatchNorm (momentum 0.1, unbiased variance), one update per step.
+    """
+
+    name = "batch"
+    acts_on_activations = True
+    eps = 1e-5
+    momentum = 0.1
+
+    def __init__(self, features: int, blocks: int = 4, stats: str = "shared",
+                 max_steps: int = 100, gain_init: float = 0.1):
+        super().__init__(features, blocks)
+        if stats not in ("shared", "separate"):
+            raise ValueError(f"unknown batch-norm statistics {stats!r}; choose shared or separate")
+        if stats == "separate" and max_steps < 1:
+            raise ValueError(f"--bn-max-steps must be >= 1, got {max_steps}")
+        self.stats = stats
+        self.max_steps = max_steps if stats == "separate" else 1
+        self.weight_gain = nn.Parameter(torch.full((features,), float(gain_init)))
+        self.bias = nn.Parameter(torch.zeros(features))
+        self.register_buffer("running_mean", torch.zeros(self.max_steps, features))
+        self.register_buffer("running_var", torch.ones(self.max_steps, features))
+
+    @classmethod
+    def from_options(cls, features, bn_stats="shared", bn_max_steps=100, bn_gain=0.1, **_):
+        return cls(features, stats=bn_stats, max_steps=bn_max_steps, gain_init=bn_gain)
+
+    def slot(self, t: int) -> int:
+        return min(t, self.max_steps - 1)
+
+    def step(self, y, t):
+        s = self.slot(t)
+        return F.batch_norm(y, self.running_mean[s], self.running_var[s], self.weight_gain,
+                            self.bias, self.training, self.momentum, self.eps)
+
+    def sequence(self, y, t0=0):
+        steps = y.shape[0]
+        slots = torch.clamp(torch.arange(t0, t0 + steps, device=y.device), max=self.max_steps - 1)
+        if self.training:
+            mean = y.mean(1)
+            var = y.var(1, unbiased=False)
+            with torch.no_grad():
+                b = y.shape[1]
+                unbiased = var * (b / (b - 1)) if b > 1 else var
+                ema_update(self.running_mean, mean.detach(), slots, self.momentum)
+                ema_update(self.running_var, unbiased.detach(), slots, self.momentum)
+        else:
+            mean = self.running_mean[slots]
+            var = self.running_var[slots]
+        yhat = (y - mean.unsqueeze(1)) * torch.rsqrt(var.unsqueeze(1) + self.eps)
+        return torch.addcmul(self.bias, yhat, self.weight_gain)
+
+    def counted_parameters(self):
+        return 2 * self.features
+
+    def counted_statistics(self):
+        return 2 * self.features * self.max_steps
+
+    def extra_repr(self):
+        return f"features={self.features}, stats={self.stats}, max_steps={self.max_steps}"

@@ -1,0 +1,183 @@
+"""NQLSTM against torch.nn.LSTM, fused path against loop path, gradients, bad input."""
+import pytest
+import torch
+
+from nq_plugin.nn import NQLSTM
+from nq_plugin.quant import QUANTIZERS
+from nq_plugin.norm import NORMALIZATIONS
+
+
+def copy_from_torch(nq: NQLSTM, ref: torch.nn.LSTM):
+    with torch.no_grad():
+        for i, layer in enumerate(nq.layers):
+            layer.weight_ih.copy_(getattr(ref, f"weight_ih_l{i}"))
+            layer.weight_hh.copy_(getattr(ref, f"weight_hh_l{i}"))
+            layer.bias.copy_(getattr(ref, f"bias_ih_l{i}") + getattr(ref, f"bias_hh_l{i}"))
+
+
+def set_loop(model, loop):
+    for layer in model.layers:
+        layer.force_loop = loop
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("loop", [False, True])
+def test_fp_none_matches_torch_lstm(layers, loop):
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(7, 16, layers)
+    nq = NQLSTM(7, 16, layers)
+    copy_from_torch(nq, ref)
+    set_loop(nq, loop)
+    x = torch.randn(9, 3, 7)
+    state = (torch.randn(layers, 3, 16), torch.randn(layers, 3, 16))
+    out_ref, (h_ref, c_ref) = ref(x, state)
+    out, (h, c) = nq(x, state)
+    torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(h, h_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(c, c_ref, atol=1e-5, rtol=0)
+    # gradients w.r.t. the weights agree too
+    out_ref.sum().backward()
+    out.sum().backward()
+    torch.testing.assert_close(nq.layers[-1].weight_hh.grad,
+                               getattr(ref, f"weight_hh_l{layers - 1}").grad, atol=1e-5, rtol=0)
+
+
+def test_batch_first():
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(4, 5, batch_first=True)
+    nq = NQLSTM(4, 5, batch_first=True)
+    copy_from_torch(nq, ref)
+    x = torch.randn(2, 6, 4)
+    torch.testing.assert_close(nq(x)[0], ref(x)[0], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("quantizer", ["bc", "tc", "bwn", "twn"])
+@pytest.mark.parametrize("norm", ["none", "weight"])
+def test_fused_equals_loop(quantizer, norm):
+    torch.manual_seed(0)
+    fused = NQLSTM(5, 8, 2, quantizer=quantizer, norm=norm)
+    loop = NQLSTM(5, 8, 2, quantizer=quantizer, norm=norm)
+    loop.load_state_dict(fused.state_dict())
+    set_loop(loop, True)
+    x = torch.randn(6, 3, 5)
+    a, (ha, ca) = fused(x)
+    b, (hb, cb) = loop(x)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ca, cb, atol=1e-5, rtol=0)
+    a.pow(2).sum().backward()
+    b.pow(2).sum().backward()
+    for pa, pb in zip(fused.parameters(), loop.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["weight", "layer", "batch", "power"])
+def test_gradients_reach_latent_weights_and_norm_parameters(norm):
+    torch.manual_seed(0)
+    m = NQLSTM(5, 8, 1, quantizer="bc", norm=norm)
+    out, _ = m(torch.randn(4, 3, 5))
+    out.pow(2).sum().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("quantizer", sorted(QUANTIZERS))
+@pytest.mark.parametrize("norm", sorted(NORMALIZATIONS))
+def test_every_quantizer_norm_trains_and_evaluates(quantizer, norm):
+    torch.manual_seed(0)
+    m = NQLSTM(5, 8, 2, quantizer=quantizer, norm=norm, bn_stats="separate", bn_max_steps=3)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    from nq_plugin.quant import attach_optimizer
+    attach_optimizer(m, opt)
+    x = torch.randn(6, 4, 5)
+    target = torch.randn(6, 4, 8)
+    losses = []
+    for _ in range(3):
+        opt.zero_grad()
+        out, _ = m(x)
+        loss = (out - target).pow(2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    m.eval()
+    out, (h, c) = m(torch.randn(10, 2, 5))  # longer than T_max in eval
+    assert out.shape == (10, 2, 8) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("norm,opts", [
+    ("layer", {}), ("batch", {"bn_stats": "shared"}),
+    ("batch", {"bn_stats": "separate", "bn_max_steps": 2}), ("power", {"pn_warmup": 3}),
+    ("power", {}),
+])
+def test_gradcheck_lstm_loop_paths(norm, opts):
+    torch.manual_seed(0)
+    m = NQLSTM(3, 2, 1, quantizer="fp", norm=norm, **opts).double()
+    x = torch.randn(3, 4, 3, dtype=torch.double, requires_grad=True)
+    h0 = torch.randn(1, 4, 2, dtype=torch.double, requires_grad=True)
+    params = list(m.parameters())
+
+    def run(x, h0, *p):
+        for layer in m.layers:  # freeze the PowerNorm iteration counter during gradcheck
+            for n in (layer.ih_norm, layer.hh_norm):
+                if hasattr(n, "iterations"):
+                    n.iterations.fill_(1)
+                    n.forward_accum.zero_()
+                    n.backward_accum.zero_()
+        return m(x, (h0, torch.zeros_like(h0)))[0]
+
+    assert torch.autograd.gradcheck(run, (x, h0, *params))
+
+
+@pytest.mark.parametrize("norm", ["none", "weight", "layer"])
+def test_carried_state_equals_one_pass(norm):
+    torch.manual_seed(0)
+    m = NQLSTM(5, 8, 2, quantizer="bc", norm=norm).eval()
+    x = torch.randn(12, 3, 5)
+    full, (h_full, c_full) = m(x)
+    state, outs = None, []
+    for seg in x.split(5):
+        out, state = m(seg, state)
+        outs.append(out)
+    torch.testing.assert_close(torch.cat(outs), full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(state[1], c_full, atol=1e-5, rtol=0)
+
+
+def test_step_offset_selects_per_step_statistics():
+    torch.manual_seed(0)
+    m = NQLSTM(3, 4, 1, norm="batch", bn_stats="separate", bn_max_steps=10)
+    for _ in range(3):
+        m(torch.randn(10, 8, 3) * torch.arange(1.0, 11).reshape(10, 1, 1))
+    m.eval()
+    x = torch.randn(10, 2, 3)
+    full, _ = m(x)
+    first, state = m(x[:6])
+    rest, _ = m(x[6:], state, t0=6)  # continue at step 6 with its statistics
+    torch.testing.assert_close(torch.cat([first, rest]), full, atol=1e-5, rtol=0)
+    wrong, _ = m(x[6:], state, t0=0)
+    assert not torch.allclose(wrong, rest, atol=1e-4)
+
+
+def test_quantize_input_off_keeps_w_x_full_precision():
+    m = NQLSTM(1, 6, quantizer="bc", quantize_input=False)
+    layer = m.layers[0]
+    w_ih, w_hh = layer.effective_weights()
+    torch.testing.assert_close(w_ih, layer.weight_ih)
+    assert set(w_hh.unique().tolist()) <= {-1.0, 1.0}
+
+
+def test_bad_input_errors():
+    with pytest.raises(ValueError, match="unknown quantizer 'binary'"):
+        NQLSTM(3, 4, quantizer="binary")
+    with pytest.raises(ValueError, match="unknown normalization 'instance'"):
+        NQLSTM(3, 4, norm="instance")
+    with pytest.raises(ValueError, match="hidden_size must be positive"):
+        NQLSTM(3, 0)
+    m = NQLSTM(3, 4)
+    with pytest.raises(ValueError, match="input has 5 features.*input_size=3"):
+        m(torch.randn(2, 2, 5))
+    with pytest.raises(ValueError, match="initial state"):
+        m(torch.randn(2, 2, 3), (torch.zeros(1, 3, 4), torch.zeros(1, 3, 4)))
+    with pytest.raises(RuntimeError, match="attach_optimizer"):
+        NQLSTM(3, 4, quantizer="lab")(torch.randn(2, 2, 3))
+    # evaluation of a lab model without optimizer state works (stored / unit preconditioner)
+    NQLSTM(3, 4, quantizer="lab").eval()(torch.randn(2, 2, 3))
