@@ -25,6 +25,7 @@ from torch import nn
 
 from ..norm import build_normalization
 from ..quant import build_quantizer
+from .recurrence import recurrence
 
 State = Tuple[torch.Tensor, torch.Tensor]
 
@@ -55,6 +56,7 @@ class NQLSTMLayer(nn.Module):
         self.quantize_input = quantize_input
         self.second_moment_source = None
         self.force_loop = False  # run the per-step loop even for none/weight (tests, benchmarks)
+        self.loop_impl = "manual"  # "manual": hand-written backward; "autograd": reference
         self.reset_parameters()
 
     @property
@@ -127,9 +129,25 @@ class NQLSTMLayer(nn.Module):
         return out, (h.squeeze(0), c.squeeze(0))
 
     def _loop(self, x, state, w_ih, w_hh, t0):
+        h0, c0 = state
+        if self.loop_impl == "autograd":
+            px = self.ih_norm.sequence(F.linear(x, w_ih), t0) + self.bias
+            out, h, c = self._loop_autograd(px, h0, c0, w_hh, t0)
+        else:
+            gain_x, shift_x = self.ih_norm.affine()
+            gain_h, shift_h = self.hh_norm.affine()
+            shift = self.bias
+            for s in (shift_x, shift_h):
+                if s is not None:
+                    shift = shift + s
+            out, h, c = recurrence(F.linear(x, w_ih), h0, c0, w_hh, shift, gain_x, gain_h,
+                                   self.ih_norm, self.hh_norm, t0)
+        return out, (h, c)
+
+    def _loop_autograd(self, px, h, c, w_hh, t0):
+        """Reference implementation of :func:`recurrence`: the normalization's own ``step``
+        under plain autograd (slower)."""
         hidden = self.hidden_size
-        px = self.ih_norm.sequence(F.linear(x, w_ih), t0) + self.bias
-        h, c = state
         w_hh_t = w_hh.t()
         outputs: List[torch.Tensor] = []
         # unbind(0), not px[t]: indexing makes each step's backward add a full (T, B, 4H) zero
@@ -137,13 +155,11 @@ class NQLSTMLayer(nn.Module):
         for t, px_t in enumerate(px.unbind(0)):
             gates = px_t + self.hh_norm.step(torch.mm(h, w_hh_t), t0 + t)
             sig = torch.sigmoid(gates)
-            i, f = sig[:, :hidden], sig[:, hidden:2 * hidden]
-            o = sig[:, 3 * hidden:]
             a = torch.tanh(gates[:, 2 * hidden:3 * hidden])
-            c = torch.addcmul(f * c, i, a)
-            h = o * torch.tanh(c)
+            c = torch.addcmul(sig[:, hidden:2 * hidden] * c, sig[:, :hidden], a)
+            h = sig[:, 3 * hidden:] * torch.tanh(c)
             outputs.append(h)
-        return torch.stack(outputs), (h, c)
+        return torch.stack(outputs), h, c
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, quantizer={self.quantizer_name}, "

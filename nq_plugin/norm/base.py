@@ -47,6 +47,22 @@ class Normalization(nn.Module):
     def sequence(self, y: torch.Tensor, t0: int = 0) -> torch.Tensor:
         return y
 
+    # The recurrent loop of the LSTM runs its own backward pass (nq_plugin.nn.recurrence): for the
+    # recurrent term a normalization exposes its statistics step without the affine part
+    # (gain, shift), and the matching backward.
+    def affine(self):
+        """(gain, shift) applied after :meth:`step_stats`; (None, None) when there is none."""
+        return None, None
+
+    def step_stats(self, z: torch.Tensor, t: int):
+        """Normalize one step's (B, F) term without gain/shift; returns (z_hat, saved)."""
+        return z, None
+
+    def step_backward(self, grad_z_hat: torch.Tensor, z: torch.Tensor, z_hat: torch.Tensor,
+                      saved, t: int) -> torch.Tensor:
+        """Gradient w.r.t. z of :meth:`step_stats` given the gradient w.r.t. z_hat."""
+        return grad_z_hat
+
     def counted_parameters(self) -> int:
         """Full-precision parameters counted by the paper's size formula."""
         return 0

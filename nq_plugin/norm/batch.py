@@ -49,8 +49,8 @@ class BatchNorm(Normalization):
             raise ValueError(f"--bn-max-steps must be >= 1, got {max_steps}")
         self.stats = stats
         self.max_steps = max_steps if stats == "separate" else 1
-        self.weight_gain = nn.Parameter(torch.full((features,), float(gain_init)))
-        self.bias = nn.Parameter(torch.zeros(features))
+        self.gain = nn.Parameter(torch.full((features,), float(gain_init)))
+        self.shift = nn.Parameter(torch.zeros(features))
         self.register_buffer("running_mean", torch.zeros(self.max_steps, features))
         self.register_buffer("running_var", torch.ones(self.max_steps, features))
 
@@ -63,8 +63,26 @@ class BatchNorm(Normalization):
 
     def step(self, y, t):
         s = self.slot(t)
-        return F.batch_norm(y, self.running_mean[s], self.running_var[s], self.weight_gain,
-                            self.bias, self.training, self.momentum, self.eps)
+        return F.batch_norm(y, self.running_mean[s], self.running_var[s], self.gain,
+                            self.shift, self.training, self.momentum, self.eps)
+
+    def affine(self):
+        return self.gain, self.shift
+
+    def step_stats(self, z, t):
+        s = self.slot(t)
+        z_hat, save_mean, save_invstd = torch.native_batch_norm(
+            z, None, None, self.running_mean[s], self.running_var[s], self.training,
+            self.momentum, self.eps)
+        return z_hat, (save_mean, save_invstd, self.training)
+
+    def step_backward(self, grad_z_hat, z, z_hat, saved, t):
+        s = self.slot(t)
+        save_mean, save_invstd, training = saved
+        grad, _, _ = torch.ops.aten.native_batch_norm_backward(
+            grad_z_hat, z, None, self.running_mean[s], self.running_var[s], save_mean,
+            save_invstd, training, self.eps, [True, False, False])
+        return grad
 
     def sequence(self, y, t0=0):
         steps = y.shape[0]
@@ -81,7 +99,7 @@ class BatchNorm(Normalization):
             mean = self.running_mean[slots]
             var = self.running_var[slots]
         yhat = (y - mean.unsqueeze(1)) * torch.rsqrt(var.unsqueeze(1) + self.eps)
-        return torch.addcmul(self.bias, yhat, self.weight_gain)
+        return torch.addcmul(self.shift, yhat, self.gain)
 
     def counted_parameters(self):
         return 2 * self.features

@@ -11,9 +11,9 @@ from .base import Normalization, register_normalization
 @register_normalization
 class LayerNorm(Normalization):
     """``layer`` -- layer normalization (Ba et al., 2016) per gate over its H features:
-    N(y)_k = gain_k (y_k - mean_k) / sqrt(var_k + eps) + bias_k, with mean/var over the H entries
+    N(y)_k = gain_k (y_k - mean_k) / sqrt(var_k + eps) + shift_k, with mean/var over the H entries
     of each gate block k in (i, f, a, o). Gain starts at ``gain_init`` (1 for LMs, 0.1 in the
-    reference sequential-MNIST code), bias at 0."""
+    reference sequential-MNIST code), shift at 0."""
 
     name = "layer"
     acts_on_activations = True
@@ -23,7 +23,7 @@ class LayerNorm(Normalization):
         super().__init__(features, blocks)
         self.hidden = features // blocks
         self.gain = nn.Parameter(torch.full((features,), float(gain_init)))
-        self.bias = nn.Parameter(torch.zeros(features))
+        self.shift = nn.Parameter(torch.zeros(features))
 
     @classmethod
     def from_options(cls, features, layer_norm_gain=1.0, **_):
@@ -33,7 +33,25 @@ class LayerNorm(Normalization):
         shape = y.shape
         z = F.layer_norm(y.reshape(*shape[:-1], self.blocks, self.hidden), (self.hidden,),
                          eps=self.eps)
-        return torch.addcmul(self.bias, z.reshape(shape), self.gain)
+        return torch.addcmul(self.shift, z.reshape(shape), self.gain)
+
+    def affine(self):
+        return self.gain, self.shift
+
+    def step_stats(self, z, t):
+        shape = z.shape
+        z_hat, mean, rstd = torch.native_layer_norm(z.reshape(shape[0], self.blocks, self.hidden),
+                                                    [self.hidden], None, None, self.eps)
+        return z_hat.reshape(shape), (mean, rstd)
+
+    def step_backward(self, grad_z_hat, z, z_hat, saved, t):
+        mean, rstd = saved
+        shape = z.shape
+        view = (shape[0], self.blocks, self.hidden)
+        grad, _, _ = torch.ops.aten.native_layer_norm_backward(
+            grad_z_hat.reshape(view), z.reshape(view), [self.hidden], mean, rstd, None, None,
+            [True, False, False])
+        return grad.reshape(shape)
 
     def step(self, y, t):
         return self._normalize(y)

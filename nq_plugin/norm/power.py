@@ -61,8 +61,8 @@ class PowerNorm(Normalization):
         self.alpha = alpha
         self.alpha_backward = alpha_backward
         self.warmup = warmup
-        self.weight_gain = nn.Parameter(torch.full((features,), float(gain_init)))
-        self.bias = nn.Parameter(torch.zeros(features))
+        self.gain = nn.Parameter(torch.full((features,), float(gain_init)))
+        self.shift = nn.Parameter(torch.zeros(features))
         self.register_buffer("running_phi", torch.ones(features))  # psi^2
         self.register_buffer("nu", torch.zeros(features))
         self.register_buffer("iterations", torch.zeros((), dtype=torch.long))
@@ -116,7 +116,32 @@ class PowerNorm(Normalization):
             psi = torch.sqrt(self.running_phi + self.eps)
             y_hat = _ApproximateBackward.apply(y, psi, self.nu, self.backward_accum)
             self._record(y, y_hat)
-        return torch.addcmul(self.bias, y_hat, self.weight_gain)
+        return torch.addcmul(self.shift, y_hat, self.gain)
+
+    def affine(self):
+        return self.gain, self.shift
+
+    def step_stats(self, z, t):
+        if not self.training:
+            psi = torch.sqrt(self.running_phi + self.eps)
+            return z / psi, ("eval", psi)
+        if int(self.iterations) <= self.warmup:
+            mode, psi = "warmup", torch.sqrt(z.pow(2).mean(0) + self.eps)
+        else:
+            mode, psi = "running", torch.sqrt(self.running_phi + self.eps)
+        z_hat = z / psi
+        self._record(z, z_hat)
+        return z_hat, (mode, psi)
+
+    def step_backward(self, grad_z_hat, z, z_hat, saved, t):
+        mode, psi = saved
+        if mode == "eval":
+            return grad_z_hat / psi
+        if mode == "warmup":  # exact gradient through the batch statistic (PN-V)
+            return (grad_z_hat - z_hat * (grad_z_hat * z_hat).mean(0)) / psi
+        self.backward_accum[0].add_((grad_z_hat * z_hat).sum(0))
+        self.backward_accum[1].add_(grad_z_hat.shape[0])
+        return (grad_z_hat - self.nu * z_hat) / psi
 
     def step(self, y, t):
         return self._normalize(y, 0)

@@ -41,13 +41,13 @@ def test_layer_norm_per_gate_block():
     torch.manual_seed(0)
     norm = build_normalization("layer", F_, layer_norm_gain=0.5)
     with torch.no_grad():
-        norm.bias.copy_(torch.arange(F_, dtype=torch.float))
+        norm.shift.copy_(torch.arange(F_, dtype=torch.float))
     y = torch.randn(3, F_)
     out = norm.step(y, 0)
     blocks = y.reshape(3, 4, 2)
     mean = blocks.mean(-1, keepdim=True)
     var = blocks.var(-1, unbiased=False, keepdim=True)
-    expected = 0.5 * ((blocks - mean) / torch.sqrt(var + 1e-5)).reshape(3, F_) + norm.bias
+    expected = 0.5 * ((blocks - mean) / torch.sqrt(var + 1e-5)).reshape(3, F_) + norm.shift
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(norm.sequence(y.unsqueeze(0))[0], out)
     assert norm.counted_parameters() == 2 * F_
@@ -56,7 +56,7 @@ def test_layer_norm_per_gate_block():
 def test_batch_norm_training_formula_and_gamma_init():
     torch.manual_seed(0)
     norm = build_normalization("batch", F_)
-    assert torch.all(norm.weight_gain == 0.1) and torch.all(norm.bias == 0)
+    assert torch.all(norm.gain == 0.1) and torch.all(norm.shift == 0)
     y = torch.randn(6, F_)
     out = norm.step(y, 0)
     expected = 0.1 * (y - y.mean(0)) / torch.sqrt(y.var(0, unbiased=False) + 1e-5)

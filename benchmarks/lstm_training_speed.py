@@ -1,0 +1,76 @@
+"""Training-step speed (forward + backward) of NQLSTM against torch.nn.LSTM, side by side.
+
+For each setting of the paper -- char (d=512, T=100, B=64, one-hot input of 50) and word (d=300,
+T=35, B=20, 300-dim input) -- times torch.nn.LSTM (fp) and NQLSTM with BinaryConnect and every
+normalization, interleaved in rounds so that machine noise hits all alike, and prints tokens/s
+and the ratio to nn.LSTM (median over rounds).
+
+    python benchmarks/lstm_training_speed.py [--rounds 5] [--steps 5] [--threads 2]
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+from nq_plugin.nn import NQLSTM
+
+SETTINGS = {"char": dict(inp=50, hidden=512, steps=100, batch=64),
+            "word": dict(inp=300, hidden=300, steps=35, batch=20)}
+VARIANTS = [("nn.LSTM fp", None, None), ("bc none", "none", {}), ("bc weight", "weight", {}),
+            ("bc layer", "layer", {}), ("bc batch shared", "batch", {"bn_stats": "shared"}),
+            ("bc batch separate", "batch", {"bn_stats": "separate"}), ("bc power", "power", {})]
+
+
+def build(setting, norm, opts):
+    s = SETTINGS[setting]
+    if norm is None:
+        return torch.nn.LSTM(s["inp"], s["hidden"])
+    return NQLSTM(s["inp"], s["hidden"], quantizer="bc", norm=norm,
+                  bn_max_steps=s["steps"], **opts)
+
+
+def time_steps(model, x, n):
+    params = list(model.parameters())
+    start = time.perf_counter()
+    for _ in range(n):
+        out, _ = model(x)
+        out.sum().backward()
+        for p in params:
+            p.grad = None
+    return time.perf_counter() - start
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=5, help="training steps per timing")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.rounds} rounds x "
+          f"{args.steps} steps, median tokens/s")
+    for setting in args.settings:
+        s = SETTINGS[setting]
+        x = torch.randn(s["steps"], s["batch"], s["inp"])
+        models = [(label, build(setting, norm, opts)) for label, norm, opts in VARIANTS]
+        for _, m in models:
+            time_steps(m, x, 1)  # warm-up
+        rates = {label: [] for label, _ in models}
+        for _ in range(args.rounds):
+            for label, m in models:
+                dt = time_steps(m, x, args.steps)
+                rates[label].append(args.steps * s["steps"] * s["batch"] / dt)
+        ref = statistics.median(rates["nn.LSTM fp"])
+        print(f"\n{setting}: d={s['hidden']}, T={s['steps']}, B={s['batch']}")
+        print(f"| {'variant':<18} | {'tokens/s':>9} | {'vs nn.LSTM':>10} |")
+        print(f"|{'-' * 20}|{'-' * 11}|{'-' * 12}|")
+        for label, _ in models:
+            r = statistics.median(rates[label])
+            print(f"| {label:<18} | {r:>9.0f} | {r / ref:>9.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
