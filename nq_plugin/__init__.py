@@ -1,1 +1,23 @@
-"""nq_plugin: normalized, quantized LSTMs for fairseq."""
+"""nq_plugin: normalized, quantized LSTMs (Hou et al., NeurIPS 2019) for fairseq.
+
+The core (``quant``, ``norm``, ``nn``, ``sizes``) is plain PyTorch. Importing this package --
+which ``fairseq-train --user-dir nq_plugin`` does -- registers the fairseq components below,
+explicitly, and allow-lists the types of fairseq checkpoints for torch's safe loader.
+"""
+from .sizes import summary
+
+try:
+    import fairseq  # noqa: F401
+except ImportError:  # the core works without fairseq
+    fairseq = None
+
+if fairseq is not None:
+    from . import checkpoint  # noqa: F401  safe loading of fairseq checkpoints
+    from .distributed import support_torchrun_on_cpu
+    from .models import nq_lstm_lm  # noqa: F401  model nq_lstm_lm and its architectures
+    from .optim import nq_optimizers  # noqa: F401  optimizers nq_adam, nq_sgd
+    from .tasks import bptt_lm  # noqa: F401  task bptt_lm
+
+    support_torchrun_on_cpu()  # torchrun ... fairseq-train --cpu: real data parallelism
+
+__all__ = ["summary"]

@@ -91,17 +91,18 @@ def summary(model: nn.Module, print_fn: Optional[Callable[[str], None]] = print
 
 def format_summary(result: Dict[str, object]) -> str:
     """Larq-style table of a :func:`summary` result."""
-    head = (f"{'Layer':<22}{'Quant':>6}{'Norm':>8}{'1-bit':>10}{'2-bit':>10}{'32-bit':>11}"
+    width = max([22] + [len(r["name"]) + 2 for r in result["layers"] + result["other"]])
+    head = (f"{'Layer':<{width}}{'Quant':>6}{'Norm':>8}{'1-bit':>10}{'2-bit':>10}{'32-bit':>11}"
             f"{'KB':>11}{'fp32 KB':>11}{'ratio':>8}")
     rule = "-" * len(head)
     lines = [rule, head, rule]
     for r in result["layers"]:
         c = r["counts_by_bits"]
-        lines.append(f"{r['name']:<22}{r['quantizer']:>6}{r['norm']:>8}{c.get('1', 0):>10}"
+        lines.append(f"{r['name']:<{width}}{r['quantizer']:>6}{r['norm']:>8}{c.get('1', 0):>10}"
                      f"{c.get('2', 0):>10}{c.get('32', 0):>11}{r['kb']:>11.1f}"
                      f"{r['fp32_kb']:>11.1f}{r['compression']:>7.1f}x")
     for r in result["other"]:
-        lines.append(f"{r['name']:<22}{'':>6}{'':>8}{'':>10}{'':>10}{r['parameters']:>11}"
+        lines.append(f"{r['name']:<{width}}{'':>6}{'':>8}{'':>10}{'':>10}{r['parameters']:>11}"
                      f"{r['kb']:>11.1f}{r['kb']:>11.1f}{1.0:>7.1f}x")
     lines.append(rule)
     lines.append(f"LSTM layers (the paper's size): {result['lstm_kb']:.1f} KB "

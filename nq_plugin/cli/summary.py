@@ -12,11 +12,17 @@ import sys
 from typing import List, Optional
 
 import torch
+from torch import nn
 
+from ..checkpoint import CheckpointError, load_checkpoint, model_config
 from ..norm import NORMALIZATIONS
 from ..nn import NQLSTM
 from ..quant import QUANTIZERS
 from ..sizes import summary
+
+
+LSTM_OPTIONS = ("quantizer", "norm", "bn_stats", "bn_max_steps", "bn_gain", "layer_norm_gain",
+                "pn_alpha", "pn_alpha_backward", "pn_warmup", "latent_clip")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,11 +57,43 @@ def model_from_spec(args) -> NQLSTM:
                       bn_stats=args.bn_stats, bn_max_steps=args.bn_max_steps)
 
 
+def model_from_checkpoint(path: str) -> nn.Module:
+    """Rebuild a checkpoint's NQLSTM (from its config and weights) plus its other parameters
+    (embeddings, softmax), enough for the size summary; needs no data directory."""
+    state = load_checkpoint(path)
+    cfg = model_config(state)
+    weights = state["model"]
+    keys = [k for k in weights if k.endswith("layers.0.weight_hh")]
+    if not keys:
+        raise CheckpointError(f"{path} holds no NQLSTM layer: not a checkpoint of nq_plugin")
+    prefix = keys[0][: -len("layers.0.weight_hh")]
+    lstm_state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    num_layers = sum(1 for k in lstm_state if k.endswith(".weight_hh"))
+    options = {name: cfg[name] for name in LSTM_OPTIONS if cfg.get(name) is not None}
+    lstm = NQLSTM(lstm_state["layers.0.weight_ih"].shape[1],
+                  lstm_state["layers.0.weight_hh"].shape[1], num_layers,
+                  quantize_input=cfg.get("quantize_input", True), **options)
+    try:
+        lstm.load_state_dict(lstm_state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: the LSTM weights do not match its configuration: "
+                              f"{err}") from None
+    model = nn.Module()
+    model.lstm = lstm
+    seen = {t.data_ptr() for t in lstm_state.values() if torch.is_tensor(t)}
+    for key, value in weights.items():
+        if (key.startswith(prefix) or not torch.is_tensor(value)
+                or not value.is_floating_point() or value.data_ptr() in seen):
+            continue
+        seen.add(value.data_ptr())
+        model.register_parameter(key.replace(".", "_"), nn.Parameter(value, requires_grad=False))
+    return model
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.checkpoint:
-            from ..checkpoint_summary import model_from_checkpoint
             model = model_from_checkpoint(args.checkpoint)
         else:
             model = model_from_spec(args)

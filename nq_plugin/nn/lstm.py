@@ -17,6 +17,7 @@ of the normalizations of :mod:`nq_plugin.norm`. Two execution paths give the sam
 from __future__ import annotations
 
 import math
+import weakref
 from typing import List, Optional, Tuple
 
 import torch
@@ -55,6 +56,11 @@ class NQLSTMLayer(nn.Module):
         self.norm_name = norm
         self.quantize_input = quantize_input
         self.second_moment_source = None
+        # tags read by the fairseq optimizers (nq_plugin.optim): the paper's learning-rate scale
+        # 2/a = 2 sqrt(H) for BinaryConnect/TerConnect latent weights, and the owning layer
+        for weight, q in ((self.weight_ih, self.ih_quantizer), (self.weight_hh, self.hh_quantizer)):
+            weight.nq_latent_scale = 2.0 * math.sqrt(hidden_size) if q.name in ("bc", "tc") else 1.0
+            weight.nq_layer = weakref.ref(self)
         self.force_loop = False  # run the per-step loop even for none/weight (tests, benchmarks)
         self.loop_impl = "manual"  # "manual": hand-written backward; "autograd": reference
         self.reset_parameters()
@@ -89,7 +95,7 @@ class NQLSTMLayer(nn.Module):
                 raise RuntimeError(
                     f"quantizer {quantizer.name!r} needs the optimizer's second moment but none "
                     "is attached: call nq_plugin.quant.attach_optimizer(model, optimizer) with an "
-                    "Adam-type optimizer before training (the fairseq models do this themselves)")
+                    "Adam-type optimizer before training (with fairseq-train: --optimizer nq_adam)")
         return quantizer(weight, moment)
 
     def effective_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:

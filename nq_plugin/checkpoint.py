@@ -1,0 +1,63 @@
+"""Safe loading of fairseq checkpoints trained with the plugin.
+
+torch >= 2.6 loads with ``weights_only=True``: only tensors, plain containers and numbers, plus
+globals put on an allow-list, can be unpickled; anything that could run code is refused. A
+checkpoint of the plugin's models (dataclass configs, saved by fairseq as plain containers)
+holds nothing else, so fairseq-eval-lm loads it with the default, safe loader -- no
+TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD and no global switch. The only non-container type that
+fairseq may add is ``argparse.Namespace`` (the legacy ``args`` entry, None for our models); it is
+a plain attribute bag, and :data:`SAFE_GLOBALS` allow-lists exactly it.
+
+:func:`load_checkpoint` is what the plugin's own commands use: the same safe loader, with errors
+that name the problem (missing, truncated/corrupt, refused code-executing content, not a plugin
+checkpoint).
+"""
+import argparse
+import os
+import pickle
+import zipfile
+from typing import Any, Dict
+
+import torch
+
+SAFE_GLOBALS = [argparse.Namespace]
+torch.serialization.add_safe_globals(SAFE_GLOBALS)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says why and what to do."""
+
+
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    """Load a fairseq checkpoint safely (``weights_only=True``) onto the CPU."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a torch checkpoint (not a zip archive): the file is "
+                              "truncated or corrupt; download or copy it again")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = [line for line in str(err).splitlines() if "GLOBAL" in line]
+        raise CheckpointError(
+            f"refusing to load {path}: it contains objects that the safe loader does not allow "
+            f"(a checkpoint of nq_plugin holds only tensors and plain containers), so it was not "
+            f"written by nq_plugin or has been tampered with. "
+            f"{detail[0].strip() if detail else ''}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err} -- the file is truncated "
+                              "or corrupt; download or copy it again") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path} is not a fairseq checkpoint (no 'model' entry)")
+    return state
+
+
+def model_config(state: Dict[str, Any]) -> Dict[str, Any]:
+    """The model section of a checkpoint's config, as a plain dict."""
+    cfg = state.get("cfg")
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    if model is None and state.get("args") is not None:
+        model = vars(state["args"])
+    if not model:
+        raise CheckpointError("checkpoint has no model configuration (cfg.model)")
+    return dict(model)

@@ -1,0 +1,171 @@
+"""fairseq task ``bptt_lm``: language modeling by truncated backpropagation through time.
+
+Each split is one token stream: an end-of-sentence symbol, then every line of the binarized
+split with its end-of-sentence symbol (so every line end is predicted, as the paper counts).
+The stream is cut into B contiguous columns (B = --batch-size; with N data-parallel workers,
+N * B columns of which each worker takes its own B) and batches are consecutive segments of
+--tokens-per-sample steps, in order, never shuffled: segment k has inputs x[kT : kT + T] and
+targets x[kT + 1 : kT + T + 1], so no target is lost at a segment boundary. The model carries
+(h, c) from one segment to the next of the same split (``stream`` and ``first_segment`` in
+``net_input``), as in Hou et al. (NeurIPS 2019) and Cooijmans et al. (ICLR 2017).
+``fairseq-eval-lm`` uses the same batches (``eval_lm_dataloader``), with the state carried too;
+``--batch-size 1`` (the default there) scores the split as one uninterrupted stream.
+"""
+
+import logging
+import os
+from dataclasses import dataclass, field
+import torch
+from fairseq import utils
+from fairseq.data import Dictionary, FairseqDataset, data_utils, iterators
+from fairseq.dataclass import FairseqDataclass
+from fairseq.tasks import FairseqTask, register_task
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BPTTLMConfig(FairseqDataclass):
+    data: str = field(default="???", metadata={"help": "path to the fairseq-preprocess output "
+                                                       "(dict.txt, train/valid/test .bin/.idx)"})
+    tokens_per_sample: int = field(
+        default=100, metadata={"help": "BPTT length: time steps per segment"})
+
+
+class TokenStream(FairseqDataset):
+    """One split as a single 1-D token stream (what ``task.dataset(split)`` returns)."""
+
+    def __init__(self, name: str, tokens: torch.Tensor, eos: int):
+        self.name = name
+        self.tokens = tokens
+        self.eos = eos
+
+    def __len__(self):  # number of predicted tokens
+        return max(len(self.tokens) - 1, 0)
+
+    def __getitem__(self, index):
+        return self.tokens[index]
+
+    @property
+    def sizes(self):
+        return torch.ones(len(self), dtype=torch.long).numpy()
+
+
+class BPTTSegments(FairseqDataset):
+    """The segments of a stream for one data-parallel worker; item k is a whole batch."""
+
+    def __init__(self, stream: TokenStream, columns: int, steps: int, shard_id: int = 0,
+                 num_shards: int = 1):
+        if columns < 1 or steps < 1:
+            raise ValueError(f"--batch-size and --tokens-per-sample must be >= 1, got "
+                             f"{columns} and {steps}")
+        self.stream_name = stream.name
+        total = columns * num_shards
+        length = len(stream.tokens) // total
+        if length < 2:
+            raise ValueError(f"split {stream.name!r} has {len(stream.tokens)} tokens: too few for "
+                             f"{total} columns of at least 2 tokens; lower --batch-size")
+        grid = stream.tokens[: length * total].view(total, length)
+        self.columns = grid[shard_id * columns:(shard_id + 1) * columns]  # (B, L)
+        self.steps = steps
+        self.num_segments = (length - 1 + steps - 1) // steps
+
+    def __len__(self):
+        return self.num_segments
+
+    def __getitem__(self, k):
+        start = k * self.steps
+        end = min(start + self.steps, self.columns.shape[1] - 1)
+        return k, self.columns[:, start:end], self.columns[:, start + 1:end + 1]
+
+    def collater(self, items):
+        assert len(items) == 1, "each BPTT item is a whole batch"
+        k, source, target = items[0]
+        batch, steps = source.shape
+        return {
+            "id": torch.arange(batch) + k * batch,
+            "nsentences": batch,
+            "ntokens": target.numel(),
+            "net_input": {
+                "src_tokens": source.contiguous(),
+                "src_lengths": torch.full((batch,), steps, dtype=torch.long),
+                "stream": self.stream_name,
+                "first_segment": k == 0,
+            },
+            "target": target.contiguous(),
+        }
+
+    def num_tokens(self, index):
+        return self.columns.shape[0] * self.steps
+
+    def size(self, index):
+        return self.steps
+
+
+@register_task("bptt_lm", dataclass=BPTTLMConfig)
+class BPTTLMTask(FairseqTask):
+    """Truncated-BPTT language modeling over contiguous streams with carried hidden state."""
+
+    def __init__(self, cfg: BPTTLMConfig, dictionary: Dictionary):
+        super().__init__(cfg)
+        self.dictionary = dictionary
+
+    @classmethod
+    def setup_task(cls, cfg: BPTTLMConfig, **kwargs):
+        paths = utils.split_paths(cfg.data)
+        if not paths or not os.path.isfile(os.path.join(paths[0], "dict.txt")):
+            raise FileNotFoundError(
+                f"no dict.txt in data directory {cfg.data!r}: give the --destdir of "
+                "fairseq-preprocess --only-source (see the README)")
+        dictionary = Dictionary.load(os.path.join(paths[0], "dict.txt"))
+        logger.info("dictionary: %d types", len(dictionary))
+        return cls(cfg, dictionary)
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        paths = utils.split_paths(self.cfg.data)
+        path = os.path.join(paths[(epoch - 1) % len(paths)], split)
+        lines = data_utils.load_indexed_dataset(path, self.dictionary, combine=combine)
+        if lines is None:
+            raise FileNotFoundError(f"split {split!r} not found at {path}.bin/.idx: binarize it "
+                                    "with fairseq-preprocess --only-source")
+        eos = self.dictionary.eos()
+        parts = [torch.tensor([eos], dtype=torch.long)]
+        parts += [lines[i].long() for i in range(len(lines))]
+        self.datasets[split] = TokenStream(split, torch.cat(parts), eos)
+        logger.info("%s: %d tokens", split, len(self.datasets[split]))
+
+    def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None,
+                           max_positions=None, ignore_invalid_inputs=False,
+                           required_batch_size_multiple=1, seed=1, num_shards=1, shard_id=0,
+                           num_workers=0, epoch=1, data_buffer_size=0,
+                           disable_iterator_cache=False, skip_remainder_batch=False,
+                           grouped_shuffling=False, update_epoch_batch_itr=False, **kwargs):
+        if not isinstance(dataset, TokenStream):
+            raise TypeError("bptt_lm batches TokenStream datasets (from its load_dataset)")
+        columns = max_sentences or 1
+        segments = BPTTSegments(dataset, columns, self.cfg.tokens_per_sample, shard_id,
+                                num_shards)
+        return iterators.EpochBatchIterator(
+            dataset=segments, collate_fn=segments.collater,
+            batch_sampler=[[k] for k in range(len(segments))], seed=seed, num_shards=1,
+            shard_id=0, num_workers=num_workers, epoch=epoch, buffer_size=data_buffer_size,
+            disable_shuffling=True, skip_remainder_batch=False)
+
+    def eval_lm_dataloader(self, dataset, max_tokens=36000, batch_size=None, max_positions=None,
+                           num_shards=1, shard_id=0, num_workers=1, data_buffer_size=10,
+                           context_window=0):
+        if context_window > 0:
+            raise ValueError("bptt_lm carries the hidden state across segments; "
+                             "--context-window does not apply (leave it at 0)")
+        return self.get_batch_iterator(
+            dataset, max_sentences=batch_size or 1, num_shards=num_shards, shard_id=shard_id,
+            num_workers=num_workers, data_buffer_size=data_buffer_size,
+        ).next_epoch_itr(shuffle=False)
+
+    @property
+    def source_dictionary(self):
+        return self.dictionary
+
+    @property
+    def target_dictionary(self):
+        return self.dictionary
