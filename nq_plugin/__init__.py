@@ -14,9 +14,12 @@ except ImportError:  # the core works without fairseq
 if fairseq is not None:
     from . import checkpoint  # noqa: F401  safe loading of fairseq checkpoints
     from .distributed import support_torchrun_on_cpu
+    from .criterions import sequence_classification  # noqa: F401  sequence_classification
+    from .models import nq_lstm_classifier  # noqa: F401  nq_lstm_classifier(_smnist)
     from .models import nq_lstm_lm  # noqa: F401  model nq_lstm_lm and its architectures
     from .optim import nq_optimizers  # noqa: F401  optimizers nq_adam, nq_sgd
     from .tasks import bptt_lm  # noqa: F401  task bptt_lm
+    from .tasks import sequential_mnist  # noqa: F401  task sequential_mnist
 
     support_torchrun_on_cpu()  # torchrun ... fairseq-train --cpu: real data parallelism
 

@@ -145,10 +145,12 @@ class BPTTLMTask(FairseqTask):
         columns = max_sentences or 1
         segments = BPTTSegments(dataset, columns, self.cfg.tokens_per_sample, shard_id,
                                 num_shards)
+        # num_workers=0: a batch is a slice of an in-memory tensor, and a loader process would
+        # only add its start-up (seconds per epoch) -- so --num-workers is ignored here
         return iterators.EpochBatchIterator(
             dataset=segments, collate_fn=segments.collater,
             batch_sampler=[[k] for k in range(len(segments))], seed=seed, num_shards=1,
-            shard_id=0, num_workers=num_workers, epoch=epoch, buffer_size=data_buffer_size,
+            shard_id=0, num_workers=0, epoch=epoch, buffer_size=data_buffer_size,
             disable_shuffling=True, skip_remainder_batch=False)
 
     def eval_lm_dataloader(self, dataset, max_tokens=36000, batch_size=None, max_positions=None,

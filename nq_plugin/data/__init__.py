@@ -1,0 +1,1 @@
+"""Data readers of the core (plain PyTorch / numpy, no fairseq)."""

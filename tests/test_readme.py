@@ -1,0 +1,57 @@
+"""The README's PTB commands, run verbatim on tiny stand-in data (two updates each): the
+fairseq-train / fairseq-eval-lm / nq-summary lines must keep working as written."""
+import re
+import shlex
+
+import pytest
+
+from tests.fairseq_utils import DEMO_TEXT, ROOT, console, preprocess
+
+
+def readme_commands():
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Penn Treebank"):text.index("How the pieces fit fairseq")]
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", section, re.S):
+        for command in block.replace("\\\n", " ").splitlines():
+            if command.strip().startswith(("fairseq-", "nq-summary")):
+                commands.append(shlex.split(command))
+    return commands
+
+
+def test_readme_has_the_ptb_commands():
+    names = [c[0] for c in readme_commands()]
+    assert names.count("fairseq-train") == 2 and names.count("fairseq-eval-lm") == 2
+    assert "nq-summary" in names
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory):
+    """data-bin/ptb_char and data-bin/ptb_word, made from the demo text."""
+    root = tmp_path_factory.mktemp("readme")
+    words = root / "words"
+    words.mkdir()
+    for split in ("train", "valid"):
+        lines = (DEMO_TEXT / f"{split}.txt").read_text().splitlines()
+        (words / f"{split}.txt").write_text(
+            "\n".join(line.replace(" ", "").replace("_", " ") for line in lines) + "\n")
+    preprocess(DEMO_TEXT / "train.txt", DEMO_TEXT / "valid.txt", root / "data-bin" / "ptb_char",
+               testpref=DEMO_TEXT / "valid.txt")
+    preprocess(words / "train.txt", words / "valid.txt", root / "data-bin" / "ptb_word",
+               testpref=words / "valid.txt")
+    return root
+
+
+def test_readme_commands_run_as_written(stand_in):
+    for argv in readme_commands():
+        argv = [a.replace("data-bin/", f"{stand_in}/data-bin/")
+                 .replace("checkpoints/", f"{stand_in}/checkpoints/")
+                 .replace("nq_plugin", str(ROOT / "nq_plugin")) if a != "--user-dir" else a
+                for a in argv]
+        if argv[0] == "fairseq-train":
+            argv += ["--max-update", "2"]  # the only change: stop after two updates
+        out = console(*argv)
+        if argv[0] == "fairseq-eval-lm":
+            assert "Perplexity" in out.stdout + out.stderr
+        if argv[0] == "nq-summary":
+            assert "LSTM layers (the paper's size)" in out.stdout
