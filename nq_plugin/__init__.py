@@ -17,6 +17,7 @@ if fairseq is not None:
     from .criterions import sequence_classification  # noqa: F401  sequence_classification
     from .models import nq_lstm_classifier  # noqa: F401  nq_lstm_classifier(_smnist)
     from .models import nq_lstm_lm  # noqa: F401  model nq_lstm_lm and its architectures
+    from .models import nq_lstm_lm_packed  # noqa: F401  nq_lstm_lm_packed (nq-pack output)
     from .optim import nq_optimizers  # noqa: F401  optimizers nq_adam, nq_sgd
     from .tasks import bptt_lm  # noqa: F401  task bptt_lm
     from .tasks import sequential_mnist  # noqa: F401  task sequential_mnist

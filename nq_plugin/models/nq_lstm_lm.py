@@ -107,8 +107,7 @@ class NQLSTMDecoder(FairseqIncrementalDecoder):
         else:
             self.embed_tokens = nn.Embedding(vocab, cfg.embed_dim, padding_idx=dictionary.pad())
             input_size = cfg.embed_dim
-        self.lstm = NQLSTM(input_size, cfg.hidden_size, cfg.num_layers,
-                           dropout=_or(cfg.dropout_hidden, cfg.dropout), **lstm_kwargs(cfg))
+        self.lstm = self.build_lstm(cfg, input_size)
         if cfg.share_embeddings:
             if cfg.embed_dim != cfg.hidden_size:
                 raise ValueError(f"--share-embeddings needs --embed-dim == --hidden-size, got "
@@ -118,6 +117,10 @@ class NQLSTMDecoder(FairseqIncrementalDecoder):
         else:
             self.output_projection = nn.Linear(cfg.hidden_size, vocab)
         self._carried: Dict[str, tuple] = {}
+
+    def build_lstm(self, cfg, input_size):
+        return NQLSTM(input_size, cfg.hidden_size, cfg.num_layers,
+                      dropout=_or(cfg.dropout_hidden, cfg.dropout), **lstm_kwargs(cfg))
 
     # -- carried state (truncated BPTT), saved in the state dict as extra state --------------
     def get_extra_state(self):

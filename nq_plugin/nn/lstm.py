@@ -88,10 +88,10 @@ class NQLSTMLayer(nn.Module):
 
     def _quantize(self, quantizer, weight):
         moment = None
-        if quantizer.uses_second_moment:
+        if quantizer.uses_second_moment and self.training:  # eval reuses the stored scale
             if self.second_moment_source is not None:
                 moment = self.second_moment_source(weight)
-            elif self.training:
+            else:
                 raise RuntimeError(
                     f"quantizer {quantizer.name!r} needs the optimizer's second moment but none "
                     "is attached: call nq_plugin.quant.attach_optimizer(model, optimizer) with an "

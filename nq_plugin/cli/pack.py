@@ -1,0 +1,134 @@
+"""``nq-pack CHECKPOINT OUTDIR``: export a trained nq_lstm_lm checkpoint to the bit-packed format.
+
+Writes into OUTDIR (which must not hold a packed model already, unless --force):
+  model.safetensors  packed LSTM words + per-row scales, folded norms, bias, embeddings/softmax
+  config.json        model configuration + versioned quantization_config (checked on load)
+  dict.txt           the vocabulary (from --dict, or the training data directory the checkpoint
+                     records)
+  checkpoint.pt      a fairseq checkpoint of model nq_lstm_lm_packed holding the same tensors:
+                     fairseq-eval-lm DATA --user-dir nq_plugin --task bptt_lm --path OUTDIR/checkpoint.pt
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+from typing import List, Optional
+
+import torch
+
+from ..checkpoint import CheckpointError, load_checkpoint, model_config
+from ..packed.format import PackedFormatError
+from ..packed.io import quantization_config, save_packed
+from ..packed.lstm import PackedNQLSTM
+
+OUTPUTS = ("model.safetensors", "config.json", "dict.txt", "checkpoint.pt")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="nq-pack", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="checkpoint of an nq_lstm_lm model (fairseq-train)")
+    p.add_argument("outdir", help="directory for the packed model")
+    p.add_argument("--dict", help="dict.txt of the training data (default: the one in the "
+                                  "data directory recorded in the checkpoint)")
+    p.add_argument("--force", action="store_true", help="overwrite a packed model in OUTDIR")
+    return p
+
+
+def find_dictionary(state, given: Optional[str]) -> str:
+    if given:
+        if not os.path.isfile(given):
+            raise FileNotFoundError(f"--dict {given} not found")
+        return given
+    task = (state.get("cfg") or {}).get("task") or {}
+    data = str(task.get("data") or "")
+    for path in data.split(os.pathsep) if data else []:
+        candidate = os.path.join(path, "dict.txt")
+        if os.path.isfile(candidate):
+            return candidate
+    raise FileNotFoundError(f"no dict.txt at the training data directory {data!r} recorded in the "
+                            "checkpoint; pass --dict DATA_DIR/dict.txt")
+
+
+def pack_checkpoint(checkpoint: str, outdir: str, dictionary: Optional[str] = None,
+                    force: bool = False) -> dict:
+    from fairseq.data import Dictionary
+    from omegaconf import OmegaConf
+
+    from ..models.nq_lstm_lm import NQLSTMDecoder
+    from ..models.nq_lstm_lm_packed import PackedNQLSTMDecoder
+
+    state = load_checkpoint(checkpoint)
+    cfg = model_config(state)
+    if cfg.get("_name", "").startswith("nq_lstm_lm_packed"):
+        raise CheckpointError(f"{checkpoint} is already packed")
+    if "one_hot_input" not in cfg:
+        raise CheckpointError(f"{checkpoint} is not an nq_lstm_lm checkpoint (model "
+                              f"{cfg.get('_name')!r}); nq-pack exports language models")
+    existing = [f for f in OUTPUTS if os.path.exists(os.path.join(outdir, f))]
+    if existing and not force:
+        raise FileExistsError(f"{outdir} already holds {', '.join(existing)}; choose another "
+                              "OUTDIR or pass --force to overwrite")
+    dict_path = find_dictionary(state, dictionary)
+    vocab = Dictionary.load(dict_path)
+    decoder = NQLSTMDecoder(OmegaConf.create(cfg), vocab)
+    weights = {k[len("decoder."):]: v for k, v in state["model"].items()
+               if k.startswith("decoder.")}
+    weights["_extra_state"] = {"carried": {}}
+    try:
+        decoder.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"{checkpoint}: weights do not fit the model with dictionary "
+                              f"{dict_path}: {err}") from None
+    decoder.eval()
+    packed_lstm = PackedNQLSTM.from_lstm(decoder.lstm)
+    metas = [layer.meta for layer in packed_lstm.layers]
+    norm_steps = max((int(layer.ih_affine_scale.shape[0]) for layer in packed_lstm.layers
+                      if hasattr(layer, "ih_affine_scale")), default=1)
+    packed_cfg = dict(cfg, _name="nq_lstm_lm_packed", packed_layers=json.dumps(metas),
+                      packed_norm_steps=norm_steps)
+    packed = PackedNQLSTMDecoder(OmegaConf.create(packed_cfg), vocab)
+    packed.lstm = packed_lstm
+    for name in ("embed_tokens", "output_projection"):
+        module = getattr(decoder, name)
+        if module is not None:
+            getattr(packed, name).load_state_dict(module.state_dict())
+    packed.eval()
+    tensors = {"decoder." + k: v for k, v in packed.state_dict().items() if torch.is_tensor(v)}
+
+    os.makedirs(outdir, exist_ok=True)
+    config = {"model": packed_cfg, "quantization_config": quantization_config(metas, norm_steps),
+              "source_checkpoint": os.path.basename(checkpoint)}
+    save_packed(outdir, tensors, config)
+    shutil.copyfile(dict_path, os.path.join(outdir, "dict.txt"))
+    fairseq_state = {k: v for k, v in state.items() if k not in ("last_optimizer_state",)}
+    fairseq_state["cfg"] = dict(state["cfg"], model=packed_cfg)
+    fairseq_state["model"] = dict(tensors, **{"decoder._extra_state": {"carried": {}}})
+    fairseq_state["last_optimizer_state"] = None
+    torch.save(fairseq_state, os.path.join(outdir, "checkpoint.pt"))
+
+    words = sum(v.numel() * v.element_size() for k, v in tensors.items()
+                if k.startswith("decoder.lstm.") and k.endswith(("_plus", "_nonzero",
+                                                                 "_negative", "_weight")))
+    fp32 = sum(4 * layer.weight_ih.numel() + 4 * layer.weight_hh.numel()
+               for layer in decoder.lstm.layers)
+    return {"outdir": outdir, "lstm_weight_bytes": words, "fp32_lstm_weight_bytes": fp32,
+            "ratio": fp32 / words}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        info = pack_checkpoint(args.checkpoint, args.outdir, args.dict, args.force)
+    except (CheckpointError, PackedFormatError, FileNotFoundError, FileExistsError) as err:
+        print(f"nq-pack: {err}", file=sys.stderr)
+        return 2
+    print(f"packed {args.checkpoint} -> {info['outdir']}: LSTM weights "
+          f"{info['lstm_weight_bytes']:,} bytes (fp32: {info['fp32_lstm_weight_bytes']:,}, "
+          f"{info['ratio']:.1f}x smaller)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The packed weight format (version 1).
+
+Binary matrices (values s_j * b_jk, b in {-1, +1}) take 1 bit per weight, ternary matrices
+(b in {-1, 0, +1}) 2 bits, both packed along the input dimension:
+
+* words: int32; column k of row j lives in word k // 32, bit k % 32 (least significant bit first);
+* binary: one plane, bit 1 = +1, bit 0 = -1;
+* ternary: two planes, ``nonzero`` (bit 1 = value != 0) and ``negative`` (bit 1 = value < 0);
+  value = nonzero * (1 - 2 * negative);
+* padding: the input dimension is padded with 0 bits to a multiple of 32. A padded column decodes
+  to -1 (binary) or 0 (ternary); kernels read inputs zero-padded (or masked), so padded columns
+  never contribute. Bytes per (R x n) matrix: R * ceil(n / 32) * 4 per plane;
+* scale: one fp32 number per row, s_j, which folds the quantizer's scale of the row's gate block
+  and, for weight normalization, g_j / ||W_q,j|| (DESIGN.md section 4).
+
+Full-precision matrices (``fp``, or W_x kept fp for scalar inputs) are stored as fp32.
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+
+FORMAT_NAME = "nq-packed"
+FORMAT_VERSION = 1
+WORD_BITS = 32
+PACK_ORDER = "int32 words along the input dimension, column k -> word k // 32, bit k % 32 (LSB first)"
+PADDING = "input dimension padded with 0 bits to a multiple of 32; padded columns are ignored"
+
+
+class PackedFormatError(ValueError):
+    """A packed model whose files do not agree with each other or with this format version."""
+
+
+def num_words(columns: int) -> int:
+    return (columns + WORD_BITS - 1) // WORD_BITS
+
+
+_SHIFTS = torch.arange(WORD_BITS, dtype=torch.int64)
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """(R, n) bool -> (R, ceil(n / 32)) int32, LSB first, zero padding."""
+    rows, cols = bits.shape
+    words = num_words(cols)
+    padded = torch.zeros(rows, words * WORD_BITS, dtype=torch.int64, device=bits.device)
+    padded[:, :cols] = bits.to(torch.int64)
+    value = (padded.view(rows, words, WORD_BITS) << _SHIFTS.to(bits.device)).sum(-1)
+    # two's complement: bit 31 set -> negative int32
+    value = torch.where(value >= 2 ** 31, value - 2 ** 32, value)
+    return value.to(torch.int32)
+
+
+def unpack_bits(words: torch.Tensor, columns: int) -> torch.Tensor:
+    """(R, W) int32 -> (R, columns) bool."""
+    rows = words.shape[0]
+    shifted = (words.to(torch.int64).unsqueeze(-1) >> _SHIFTS.to(words.device)) & 1
+    return shifted.view(rows, -1)[:, :columns].bool()
+
+
+def split_codes(weight: torch.Tensor, bits: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Quantized matrix -> (codes, per-row magnitude). Binary rows must be +-a_j, ternary rows
+    in {-a_j, 0, a_j}; anything else is not a quantized matrix of that width."""
+    magnitude = weight.abs().amax(dim=1)
+    nonzero = weight != 0
+    if bits == 1 and not bool(nonzero.all() | (magnitude == 0).all()):
+        raise PackedFormatError("a binary matrix holds zeros: it was not quantized to 1 bit")
+    same = (weight.abs() == magnitude.unsqueeze(1)) | ~nonzero
+    if not bool(same.all()):
+        raise PackedFormatError(f"rows of a {bits}-bit matrix must share one magnitude")
+    return torch.sign(weight), magnitude
+
+
+def pack_matrix(codes: torch.Tensor, bits: int) -> Dict[str, torch.Tensor]:
+    """Codes in {-1, +1} (bits=1) or {-1, 0, +1} (bits=2) -> packed planes."""
+    if bits == 1:
+        return {"plus": pack_bits(codes > 0)}
+    if bits == 2:
+        return {"nonzero": pack_bits(codes != 0), "negative": pack_bits(codes < 0)}
+    raise PackedFormatError(f"cannot pack {bits}-bit weights (1 or 2)")
+
+
+def unpack_matrix(planes: Dict[str, torch.Tensor], bits: int, columns: int,
+                  dtype=torch.float32) -> torch.Tensor:
+    """Packed planes -> codes (R, columns) as ``dtype``."""
+    if bits == 1:
+        plus = unpack_bits(planes["plus"], columns)
+        return plus.to(dtype) * 2 - 1
+    if bits == 2:
+        nonzero = unpack_bits(planes["nonzero"], columns).to(dtype)
+        negative = unpack_bits(planes["negative"], columns).to(dtype)
+        return nonzero * (1 - 2 * negative)
+    raise PackedFormatError(f"cannot unpack {bits}-bit weights (1 or 2)")
+
+
+def plane_names(bits: int):
+    return {1: ("plus",), 2: ("nonzero", "negative"), 32: ()}[bits]

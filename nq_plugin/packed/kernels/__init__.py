@@ -1,0 +1,89 @@
+"""y = x W^T with W = diag(s) B from packed codes B: a Triton kernel on GPU, PyTorch on CPU.
+
+:class:`PackedMatrix` picks the path: CUDA tensors use the Triton kernel when triton imports,
+else the exact PyTorch path (said once in the log); CPU tensors use the PyTorch path, which
+unpacks B once per call (or once per :meth:`PackedMatrix.prepared` block, e.g. a whole sequence)
+and frees it afterwards, so only the packed words stay resident.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..format import unpack_matrix
+
+logger = logging.getLogger(__name__)
+_warned = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message)
+
+
+def triton_matmul():
+    """The Triton entry point, or None when triton (or a GPU for it) is unavailable."""
+    try:
+        from .triton_kernels import packed_matmul
+    except Exception as err:  # ImportError, or a triton that cannot initialise here
+        _warn_once("triton", f"nq_plugin: Triton kernel unavailable ({err}); using the exact "
+                             "PyTorch path for packed weights")
+        return None
+    return packed_matmul
+
+
+class PackedMatrix:
+    """A (R x n) weight in the packed format: ``planes`` of int32 words, per-row ``scale``,
+    ``bits`` 1 or 2; or a dense fp matrix (``bits`` 32)."""
+
+    def __init__(self, planes: Dict[str, torch.Tensor], scale: Optional[torch.Tensor], bits: int,
+                 columns: int, dense: Optional[torch.Tensor] = None):
+        self.planes, self.scale, self.bits, self.columns, self.dense_weight = (
+            planes, scale, bits, columns, dense)
+
+    @classmethod
+    def dense(cls, weight: torch.Tensor) -> "PackedMatrix":
+        return cls({}, None, 32, weight.shape[1], weight)
+
+    def unpacked(self, dtype=torch.float32) -> torch.Tensor:
+        """diag(s) B as a dense matrix (the reference; what the CPU path multiplies with)."""
+        if self.bits == 32:
+            return self.dense_weight.to(dtype)
+        return unpack_matrix(self.planes, self.bits, self.columns, dtype) * self.scale.to(dtype)[:, None]
+
+    def _use_triton(self, x: torch.Tensor) -> bool:
+        return self.bits != 32 and x.is_cuda
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, n) -> (N, R)."""
+        if self.bits == 32:
+            return F.linear(x, self.dense_weight.to(x.dtype))
+        if self._use_triton(x):
+            kernel = triton_matmul()
+            if kernel is not None:
+                return kernel(x, self.planes, self.scale, self.bits, self.columns)
+        codes = unpack_matrix(self.planes, self.bits, self.columns, x.dtype)
+        return F.linear(x, codes) * self.scale.to(x.dtype)
+
+    @contextlib.contextmanager
+    def prepared(self, batch: int):
+        """Yield a callable x -> x W^T for repeated use (the steps of a sequence)."""
+        if self.bits == 32:
+            weight = self.dense_weight
+            yield lambda x: F.linear(x, weight.to(x.dtype))
+            return
+        device = self.planes[next(iter(self.planes))].device
+        if device.type == "cuda" and triton_matmul() is not None:
+            yield self.matmul
+            return
+        codes = unpack_matrix(self.planes, self.bits, self.columns)
+        scale = self.scale
+        try:
+            yield lambda x: F.linear(x, codes.to(x.dtype)) * scale.to(x.dtype)
+        finally:
+            del codes

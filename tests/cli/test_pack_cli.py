@@ -1,0 +1,97 @@
+"""nq-pack: export, fairseq-eval-lm on the packed checkpoint, sizes, tampering."""
+import json
+import math
+
+import pytest
+import torch
+
+from nq_plugin.cli.pack import main as pack_main
+from nq_plugin.packed.format import PackedFormatError
+from nq_plugin.packed.io import load_packed
+from tests.fairseq_utils import TINY, console, eval_lm, train
+
+
+@pytest.mark.parametrize("quantizer,norm,stats", [
+    ("bc", "weight", "shared"), ("tc", "batch", "separate"), ("lat", "power", "shared"),
+    ("bwn", "layer", "shared"), ("fp", "none", "shared"),
+])
+def test_packed_checkpoint_evaluates_to_the_same_perplexity(demo_char_data, tmp_path, quantizer,
+                                                           norm, stats):
+    ckpt = train(demo_char_data, tmp_path / "ck", *TINY, "--quantizer", quantizer, "--norm",
+                 norm, "--bn-stats", stats, "--bn-max-steps", "8", updates=4)
+    assert pack_main([str(ckpt), str(tmp_path / "packed")]) == 0
+    packed = eval_lm(demo_char_data, tmp_path / "packed" / "checkpoint.pt",
+                     "--tokens-per-sample", "16")
+    unpacked = eval_lm(demo_char_data, ckpt, "--tokens-per-sample", "16")
+    assert f"{packed['perplexity']:.4g}" == f"{unpacked['perplexity']:.4g}"
+    assert math.isclose(packed["loss"], unpacked["loss"], abs_tol=1e-5)
+
+
+def test_packed_bytes_match_summary_up_to_padding(demo_char_data, tmp_path):
+    ckpt = train(demo_char_data, tmp_path / "ck", *TINY, "--quantizer", "bc", "--norm", "weight")
+    console("nq-pack", ckpt, tmp_path / "packed")
+    tensors, config = load_packed(str(tmp_path / "packed"))
+    words = sum(v.numel() * 4 for k, v in tensors.items() if k.endswith("_plus"))
+    summary = json.loads(console("nq-summary", ckpt, "--json").stdout.strip().splitlines()[-1])
+    layer = summary["layers"][0]
+    one_bit = int(layer["counts_by_bits"]["1"])
+    rows = 4 * layer["hidden_size"]
+    padding_bits = rows * sum((-n) % 32 for n in (layer["input_size"], layer["hidden_size"]))
+    assert words * 8 == one_bit + padding_bits  # documented: zero bits up to a multiple of 32
+    assert config["quantization_config"]["format_version"] == 1
+    assert (tmp_path / "packed" / "dict.txt").read_text() == (demo_char_data / "dict.txt").read_text()
+
+
+@pytest.fixture()
+def packed_dir(demo_char_data, tmp_path):
+    ckpt = train(demo_char_data, tmp_path / "ck", *TINY, "--quantizer", "tc", "--norm", "layer")
+    assert pack_main([str(ckpt), str(tmp_path / "packed")]) == 0
+    return tmp_path / "packed", ckpt
+
+
+def test_tampered_config_is_refused(packed_dir):
+    outdir, _ = packed_dir
+    path = outdir / "config.json"
+    original = json.loads(path.read_text())
+    bad = json.loads(path.read_text())
+    bad["quantization_config"]["format_version"] = 2
+    path.write_text(json.dumps(bad))
+    with pytest.raises(PackedFormatError, match="version 2.*re-pack"):
+        load_packed(str(outdir))
+    bad = json.loads(json.dumps(original))
+    bad["quantization_config"]["layers"][0]["hidden_size"] = 48
+    path.write_text(json.dumps(bad))
+    with pytest.raises(PackedFormatError, match="do not belong together"):
+        load_packed(str(outdir))
+    bad = json.loads(json.dumps(original))
+    bad["quantization_config"]["layers"][0]["hh_bits"] = 1
+    path.write_text(json.dumps(bad))
+    with pytest.raises(PackedFormatError, match="lacks"):
+        load_packed(str(outdir))
+    path.write_text("{not json")
+    with pytest.raises(PackedFormatError, match="not valid JSON"):
+        load_packed(str(outdir))
+    path.write_text(json.dumps(original))
+    load_packed(str(outdir))  # intact again
+
+
+def test_truncated_files_are_refused(packed_dir):
+    outdir, _ = packed_dir
+    weights = outdir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(PackedFormatError, match="truncated or corrupt"):
+        load_packed(str(outdir))
+    ckpt = outdir / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:500])
+    res = console("nq-summary", ckpt, check=False)
+    assert res.returncode == 2 and "truncated or corrupt" in res.stderr
+
+
+def test_existing_outdir_is_not_overwritten(packed_dir):
+    outdir, ckpt = packed_dir
+    before = (outdir / "model.safetensors").read_bytes()
+    res = console("nq-pack", ckpt, outdir, check=False)
+    assert res.returncode == 2 and "--force" in res.stderr
+    assert (outdir / "model.safetensors").read_bytes() == before
+    res = console("nq-pack", outdir / "checkpoint.pt", outdir / "again", check=False)
+    assert res.returncode == 2 and "already packed" in res.stderr

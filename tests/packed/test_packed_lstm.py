@@ -1,0 +1,67 @@
+"""Packed LSTM = the trained (unpacked) LSTM in eval mode, for every quantizer x norm."""
+import pytest
+import torch
+
+from nq_plugin.nn import NQLSTM
+from nq_plugin.packed import PackedNQLSTM
+from nq_plugin.packed.format import unpack_matrix
+from nq_plugin.quant import attach_optimizer
+
+NORMS = [("none", "shared"), ("weight", "shared"), ("layer", "shared"), ("batch", "shared"),
+         ("batch", "separate"), ("power", "shared")]
+
+
+def trained(quantizer, norm, stats, steps=3):
+    torch.manual_seed(0)
+    m = NQLSTM(37, 40, 2, quantizer=quantizer, norm=norm, bn_stats=stats, bn_max_steps=5)
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    attach_optimizer(m, opt)
+    for _ in range(steps):
+        out, _ = m(torch.randn(7, 6, 37))
+        out.pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    return m.eval()
+
+
+@pytest.mark.parametrize("quantizer", ["fp", "bc", "tc", "bwn", "twn", "lab", "lat"])
+@pytest.mark.parametrize("norm,stats", NORMS)
+def test_packed_equals_unpacked(quantizer, norm, stats):
+    m = trained(quantizer, norm, stats)
+    packed = PackedNQLSTM.from_lstm(m)
+    x = torch.randn(9, 3, 37)  # 9 steps > T_max = 5 for per-step statistics
+    with torch.no_grad():
+        a, (ha, ca) = m(x)
+        b, (hb, cb) = packed(x)
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+        torch.testing.assert_close(cb, ca, atol=1e-5, rtol=0)
+        # continuing at step 9 with the carried state
+        a2, _ = m(x[:4], (ha, ca), t0=9)
+        b2, _ = packed(x[:4], (hb, cb), t0=9)
+        torch.testing.assert_close(b2, a2, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("quantizer,bits", [("bc", 1), ("bwn", 1), ("lab", 1), ("tc", 2),
+                                            ("twn", 2), ("lat", 2)])
+def test_round_trip_gives_the_quantized_weights(quantizer, bits):
+    m = trained(quantizer, "weight", "shared")
+    packed = PackedNQLSTM.from_lstm(m)
+    for layer, p in zip(m.layers, packed.layers):
+        w_q = layer._quantize(layer.hh_quantizer, layer.weight_hh).detach()
+        planes = {k: getattr(p, f"hh_{k}") for k in (("plus",) if bits == 1
+                                                      else ("nonzero", "negative"))}
+        codes = unpack_matrix(planes, bits, layer.hidden_size)
+        assert torch.equal(codes, torch.sign(w_q))  # exactly the quantized signs
+        w_eff = layer.effective_weights()[1].detach()
+        torch.testing.assert_close(codes * p.hh_scale[:, None], w_eff, rtol=1e-6, atol=1e-7)
+
+
+def test_binary_512_weights_take_at_most_a_thirtieth():
+    torch.manual_seed(0)
+    m = NQLSTM(50, 512, quantizer="bc", norm="weight").eval()
+    p = PackedNQLSTM.from_lstm(m).layers[0]
+    packed_bytes = sum(getattr(p, k).numel() * 4 for k in ("ih_plus", "hh_plus"))
+    fp32_bytes = 4 * (m.layers[0].weight_ih.numel() + m.layers[0].weight_hh.numel())
+    assert packed_bytes * 30 <= fp32_bytes
+    # equals the paper's 1 bit per weight up to the documented padding to 32 columns
+    assert packed_bytes == 2048 * (64 + 512) // 8
