@@ -64,6 +64,9 @@ def model_from_checkpoint(path: str) -> nn.Module:
     cfg = model_config(state)
     weights = state["model"]
     keys = [k for k in weights if k.endswith("layers.0.weight_hh")]
+    if str(cfg.get("_name", "")).endswith("_packed"):
+        raise CheckpointError(f"{path} is a packed model written by nq-pack (it reports the packed "
+                              "sizes); run nq-summary on the checkpoint it was packed from")
     if not keys:
         raise CheckpointError(f"{path} holds no NQLSTM layer: not a checkpoint of nq_plugin")
     prefix = keys[0][: -len("layers.0.weight_hh")]

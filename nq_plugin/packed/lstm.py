@@ -11,7 +11,8 @@ map (per time step for separate statistics). :class:`PackedNQLSTMLayer` runs it:
     g_t = s_x * B_x x_t + s_h * B_h h_{t-1} + b                                 (none / weight)
 
 The products B x come from :mod:`nq_plugin.packed.kernels`: a Triton kernel on GPU, the PyTorch
-path on CPU (it unpacks a matrix once per forward call, for all time steps, and frees it).
+path on CPU (it unpacks a matrix once per forward call, for all time steps, and frees it; for
+none/weight norm the unpacked matrices then go through torch's fused LSTM kernel).
 """
 from __future__ import annotations
 
@@ -147,8 +148,15 @@ class PackedNQLSTMLayer(nn.Module):
             zeros = x.new_zeros(batch, self.hidden_size)
             state = (zeros, zeros)
         h, c = state
-        slots = self._slots(t0, steps, x.device)
         w_ih, w_hh = self.matrix("ih"), self.matrix("hh")
+        if self.norm in ("none", "weight") and not x.is_cuda:
+            # CPU: unpack both matrices for this call only and run torch's fused LSTM kernel
+            weights = [w_ih.unpacked(x.dtype), w_hh.unpacked(x.dtype), self.bias.to(x.dtype),
+                       torch.zeros_like(self.bias, dtype=x.dtype)]
+            out, h, c = torch._VF.lstm(x, (h.unsqueeze(0), c.unsqueeze(0)), weights, True, 1,
+                                       0.0, False, False, False)
+            return out, (h.squeeze(0), c.squeeze(0))
+        slots = self._slots(t0, steps, x.device)
         px = w_ih.matmul(x.reshape(steps * batch, -1)).reshape(steps, batch, -1)
         if self.norm in ("batch", "power"):
             px = self._normalize("ih", px, slots.unsqueeze(1))
