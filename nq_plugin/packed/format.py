@@ -17,6 +17,7 @@ Full-precision matrices (``fp``, or W_x kept fp for scalar inputs) are stored as
 """
 from __future__ import annotations
 
+import sys
 from typing import Dict, Tuple
 
 import torch
@@ -80,16 +81,29 @@ def pack_matrix(codes: torch.Tensor, bits: int) -> Dict[str, torch.Tensor]:
     raise PackedFormatError(f"cannot pack {bits}-bit weights (1 or 2)")
 
 
+_BYTE_BITS = ((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).to(torch.float32)
+
+
+def _byte_table(words: torch.Tensor, table: torch.Tensor, columns: int) -> torch.Tensor:
+    """Decode int32 words through a (256, 8) table indexed by their bytes. The words are
+    little-endian in memory, so byte b of a word holds its bits 8b .. 8b+7, LSB first."""
+    rows = words.shape[0]
+    if sys.byteorder != "little":  # byte order of the view below: decode bit by bit instead
+        bits = unpack_bits(words, columns).to(torch.int64)
+        return table[:2, 0][bits]  # table[b, 0] is the value of bit 0 of byte b: 0 -> b=0, 1 -> b=1
+    as_bytes = words.contiguous().view(torch.uint8).to(torch.int64)  # (R, 4W)
+    return table.to(words.device)[as_bytes].reshape(rows, -1)[:, :columns]
+
+
 def unpack_matrix(planes: Dict[str, torch.Tensor], bits: int, columns: int,
                   dtype=torch.float32) -> torch.Tensor:
-    """Packed planes -> codes (R, columns) as ``dtype``."""
+    """Packed planes -> codes (R, columns) as ``dtype`` (one table lookup per plane)."""
     if bits == 1:
-        plus = unpack_bits(planes["plus"], columns)
-        return plus.to(dtype) * 2 - 1
+        return _byte_table(planes["plus"], (_BYTE_BITS * 2 - 1).to(dtype), columns)
     if bits == 2:
-        nonzero = unpack_bits(planes["nonzero"], columns).to(dtype)
-        negative = unpack_bits(planes["negative"], columns).to(dtype)
-        return nonzero * (1 - 2 * negative)
+        nonzero = _byte_table(planes["nonzero"], _BYTE_BITS.to(dtype), columns)
+        negative = _byte_table(planes["negative"], _BYTE_BITS.to(dtype), columns)
+        return nonzero - 2 * nonzero * negative
     raise PackedFormatError(f"cannot unpack {bits}-bit weights (1 or 2)")
 
 
