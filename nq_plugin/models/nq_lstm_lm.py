@@ -8,13 +8,17 @@ run continues exactly. With fairseq's ``language_modeling`` task every block sta
 Incremental decoding keeps (h, c) and the step index (for per-step batch-norm statistics).
 """
 
+import json
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
+from fairseq import metrics
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from omegaconf import II
 from fairseq.models import (FairseqIncrementalDecoder, FairseqLanguageModel, register_model,
                             register_model_architecture)
 from torch import nn
@@ -55,6 +59,13 @@ class NQLSTMConfigMixin(FairseqDataclass):
     latent_clip: Optional[float] = field(
         default=None, metadata={"help": "clip latent LSTM weights to [-c, c] with gradient "
                                         "cancellation (BinaryConnect); off by default"})
+    log_grad_norms: int = field(default=0, metadata={
+        "help": "every N training forwards, record ||d loss / d h_t|| for every step, gate "
+                "spectral norms, the lambda bounds, g and alpha (0: off, no hooks at all)"})
+    grad_norm_log: Optional[str] = field(default=None, metadata={
+        "help": "JSON-lines file for --log-grad-norms (default: SAVE_DIR/grad_norms.jsonl)"})
+    grad_norm_save_dir: Optional[str] = field(default=II("checkpoint.save_dir"), metadata={
+        "help": "set from --save-dir: where --grad-norm-log defaults to"})
 
 
 def lstm_kwargs(cfg) -> Dict[str, object]:
@@ -117,6 +128,34 @@ class NQLSTMDecoder(FairseqIncrementalDecoder):
         else:
             self.output_projection = nn.Linear(cfg.hidden_size, vocab)
         self._carried: Dict[str, tuple] = {}
+        self.log_grad_norms = int(cfg.get("log_grad_norms", 0) or 0)
+        self._forwards = 0
+        self._grad_norm_path = None
+        if self.log_grad_norms > 0:
+            self._grad_norm_path = cfg.get("grad_norm_log") or os.path.join(
+                cfg.get("grad_norm_save_dir") or ".", "grad_norms.jsonl")
+
+    def _recorder(self):
+        """A recorder for this forward when --log-grad-norms says so, else None."""
+        if not (self.training and self.log_grad_norms > 0):
+            return None
+        self._forwards += 1
+        if (self._forwards - 1) % self.log_grad_norms:
+            return None
+        forward_index = self._forwards - 1
+
+        def write(layer_index, record):
+            record = dict(record, forward=forward_index, layer=layer_index)
+            grads = record["grad_h"]
+            if layer_index == 0:
+                metrics.log_scalar("nq_gradh_first", grads[0], round=4)
+                metrics.log_scalar("nq_gradh_last", grads[-1], round=4)
+                metrics.log_scalar("nq_lambda1", record["lambda1"], round=3)
+                metrics.log_scalar("nq_lambda2", record["lambda2"], round=3)
+            os.makedirs(os.path.dirname(os.path.abspath(self._grad_norm_path)), exist_ok=True)
+            with open(self._grad_norm_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        return write
 
     def build_lstm(self, cfg, input_size):
         return NQLSTM(input_size, cfg.hidden_size, cfg.num_layers,
@@ -165,7 +204,11 @@ class NQLSTMDecoder(FairseqIncrementalDecoder):
                 logger.warning("carried LSTM state of stream %r has batch %d, this batch has %d:"
                                " starting from zeros", stream, h.shape[1], batch)
         x = self._embed(tokens).transpose(0, 1)  # (T, B, E)
-        out, (h, c) = self.lstm(x, state, t0=t0)
+        recorder = self._recorder() if incremental_state is None else None
+        if recorder is None:
+            out, (h, c) = self.lstm(x, state, t0=t0)
+        else:
+            out, (h, c) = self.lstm(x, state, t0=t0, recorder=recorder)
         if incremental_state is not None:
             self.set_incremental_state(incremental_state, "lstm_state", {
                 "h": h, "c": c, "step": torch.tensor(t0 + tokens.shape[1])})

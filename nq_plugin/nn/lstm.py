@@ -204,8 +204,10 @@ class NQLSTM(nn.Module):
                         latent_clip=latent_clip, **norm_options)
             for i in range(num_layers))
 
-    def forward(self, x: torch.Tensor, state: Optional[State] = None, t0: int = 0
-                ) -> Tuple[torch.Tensor, State]:
+    def forward(self, x: torch.Tensor, state: Optional[State] = None, t0: int = 0,
+                recorder=None) -> Tuple[torch.Tensor, State]:
+        """``recorder(layer_index, record)``, when given, receives the gradient diagnostics of
+        each layer after the backward pass (:mod:`nq_plugin.diagnostics.recorder`)."""
         if x.dim() != 3:
             raise ValueError(f"input must be 3-D (T, B, F) or (B, T, F) with batch_first, "
                              f"got shape {tuple(x.shape)}")
@@ -224,7 +226,13 @@ class NQLSTM(nn.Module):
         for i, layer in enumerate(self.layers):
             if i > 0 and self.dropout > 0:
                 x = F.dropout(x, self.dropout, self.training)
-            x, (h, c) = layer(x, None if state is None else (state[0][i], state[1][i]), t0)
+            layer_state = None if state is None else (state[0][i], state[1][i])
+            if recorder is None:
+                x, (h, c) = layer(x, layer_state, t0)
+            else:
+                from ..diagnostics.recorder import recorded_forward
+                x, (h, c) = recorded_forward(layer, x, layer_state, t0,
+                                             lambda record, i=i: recorder(i, record))
             hs.append(h)
             cs.append(c)
         if self.batch_first:
