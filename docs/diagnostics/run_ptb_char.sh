@@ -19,6 +19,8 @@ for run in "fp none" "bc none" "bc weight"; do
       --quantizer "$1" --norm "$2" --optimizer nq_adam --lr 0.002 --clip-norm 5 \
       --batch-size 32 --tokens-per-sample 100 --max-update "$UPDATES" --cpu --seed 1 \
       --log-grad-norms 10 --save-dir "$RUNS/$name" --no-save --disable-validation \
-      --log-format simple --log-interval 10 > "$RUNS/$name/train.log" 2>&1
+      --log-format simple --log-interval 10 > "$RUNS/$name/train.log" 2>&1 \
+    || echo "$name stopped early (see $RUNS/$name/train.log): BinaryConnect without normalization" \
+            "explodes -- fairseq stops on Nan/Inf gradients; the records up to then are kept"
 done
 nq-analyze "$RUNS/fp_none" "$RUNS/bc_none" "$RUNS/bc_weight" --out "$ROOT/docs/diagnostics"

@@ -6,7 +6,7 @@ its fairseq log ``train.log``) or one of those files. Writes PNG files into DIR:
 * ``grad_h_vs_step.png``: ||d xi / d h_t|| against the time step t, one panel per run, one line
   per recorded update (paper Fig. 1 / appendix Figs. 6-11);
 * ``grad_h_over_training.png``: ||d xi / d h_0|| (the gradient that travelled through the whole
-  segment) against training progress, all runs;
+  segment; where it overflowed, the earliest finite one, marked x) against training progress;
 * ``lambda.png``: lambda_1 (solid) and lambda_2 (dashed) of the bound, all runs;
 * ``g_values.png``: weight-norm gains per gate over training (runs with weight norm; Fig. 5);
 * ``alpha.png``: BWN/TWN/LAB/LAT scales per gate over training (Fig. 4);
@@ -14,6 +14,7 @@ its fairseq log ``train.log``) or one of those files. Writes PNG files into DIR:
 """
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -88,15 +89,22 @@ def load_run(path: str) -> Dict[str, object]:
     return run
 
 
+def farthest_finite(values):
+    """The gradient norm at the earliest step where it is still finite (it overflows to inf
+    going back in time when the gradient explodes)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return finite[0] if finite else float("nan")
+
+
 def first_layer(records):
     return [r for r in records if r["layer"] == 0]
 
 
 def plot_all(runs: List[Dict[str, object]], out: str) -> List[str]:
     import logging
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # before its import-time chatter
 
     import matplotlib
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -129,10 +137,17 @@ def plot_all(runs: List[Dict[str, object]], out: str) -> List[str]:
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
         for run in with_records:
             recs = first_layer(run["records"])
-            ax.plot([r["forward"] for r in recs], [r["grad_h"][0] for r in recs], label=run["name"])
+            xs = [r["forward"] for r in recs]
+            line, = ax.plot(xs, [farthest_finite(r["grad_h"]) for r in recs], marker="o", ms=3,
+                            label=run["name"])
+            overflow = [x for x, r in zip(xs, recs) if not math.isfinite(r["grad_h"][0])]
+            if overflow:
+                ax.plot(overflow, [max(farthest_finite(r["grad_h"]) for r in recs)] * len(overflow),
+                        ls="", marker="x", ms=9, color=line.get_color(),
+                        label=f"{run['name']}: overflow (inf/nan)")
         ax.set_yscale("log")
         ax.set_xlabel("training forward (update)")
-        ax.set_ylabel("||d loss / d h_0||")
+        ax.set_ylabel("||d loss / d h_t||, earliest finite t")
         ax.legend(fontsize=8)
         save(fig, "grad_h_over_training.png")
 
@@ -140,7 +155,7 @@ def plot_all(runs: List[Dict[str, object]], out: str) -> List[str]:
         for run in with_records:
             recs = first_layer(run["records"])
             xs = [r["forward"] for r in recs]
-            line, = ax.plot(xs, [r["lambda1"] for r in recs], label=run["name"])
+            line, = ax.plot(xs, [r["lambda1"] for r in recs], marker="o", ms=3, label=run["name"])
             ax.plot(xs, [r["lambda2"] for r in recs], ls="--", color=line.get_color())
         ax.set_yscale("log")
         ax.set_xlabel("training forward (update)")
