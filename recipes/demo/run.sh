@@ -28,7 +28,16 @@ fairseq-eval-lm "$OUT/data-bin" --user-dir "$ROOT/nq_plugin" --task bptt_lm \
     --path "$OUT/checkpoints/checkpoint_best.pt" --gen-subset valid --cpu --num-workers 0 \
     > "$OUT/eval.log" 2>&1
 grep "Loss (base 2)" "$OUT/eval.log" | sed 's/.*eval_lm | /fairseq-eval-lm: /; s/^INFO:fairseq_cli.eval_lm:/fairseq-eval-lm: /'
-echo "(Loss (base 2) is bits per character; the unigram model of this text needs about 4.2)"
+python3 - "$HERE/text" <<'PY'
+import math, sys, collections
+read = lambda s: [t for l in open(f"{sys.argv[1]}/{s}.txt") for t in l.split() + ["</s>"]]
+train, valid = read("train"), read("valid")
+counts = collections.Counter(train)
+vocab = set(train) | set(valid)
+p = lambda t: (counts[t] + 1) / (len(train) + len(vocab))  # add-one smoothed unigram
+bits = -sum(math.log2(p(t)) for t in valid) / len(valid)
+print(f"(Loss (base 2) is bits per character; a unigram model of the training text: {bits:.2f})")
+PY
 
 nq-summary "$OUT/checkpoints/checkpoint_best.pt"
 echo "== logs and checkpoints: $OUT"
