@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates every picture of docs/diagnostics.md: three short PTB char runs (fp / BinaryConnect
-# without normalization / BinaryConnect with weight normalization) with --log-grad-norms, then
+# Regenerates every picture of docs/diagnostics.md: five short PTB char runs (fp / BinaryConnect
+# and TerConnect without and with weight normalization) with --log-grad-norms, then
 # nq-analyze. DATA: the ptb_char directory of recipes/ptb/prepare.sh.
 #
 #   bash docs/diagnostics/run_ptb_char.sh DATA_BIN/ptb_char RUNS_DIR [UPDATES=150]
@@ -10,7 +10,7 @@ RUNS="${2:?usage: run_ptb_char.sh DATA_BIN/ptb_char RUNS_DIR [UPDATES]}"
 UPDATES="${3:-150}"
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 if [ -x "$ROOT/.venv/bin/fairseq-train" ]; then PATH="$ROOT/.venv/bin:$PATH"; fi
-for run in "fp none" "bc none" "bc weight"; do
+for run in "fp none" "bc none" "bc weight" "tc none" "tc weight"; do
   set -- $run
   name="$1_$2"
   [ -e "$RUNS/$name" ] && { echo "$RUNS/$name exists; choose another RUNS_DIR" >&2; exit 1; }
@@ -20,7 +20,8 @@ for run in "fp none" "bc none" "bc weight"; do
       --batch-size 32 --tokens-per-sample 100 --max-update "$UPDATES" --cpu --seed 1 \
       --log-grad-norms 10 --save-dir "$RUNS/$name" --no-save --disable-validation \
       --log-format simple --log-interval 10 > "$RUNS/$name/train.log" 2>&1 \
-    || echo "$name stopped early (see $RUNS/$name/train.log): BinaryConnect without normalization" \
-            "explodes -- fairseq stops on Nan/Inf gradients; the records up to then are kept"
+    || echo "$name stopped early (see $RUNS/$name/train.log): a quantized LSTM without" \
+            "normalization can explode -- fairseq stops on Nan/Inf gradients; records are kept"
 done
-nq-analyze "$RUNS/fp_none" "$RUNS/bc_none" "$RUNS/bc_weight" --out "$ROOT/docs/diagnostics"
+nq-analyze "$RUNS/fp_none" "$RUNS/bc_none" "$RUNS/bc_weight" "$RUNS/tc_none" "$RUNS/tc_weight" \
+    --out "$ROOT/docs/diagnostics"
