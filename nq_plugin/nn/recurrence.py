@@ -75,6 +75,14 @@ def _forward(px, h, c, w_hh, shift, gain_x, gain_h, norm_x, norm_h, t0, keep):
     return out, h, c, saved
 
 
+def _through_gain(dg, gain, grad_gain, y_hat):
+    """Backward of gain * y_hat: accumulate dL/dgain, return dL/dy_hat."""
+    if gain is None:
+        return dg
+    grad_gain.add_((dg * y_hat).sum(0))
+    return dg * gain
+
+
 class _Recurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, px, h0, c0, w_hh, shift, gain_x, gain_h, norm_x, norm_h, t0):
@@ -116,17 +124,9 @@ class _Recurrence(torch.autograd.Function):
             dg.mul_(deriv)
             dc = dc * f
             grad_shift.add_(dg.sum(0))
-            if gain_x is None:
-                d_x_hat = dg
-            else:
-                d_x_hat = dg * gain_x
-                grad_gain_x.add_((dg * x_hat).sum(0))
+            d_x_hat = _through_gain(dg, gain_x, grad_gain_x, x_hat)
             grad_px[t] = norm_x.step_backward(d_x_hat, px_t, x_hat, x_stats, t0 + t)
-            if gain_h is None:
-                d_z_hat = dg
-            else:
-                d_z_hat = dg * gain_h
-                grad_gain_h.add_((dg * z_hat).sum(0))
+            d_z_hat = _through_gain(dg, gain_h, grad_gain_h, z_hat)
             grad_z[t] = norm_h.step_backward(d_z_hat, z, z_hat, z_stats, t0 + t)
             dh = back(grad_z[t])
         # h_{t-1} for all t: h0 followed by the outputs of steps 0..T-2
