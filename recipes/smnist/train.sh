@@ -8,6 +8,7 @@
 # Default model: BinaryConnect + weight normalization. Override with extra args, e.g.
 #   --quantizer tc --norm batch --bn-stats separate --init-state-noise 0.1    (per-step BN)
 #   --permute                                                                   (pMNIST)
+# DEVICE="" trains on a GPU (default: --cpu).
 set -euo pipefail
 DATA="${1:?usage: train.sh DATA_DIR SAVE_DIR [EPOCHS] [args...]}"
 SAVE="${2:?usage: train.sh DATA_DIR SAVE_DIR [EPOCHS] [args...]}"
@@ -23,4 +24,4 @@ fairseq-train "$DATA" --user-dir "$ROOT/nq_plugin" --task sequential_mnist \
     --optimizer nq_adam --lr 0.002 --lr-scheduler fixed --force-anneal 1 --lr-shrink "$SHRINK" \
     --clip-norm 1 --batch-size 100 --required-batch-size-multiple 1 --max-epoch "$EPOCHS" \
     --best-checkpoint-metric accuracy --maximize-best-checkpoint-metric \
-    --save-dir "$SAVE" --no-epoch-checkpoints --cpu --log-format simple --log-interval 100 "$@"
+    --save-dir "$SAVE" --no-epoch-checkpoints ${DEVICE---cpu} --log-format simple --log-interval 100 "$@"

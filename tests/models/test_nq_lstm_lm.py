@@ -106,3 +106,18 @@ def test_share_embeddings_ties_weights_and_validates():
         _decoder(embed_dim=6, share_embeddings=True)
     with pytest.raises(ValueError, match="one-hot"):
         _decoder(one_hot_input=True, share_embeddings=True)
+
+
+def test_reference_init_of_embedding_and_softmax():
+    """The authors' init_weights: U(-0.1, 0.1) embedding and softmax, zero softmax bias (the
+    torch default embedding has std 1, which makes W_x x_t ~17x larger at d=300)."""
+    dec = _decoder(embed_dim=300, hidden_size=8)
+    emb, out = dec.embed_tokens.weight, dec.output_projection
+    assert emb.abs().max() <= 0.1 and emb.std() > 0.05
+    assert out.weight.abs().max() <= 0.1 and torch.all(out.bias == 0)
+    norms = emb.norm(dim=1).mean()
+    assert 0.8 < norms < 1.2  # mean ||x_t|| about 1 at d=300, as the reference
+    default = _decoder(embed_dim=300, hidden_size=8, init_range=0.0)
+    assert default.embed_tokens.weight.std() > 0.9  # torch's N(0, 1) kept on request
+    with pytest.raises(ValueError, match="init-range"):
+        _decoder(init_range=-1.0)
