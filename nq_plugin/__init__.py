@@ -6,6 +6,8 @@ explicitly, and allow-lists the types of fairseq checkpoints for torch's safe lo
 """
 from .sizes import summary
 
+__version__ = "0.1.0"
+
 try:
     import fairseq  # noqa: F401
 except ImportError:  # the core works without fairseq

@@ -55,3 +55,24 @@ def test_readme_commands_run_as_written(stand_in):
             assert "Perplexity" in out.stdout + out.stderr
         if argv[0] == "nq-summary":
             assert "LSTM layers (the paper's size)" in out.stdout
+
+
+def test_readme_main_job_runs_offline_and_prints_what_the_readme_shows():
+    """The first set-up command's main job (after the install, which CI runs): nq-zoo eval on
+    the bundled zoo model with HF_HUB_OFFLINE=1; its metric and size lines are as pasted."""
+    import os
+    text = (ROOT / "README.md").read_text()
+    setup = text[text.index("## Set-up: two commands"):text.index("## Penn Treebank")]
+    line = next(l for l in setup.splitlines() if l.startswith("python3 -m venv"))
+    job = shlex.split(line.split("&&")[-1])
+    env_vars = dict(a.split("=", 1) for a in job if re.match(r"^[A-Z_]+=", a))
+    argv = [a for a in job if not re.match(r"^[A-Z_]+=", a)]
+    assert env_vars == {"HF_HUB_OFFLINE": "1"} and argv[0] == ".venv/bin/nq-zoo"
+    env = dict(os.environ, **env_vars, HF_ENDPOINT="http://127.0.0.1:9")  # no Hub reachable
+    env.pop("NQ_ZOO_DIR", None)
+    out = console("nq-zoo", *argv[1:], env=env).stdout
+    pasted = setup.split("The main job prints (measured here):")[1].split("```")[1]
+    for prefix in ("model ", "bits per character:", "size "):
+        got = next(l for l in out.splitlines() if l.startswith(prefix))
+        assert got in pasted, f"README shows another {prefix!r} line than the command prints"
+    assert "sample  'the company said" in out

@@ -1,0 +1,183 @@
+"""``nq-zoo add``: build a zoo entry from a finished training run (for maintainers).
+
+Writes ``zoo/models/NAME/`` in the layout of its Hub repository -- ``model.pt`` (the one root
+``.pt``, optimizer state stripped), ``dict.txt``, ``packed/`` (``nq-pack``), ``logs/`` (the
+training logs given and the evaluation log written here), ``eval/eval.txt`` (evaluation text
+in plain English that we wrote, bundled because the treebank is licensed), ``README.md`` (the
+card) -- runs the test-split evaluation itself (``fairseq-eval-lm`` / ``fairseq-validate``),
+and records everything in ``zoo/manifest.json``. The folder is built beside its final place and
+renamed into it; ``--force`` replaces only a folder the manifest already lists.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import shutil
+import tempfile
+
+import torch
+
+from ..checkpoint import load_checkpoint, model_config
+from ..files import atomic_copy, atomic_path, atomic_write_text, sha256_file
+from ..zoo.manifest import Manifest, Metric, ZooEntry, ZooError, ZooFile, zoo_root
+
+HALF_KEYS = ("decoder.embed_tokens.weight", "decoder.output_projection.weight")
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("add", help="(maintainers) build a zoo entry from a training run")
+    s.add_argument("name")
+    s.add_argument("--checkpoint", required=True, help="the run's checkpoint_best.pt")
+    s.add_argument("--data", required=True, help="binarized data folder with the test split")
+    s.add_argument("--dataset", required=True, help="dataset name, e.g. ptb_char")
+    s.add_argument("--repo-id", required=True, help="Hub repository the model is published as")
+    s.add_argument("--metric", required=True, choices=["bpc", "perplexity", "accuracy"])
+    s.add_argument("--eval-args", required=True,
+                   help="fairseq-eval-lm / fairseq-validate options (quoted), e.g. "
+                        "'--task bptt_lm --gen-subset test --tokens-per-sample 100 --cpu'")
+    s.add_argument("--paper-metric", type=float, help="the paper's number for this row")
+    s.add_argument("--paper-kb", type=float, help="the paper's LSTM size for this row")
+    s.add_argument("--epochs", type=float, required=True, help="epochs trained")
+    s.add_argument("--trained-on", required=True, help="hardware and where, for the card")
+    s.add_argument("--train-command", required=True, help="the training command(s)")
+    s.add_argument("--logs", nargs="+", default=[], help="training logs to bundle")
+    s.add_argument("--eval-text", help="plain-text evaluation file to bundle")
+    s.add_argument("--text-format", default="ptb_char", choices=["ptb_char", "words"])
+    s.add_argument("--half-embeddings", action="store_true",
+                   help="store embedding and softmax weights in fp16 in model.pt (the "
+                        "evaluation below measures the model as stored)")
+    s.add_argument("--no-packed", action="store_true", help="bundle no packed copy")
+    s.add_argument("--notes", default="", help="limitations paragraph of the card")
+    s.add_argument("--force", action="store_true", help="replace this model's zoo folder")
+    s.set_defaults(func=cmd_add)
+
+
+def _versions():
+    import fairseq
+
+    from .. import __version__
+    return {"nq_plugin": __version__, "torch": torch.__version__,
+            "fairseq": getattr(fairseq, "__version__", "?"), "python": platform.python_version()}
+
+
+def cmd_add(args) -> int:
+    from .pack import pack_checkpoint
+    from .summary import model_from_checkpoint
+    from ..sizes import summary
+    from ..packed.format import FORMAT_VERSION
+    from ..zoo.card import model_card
+    from .zoo import _run, _tool, parse_eval_lm, parse_validate, user_dir
+
+    manifest = Manifest.load()
+    final = os.path.join(zoo_root(), "models", args.name)
+    if os.path.exists(final):
+        listed = args.name in manifest.models and manifest.models[args.name].bundled == \
+            f"models/{args.name}"
+        if not (args.force and listed):
+            raise ZooError(f"{final} exists; pass --force to rebuild a model the manifest lists "
+                           "(nothing else is overwritten)")
+    state = load_checkpoint(args.checkpoint)
+    cfg = model_config(state)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{args.name}.", dir=os.path.dirname(final))
+    try:
+        state["last_optimizer_state"] = None
+        if args.half_embeddings:
+            for k in HALF_KEYS:
+                if k in state["model"]:
+                    state["model"][k] = state["model"][k].half()
+        with atomic_path(os.path.join(tmp, "model.pt")) as p:
+            torch.save(state, p)
+        atomic_copy(os.path.join(args.data, "dict.txt"), os.path.join(tmp, "dict.txt"))
+        os.makedirs(os.path.join(tmp, "logs"))
+        for log in args.logs:
+            atomic_copy(log, os.path.join(tmp, "logs", os.path.basename(log)))
+        if args.eval_text:
+            atomic_copy(args.eval_text, os.path.join(tmp, "eval", "eval.txt"))
+        lm = "one_hot_input" in cfg
+        if lm and not args.no_packed:
+            pack_checkpoint(os.path.join(tmp, "model.pt"), os.path.join(tmp, "packed"),
+                            os.path.join(tmp, "dict.txt"))
+        eval_args = shlex.split(args.eval_args)
+        tool = "fairseq-eval-lm" if lm else "fairseq-validate"
+        command = (f"{tool} DATA_BIN --user-dir NQ_PLUGIN_DIR --path model.pt "
+                   + " ".join(eval_args))
+        out = _run([_tool(tool), args.data, "--user-dir", user_dir(), "--path",
+                    os.path.join(tmp, "model.pt"), *eval_args])
+        atomic_write_text(os.path.join(tmp, "logs", "eval_test.log"), f"$ {command}\n{out}")
+        value = parse_validate(out) if not lm else (
+            parse_eval_lm(out)["bits"] if args.metric == "bpc" else
+            parse_eval_lm(out)["perplexity"])
+        notes = args.notes
+        if lm and not args.no_packed:
+            pout = _run([_tool(tool), args.data, "--user-dir", user_dir(), "--path",
+                         os.path.join(tmp, "packed", "checkpoint.pt"), *eval_args])
+            atomic_write_text(os.path.join(tmp, "logs", "eval_test_packed.log"),
+                              f"$ {command.replace('model.pt', 'packed/checkpoint.pt')}\n{pout}")
+            r = parse_eval_lm(pout)
+            pv = r["bits"] if args.metric == "bpc" else r["perplexity"]
+            notes += (f"\n\nThe bit-packed copy (`packed/`) measures {pv:.4f} on the same split "
+                      f"(log: `logs/eval_test_packed.log`).")
+        sizes = summary(model_from_checkpoint(os.path.join(tmp, "model.pt")), print_fn=None) \
+            if lm else summary(_classifier_lstm(state), print_fn=None)
+        sizes = {k: sizes[k] for k in ("lstm_kb", "lstm_fp32_kb", "compression", "other_kb",
+                                       "total_kb", "total_fp32_kb") if k in sizes}
+        sizes.setdefault("total_kb", sizes["lstm_kb"])
+        sizes.setdefault("total_fp32_kb", sizes["lstm_fp32_kb"])
+        sizes["paper_kb"] = args.paper_kb
+        norm_options = {k: cfg[k] for k in ("bn_stats", "bn_max_steps")
+                        if str(cfg.get("norm")) in ("batch",) and k in cfg}
+        files = []
+        for root, _, names in os.walk(tmp):
+            for n in sorted(names):
+                path = os.path.join(root, n)
+                rel = os.path.relpath(path, tmp).replace(os.sep, "/")
+                if rel != "README.md":
+                    files.append(ZooFile(rel, sha256_file(path), os.path.getsize(path)))
+        files.sort(key=lambda f: f.path)
+        entry = ZooEntry(
+            name=args.name, repo_id=args.repo_id, revision=None,
+            task=str(state["cfg"]["task"]["_name"]), arch=str(cfg.get("_name")),
+            quantizer=str(cfg.get("quantizer")), norm=str(cfg.get("norm")),
+            norm_options=norm_options, dataset=args.dataset,
+            metric=Metric(args.metric, round(value, 4), "test", command,
+                          "logs/eval_test.log", args.paper_metric, eval_args),
+            sizes=sizes, epochs=args.epochs, trained_on=args.trained_on,
+            train_command=args.train_command, files=files,
+            dictionary_sha256=sha256_file(os.path.join(tmp, "dict.txt")),
+            format_version=FORMAT_VERSION, versions=_versions(),
+            bundled=f"models/{args.name}", eval_text="eval/eval.txt" if args.eval_text else None,
+            text_format=args.text_format, notes=notes.strip())
+        atomic_write_text(os.path.join(tmp, "README.md"), str(model_card(entry)))
+        if os.path.exists(final):
+            old = final + ".old"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+        manifest.put(entry)
+        manifest.save()
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+    print(f"added {args.name}: {args.metric} {value:.4f} (paper {args.paper_metric}), LSTM "
+          f"{sizes['lstm_kb']:.1f} KB, {len(files)} files in {final}")
+    return 0
+
+
+def _classifier_lstm(state):
+    """The LSTM of an nq_lstm_classifier checkpoint, for the size summary."""
+    from torch import nn
+
+    from ..nn import NQLSTM
+    cfg = model_config(state)
+    w = state["model"]
+    lstm = NQLSTM(w["lstm.layers.0.weight_ih"].shape[1], cfg["hidden_size"], cfg["num_layers"],
+                  quantizer=cfg["quantizer"], norm=cfg["norm"], bn_stats=cfg["bn_stats"],
+                  bn_max_steps=cfg["bn_max_steps"],
+                  quantize_input=bool(cfg.get("quantize_input", False)))
+    model = nn.Module()
+    model.lstm = lstm
+    return model

@@ -1,0 +1,107 @@
+"""Getting a zoo model's files: bundled in this repository first (works with no network at
+all), else from the Hugging Face Hub at the manifest's pinned 40-hex commit via
+``huggingface_hub`` (``HF_HUB_OFFLINE`` honoured). Every file's SHA-256 and size are checked
+after every download, because the Hub client checks only sizes (DESIGN.md section 8); a bad file
+is removed from the cache (only the cache's own copy: nothing the user made is touched) and the
+error names it and says what to do."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import List, Optional
+
+from ..files import sha256_file
+from .manifest import ZooEntry, ZooError, zoo_root
+
+logger = logging.getLogger(__name__)
+
+
+def verify_folder(entry: ZooEntry, folder: str) -> List[str]:
+    """Problems with ``folder`` as a copy of the entry's files (empty: all present and intact)."""
+    problems = []
+    for f in entry.files:
+        path = os.path.join(folder, *f.path.split("/"))
+        if not os.path.isfile(path):
+            problems.append(f"{f.path}: missing")
+        elif os.path.getsize(path) != f.size:
+            problems.append(f"{f.path}: {os.path.getsize(path)} bytes, expected {f.size}")
+        elif sha256_file(path) != f.sha256:
+            problems.append(f"{f.path}: sha256 differs from the manifest's")
+    return problems
+
+
+def bundled_folder(entry: ZooEntry) -> Optional[str]:
+    if not entry.bundled:
+        return None
+    folder = os.path.join(zoo_root(), entry.bundled)
+    return folder if os.path.isdir(folder) else None
+
+
+def _hub_error(entry: ZooEntry, path: str, revision: str, err: Exception) -> ZooError:
+    from huggingface_hub import errors
+    name = type(err).__name__
+    if isinstance(err, errors.LocalEntryNotFoundError):
+        return ZooError(f"{entry.name}: {path} at {revision[:12]} is not in the cache and the Hub "
+                        "cannot be reached (offline, or HF_HUB_OFFLINE=1). Connect once to "
+                        "download it, or pass --cache-dir of a cache that holds it")
+    if isinstance(err, errors.RepositoryNotFoundError):
+        return ZooError(f"{entry.name}: Hub repository {entry.repo_id} not found")
+    if isinstance(err, errors.RevisionNotFoundError):
+        return ZooError(f"{entry.name}: revision {revision} not found in {entry.repo_id}; the "
+                        "manifest pins the published commit -- omit --revision to use it")
+    if isinstance(err, errors.EntryNotFoundError):
+        return ZooError(f"{entry.name}: {path} not found in {entry.repo_id} at {revision[:12]}")
+    return ZooError(f"{entry.name}: downloading {path} failed ({name}: {err})")
+
+
+def _remove_cached(path: str) -> None:
+    """Remove a bad file from the Hub cache: the snapshot's link and the blob it points to (both
+    inside the cache folder that ``hf_hub_download`` returned the path from)."""
+    blob = os.path.realpath(path)
+    for p in (path, blob):
+        try:
+            os.remove(p)
+        except FileNotFoundError:
+            pass
+
+
+def download(entry: ZooEntry, revision: Optional[str] = None, cache_dir: Optional[str] = None,
+             endpoint: Optional[str] = None, use_bundled: bool = True) -> str:
+    """The folder holding the entry's verified files (the repository layout): the bundled copy
+    when present and intact, else the Hub snapshot at ``revision`` (default: the manifest's)."""
+    if use_bundled and revision in (None, entry.revision):
+        folder = bundled_folder(entry)
+        if folder is not None:
+            problems = verify_folder(entry, folder)
+            if not problems:
+                return folder
+            logger.warning("bundled copy of %s in %s is damaged (%s); trying the Hub",
+                           entry.name, folder, "; ".join(problems))
+    revision = revision or entry.revision
+    if revision is None:
+        raise ZooError(f"{entry.name} is not published on the Hub yet and has no intact bundled "
+                       f"copy (zoo/{entry.bundled}): restore it with `git checkout zoo/`")
+    from huggingface_hub import hf_hub_download
+    verify = revision == entry.revision
+    if not verify:
+        logger.warning("revision %s is not the manifest's pinned %s: sha256 cannot be checked",
+                       revision, entry.revision)
+    snapshot = None
+    for f in entry.files:
+        try:
+            local = hf_hub_download(entry.repo_id, f.path, revision=revision, cache_dir=cache_dir,
+                                    endpoint=endpoint, library_name="nq_plugin")
+        except Exception as err:  # the client's own error classes, mapped to a clear message
+            raise _hub_error(entry, f.path, revision, err) from None
+        if verify:
+            size = os.path.getsize(local)
+            digest = sha256_file(local)
+            if size != f.size or digest != f.sha256:
+                _remove_cached(local)
+                raise ZooError(
+                    f"{entry.name}: downloaded {f.path} does not match the manifest (size {size} "
+                    f"vs {f.size}, sha256 {digest[:12]}.. vs {f.sha256[:12]}..); the bad copy was "
+                    "removed from the cache. Download again; if it persists the Hub copy differs "
+                    "from the published one -- report it")
+        snapshot = local[: len(local) - len(f.path)].rstrip("/" + os.sep)
+    return snapshot

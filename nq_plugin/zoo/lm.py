@@ -1,0 +1,93 @@
+"""A loaded zoo language model with fairseq hub-interface style ``score`` and ``sample``.
+
+fairseq's ``GeneratorHubInterface.sample`` goes through ``SequenceGenerator`` and the stock
+``language_modeling`` dataset code, which breaks with numpy >= 2 (``np.compat``) and does not
+know the carried state of ``bptt_lm``; this class drives the model's incremental decoding
+directly (state and step index carried, so per-step batch-norm statistics are used as in
+training), for the unpacked and the packed (``nq-pack``) model alike.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Dict, List, Optional
+
+import torch
+
+from ..checkpoint import load_checkpoint
+from .text_formats import decode, encode
+
+
+class ZooLM(torch.nn.Module):
+    """``score(text)`` -> bits per symbol; ``sample(prompt)`` -> text continuing the prompt."""
+
+    def __init__(self, model, task, cfg, text_format: str = "ptb_char"):
+        super().__init__()
+        self.models = torch.nn.ModuleList([model])
+        self.task, self.cfg, self.text_format = task, cfg, text_format
+        self.dictionary = task.target_dictionary
+        model.eval()
+
+    @classmethod
+    def from_checkpoint(cls, path: str, data: Optional[str] = None,
+                        text_format: str = "ptb_char") -> "ZooLM":
+        """Load a checkpoint of ``nq_lstm_lm`` or ``nq_lstm_lm_packed``; ``data`` is the folder
+        holding its ``dict.txt`` (default: the checkpoint's folder)."""
+        from fairseq import checkpoint_utils
+
+        import nq_plugin  # noqa: F401  registers the models and tasks
+        load_checkpoint(path)  # the safe loader first: refuses code-executing pickles clearly
+        data = data or os.path.dirname(os.path.abspath(path))
+        if not os.path.isfile(os.path.join(data, "dict.txt")):
+            raise FileNotFoundError(f"{data}/dict.txt not found: the model's dictionary must be "
+                                    "beside the checkpoint (or pass data=FOLDER)")
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+            [path], arg_overrides={"data": data})
+        return cls(models[0], task, cfg, text_format)
+
+    @property
+    def decoder(self):
+        return self.models[0].decoder
+
+    def _ids(self, text: str) -> List[int]:
+        ids: List[int] = []
+        for line in text.split("\n"):
+            if line.strip():
+                ids += [self.dictionary.index(s) for s in encode(self.text_format, line)]
+                ids.append(self.dictionary.eos())
+        return ids
+
+    @torch.no_grad()
+    def score(self, text: str) -> Dict[str, float]:
+        """Bits per symbol of ``text`` (every line end scored, as fairseq-eval-lm does)."""
+        ids = self._ids(text)
+        if not ids:
+            raise ValueError("score() needs some text")
+        tokens = torch.tensor([[self.dictionary.eos()] + ids])
+        logits, _ = self.decoder(tokens[:, :-1])
+        logp = torch.log_softmax(logits.float(), -1)[0]
+        nll = -logp.gather(1, tokens[0, 1:, None]).sum().item()
+        bits = nll / math.log(2) / len(ids)
+        return {"symbols": len(ids), "bits_per_symbol": bits, "perplexity": 2 ** bits}
+
+    @torch.no_grad()
+    def sample(self, prompt: str = "", length: int = 200, temperature: float = 1.0,
+               seed: Optional[int] = 0) -> str:
+        """The prompt followed by ``length`` sampled symbols (decoded back to text)."""
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        d = self.dictionary
+        banned = [d.pad(), d.bos()] + ([d.unk()] if self.text_format != "words" else [])
+        ids = [d.eos()] + [d.index(s) for s in encode(self.text_format, prompt)]
+        state: Dict = {}
+        tokens = torch.tensor([ids])
+        out: List[int] = []
+        for _ in range(length):
+            logits, _ = self.decoder(tokens, incremental_state=state)
+            logits = logits[0, -1].float() / temperature
+            logits[banned] = -float("inf")
+            nxt = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
+            out.append(nxt)
+            tokens = torch.cat([tokens, torch.tensor([[nxt]])], 1)
+        return prompt + decode(self.text_format, [d[i] for i in out])

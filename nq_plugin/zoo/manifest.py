@@ -1,0 +1,162 @@
+"""The zoo's manifest (``zoo/manifest.json``): the single source of truth about every published
+model -- where it lives on the Hugging Face Hub (repository and pinned 40-hex commit), what it is
+(task, architecture, quantizer, normalization), its size as the paper counts it, its measured
+metric next to the paper's, and every file with its SHA-256 and size (the Hub client checks only
+sizes, so these are verified after every download)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from ..files import atomic_write_text
+
+MANIFEST_VERSION = 1
+HEX40 = re.compile(r"^[0-9a-f]{40}$")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ZooError(Exception):
+    """A zoo problem the user can act on; the message says which file or model and what to do."""
+
+
+def zoo_root() -> str:
+    """The zoo folder: ``$NQ_ZOO_DIR`` or ``zoo/`` of the repository nq_plugin is installed from
+    (``pip install -e .``)."""
+    env = os.environ.get("NQ_ZOO_DIR")
+    if env:
+        return os.path.abspath(env)
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "zoo")
+
+
+@dataclass
+class ZooFile:
+    path: str      # inside the model's repository, "/"-separated
+    sha256: str
+    size: int
+
+
+@dataclass
+class Metric:
+    name: str                 # "bpc" | "perplexity" | "accuracy"
+    value: float
+    split: str                # "test"
+    command: str              # the exact evaluation command
+    log: str                  # repository path of its log
+    paper: Optional[float] = None   # the paper's number for the same row
+    eval_args: List[str] = field(default_factory=list)  # fairseq-eval-lm / -validate options
+
+    def better_is_lower(self) -> bool:
+        return self.name != "accuracy"
+
+
+@dataclass
+class ZooEntry:
+    name: str
+    repo_id: str
+    revision: Optional[str]          # 40-hex commit on the Hub; None until published
+    task: str                        # fairseq task: bptt_lm | sequential_mnist
+    arch: str
+    quantizer: str
+    norm: str
+    norm_options: Dict[str, Any]
+    dataset: str
+    metric: Metric
+    sizes: Dict[str, Any]            # nq-summary --json of the checkpoint (+ paper_kb)
+    epochs: float
+    trained_on: str
+    train_command: str
+    files: List[ZooFile]
+    dictionary_sha256: str
+    format_version: int
+    versions: Dict[str, str]
+    license: str = "MIT"
+    bundled: Optional[str] = None    # folder inside zoo/ holding the files, if bundled
+    checkpoint: str = "model.pt"     # the one .pt at the repository root
+    eval_text: Optional[str] = None  # repository path of plain evaluation text we wrote
+    text_format: str = "ptb_char"    # how symbols map to text (zoo/text_formats.py)
+    notes: str = ""
+
+    def to_json(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "ZooEntry":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ZooError(f"manifest entry {data.get('name')!r} has unknown fields {unknown}: "
+                           "it was written by a newer nq_plugin; upgrade nq_plugin")
+        data = dict(data)
+        data["metric"] = Metric(**data["metric"])
+        data["files"] = [ZooFile(**f) for f in data["files"]]
+        entry = cls(**data)
+        entry.validate()
+        return entry
+
+    def validate(self) -> None:
+        if self.revision is not None and not HEX40.match(self.revision):
+            raise ZooError(f"{self.name}: revision {self.revision!r} is not a 40-hex commit; the "
+                           "zoo pins Hub revisions by commit only")
+        for f in self.files:
+            if not HEX64.match(f.sha256) or f.size < 0 or f.path.startswith(("/", "..")) \
+                    or "/../" in f.path:
+                raise ZooError(f"{self.name}: bad file record {f}")
+        roots = [f.path for f in self.files if f.path.endswith(".pt") and "/" not in f.path]
+        if roots != [self.checkpoint]:
+            raise ZooError(f"{self.name}: the repository root must hold exactly one .pt "
+                           f"({self.checkpoint}); fairseq's Hub loader loads every root .pt as "
+                           f"an ensemble. Found {roots}")
+
+    def file(self, path: str) -> ZooFile:
+        for f in self.files:
+            if f.path == path:
+                return f
+        raise KeyError(path)
+
+
+@dataclass
+class Manifest:
+    models: Dict[str, ZooEntry] = field(default_factory=dict)
+    path: Optional[str] = None
+
+    @classmethod
+    def load(cls, path: Optional[str] = None) -> "Manifest":
+        path = path or os.path.join(zoo_root(), "manifest.json")
+        if not os.path.isfile(path):
+            raise ZooError(f"zoo manifest not found: {path} (set NQ_ZOO_DIR to the zoo folder of "
+                           "an nq_plugin checkout)")
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ZooError(f"{path} is not valid JSON ({err}); restore it with git "
+                           "checkout zoo/manifest.json") from None
+        if not isinstance(data, dict) or data.get("manifest_version") != MANIFEST_VERSION:
+            raise ZooError(f"{path}: manifest_version {data.get('manifest_version')!r}, this "
+                           f"nq_plugin reads version {MANIFEST_VERSION}")
+        models = {}
+        for item in data.get("models", []):
+            entry = ZooEntry.from_json(item)
+            models[entry.name] = entry
+        return cls(models, path)
+
+    def get(self, name: str) -> ZooEntry:
+        if name not in self.models:
+            raise ZooError(f"no zoo model named {name!r}; `nq-zoo list` shows them: "
+                           f"{', '.join(sorted(self.models)) or '(none)'}")
+        return self.models[name]
+
+    def put(self, entry: ZooEntry) -> None:
+        entry.validate()
+        self.models[entry.name] = entry
+
+    def save(self, path: Optional[str] = None) -> None:
+        path = path or self.path or os.path.join(zoo_root(), "manifest.json")
+        data = {"manifest_version": MANIFEST_VERSION,
+                "models": [self.models[k].to_json() for k in sorted(self.models)]}
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")

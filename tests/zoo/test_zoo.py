@@ -1,0 +1,215 @@
+"""The zoo: manifest, verified downloads (bundled and from a local Hub stand-in), publishing,
+cards, fairseq's own Hub loader, and the nq-zoo commands. No network is used."""
+import json
+import os
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from tests.fairseq_utils import console
+from tests.zoo.conftest import NAME, REPO
+
+from nq_plugin.zoo.fetch import download
+from nq_plugin.zoo.manifest import Manifest, ZooError
+
+
+def zoo_copy(tmp_path, tiny_zoo, revision=None):
+    """A private copy of the tiny zoo whose manifest pins ``revision``."""
+    root, _, _ = tiny_zoo
+    dst = tmp_path / "zoo"
+    shutil.copytree(root, dst)
+    data = json.loads((dst / "manifest.json").read_text())
+    data["models"][0]["revision"] = revision
+    (dst / "manifest.json").write_text(json.dumps(data))
+    return dst, Manifest.load(str(dst / "manifest.json")).get(NAME)
+
+
+@pytest.fixture()
+def online(monkeypatch):
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+
+
+def file_requests(hub):
+    return [r for r in hub.requests if "/resolve/" in r[1]]
+
+
+def test_pinned_download_verifies_and_second_call_makes_no_request(
+        tmp_path, tiny_zoo, published, online):
+    hub, commit = published
+    _, entry = zoo_copy(tmp_path, tiny_zoo, commit)
+    folder = download(entry, cache_dir=tmp_path / "cache", endpoint=hub.endpoint,
+                      use_bundled=False)
+    assert commit in folder and os.path.isfile(os.path.join(folder, "model.pt"))
+    assert os.path.isfile(os.path.join(folder, "packed", "model.safetensors"))
+    n = len(file_requests(hub))
+    assert n >= len(entry.files)
+    assert download(entry, cache_dir=tmp_path / "cache", endpoint=hub.endpoint,
+                    use_bundled=False) == folder
+    assert len(file_requests(hub)) == n  # pinned by commit: served from the cache
+
+
+@pytest.mark.parametrize("damage", ["same_size", "truncated"])
+def test_damaged_download_is_rejected_and_removed_from_cache(
+        tmp_path, tiny_zoo, published, online, damage):
+    hub, commit = published
+    root, entry = zoo_copy(tmp_path, tiny_zoo, commit)
+    good = (root / entry.bundled / "model.pt").read_bytes()
+    bad = bytearray(good)
+    if damage == "same_size":
+        bad[len(bad) // 2] ^= 0xFF
+    else:
+        bad = bad[: len(bad) // 2]
+    hub.tamper["model.pt"] = bytes(bad)
+    with pytest.raises(ZooError, match="model.pt does not match the manifest"):
+        download(entry, cache_dir=tmp_path / "cache", endpoint=hub.endpoint, use_bundled=False)
+    cached = [p for p in (tmp_path / "cache").rglob("model.pt")]
+    assert cached == []  # the bad copy is gone, nothing else was touched
+    assert (root / entry.bundled / "model.pt").read_bytes() == good
+    hub.tamper.clear()
+    folder = download(entry, cache_dir=tmp_path / "cache", endpoint=hub.endpoint,
+                      use_bundled=False)
+    assert open(os.path.join(folder, "model.pt"), "rb").read() == good
+
+
+def test_offline_with_empty_cache_is_a_clear_error(tmp_path, tiny_zoo, published, monkeypatch):
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    hub, commit = published
+    _, entry = zoo_copy(tmp_path, tiny_zoo, commit)
+    with pytest.raises(ZooError, match="not in the cache and the Hub cannot be reached"):
+        download(entry, cache_dir=tmp_path / "cache", endpoint=hub.endpoint, use_bundled=False)
+
+
+def test_server_down_with_warm_cache_still_works(tmp_path, tiny_zoo, published, online):
+    hub, commit = published
+    _, entry = zoo_copy(tmp_path, tiny_zoo, commit)
+    folder = download(entry, cache_dir=tmp_path / "cache", endpoint=hub.endpoint,
+                      use_bundled=False)
+    endpoint = hub.endpoint
+    hub.stop()
+    hub.stop = lambda: None
+    assert download(entry, cache_dir=tmp_path / "cache", endpoint=endpoint,
+                    use_bundled=False) == folder
+
+
+def test_wrong_revision_is_a_clear_error(tmp_path, tiny_zoo, published, online):
+    hub, commit = published
+    _, entry = zoo_copy(tmp_path, tiny_zoo, commit)
+    with pytest.raises(ZooError, match="not found"):
+        download(entry, revision="f" * 40, cache_dir=tmp_path / "cache", endpoint=hub.endpoint,
+                 use_bundled=False)
+
+
+def test_bundled_model_needs_no_server(tiny_zoo):
+    root, entry, env = tiny_zoo
+    env = dict(env, HF_ENDPOINT="http://127.0.0.1:9")  # nothing listens there
+    res = console("nq-zoo", "download", NAME, env=env)
+    assert "verified" in res.stdout and str(root / entry["bundled"]) in res.stdout
+
+
+def test_damaged_bundled_copy_of_unpublished_model_is_a_clear_error(tmp_path, tiny_zoo):
+    root, entry = zoo_copy(tmp_path, tiny_zoo, None)
+    (root / entry.bundled / "dict.txt").write_text("tampered\n")
+    with pytest.raises(ZooError, match="git checkout zoo/"):
+        download(entry)  # NQ_ZOO_DIR is not set: the bundled folder is resolved from manifest
+
+
+def test_load_refuses_a_code_executing_checkpoint(tmp_path, tiny_zoo):
+    from nq_plugin.checkpoint import CheckpointError
+    from nq_plugin.zoo import load
+    root, entry, _ = tiny_zoo
+    folder = tmp_path / "evil"
+    shutil.copytree(root / entry["bundled"], folder)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+    state = torch.load(folder / "model.pt", weights_only=True)
+    state["extra"] = Evil()
+    with open(folder / "model.pt", "wb") as f:
+        torch.save(state, f, pickle_module=pickle)
+    with pytest.raises(CheckpointError, match="refusing"):
+        load(str(folder))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_publish_create_commit_tag_and_manifest_pin(tmp_path, tiny_zoo, hub):
+    root, entry = zoo_copy(tmp_path, tiny_zoo, None)
+    env = dict(os.environ, NQ_ZOO_DIR=str(root), HF_TOKEN="hf_test_token", HF_HUB_OFFLINE="0",
+               HF_HUB_DISABLE_TELEMETRY="1")
+    res = console("nq-zoo", "publish", root / entry.bundled, "--repo-id", "org/published",
+                  "--endpoint", hub.endpoint, env=env)
+    commit = hub.repos["org/published"]["refs"]["main"]
+    assert commit in res.stdout
+    files = hub.repos["org/published"]["commits"][commit]
+    assert set(files) == {f.path for f in entry.files} | {"README.md"}
+    assert files["model.pt"] == (root / entry.bundled / "model.pt").read_bytes()
+    assert b"org/published" in files["README.md"]
+    assert [t["revision"] for t in hub.tags] == [commit]
+    pinned = Manifest.load(str(root / "manifest.json")).get(NAME)
+    assert (pinned.revision, pinned.repo_id) == (commit, "org/published")
+
+
+def test_publish_dry_run_writes_the_exact_folder(tmp_path, tiny_zoo, hub):
+    root, entry = zoo_copy(tmp_path, tiny_zoo, None)
+    env = dict(os.environ, NQ_ZOO_DIR=str(root))
+    out = tmp_path / "dry"
+    console("nq-zoo", "publish", root / entry.bundled, "--repo-id", "org/x", "--dry-run", out,
+            "--endpoint", hub.endpoint, env=env)
+    written = {str(p.relative_to(out)).replace(os.sep, "/") for p in out.rglob("*")
+               if p.is_file()}
+    assert written == {f.path for f in entry.files} | {"README.md"}
+    assert hub.requests == []  # nothing was sent
+    assert Manifest.load(str(root / "manifest.json")).get(NAME).revision is None
+
+
+def test_card_metadata_parses_back(tiny_zoo):
+    from huggingface_hub import ModelCard
+    root, entry, _ = tiny_zoo
+    card = ModelCard.load(str(root / entry["bundled"] / "README.md"))
+    result = card.data.eval_results[0]
+    assert result.metric_type == "bpc" and result.dataset_split == "test"
+    assert result.metric_value == pytest.approx(entry["metric"]["value"], abs=1e-4)
+    assert card.data.library_name == "fairseq"
+    for f in entry["files"]:
+        assert f["sha256"] in card.text
+    assert "1.5" in card.text and entry["metric"]["command"] in card.text
+
+
+def test_fairseq_hub_loader_on_the_stand_in(tmp_path, published, online):
+    import nq_plugin  # noqa: F401  registers the model
+    from fairseq import checkpoint_utils
+    hub, commit = published
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task_from_hf_hub(
+        REPO, cache_dir=str(tmp_path / "cache"), revision=commit, endpoint=hub.endpoint)
+    assert len(models) == 1 and type(models[0]).__name__ == "NQLSTMLanguageModel"
+    assert len(task.target_dictionary) == len(task.source_dictionary) > 4
+
+
+def test_eval_sample_and_list_commands(tiny_zoo):
+    root, entry, env = tiny_zoo
+    res = console("nq-zoo", "eval", NAME, env=env)
+    assert "bits per character" in res.stdout and "KB" in res.stdout and "sample" in res.stdout
+    packed = console("nq-zoo", "eval", NAME, "--packed", "--no-sample", env=env)
+    value = lambda out: float(out.split("bits per character: ")[1].split()[0])  # noqa: E731
+    assert value(packed.stdout) == pytest.approx(value(res.stdout), abs=1e-3)
+    res = console("nq-zoo", "sample", NAME, "--prompt", "the fox", "--length", "40", env=env)
+    assert res.stdout.startswith("the fox") and len(res.stdout.strip()) > len("the fox") + 20
+    res = console("nq-zoo", "list", env=env)
+    assert NAME in res.stdout and f"{entry['metric']['value']:.3f}" in res.stdout
+    res = console("nq-zoo", "eval", "no-such-model", env=env, check=False)
+    assert res.returncode == 2 and "nq-zoo list" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_score_and_sample_api_match_for_packed_and_unpacked(tiny_zoo):
+    from nq_plugin.zoo import load
+    root, entry, _ = tiny_zoo
+    lm = load(str(root / entry["bundled"]))
+    packed = load(str(root / entry["bundled"]), packed=True)
+    text = "the fox quickly picked it up"
+    assert lm.score(text)["bits_per_symbol"] == pytest.approx(
+        packed.score(text)["bits_per_symbol"], abs=1e-4)
+    assert lm.sample("the", length=30, seed=3) == packed.sample("the", length=30, seed=3)
