@@ -89,7 +89,9 @@ def cmd_add(args) -> int:
                     state["model"][k] = state["model"][k].half()
         with atomic_path(os.path.join(tmp, "model.pt")) as p:
             torch.save(state, p)
-        atomic_copy(os.path.join(args.data, "dict.txt"), os.path.join(tmp, "dict.txt"))
+        has_dict = os.path.isfile(os.path.join(args.data, "dict.txt"))  # none for sMNIST
+        if has_dict:
+            atomic_copy(os.path.join(args.data, "dict.txt"), os.path.join(tmp, "dict.txt"))
         os.makedirs(os.path.join(tmp, "logs"))
         for log in args.logs:
             atomic_copy(log, os.path.join(tmp, "logs", os.path.basename(log)))
@@ -145,7 +147,7 @@ def cmd_add(args) -> int:
                           "logs/eval_test.log", args.paper_metric, eval_args),
             sizes=sizes, epochs=args.epochs, trained_on=args.trained_on,
             train_command=args.train_command, files=files,
-            dictionary_sha256=sha256_file(os.path.join(tmp, "dict.txt")),
+            dictionary_sha256=sha256_file(os.path.join(tmp, "dict.txt")) if has_dict else None,
             format_version=FORMAT_VERSION, versions=_versions(),
             bundled=f"models/{args.name}", eval_text="eval/eval.txt" if args.eval_text else None,
             text_format=args.text_format, notes=notes.strip())

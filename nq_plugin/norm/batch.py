@@ -61,7 +61,19 @@ class BatchNorm(Normalization):
     def slot(self, t: int) -> int:
         return min(t, self.max_steps - 1)
 
+    def check_batch(self, batch: int) -> None:
+        """Batch statistics need more than one sample per step: from one, the variance is 0 and
+        its unbiased estimate (the running variance) NaN, so the model silently evaluates to
+        NaN later. An error in training, with what to do instead."""
+        if self.training and batch < 2:
+            raise ValueError(
+                "batch normalization in training needs at least 2 sequences per batch (got 1): "
+                "the statistics of one sample have zero variance and make the running variance "
+                "NaN. Use --batch-size 2 or more (bptt_lm: columns), or --norm layer / weight, "
+                "which work at batch 1")
+
     def step(self, y, t):
+        self.check_batch(y.shape[0])
         s = self.slot(t)
         return F.batch_norm(y, self.running_mean[s], self.running_var[s], self.gain,
                             self.shift, self.training, self.momentum, self.eps)
@@ -70,6 +82,7 @@ class BatchNorm(Normalization):
         return self.gain, self.shift
 
     def step_stats(self, z, t):
+        self.check_batch(z.shape[0])
         s = self.slot(t)
         z_hat, save_mean, save_invstd = torch.native_batch_norm(
             z, None, None, self.running_mean[s], self.running_var[s], self.training,
@@ -86,6 +99,7 @@ class BatchNorm(Normalization):
 
     def sequence(self, y, t0=0):
         steps = y.shape[0]
+        self.check_batch(y.shape[1])
         slots = torch.clamp(torch.arange(t0, t0 + steps, device=y.device), max=self.max_steps - 1)
         if self.training:
             mean = y.mean(1)

@@ -142,7 +142,14 @@ class BPTTLMTask(FairseqTask):
                            grouped_shuffling=False, update_epoch_batch_itr=False, **kwargs):
         if not isinstance(dataset, TokenStream):
             raise TypeError("bptt_lm batches TokenStream datasets (from its load_dataset)")
-        columns = max_sentences or 1
+        columns = max_sentences
+        if columns is None:  # --max-tokens alone: as many columns as fit in that many tokens
+            columns = (max_tokens or 0) // self.cfg.tokens_per_sample
+            if columns < 1:
+                raise ValueError(
+                    f"bptt_lm: --max-tokens {max_tokens} is less than one segment of "
+                    f"--tokens-per-sample {self.cfg.tokens_per_sample}; give --batch-size "
+                    "(the number of columns) or a --max-tokens of at least one segment")
         segments = BPTTSegments(dataset, columns, self.cfg.tokens_per_sample, shard_id,
                                 num_shards)
         # num_workers=0: a batch is a slice of an in-memory tensor, and a loader process would

@@ -71,7 +71,7 @@ class ZooEntry:
     trained_on: str
     train_command: str
     files: List[ZooFile]
-    dictionary_sha256: str
+    dictionary_sha256: Optional[str]   # None for models without a dictionary (sMNIST)
     format_version: int
     versions: Dict[str, str]
     license: str = "MIT"

@@ -184,3 +184,17 @@ def test_gradcheck_norm(name, opts):
     params = [p for p in norm.parameters()]
     assert torch.autograd.gradcheck(lambda y, *p: norm.sequence(y, 0), (y, *params))
     assert torch.autograd.gradcheck(lambda y, *p: norm.step(y[0], 1), (y, *params))
+
+
+@pytest.mark.parametrize("stats", ["shared", "separate"])
+def test_batch_norm_refuses_batch_statistics_of_one_sample(stats):
+    """Regression: (T, 1, F) in training used to leave a NaN running variance silently."""
+    from nq_plugin.nn import NQLSTM
+    lstm = NQLSTM(3, 4, norm="batch", bn_stats=stats, bn_max_steps=5)
+    with pytest.raises(ValueError, match="at least 2 sequences"):
+        lstm(torch.randn(5, 1, 3))
+    assert all(torch.isfinite(b).all() for b in lstm.buffers())
+    lstm(torch.randn(5, 2, 3))  # two columns train
+    lstm.eval()
+    out, _ = lstm(torch.randn(5, 1, 3))  # inference at batch 1 uses the running statistics
+    assert torch.isfinite(out).all()

@@ -99,3 +99,17 @@ def test_real_ptb_char_short_run_beats_unigram(tmp_path):
                  "--lr", "0.005", "--clip-norm", "5", updates=150)
     bpc = eval_lm(data, ckpt, "--tokens-per-sample", "100")["loss"]
     assert bpc < unigram - 0.8, (bpc, unigram)
+
+
+def test_max_tokens_sets_the_columns_or_is_refused(demo_char_data, tmp_path):
+    """Regression: --max-tokens without --batch-size used to be ignored (one column)."""
+    from tests.fairseq_utils import train
+    from nq_plugin.checkpoint import load_checkpoint
+    args = ["--hidden-size", "16", "--tokens-per-sample", "16", "--max-tokens", "64",
+            "--norm", "batch", "--quantizer", "bc"]
+    ckpt = train(demo_char_data, tmp_path / "ok", *args, updates=2)
+    carried = load_checkpoint(str(ckpt))["model"]["decoder._extra_state"]["carried"]
+    assert carried["train"]["h"].shape[1] == 4  # 64 tokens / 16 per segment = 4 columns
+    with pytest.raises(ValueError, match="less than one segment"):
+        train(demo_char_data, tmp_path / "bad", "--hidden-size", "16", "--tokens-per-sample",
+              "16", "--max-tokens", "8", updates=1)
