@@ -91,3 +91,32 @@ class ZooLM(torch.nn.Module):
             out.append(nxt)
             tokens = torch.cat([tokens, torch.tensor([[nxt]])], 1)
         return prompt + decode(self.text_format, [d[i] for i in out])
+
+
+def main(argv=None) -> int:
+    """``python -m nq_plugin.zoo.lm CHECKPOINT [--data DIR] [--format F] --prompt TEXT``:
+    generate from a local checkpoint (packed or not); ``--format spm:MODEL`` decodes
+    sentencepiece pieces back to text (the custom_text recipe)."""
+    import argparse
+    import sys
+    p = argparse.ArgumentParser(prog="python -m nq_plugin.zoo.lm", description=main.__doc__)
+    p.add_argument("checkpoint")
+    p.add_argument("--data", help="folder with the model's dict.txt (default: beside it)")
+    p.add_argument("--format", default="ptb_char",
+                   help="ptb_char | words | spm:SENTENCEPIECE_MODEL")
+    p.add_argument("--prompt", default="")
+    p.add_argument("--length", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    try:
+        lm = ZooLM.from_checkpoint(a.checkpoint, a.data, a.format)
+        print(lm.sample(a.prompt, a.length, a.temperature, a.seed))
+    except (FileNotFoundError, ValueError, OSError) as err:
+        print(f"nq_plugin.zoo.lm: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -30,13 +30,26 @@ TEXT_FORMATS: Dict[str, Tuple[Callable[[str], List[str]], Callable[[List[str]], 
 }
 
 
+def _sentencepiece(fmt: str):
+    """``spm:PATH``: pieces of the sentencepiece model at PATH (the custom_text recipe)."""
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=fmt[len("spm:"):])
+    return (lambda text: sp.encode(text, out_type=str),
+            lambda symbols: "\n".join(sp.decode_pieces([s for s in line.split(" ") if s])
+                                      for line in " ".join(symbols).split("</s>")))
+
+
 def encode(fmt: str, text: str) -> List[str]:
+    if fmt.startswith("spm:"):
+        return _sentencepiece(fmt)[0](text)
     if fmt not in TEXT_FORMATS:
         raise ValueError(f"unknown text format {fmt!r}; known: {sorted(TEXT_FORMATS)}")
     return TEXT_FORMATS[fmt][0](text)
 
 
 def decode(fmt: str, symbols: List[str]) -> str:
+    if fmt.startswith("spm:"):
+        return _sentencepiece(fmt)[1](symbols)
     if fmt not in TEXT_FORMATS:
         raise ValueError(f"unknown text format {fmt!r}; known: {sorted(TEXT_FORMATS)}")
     return TEXT_FORMATS[fmt][1](symbols)
