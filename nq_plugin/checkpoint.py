@@ -36,6 +36,15 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
         raise CheckpointError(f"{path} is not a torch checkpoint (not a zip archive): the file is "
                               "truncated or corrupt; download or copy it again")
     try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # every member's CRC: catches flipped or zeroed bytes
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err} -- the file is truncated "
+                              "or corrupt; download or copy it again") from None
+    if damaged is not None:
+        raise CheckpointError(f"{path} is corrupt: the CRC of its member {damaged} does not "
+                              "match (bytes were changed); download or copy it again")
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         detail = [line for line in str(err).splitlines() if "GLOBAL" in line]
@@ -49,7 +58,20 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
                               "or corrupt; download or copy it again") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not a fairseq checkpoint (no 'model' entry)")
+    check_finite(state["model"], path)
     return state
+
+
+def check_finite(weights: Dict[str, Any], source: str) -> None:
+    """Refuse NaN / infinite parameters, naming the tensor: sign(NaN) is -1 for BinaryConnect
+    and 0 for TerConnect, so a damaged latent weight would otherwise pass silently."""
+    for name, value in weights.items():
+        if torch.is_tensor(value) and value.is_floating_point() and \
+                not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{source}: {name} holds {bad} NaN or infinite values; the "
+                                  "checkpoint is damaged or its run diverged -- use an earlier "
+                                  "checkpoint (checkpoint_best.pt) or retrain")
 
 
 def model_config(state: Dict[str, Any]) -> Dict[str, Any]:

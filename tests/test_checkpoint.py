@@ -70,3 +70,49 @@ def test_nq_summary_on_bad_checkpoints(tmp_path, trained):
     path, marker = _malicious(tmp_path, trained)
     res = console("nq-summary", path, check=False)
     assert res.returncode == 2 and "refusing to load" in res.stderr and not marker.exists()
+
+
+def _state(tmp_path, **model):
+    import torch
+    weights = {"decoder.lstm.layers.0.weight_hh": torch.randn(400, 250)}
+    weights.update(model)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": weights, "cfg": {"model": {"_name": "nq_lstm_lm"}}}, path)
+    return path
+
+
+def test_zeroed_bytes_inside_a_checkpoint_are_detected(tmp_path):
+    """Regression: 64 zeroed bytes in the middle loaded silently (only is_zipfile was checked)."""
+    from nq_plugin.checkpoint import CheckpointError, load_checkpoint
+    path = _state(tmp_path)
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(str(path))
+
+
+def test_non_finite_latent_weights_are_refused_naming_the_tensor(tmp_path):
+    """Regression: a NaN in weight_hh loaded (sign(NaN) = -1 for BC) and trained on."""
+    import torch
+    from nq_plugin.checkpoint import CheckpointError, load_checkpoint
+    w = torch.randn(400, 250)
+    w[3, 4] = float("nan")
+    path = _state(tmp_path, **{"decoder.lstm.layers.0.weight_hh": w})
+    with pytest.raises(CheckpointError, match=r"weight_hh holds 1 NaN"):
+        load_checkpoint(str(path))
+
+
+def test_fairseq_loading_refuses_non_finite_parameters():
+    """fairseq's own path (resume, eval-lm): the model's load_state_dict refuses NaN too."""
+    import torch
+    from tests.models.test_nq_lstm_lm import _decoder
+    from nq_plugin.checkpoint import CheckpointError
+    from nq_plugin.models.nq_lstm_lm import NQLSTMLanguageModel
+    model = NQLSTMLanguageModel(_decoder())
+    state = model.state_dict()
+    key = next(k for k in state if k.endswith("weight_hh"))
+    state[key] = torch.full_like(state[key], float("inf"))
+    with pytest.raises(CheckpointError, match=key):
+        model.load_state_dict(state)

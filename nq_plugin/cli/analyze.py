@@ -100,7 +100,11 @@ def first_layer(records):
     return [r for r in records if r["layer"] == 0]
 
 
-def plot_all(runs: List[Dict[str, object]], out: str) -> List[str]:
+PLOT_NAMES = ("grad_h_vs_step.png", "grad_h_over_training.png", "lambda.png", "g_values.png",
+              "alpha.png", "curves.png")
+
+
+def plot_all(runs: List[Dict[str, object]], out: str, force: bool = False) -> List[str]:
     import logging
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # before its import-time chatter
 
@@ -108,13 +112,20 @@ def plot_all(runs: List[Dict[str, object]], out: str) -> List[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    existing = [n for n in PLOT_NAMES if os.path.exists(os.path.join(out, n))]
+    if existing and not force:
+        raise FileExistsError(f"{out} already holds {', '.join(existing)}; choose another --out "
+                              "or pass --force to replace them")
     os.makedirs(out, exist_ok=True)
     written = []
 
     def save(fig, name):
+        from ..files import atomic_path
+        assert name in PLOT_NAMES, name
         path = os.path.join(out, name)
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
         written.append(path)
 
@@ -202,13 +213,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="save directories, grad_norms.jsonl or fairseq logs")
     p.add_argument("--out", required=True, help="directory for the PNG files")
+    p.add_argument("--force", action="store_true", help="replace existing plots in --out")
     args = p.parse_args(argv)
     try:
         runs = [load_run(path) for path in args.runs]
-    except (LogError, FileNotFoundError) as err:
+        written = plot_all(runs, args.out, force=args.force)
+    except (LogError, FileNotFoundError, FileExistsError) as err:
         print(f"nq-analyze: {err}", file=sys.stderr)
         return 2
-    for path in plot_all(runs, args.out):
+    for path in written:
         print(path)
     return 0
 

@@ -74,6 +74,12 @@ class NQLSTMClassifier(BaseFairseqModel):
     def build_model(cls, cfg, task):
         return cls(cfg, input_size=getattr(task.cfg, "pixels_per_step", 1))
 
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        """fairseq's loading with NaN / inf parameters refused, naming the tensor."""
+        from ..checkpoint import check_finite
+        check_finite(state_dict, "checkpoint")
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
     def forward(self, pixels, **unused):
         """pixels: (B, T, F) -> logits (B, num_classes)."""
         batch = pixels.shape[0]

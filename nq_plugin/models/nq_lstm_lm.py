@@ -263,6 +263,13 @@ class NQLSTMLanguageModel(FairseqLanguageModel):
     def forward(self, src_tokens, **kwargs):
         return self.decoder(src_tokens, **kwargs)
 
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        """fairseq's loading (resume, eval-lm, the Hub loader) with NaN / inf parameters
+        refused, naming the tensor."""
+        from ..checkpoint import check_finite
+        check_finite(state_dict, "checkpoint")
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
     def reset_carried_state(self):
         self.decoder.reset_carried_state()
 

@@ -79,7 +79,8 @@ class ZooLM(torch.nn.Module):
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         d = self.dictionary
         banned = [d.pad(), d.bos()] + ([d.unk()] if self.text_format != "words" else [])
-        ids = [d.eos()] + [d.index(s) for s in encode(self.text_format, prompt)]
+        prompt_symbols = encode(self.text_format, prompt)
+        ids = [d.eos()] + [d.index(s) for s in prompt_symbols]
         state: Dict = {}
         tokens = torch.tensor([ids])
         out: List[int] = []
@@ -90,7 +91,8 @@ class ZooLM(torch.nn.Module):
             nxt = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
             out.append(nxt)
             tokens = torch.cat([tokens, torch.tensor([[nxt]])], 1)
-        return prompt + decode(self.text_format, [d[i] for i in out])
+        # decoded together, so that the joins are right (spaces between words, "▁" pieces)
+        return decode(self.text_format, prompt_symbols + [d[i] for i in out])
 
 
 def main(argv=None) -> int:
