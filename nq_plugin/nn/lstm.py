@@ -98,8 +98,40 @@ class NQLSTMLayer(nn.Module):
                     "Adam-type optimizer before training (with fairseq-train: --optimizer nq_adam)")
         return quantizer(weight, moment)
 
+    def train(self, mode: bool = True):
+        """Switching mode (``train()`` / ``eval()``) drops the cached inference weights."""
+        self.clear_weight_cache()
+        return super().train(mode)
+
+    def clear_weight_cache(self) -> None:
+        """Drop the cached eval-mode weights. Needed only after changing parameters through
+        ``.data`` (which bypasses the version counters the cache checks) while staying in eval
+        mode; optimizer steps, ``load_state_dict``, ``.to()`` and mode switches are detected."""
+        self._weight_cache = None
+
+    def _weights_key(self) -> Tuple:
+        """Identity and version of every parameter and buffer of the layer: an in-place update
+        (optimizer step, ``load_state_dict``'s copy) bumps ``_version``, ``.to()`` makes new
+        tensors -- either invalidates the cached weights."""
+        return tuple((t.data_ptr(), t._version, t.dtype, t.device)
+                     for t in list(self.parameters()) + list(self.buffers()))
+
     def effective_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Quantized (and, for weight norm, normalized) W_x and W_h used by the forward pass."""
+        """Quantized (and, for weight norm, normalized) W_x and W_h used by the forward pass.
+
+        In eval mode without autograd (inference, generation) they are computed once and reused
+        until a parameter or buffer changes or the mode does; in training always recomputed."""
+        if self.training or torch.is_grad_enabled():
+            self._weight_cache = None
+            return self._compute_effective_weights()
+        key = self._weights_key()
+        cache = getattr(self, "_weight_cache", None)
+        if cache is None or cache[0] != key:
+            cache = (key, self._compute_effective_weights())
+            self._weight_cache = cache
+        return cache[1]
+
+    def _compute_effective_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
         w_ih = self.ih_norm.weight(self._quantize(self.ih_quantizer, self.weight_ih))
         w_hh = self.hh_norm.weight(self._quantize(self.hh_quantizer, self.weight_hh))
         return w_ih, w_hh

@@ -215,3 +215,43 @@ def test_manual_backward_loop_equals_autograd_loop(norm, opts, quantizer):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
     if norm == "power":
         assert manual.layers[0].hh_norm.nu.abs().sum() > 0  # the approximate backward was used
+
+
+@pytest.mark.parametrize("norm", ["weight", "layer"])
+def test_eval_mode_caches_weights_and_invalidates_them(norm, monkeypatch):
+    """Inference reuses the quantized, normalized weights until a parameter (optimizer step,
+    load_state_dict) or the mode changes."""
+    from nq_plugin.nn import NQLSTM
+    torch.manual_seed(0)
+    lstm = NQLSTM(5, 8, quantizer="bc", norm=norm).eval()
+    layer = lstm.layers[0]
+    calls = []
+    real = layer._compute_effective_weights
+    monkeypatch.setattr(layer, "_compute_effective_weights",
+                        lambda: calls.append(1) or real())
+    x = torch.randn(3, 2, 5)
+    with torch.no_grad():
+        a, _ = lstm(x)
+        b, _ = lstm(x)
+    assert len(calls) == 1 and torch.equal(a, b)
+    opt = torch.optim.SGD(lstm.parameters(), lr=1.0)
+    lstm.train()
+    lstm(x)[0].sum().backward()
+    opt.step()  # an in-place parameter update
+    lstm.eval()
+    n = len(calls)
+    with torch.no_grad():
+        c, _ = lstm(x)
+        assert len(calls) == n + 1
+        other = NQLSTM(5, 8, quantizer="bc", norm=norm)
+        lstm.load_state_dict(other.state_dict())
+        d, _ = lstm(x)
+        assert len(calls) == n + 2
+        other.eval()
+        torch.testing.assert_close(d, other(x)[0])
+        with torch.no_grad():
+            lstm.layers[0].weight_hh.mul_(-1)  # any in-place change is seen
+        e, _ = lstm(x)
+        assert len(calls) == n + 3 and not torch.equal(d, e)
+    lstm(x)  # grad enabled: never cached, gradients reach the weights
+    assert len(calls) == n + 4

@@ -1,0 +1,78 @@
+"""One token at a time (batch 1, T=1, state carried, eval mode, no grad) -- what generation and
+streaming scoring do -- for NQLSTM (BinaryConnect + weight norm, cached eval weights), the packed
+model, torch.nn.LSTM fp32 and torch's int8 dynamic LSTM, side by side in one run.
+
+    python benchmarks/inference_step.py [--hidden 512 2000] [--steps 200] [--rounds 5]
+
+Prints the median time per step of each and the ratio to nn.LSTM fp32. Benchmark on an idle
+machine: other jobs on the cores make the numbers meaningless.
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+from nq_plugin.nn import NQLSTM
+from nq_plugin.packed.lstm import PackedNQLSTM
+
+INPUTS = {512: 53, 2000: 27}  # one-hot input widths of the PTB char and text8 models
+
+
+def per_step(step, steps):
+    h = None
+    t = time.perf_counter()
+    for _ in range(steps):
+        h = step(h)
+    return (time.perf_counter() - t) / steps
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hidden", type=int, nargs="+", default=[512, 2000])
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    for hidden in a.hidden:
+        inp = INPUTS.get(hidden, 64)
+        x = torch.zeros(1, 1, inp)
+        x[0, 0, 3] = 1.0
+        nq = NQLSTM(inp, hidden, quantizer="bc", norm="weight").eval()
+        packed = PackedNQLSTM.from_lstm(nq).eval()
+        ref = torch.nn.LSTM(inp, hidden).eval()
+        int8 = torch.ao.quantization.quantize_dynamic(torch.nn.LSTM(inp, hidden).eval(),
+                                                      {torch.nn.LSTM}, dtype=torch.qint8)
+
+        def ours(model):
+            def step(state):
+                return model(x, state)[1]
+            return step
+
+        def torch_lstm(model):
+            def step(state):
+                return model(x, state)[1]
+            return step
+
+        variants = {"NQLSTM bc+weight (cached)": ours(nq), "packed bc+weight": ours(packed),
+                    "nn.LSTM fp32": torch_lstm(ref), "int8 dynamic LSTM": torch_lstm(int8)}
+        times = {k: [] for k in variants}
+        with torch.no_grad():
+            for k, f in variants.items():
+                per_step(f, 20)  # warm-up (and the cache)
+            for _ in range(a.rounds):
+                for k, f in variants.items():
+                    times[k].append(per_step(f, a.steps))
+        base = statistics.median(times["nn.LSTM fp32"])
+        print(f"\nH={hidden} (input {inp}), batch 1, one step per call, {a.threads} threads")
+        print("| variant                    | ms/step | vs nn.LSTM fp32 |")
+        print("|----------------------------|---------|-----------------|")
+        for k in variants:
+            m = statistics.median(times[k])
+            print(f"| {k:<26} | {m * 1e3:7.3f} | {base / m:14.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
