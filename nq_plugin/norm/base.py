@@ -82,9 +82,28 @@ def register_normalization(cls):
     return cls
 
 
+def known_options() -> set:
+    """Every keyword a registered normalization's ``from_options`` accepts."""
+    import inspect
+    names = set()
+    for cls in NORMALIZATIONS.values():
+        if hasattr(cls, "from_options"):
+            for p in inspect.signature(cls.from_options).parameters.values():
+                if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD
+                                                 and p.name != "features"):
+                    names.add(p.name)
+    return names
+
+
 def build_normalization(name: str, features: int, **options) -> Normalization:
     """Build ``none``, ``weight``, ``layer``, ``batch`` or ``power`` for F = ``features``.
-    Options a normalization does not use are ignored (one flat set of CLI options)."""
+    Options another normalization uses are ignored (one flat set of CLI options); an option no
+    registered normalization knows (a typo such as ``bn_stat``) is an error naming the valid ones."""
+    known = known_options()
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown normalization option(s) {unknown}; the options are: "
+                        f"{', '.join(sorted(known))}")
     try:
         cls = NORMALIZATIONS[name]
     except KeyError:

@@ -121,6 +121,19 @@ class BPTTLMTask(FairseqTask):
         logger.info("dictionary: %d types", len(dictionary))
         return cls(cfg, dictionary)
 
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        steps = cfg.get("bn_max_steps") if hasattr(cfg, "get") else None
+        if str(cfg.get("norm", "")) == "batch" and str(cfg.get("bn_stats", "")) == "separate" \
+                and steps and int(steps) != int(self.cfg.tokens_per_sample):
+            logger.warning(
+                "this model keeps batch-norm statistics per step for %d steps, but "
+                "--tokens-per-sample is %d: step t of every segment uses statistics learnt for "
+                "step t of a %d-step window, so the numbers differ from training's; pass "
+                "--tokens-per-sample %d (fairseq-eval-lm does not read it from the checkpoint)",
+                int(steps), self.cfg.tokens_per_sample, int(steps), int(steps))
+        return model
+
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         paths = utils.split_paths(self.cfg.data)
         path = os.path.join(paths[(epoch - 1) % len(paths)], split)

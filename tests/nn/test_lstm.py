@@ -255,3 +255,11 @@ def test_eval_mode_caches_weights_and_invalidates_them(norm, monkeypatch):
         assert len(calls) == n + 3 and not torch.equal(d, e)
     lstm(x)  # grad enabled: never cached, gradients reach the weights
     assert len(calls) == n + 4
+
+
+def test_a_misspelt_normalization_option_is_an_error_naming_the_valid_ones():
+    """Regression: NQLSTM(..., norm="batch", bn_stat="separate") ran with shared statistics."""
+    from nq_plugin.nn import NQLSTM
+    with pytest.raises(TypeError, match=r"bn_stat.*bn_stats"):
+        NQLSTM(3, 4, norm="batch", bn_stat="separate")
+    NQLSTM(3, 4, norm="layer", bn_stats="separate")  # another norm's option: fine (flat CLI set)

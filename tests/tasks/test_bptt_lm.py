@@ -113,3 +113,18 @@ def test_max_tokens_sets_the_columns_or_is_refused(demo_char_data, tmp_path):
     with pytest.raises(ValueError, match="less than one segment"):
         train(demo_char_data, tmp_path / "bad", "--hidden-size", "16", "--tokens-per-sample",
               "16", "--max-tokens", "8", updates=1)
+
+
+def test_eval_with_another_window_than_per_step_statistics_warns(demo_char_data, tmp_path,
+                                                                   caplog):
+    """Regression: fairseq-eval-lm's --tokens-per-sample (default 100) silently shifted which
+    step's batch-norm statistics a per-step model used."""
+    import logging
+    ckpt = train(demo_char_data, tmp_path, *TINY, "--norm", "batch", "--bn-stats", "separate",
+                 updates=2)
+    with caplog.at_level(logging.WARNING, logger="nq_plugin.tasks.bptt_lm"):
+        eval_lm(demo_char_data, ckpt, "--tokens-per-sample", "16")
+    assert "--tokens-per-sample" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="nq_plugin.tasks.bptt_lm"):
+        eval_lm(demo_char_data, ckpt, "--tokens-per-sample", "20")
+    assert "pass --tokens-per-sample 16" in caplog.text
