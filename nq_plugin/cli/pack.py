@@ -18,7 +18,8 @@ from typing import List, Optional
 import torch
 
 from ..checkpoint import CheckpointError, load_checkpoint, model_config
-from ..packed.format import PackedFormatError
+from ..files import atomic_copy, atomic_path
+from ..packed.format import FORMAT_NAME, FORMAT_VERSION, PackedFormatError
 from ..packed.io import quantization_config, save_packed
 from ..packed.lstm import PackedNQLSTM
 
@@ -51,6 +52,38 @@ def find_dictionary(state, given: Optional[str]) -> str:
                             "checkpoint; pass --dict DATA_DIR/dict.txt")
 
 
+def _written_by_nq_pack(outdir: str) -> bool:
+    try:
+        with open(os.path.join(outdir, "config.json")) as f:
+            q = json.load(f).get("quantization_config") or {}
+        return q.get("format") == FORMAT_NAME
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_outdir(outdir: str, inputs: List[str], force: bool) -> None:
+    """OUTDIR may receive the outputs: none of them is an input (the checkpoint being packed,
+    the dictionary), and existing outputs are replaced only with --force and only when OUTDIR
+    holds an earlier nq-pack output (its config.json says so) -- never a file nq-pack did not
+    write."""
+    for name in OUTPUTS:
+        target = os.path.join(outdir, name)
+        for src in inputs:
+            if os.path.exists(target) and os.path.samefile(target, src) and \
+                    not (name == "dict.txt" and src == inputs[-1] and _written_by_nq_pack(outdir)):
+                raise FileExistsError(
+                    f"{target} is an input of this command ({src}); packing into {outdir} would "
+                    "overwrite it. Choose another OUTDIR (e.g. a new folder packed/)")
+    existing = [f for f in OUTPUTS if os.path.exists(os.path.join(outdir, f))]
+    if existing and not force:
+        raise FileExistsError(f"{outdir} already holds {', '.join(existing)}; choose another "
+                              "OUTDIR or pass --force to overwrite an earlier nq-pack output")
+    if existing and not _written_by_nq_pack(outdir):
+        raise FileExistsError(f"{outdir} holds {', '.join(existing)} that nq-pack did not write "
+                              "(no nq-pack config.json); --force replaces only an earlier "
+                              "nq-pack output. Choose another OUTDIR")
+
+
 def pack_checkpoint(checkpoint: str, outdir: str, dictionary: Optional[str] = None,
                     force: bool = False) -> dict:
     from fairseq.data import Dictionary
@@ -66,11 +99,8 @@ def pack_checkpoint(checkpoint: str, outdir: str, dictionary: Optional[str] = No
     if "one_hot_input" not in cfg:
         raise CheckpointError(f"{checkpoint} is not an nq_lstm_lm checkpoint (model "
                               f"{cfg.get('_name')!r}); nq-pack exports language models")
-    existing = [f for f in OUTPUTS if os.path.exists(os.path.join(outdir, f))]
-    if existing and not force:
-        raise FileExistsError(f"{outdir} already holds {', '.join(existing)}; choose another "
-                              "OUTDIR or pass --force to overwrite")
     dict_path = find_dictionary(state, dictionary)
+    check_outdir(outdir, [checkpoint, dict_path], force)
     vocab = Dictionary.load(dict_path)
     decoder = NQLSTMDecoder(OmegaConf.create(cfg), vocab)
     weights = {k[len("decoder."):]: v for k, v in state["model"].items()
@@ -87,7 +117,7 @@ def pack_checkpoint(checkpoint: str, outdir: str, dictionary: Optional[str] = No
     norm_steps = max((int(layer.ih_affine_scale.shape[0]) for layer in packed_lstm.layers
                       if hasattr(layer, "ih_affine_scale")), default=1)
     packed_cfg = dict(cfg, _name="nq_lstm_lm_packed", packed_layers=json.dumps(metas),
-                      packed_norm_steps=norm_steps)
+                      packed_norm_steps=norm_steps, packed_format_version=FORMAT_VERSION)
     packed = PackedNQLSTMDecoder(OmegaConf.create(packed_cfg), vocab)
     packed.lstm = packed_lstm
     for name in ("embed_tokens", "output_projection"):
@@ -101,12 +131,15 @@ def pack_checkpoint(checkpoint: str, outdir: str, dictionary: Optional[str] = No
     config = {"model": packed_cfg, "quantization_config": quantization_config(metas, norm_steps),
               "source_checkpoint": os.path.basename(checkpoint)}
     save_packed(outdir, tensors, config)
-    shutil.copyfile(dict_path, os.path.join(outdir, "dict.txt"))
+    dict_out = os.path.join(outdir, "dict.txt")
+    if not (os.path.exists(dict_out) and os.path.samefile(dict_path, dict_out)):
+        atomic_copy(dict_path, dict_out)
     fairseq_state = {k: v for k, v in state.items() if k not in ("last_optimizer_state",)}
     fairseq_state["cfg"] = dict(state["cfg"], model=packed_cfg)
     fairseq_state["model"] = dict(tensors, **{"decoder._extra_state": {"carried": {}}})
     fairseq_state["last_optimizer_state"] = None
-    torch.save(fairseq_state, os.path.join(outdir, "checkpoint.pt"))
+    with atomic_path(os.path.join(outdir, "checkpoint.pt")) as tmp:
+        torch.save(fairseq_state, tmp)
 
     words = sum(v.numel() * v.element_size() for k, v in tensors.items()
                 if k.startswith("decoder.lstm.") and k.endswith(("_plus", "_nonzero",
@@ -121,7 +154,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         info = pack_checkpoint(args.checkpoint, args.outdir, args.dict, args.force)
-    except (CheckpointError, PackedFormatError, FileNotFoundError, FileExistsError) as err:
+    except (CheckpointError, PackedFormatError, FileNotFoundError, FileExistsError,
+            shutil.SameFileError) as err:
         print(f"nq-pack: {err}", file=sys.stderr)
         return 2
     print(f"packed {args.checkpoint} -> {info['outdir']}: LSTM weights "

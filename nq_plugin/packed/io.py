@@ -27,12 +27,15 @@ def quantization_config(metas, norm_steps: int) -> Dict[str, object]:
 
 
 def save_packed(outdir: str, tensors: Dict[str, torch.Tensor], config: Dict[str, object]) -> None:
+    """Write both files, each to a temporary name renamed into place."""
     from safetensors.torch import save_file
-    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()},
-              os.path.join(outdir, "model.safetensors"),
-              metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
-    with open(os.path.join(outdir, "config.json"), "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
+
+    from ..files import atomic_path, atomic_write_text
+    with atomic_path(os.path.join(outdir, "model.safetensors")) as tmp:
+        save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, tmp,
+                  metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
+    atomic_write_text(os.path.join(outdir, "config.json"),
+                      json.dumps(config, indent=2, sort_keys=True))
 
 
 def check_tensors(tensors: Dict[str, torch.Tensor], qconfig: Dict[str, object],

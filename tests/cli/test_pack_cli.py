@@ -95,3 +95,39 @@ def test_existing_outdir_is_not_overwritten(packed_dir):
     assert (outdir / "model.safetensors").read_bytes() == before
     res = console("nq-pack", outdir / "checkpoint.pt", outdir / "again", check=False)
     assert res.returncode == 2 and "already packed" in res.stderr
+
+
+def test_force_never_overwrites_an_input_or_a_foreign_file(packed_dir, demo_char_data, tmp_path):
+    """Regression: --force into the checkpoint's own folder replaced the trained checkpoint.pt;
+    into the data directory it wrote files there and died with SameFileError."""
+    import shutil
+    _, ckpt = packed_dir
+    own = tmp_path / "run"
+    own.mkdir()
+    shutil.copyfile(ckpt, own / "checkpoint.pt")
+    trained = (own / "checkpoint.pt").read_bytes()
+    res = console("nq-pack", own / "checkpoint.pt", own, "--force", check=False)
+    assert res.returncode == 2 and "input of this command" in res.stderr
+    assert (own / "checkpoint.pt").read_bytes() == trained
+    assert sorted(p.name for p in own.iterdir()) == ["checkpoint.pt"]
+    data_files = sorted(p.name for p in demo_char_data.iterdir())
+    res = console("nq-pack", ckpt, demo_char_data, "--force", check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert sorted(p.name for p in demo_char_data.iterdir()) == data_files
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"mine": true}')
+    res = console("nq-pack", ckpt, foreign, "--force", check=False)
+    assert res.returncode == 2 and "did not write" in res.stderr
+    assert (foreign / "config.json").read_text() == '{"mine": true}'
+
+
+def test_packed_checkpoint_checks_its_own_format_version(packed_dir, demo_char_data):
+    """Regression: fairseq-eval-lm on OUTDIR/checkpoint.pt never checked a format version."""
+    outdir, _ = packed_dir
+    state = torch.load(outdir / "checkpoint.pt", weights_only=True)
+    assert state["cfg"]["model"]["packed_format_version"] == 1
+    state["cfg"]["model"]["packed_format_version"] = 99
+    torch.save(state, outdir / "checkpoint.pt")
+    with pytest.raises(PackedFormatError, match="version 99"):
+        eval_lm(demo_char_data, outdir / "checkpoint.pt", "--tokens-per-sample", "16")
