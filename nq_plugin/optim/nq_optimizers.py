@@ -23,7 +23,8 @@ from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
 from omegaconf import II
 
 from ..quant import OptimizerSecondMoment
-from .param_groups import attach_second_moments, lr_scaled_param_groups, parse_lr_scale
+from .param_groups import (attach_second_moments, lr_scaled_param_groups, parse_lr_scale,
+                           require_tags)
 
 LR_SCALE_HELP = ("learning-rate multiplier of the latent LSTM weights: none, auto "
                  "(2*sqrt(H) for bc/tc layers, as the paper) or a number")
@@ -54,6 +55,7 @@ class NQAdam(ScaledLRMixin, FairseqAdam):
 
     def __init__(self, cfg: NQAdamConfig, params):
         params: List[torch.nn.Parameter] = list(params)
+        require_tags(params, "nq_adam")
         super().__init__(cfg, lr_scaled_param_groups(params, parse_lr_scale(cfg.lstm_lr_scale)))
         self.set_lr(cfg.lr[0])
         attach_second_moments(params, OptimizerSecondMoment(self.optimizer))
@@ -75,6 +77,7 @@ class NQSGD(ScaledLRMixin, FairseqOptimizer):
     def __init__(self, cfg: NQSGDConfig, params):
         super().__init__(cfg)
         params = list(params)
+        require_tags(params, "nq_sgd")
         groups = lr_scaled_param_groups(params, parse_lr_scale(cfg.lstm_lr_scale))
         self._optimizer = torch.optim.SGD(groups, **self.optimizer_config)
         self.set_lr(cfg.lr[0])

@@ -30,6 +30,19 @@ def parse_lr_scale(value: Optional[str]) -> LRScale:
     return scale
 
 
+def require_tags(params: List[torch.nn.Parameter], optimizer: str) -> None:
+    """The tags must have reached the optimizer. fairseq's ``--fp16`` / ``--bf16`` (and the
+    memory-efficient variants) hand it fp32 copies without them, which silently dropped the
+    paper's learning-rate scale and starved lab/lat of the second moment: refuse instead."""
+    if not any(getattr(p, "nq_layer", None) is not None for p in params):
+        raise ValueError(
+            f"{optimizer} received no parameter of an nq_plugin LSTM (their tags are missing). "
+            "fairseq's --fp16 / --bf16 / --memory-efficient-fp16 / --memory-efficient-bf16 hand "
+            "the optimizer untagged fp32 copies, which would drop the learning-rate scale of the "
+            "latent LSTM weights and the second moment of lab/lat: train in fp32 (drop those "
+            f"flags). {optimizer} is meant for models with an nq_plugin LSTM.")
+
+
 def lr_scaled_param_groups(params: List[torch.nn.Parameter], scale: LRScale
                            ) -> List[Dict[str, object]]:
     """Group 0: parameters at the base rate; further groups: latent LSTM weights at

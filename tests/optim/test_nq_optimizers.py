@@ -110,3 +110,21 @@ def test_fairseq_train_with_lr_scale_runs(demo_char_data, tmp_path):
     state = torch.load(ckpt, weights_only=True)
     groups = state["last_optimizer_state"]["param_groups"]
     assert sorted(round(g["lr_scale"], 4) for g in groups) == [1.0, round(2 * math.sqrt(24), 4)]
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_untagged_parameter_copies_are_refused_not_silently_unscaled(optimizer):
+    """Regression: fairseq's --fp16/--bf16 (FP16Optimizer) hand the optimizer fp32 copies of the
+    parameters without nq_plugin's tags; the latent weights' learning-rate scale collapsed into
+    the base group without a word. Now the optimizer refuses, naming the flags."""
+    lstm = NQLSTM(5, 8, quantizer="bc", norm="weight")
+    copies = [torch.nn.Parameter(p.detach().clone().float()) for p in lstm.parameters()]
+    if optimizer == "adam":
+        cfg = OmegaConf.structured(NQAdamConfig(lr=[0.01], tpu=False, lstm_lr_scale="auto"))
+        build = lambda params: NQAdam(cfg, params)  # noqa: E731
+    else:
+        cfg = OmegaConf.structured(NQSGDConfig(lstm_lr_scale="auto", lr=[1.0]))
+        build = lambda params: NQSGD(cfg, params)  # noqa: E731
+    with pytest.raises(ValueError, match="--fp16 / --bf16"):
+        build(copies)
+    assert len(build(list(lstm.parameters())).optimizer.param_groups) == 2  # tagged: scaled
