@@ -10,8 +10,9 @@ map (per time step for separate statistics). :class:`PackedNQLSTMLayer` runs it:
     g_t = LN_x(s_x * B_x x_t) + LN_h(s_h * B_h h_{t-1}) + b                    (layer)
     g_t = s_x * B_x x_t + s_h * B_h h_{t-1} + b                                 (none / weight)
 
-The products B x come from :mod:`nq_plugin.packed.kernels`: a Triton kernel on GPU, the PyTorch
-path on CPU (it unpacks a matrix once per forward call, for all time steps, and frees it; for
+The products B x come from :mod:`nq_plugin.packed.kernels`: a Triton kernel on GPU; on CPU the
+native kernel for batches of at most 8 (it computes from the packed words), else the PyTorch
+path (it unpacks a matrix once per forward call, for all time steps, and frees it; for
 none/weight norm the unpacked matrices then go through torch's fused LSTM kernel).
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import nn
 
 from ..nn.lstm import NQLSTM, NQLSTMLayer
 from .format import PackedFormatError, num_words, pack_matrix, plane_names, split_codes
-from .kernels import PackedMatrix
+from .kernels import PackedMatrix, native
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +150,10 @@ class PackedNQLSTMLayer(nn.Module):
             state = (zeros, zeros)
         h, c = state
         w_ih, w_hh = self.matrix("ih"), self.matrix("hh")
-        if self.norm in ("none", "weight") and not x.is_cuda:
-            # CPU: unpack both matrices for this call only and run torch's fused LSTM kernel
+        if self.norm in ("none", "weight") and not x.is_cuda and \
+                not native.use_native(steps * batch):
+            # CPU: unpack both matrices for this call only and run torch's fused LSTM kernel;
+            # token by token (steps x batch <= 8) the native kernel in the loop below instead
             weights = [w_ih.unpacked(x.dtype), w_hh.unpacked(x.dtype), self.bias.to(x.dtype),
                        torch.zeros_like(self.bias, dtype=x.dtype)]
             out, h, c = torch._VF.lstm(x, (h.unsqueeze(0), c.unsqueeze(0)), weights, True, 1,

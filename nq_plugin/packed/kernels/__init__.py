@@ -1,9 +1,13 @@
-"""y = x W^T with W = diag(s) B from packed codes B: a Triton kernel on GPU, PyTorch on CPU.
+"""y = x W^T with W = diag(s) B from packed codes B: a Triton kernel on GPU; on CPU the native
+kernel for small batches, else PyTorch.
 
 :class:`PackedMatrix` picks the path: CUDA tensors use the Triton kernel when triton imports,
-else the exact PyTorch path (said once in the log); CPU tensors use the PyTorch path, which
-unpacks B once per call (or once per :meth:`PackedMatrix.prepared` block, e.g. a whole sequence)
-and frees it afterwards, so only the packed words stay resident.
+else the exact PyTorch path (said once in the log). CPU tensors with at most
+``native.MAX_NATIVE_BATCH`` rows use the native C++ kernel (``native.py``: computes from the
+packed words, compiled on first use; ``NQ_PLUGIN_KERNEL=auto|native|torch`` chooses); larger
+batches use the PyTorch path, which unpacks B once per call (or once per
+:meth:`PackedMatrix.prepared` block, e.g. a whole sequence) and frees it afterwards, so only the
+packed words stay resident.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..format import unpack_matrix
+from . import native
 
 logger = logging.getLogger(__name__)
 _warned = set()
@@ -67,6 +72,9 @@ class PackedMatrix:
             kernel = triton_matmul()
             if kernel is not None:
                 return kernel(x, self.planes, self.scale, self.bits, self.columns)
+        if not x.is_cuda and native.use_native(x.shape[0]):
+            return native.packed_gemv(x, self.planes, self.scale, self.bits,
+                                      self.columns).to(x.dtype)
         codes = unpack_matrix(self.planes, self.bits, self.columns, x.dtype)
         return F.linear(x, codes) * self.scale.to(x.dtype)
 
@@ -80,6 +88,9 @@ class PackedMatrix:
         device = self.planes[next(iter(self.planes))].device
         if device.type == "cuda" and triton_matmul() is not None:
             yield self.matmul
+            return
+        if device.type == "cpu" and native.use_native(batch):
+            yield self.matmul  # computes from the packed words: nothing to unpack
             return
         codes = unpack_matrix(self.planes, self.bits, self.columns)
         scale = self.scale

@@ -1,0 +1,82 @@
+"""The native CPU kernel (computes x W^T from the packed words) against the unpacked weights,
+the packed LSTM token by token against the unpacked model, and the kernel choice."""
+import shutil
+
+import pytest
+import torch
+
+from nq_plugin.packed.format import pack_matrix, unpack_matrix
+from nq_plugin.packed.kernels import PackedMatrix, native
+
+pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                reason="no C++ compiler: the native kernel cannot be built")
+
+
+@pytest.fixture(scope="module")
+def built():
+    module = native.load()
+    assert module is not None, f"native kernel did not build: {native._failed}"
+    return module
+
+
+@pytest.mark.parametrize("bits", [1, 2])
+@pytest.mark.parametrize("rows,cols", [(8, 5), (64, 53), (40, 96), (2048, 512)])
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_kernel_equals_unpacked_product(built, bits, rows, cols, batch):
+    torch.manual_seed(rows + cols + batch)
+    codes = torch.randint(-1, 2, (rows, cols)).float()
+    if bits == 1:
+        codes = torch.where(codes >= 0, 1.0, -1.0)
+    planes = pack_matrix(codes, bits)
+    scale = torch.rand(rows) + 0.1
+    x = torch.randn(batch, cols)
+    m = PackedMatrix(planes, scale, bits, cols)
+    ref = x.double() @ (unpack_matrix(planes, bits, cols).double() * scale.double()[:, None]).t()
+    bound = 1e-6 * float(ref.abs().max()) + 1e-6  # fp32 summation over the row, as a GEMM's
+    for got in (native.packed_gemv(x, planes, scale, bits, cols), m.matmul(x)):
+        assert float((got.double() - ref).abs().max()) <= bound
+
+
+@pytest.mark.parametrize("quantizer", ["bc", "tc", "bwn", "twn", "fp"])
+@pytest.mark.parametrize("norm,stats", [("none", "shared"), ("weight", "shared"),
+                                        ("layer", "shared"), ("batch", "separate"),
+                                        ("power", "shared")])
+def test_token_by_token_packed_equals_unpacked(built, quantizer, norm, stats):
+    from tests.packed.test_packed_lstm import trained
+    from nq_plugin.packed import PackedNQLSTM
+    m = trained(quantizer, norm, stats)
+    packed = PackedNQLSTM.from_lstm(m)
+    state = None
+    with torch.no_grad():
+        for t in range(12):  # beyond T_max = 5 of the per-step statistics
+            x = torch.randn(1, 1, 37)
+            # both from the same state: the unnormalized binary LSTM amplifies any rounding
+            # difference ~2.5x per step (the paper's point), so compare each step's computation
+            b, sb = packed(x, state, t0=t)
+            a, state = m(x, state, t0=t)
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(sb[1], state[1], atol=1e-5, rtol=1e-5)
+
+
+def test_kernel_choice_is_explicit(built, monkeypatch):
+    monkeypatch.setenv("NQ_PLUGIN_KERNEL", "torch")
+    assert not native.use_native(1)
+    monkeypatch.setenv("NQ_PLUGIN_KERNEL", "auto")
+    assert native.use_native(1) and not native.use_native(native.MAX_NATIVE_BATCH + 1)
+    monkeypatch.setenv("NQ_PLUGIN_KERNEL", "native")
+    assert native.use_native(1000)
+    monkeypatch.setenv("NQ_PLUGIN_KERNEL", "fastest")
+    with pytest.raises(ValueError, match="auto, native or torch"):
+        native.use_native(1)
+
+
+def test_a_failed_build_falls_back_in_auto_and_fails_loudly_when_forced(monkeypatch):
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setattr(native, "_failed", "simulated: no compiler")
+    monkeypatch.setenv("NQ_PLUGIN_KERNEL", "auto")
+    assert not native.use_native(1)
+    m = PackedMatrix(pack_matrix(torch.ones(4, 8), 1), torch.ones(4), 1, 8)
+    torch.testing.assert_close(m.matmul(torch.ones(1, 8)), torch.full((1, 4), 8.0))
+    monkeypatch.setenv("NQ_PLUGIN_KERNEL", "native")
+    with pytest.raises(RuntimeError, match="failed to build"):
+        native.use_native(1)
