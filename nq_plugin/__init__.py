@@ -14,6 +14,8 @@ except ImportError:  # the core works without fairseq
     fairseq = None
 
 if fairseq is not None:
+    from .compat import patch_numpy_for_fairseq
+    patch_numpy_for_fairseq()  # fairseq's stock LM data code with numpy >= 2 (compat.py)
     from . import checkpoint  # noqa: F401  safe loading of fairseq checkpoints
     from .distributed import support_torchrun_on_cpu
     from .criterions import sequence_classification  # noqa: F401  sequence_classification

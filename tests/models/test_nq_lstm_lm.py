@@ -121,3 +121,39 @@ def test_reference_init_of_embedding_and_softmax():
     assert default.embed_tokens.weight.std() > 0.9  # torch's N(0, 1) kept on request
     with pytest.raises(ValueError, match="init-range"):
         _decoder(init_range=-1.0)
+
+
+def test_stock_language_modeling_task_with_eos_breaks_through_the_real_command(
+        demo_char_data, tmp_path):
+    """Regression: with numpy >= 2, fairseq's language_modeling task with --sample-break-mode
+    eos crashed on np.compat.long (fairseq's token_block_dataset); the plugin restores the
+    alias. Trained and evaluated through the console commands."""
+    from tests.fairseq_utils import USER_DIR, console
+    save = tmp_path / "ckpt"
+    console("fairseq-train", demo_char_data, "--user-dir", USER_DIR, "--task",
+            "language_modeling", "--sample-break-mode", "eos", "--arch", "nq_lstm_lm_ptb_char",
+            "--hidden-size", "16", "--quantizer", "bc", "--norm", "weight", "--optimizer",
+            "nq_adam", "--lr", "0.01", "--batch-size", "4", "--max-update", "2", "--cpu",
+            "--save-dir", save, "--no-epoch-checkpoints", "--num-workers", "0")
+    res = console("fairseq-eval-lm", demo_char_data, "--user-dir", USER_DIR, "--task",
+                  "language_modeling", "--sample-break-mode", "eos", "--path",
+                  save / "checkpoint_last.pt", "--cpu", "--gen-subset", "valid",
+                  "--num-workers", "0")
+    out = res.stdout + res.stderr
+    assert "Perplexity" in out and "np.compat" not in out
+
+
+def test_fairseq_generate_with_beam_on_a_per_step_batch_norm_model(demo_char_data, tmp_path):
+    """fairseq-generate (stock language_modeling task, beam 3) through the console command on a
+    TerConnect + per-step batch-norm model trained with bptt_lm: hypotheses with finite scores
+    (it crashed on numpy 2 before the plugin's compat alias)."""
+    import math
+    from tests.fairseq_utils import USER_DIR, console
+    ckpt = train(demo_char_data, tmp_path, *TINY, "--quantizer", "tc", "--norm", "batch",
+                 "--bn-stats", "separate", updates=5)
+    res = console("fairseq-generate", demo_char_data, "--user-dir", USER_DIR, "--task",
+                  "language_modeling", "--sample-break-mode", "eos", "--path", ckpt, "--beam",
+                  "3", "--max-len-b", "12", "--cpu", "--gen-subset", "valid", "--batch-size",
+                  "2", "--max-tokens", "4000", "--num-workers", "0")
+    hyps = [l.split("\t") for l in res.stdout.splitlines() if l.startswith("H-")]
+    assert hyps and all(math.isfinite(float(h[1])) and h[2].strip() for h in hyps)
