@@ -13,6 +13,7 @@
 1 otherwise) or a number applied to all latent LSTM weights.
 """
 
+import logging
 from dataclasses import dataclass, field
 from typing import List
 
@@ -25,6 +26,8 @@ from omegaconf import II
 from ..quant import OptimizerSecondMoment
 from .param_groups import (attach_second_moments, lr_scaled_param_groups, parse_lr_scale,
                            require_tags)
+
+logger = logging.getLogger(__name__)
 
 LR_SCALE_HELP = ("learning-rate multiplier of the latent LSTM weights: none, auto "
                  "(2*sqrt(H) for bc/tc layers, as the paper) or a number")
@@ -41,6 +44,19 @@ class ScaledLRMixin:
     def set_lr(self, lr):
         for group in self.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
+
+    def clip_grad_norm(self, max_norm, aggregate_norm_fn=None):
+        """fairseq's clipping, plus the quantized-LSTM hint when the gradient norm is no longer
+        finite (fairseq then stops with "gradients are Nan/Inf" and no advice)."""
+        norm = super().clip_grad_norm(max_norm, aggregate_norm_fn)
+        if not bool(torch.isfinite(norm).all()):
+            logger.error(
+                "nq_plugin: the gradient norm is not finite (%s). Quantized LSTMs without "
+                "normalization explode through time (the recurrent Jacobian's bound grows with "
+                "the quantized W_h): train with --norm weight, layer or batch; lower --lr; and "
+                "see where it happens with --log-grad-norms 1 and nq-analyze "
+                "(docs/diagnostics.md)", float(norm))
+        return norm
 
 
 @dataclass

@@ -13,6 +13,7 @@ targets x[kT + 1 : kT + T + 1], so no target is lost at a segment boundary. The 
 """
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 import torch
@@ -120,6 +121,29 @@ class BPTTLMTask(FairseqTask):
         dictionary = Dictionary.load(os.path.join(paths[0], "dict.txt"))
         logger.info("dictionary: %d types", len(dictionary))
         return cls(cfg, dictionary)
+
+    DIVERGENCE_UPDATES = 10  # consecutive updates far above a uniform guess before the hint
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        """fairseq's step, watching for a loss that only grows: per-token loss above 3 x ln(V)
+        (three times a uniform guess) for 10 updates in a row, or not finite, gets the
+        quantized-LSTM hint once -- before fairseq stops on NaN gradients, or instead of
+        silently training a diverged model."""
+        loss, sample_size, logging_output = super().train_step(
+            sample, model, criterion, optimizer, update_num, ignore_grad)
+        per_token = float(loss.detach()) / max(float(sample_size), 1.0)
+        limit = 3 * math.log(max(len(self.dictionary), 2))
+        bad = not math.isfinite(per_token) or per_token > limit
+        self._diverging = getattr(self, "_diverging", 0) + 1 if bad else 0
+        if self._diverging >= self.DIVERGENCE_UPDATES and not getattr(self, "_hinted", False):
+            self._hinted = True
+            logger.warning(
+                "nq_plugin: training is diverging: the loss per token (%.3g nats) has stayed above "
+                "3 x ln(vocabulary) = %.2f for %d updates. For quantized LSTMs: train with a "
+                "normalization (--norm weight, layer or batch), lower --lr, and check the "
+                "gradient flow with --log-grad-norms 1 and nq-analyze (docs/diagnostics.md)",
+                per_token, limit, self._diverging)
+        return loss, sample_size, logging_output
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)

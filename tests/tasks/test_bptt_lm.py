@@ -128,3 +128,15 @@ def test_eval_with_another_window_than_per_step_statistics_warns(demo_char_data,
     with caplog.at_level(logging.WARNING, logger="nq_plugin.tasks.bptt_lm"):
         eval_lm(demo_char_data, ckpt, "--tokens-per-sample", "20")
     assert "pass --tokens-per-sample 16" in caplog.text
+
+
+def test_a_loss_that_only_grows_gets_the_quantized_lstm_hint(demo_char_data, tmp_path, caplog):
+    """Regression: --lr 1e30 trained on with a loss of 1e31 and finite gradients, no word."""
+    import logging
+    with caplog.at_level(logging.WARNING, logger="nq_plugin.tasks.bptt_lm"):
+        train(demo_char_data, tmp_path / "ok", *TINY, "--quantizer", "bc", updates=12)
+    assert "diverging" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="nq_plugin.tasks.bptt_lm"):
+        train(demo_char_data, tmp_path / "bad", *TINY, "--quantizer", "bc", "--lr", "1e30",
+              updates=12)
+    assert "training is diverging" in caplog.text and "--norm weight" in caplog.text
