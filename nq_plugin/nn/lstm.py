@@ -31,6 +31,26 @@ from .recurrence import recurrence
 State = Tuple[torch.Tensor, torch.Tensor]
 
 
+def _dead_layer_ref() -> "LayerRef":
+    ref = LayerRef.__new__(LayerRef)
+    ref._ref = None
+    return ref
+
+
+class LayerRef:
+    """A weak reference to the layer owning a weight, which (unlike ``weakref.ref``) pickles:
+    as an empty reference, re-made by the layer when it is unpickled (``torch.save(module)``)."""
+
+    def __init__(self, layer):
+        self._ref = weakref.ref(layer)
+
+    def __call__(self):
+        return None if self._ref is None else self._ref()
+
+    def __reduce__(self):
+        return (_dead_layer_ref, ())
+
+
 class NQLSTMLayer(nn.Module):
     """One normalized, quantized LSTM layer (time-major input (T, B, input_size))."""
 
@@ -56,14 +76,25 @@ class NQLSTMLayer(nn.Module):
         self.norm_name = norm
         self.quantize_input = quantize_input
         self.second_moment_source = None
-        # tags read by the fairseq optimizers (nq_plugin.optim): the paper's learning-rate scale
-        # 2/a = 2 sqrt(H) for BinaryConnect/TerConnect latent weights, and the owning layer
-        for weight, q in ((self.weight_ih, self.ih_quantizer), (self.weight_hh, self.hh_quantizer)):
-            weight.nq_latent_scale = 2.0 * math.sqrt(hidden_size) if q.name in ("bc", "tc") else 1.0
-            weight.nq_layer = weakref.ref(self)
+        self._tag_weights()
         self.force_loop = False  # run the per-step loop even for none/weight (tests, benchmarks)
         self.loop_impl = "manual"  # "manual": hand-written backward; "autograd": reference
         self.reset_parameters()
+
+    def _tag_weights(self) -> None:
+        """Tags read by the fairseq optimizers (nq_plugin.optim): the paper's learning-rate scale
+        2/a = 2 sqrt(H) for BinaryConnect/TerConnect latent weights, and the owning layer.
+        Re-applied after unpickling and ``copy.deepcopy`` (which drops a Parameter's
+        attributes)."""
+        for weight, q in ((self.weight_ih, self.ih_quantizer), (self.weight_hh, self.hh_quantizer)):
+            weight.nq_latent_scale = (2.0 * math.sqrt(self.hidden_size) if q.name in ("bc", "tc")
+                                      else 1.0)
+            weight.nq_layer = LayerRef(self)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "_parameters" in state:
+            self._tag_weights()
 
     @property
     def uses_loop(self) -> bool:

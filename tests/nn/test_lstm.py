@@ -263,3 +263,19 @@ def test_a_misspelt_normalization_option_is_an_error_naming_the_valid_ones():
     with pytest.raises(TypeError, match=r"bn_stat.*bn_stats"):
         NQLSTM(3, 4, norm="batch", bn_stat="separate")
     NQLSTM(3, 4, norm="layer", bn_stats="separate")  # another norm's option: fine (flat CLI set)
+
+
+def test_torch_save_of_the_module_and_deepcopy_keep_the_optimizer_tags(tmp_path):
+    """Regression: torch.save(module) failed ("cannot pickle weakref") on the nq_layer tag, and
+    copy.deepcopy dropped the tags (the paper's learning-rate scale then silently vanished)."""
+    import copy
+    import math
+    from nq_plugin.nn import NQLSTM
+    lstm = NQLSTM(5, 16, 2, quantizer="bc", norm="layer")
+    torch.save(lstm, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    for m in (loaded, copy.deepcopy(lstm)):
+        for layer in m.layers:
+            assert layer.weight_hh.nq_latent_scale == pytest.approx(2 * math.sqrt(16))
+            assert layer.weight_hh.nq_layer() is layer and layer.weight_ih.nq_layer() is layer
+        torch.testing.assert_close(m(torch.ones(2, 1, 5))[0], lstm(torch.ones(2, 1, 5))[0])
