@@ -30,7 +30,7 @@ class LogError(ValueError):
 
 def read_records(path: str) -> List[Dict[str, object]]:
     records = []
-    with open(path) as f:
+    with open(path, encoding="utf-8", errors="replace") as f:  # a damaged byte: a JSON error
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue

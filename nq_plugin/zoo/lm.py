@@ -41,8 +41,15 @@ class ZooLM(torch.nn.Module):
         if not os.path.isfile(os.path.join(data, "dict.txt")):
             raise FileNotFoundError(f"{data}/dict.txt not found: the model's dictionary must be "
                                     "beside the checkpoint (or pass data=FOLDER)")
-        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-            [path], arg_overrides={"data": data})
+        try:
+            models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+                [path], arg_overrides={"data": data})
+        except ValueError as err:  # e.g. a packed format version this nq_plugin cannot read
+            try:
+                named = type(err)(f"{path}: {err}")
+            except TypeError:  # an error class with another constructor
+                named = ValueError(f"{path}: {err}")
+            raise named from None
         return cls(models[0], task, cfg, text_format)
 
     @property

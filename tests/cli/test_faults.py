@@ -1,0 +1,198 @@
+"""Fault injection through the real console commands (subprocesses): for the files the plugin's
+commands read -- fairseq checkpoints, packed checkpoints, dict.txt, gradient-norm logs, the zoo's
+manifest and bundled files -- truncation, bit flips, wrong versions, non-finite values, a
+code-executing pickle and a missing file. Each must give a clear message naming the file, a
+non-zero exit, no traceback, and leave every input byte-identical."""
+import json
+import pickle
+import shutil
+import sys
+
+import pytest
+import torch
+
+from tests.fairseq_utils import ROOT, TINY, console, train
+
+GRAD_LOG = ROOT / "zoo" / "failures" / "ptb-char-bc-none" / "grad_norms.jsonl"
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, demo_char_data):
+    root = tmp_path_factory.mktemp("faults")
+    ckpt = train(demo_char_data, root / "run", *TINY, "--quantizer", "tc", "--norm", "weight")
+    console("nq-pack", ckpt, root / "packed")
+    return root, ckpt, demo_char_data
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def bit_flip(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def evil_pickle(path):
+    class Evil:
+        def __reduce__(self):
+            return (shutil.rmtree, (str(path.parent / "victim"),))
+    (path.parent / "victim").mkdir(exist_ok=True)
+    state = torch.load(path, weights_only=True)
+    state["extra"] = Evil()
+    torch.save(state, path, pickle_module=pickle)
+
+
+def non_finite(path):
+    state = torch.load(path, weights_only=True)
+    key = next(k for k in state["model"] if k.endswith("weight_hh") or k.endswith("_scale"))
+    state["model"][key] = state["model"][key].float().fill_(float("nan"))
+    torch.save(state, path)
+
+
+def wrong_version(path):
+    state = torch.load(path, weights_only=True)
+    state["cfg"]["model"]["packed_format_version"] = 99
+    torch.save(state, path)
+
+
+def check(res, path, *words):
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out[-2000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert str(path.name) in out, out[-2000:]
+    for w in words:
+        assert w in out, out[-2000:]
+
+
+CHECKPOINT_FAULTS = {"truncated": (truncate, "truncated or corrupt"),
+                     "bit_flip": (bit_flip, "corrupt"),
+                     "code_executing_pickle": (evil_pickle, "refusing"),
+                     "non_finite": (non_finite, "NaN")}
+
+
+@pytest.mark.parametrize("fault", sorted(CHECKPOINT_FAULTS))
+@pytest.mark.parametrize("command", ["nq-summary", "nq-pack"])
+def test_damaged_checkpoint(made, tmp_path, fault, command):
+    _, ckpt, _ = made
+    path = tmp_path / "checkpoint_best.pt"
+    shutil.copyfile(ckpt, path)
+    damage, words = CHECKPOINT_FAULTS[fault]
+    damage(path)
+    before = path.read_bytes()
+    args = [path] if command == "nq-summary" else [path, tmp_path / "out"]
+    check(console(command, *args, check=False), path, words)
+    assert path.read_bytes() == before
+    if fault == "code_executing_pickle":
+        assert (tmp_path / "victim").is_dir()  # the pickle's code never ran
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["nq-summary", "nq-pack"])
+def test_missing_checkpoint(tmp_path, command):
+    path = tmp_path / "nowhere.pt"
+    args = [path] if command == "nq-summary" else [path, tmp_path / "out"]
+    check(console(command, *args, check=False), path, "not found")
+
+
+@pytest.mark.parametrize("fault", ["truncated", "bit_flip", "wrong_version", "non_finite"])
+def test_damaged_packed_checkpoint(made, tmp_path, fault):
+    root, _, _ = made
+    folder = tmp_path / "packed"
+    shutil.copytree(root / "packed", folder)
+    path = folder / "checkpoint.pt"
+    damage = {"truncated": truncate, "bit_flip": bit_flip, "wrong_version": wrong_version,
+              "non_finite": non_finite}[fault]
+    damage(path)
+    before = path.read_bytes()
+    res = subprocess_module("nq_plugin.zoo.lm", path, "--prompt", "the", "--length", "5")
+    check(res, path, *(["version 99"] if fault == "wrong_version" else []))
+    assert path.read_bytes() == before
+
+
+def subprocess_module(module, *args):
+    import subprocess
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True,
+                          text=True)
+
+
+@pytest.mark.parametrize("fault", ["truncated_dict", "missing_dict"])
+def test_wrong_dictionary_for_nq_pack(made, tmp_path, fault):
+    _, ckpt, data = made
+    d = tmp_path / "dict.txt"
+    if fault == "truncated_dict":
+        lines = (data / "dict.txt").read_text().splitlines()
+        d.write_text("\n".join(lines[: len(lines) // 2]) + "\n")
+    before = d.read_bytes() if d.exists() else None
+    res = console("nq-pack", ckpt, tmp_path / "out", "--dict", d, check=False)
+    check(res, d, "dict")
+    assert (d.read_bytes() if d.exists() else None) == before
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("fault", ["truncated", "bit_flip", "missing", "not_a_log"])
+def test_damaged_gradient_log(tmp_path, fault):
+    path = tmp_path / "grad_norms.jsonl"
+    if fault != "missing":
+        shutil.copyfile(GRAD_LOG, path)
+    if fault == "truncated":  # cut inside the last record, as a killed writer would
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) - 40])
+    elif fault == "bit_flip":
+        data = bytearray(path.read_bytes())
+        data[10] = 0xFF  # not UTF-8, inside the first record
+        path.write_bytes(bytes(data))
+    elif fault == "not_a_log":
+        path.write_text('{"something": 1}\n')
+    before = path.read_bytes() if path.exists() else None
+    res = console("nq-analyze", path, "--out", tmp_path / "plots", check=False)
+    check(res, path)
+    assert (path.read_bytes() if path.exists() else None) == before
+    assert not list((tmp_path / "plots").glob("*.png")) if (tmp_path / "plots").exists() else True
+
+
+@pytest.fixture()
+def zoo_copy(tmp_path):
+    """A private zoo with the bundled ptb-char-bc-weight model (the real files)."""
+    dst = tmp_path / "zoo"
+    (dst / "models").mkdir(parents=True)
+    shutil.copytree(ROOT / "zoo" / "models" / "ptb-char-bc-weight",
+                    dst / "models" / "ptb-char-bc-weight")
+    data = json.loads((ROOT / "zoo" / "manifest.json").read_text())
+    data["models"] = [m for m in data["models"] if m["name"] == "ptb-char-bc-weight"]
+    (dst / "manifest.json").write_text(json.dumps(data))
+    import os
+    return dst, dict(os.environ, NQ_ZOO_DIR=str(dst), HF_HUB_OFFLINE="1")
+
+
+@pytest.mark.parametrize("fault", ["truncated", "bit_flip", "wrong_version", "missing"])
+def test_damaged_zoo_manifest(zoo_copy, fault):
+    dst, env = zoo_copy
+    path = dst / "manifest.json"
+    if fault == "truncated":
+        truncate(path)
+    elif fault == "bit_flip":
+        path.write_text(path.read_text().replace('"models"', '"mod\\u0000els"', 1)
+                        .replace("{", "[", 1))
+    elif fault == "wrong_version":
+        data = json.loads(path.read_text())
+        data["manifest_version"] = 99
+        path.write_text(json.dumps(data))
+    else:
+        path.unlink()
+    before = path.read_bytes() if path.exists() else None
+    check(console("nq-zoo", "list", env=env, check=False), path)
+    assert (path.read_bytes() if path.exists() else None) == before
+
+
+@pytest.mark.parametrize("fault", ["truncated", "bit_flip", "missing"])
+def test_damaged_bundled_zoo_file_is_named_and_left_alone(zoo_copy, fault):
+    dst, env = zoo_copy
+    path = dst / "models" / "ptb-char-bc-weight" / "model.pt"
+    {"truncated": truncate, "bit_flip": bit_flip, "missing": lambda p: p.unlink()}[fault](path)
+    before = path.read_bytes() if path.exists() else None
+    res = console("nq-zoo", "download", "ptb-char-bc-weight", env=env, check=False)
+    check(res, path, "git checkout zoo/")
+    assert (path.read_bytes() if path.exists() else None) == before
