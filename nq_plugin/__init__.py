@@ -27,5 +27,7 @@ if fairseq is not None:
     from .tasks import sequential_mnist  # noqa: F401  task sequential_mnist
 
     support_torchrun_on_cpu()  # torchrun ... fairseq-train --cpu: real data parallelism
+    from .errors import install_excepthook
+    install_excepthook()  # the plugin's user errors print as one line under fairseq's commands
 
 __all__ = ["summary"]

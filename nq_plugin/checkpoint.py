@@ -19,12 +19,13 @@ import zipfile
 from typing import Any, Dict
 
 import torch
+from .errors import UserError
 
 SAFE_GLOBALS = [argparse.Namespace]
 torch.serialization.add_safe_globals(SAFE_GLOBALS)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ValueError, UserError):
     """A checkpoint that cannot be used; the message says why and what to do."""
 
 

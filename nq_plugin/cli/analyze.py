@@ -19,12 +19,13 @@ import os
 import re
 import sys
 from typing import Dict, List, Optional
+from ..errors import UserError
 
 GATES = ("i", "f", "a", "o")
 REQUIRED = ("grad_h", "lambda1", "lambda2", "forward", "layer")
 
 
-class LogError(ValueError):
+class LogError(ValueError, UserError):
     """A log that cannot be read; the message names the file and line."""
 
 

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from typing import Dict
 
 
@@ -31,6 +32,23 @@ def prepare(text_path: str, out_dir: str, vocab_size: int = 8000, valid: float =
     splits = {"train": lines[: len(lines) - n_valid - n_test],
               "valid": lines[len(lines) - n_valid - n_test: len(lines) - n_test],
               "test": lines[len(lines) - n_test:]}
+    final_dir = out_dir  # built in a sibling folder, renamed into place when complete
+    parent = os.path.dirname(os.path.abspath(final_dir))
+    os.makedirs(parent, exist_ok=True)
+    out_dir = tempfile.mkdtemp(prefix="." + os.path.basename(final_dir) + ".", dir=parent)
+    try:
+        _build(splits, out_dir, vocab_size)
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    if os.path.isdir(final_dir):
+        os.rmdir(final_dir)  # empty (checked above)
+    os.replace(out_dir, final_dir)
+    return {name: len(part) for name, part in splits.items()}
+
+
+def _build(splits, out_dir: str, vocab_size: int) -> None:
+    import sentencepiece as spm
     raw = os.path.join(out_dir, "raw")
     os.makedirs(raw)
     for name, part in splits.items():
@@ -55,7 +73,6 @@ def prepare(text_path: str, out_dir: str, vocab_size: int = 8000, valid: float =
                     os.path.join(raw, "test.spm"), "--destdir", bin_dir, "--workers", "1"],
                    check=True, capture_output=True)
     shutil.copyfile(prefix + ".model", os.path.join(bin_dir, "spm.model"))
-    return {name: len(part) for name, part in splits.items()}
 
 
 def main(argv=None) -> int:

@@ -20,6 +20,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
+from ..errors import UserError
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -38,7 +39,7 @@ IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 MEAN, STD = 0.1307, 0.3081  # of the training pixels scaled to [0, 1]
 
 
-class MNISTFormatError(ValueError):
+class MNISTFormatError(ValueError, UserError):
     """An MNIST file that is not what it should be; the message names the file and the fix."""
 
 

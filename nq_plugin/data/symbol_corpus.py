@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 import zipfile
 from typing import Dict, IO, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from ..errors import UserError
 
 CHUNK = 1 << 20
 
@@ -33,7 +36,7 @@ def symbol_byte(s: str) -> int:
     return int(s[3:5], 16) if s.startswith("<0x") and len(s) == 6 else ord(s)
 
 
-class CorpusError(ValueError):
+class CorpusError(ValueError, UserError):
     """A corpus file that is not what the recipe expects; the message says what to do."""
 
 
@@ -88,6 +91,27 @@ def split_bounds(size: int, fractions: Sequence[float] = (), sizes: Sequence[int
     return out
 
 
+def _write_splits(path, member, bounds, d, table, out_dir, split_sizes) -> None:
+    from fairseq.data import indexed_dataset
+    for name, start, end in bounds:
+        prefix = os.path.join(out_dir, name)
+        builder = indexed_dataset.make_builder(indexed_dataset.data_file_path(prefix), "mmap",
+                                               vocab_size=len(d))
+        f, _ = _open(path, member)
+        with f:
+            if member is not None and start:  # zip members cannot seek cheaply: skip forward
+                for _ in _chunks(f, 0, start):
+                    pass
+                start_in = 0
+            else:
+                start_in = start
+            for block in _chunks(f, start_in, start_in + (end - start)):
+                ids = table[np.frombuffer(block, dtype=np.uint8)]
+                builder.add_item(torch.from_numpy(ids))
+        builder.finalize(indexed_dataset.index_file_path(prefix))
+        split_sizes[name] = end - start
+
+
 def prepare(path: str, out_dir: str, fractions: Sequence[float] = (0.8, 0.1, 0.1),
             sizes: Sequence[int] = (), member: Optional[str] = None,
             expected_sha256: Optional[str] = None, expected_size: Optional[int] = None,
@@ -98,8 +122,8 @@ def prepare(path: str, out_dir: str, fractions: Sequence[float] = (0.8, 0.1, 0.1
 
     if not os.path.isfile(path):
         raise CorpusError(f"{path} not found")
-    if os.path.exists(os.path.join(out_dir, "dict.txt")):
-        raise CorpusError(f"{out_dir} already holds a binarized corpus; choose another folder")
+    if os.path.exists(out_dir) and os.listdir(out_dir):
+        raise CorpusError(f"{out_dir} exists and is not empty; choose another folder")
     counts, digest, size = byte_counts(path, member)
     if expected_size is not None and size != expected_size:
         raise CorpusError(f"{path}: {size} bytes, expected {expected_size}: not the original file")
@@ -122,29 +146,25 @@ def prepare(path: str, out_dir: str, fractions: Sequence[float] = (0.8, 0.1, 0.1
     d = Dictionary()
     for b in present:
         d.add_symbol(byte_symbol(b), n=int(train_counts[b]))
-    os.makedirs(out_dir, exist_ok=True)
+    # built in a sibling folder renamed into place at the end: an interrupted run leaves no
+    # half-written corpus under OUT
+    final_dir = out_dir
+    parent = os.path.dirname(os.path.abspath(final_dir))
+    os.makedirs(parent, exist_ok=True)
+    out_dir = tempfile.mkdtemp(prefix="." + os.path.basename(final_dir) + ".", dir=parent)
     table = np.full(256, d.unk(), dtype=np.int64)
     for b in present:
         table[b] = d.index(byte_symbol(b))
     split_sizes = {}
-    for name, start, end in bounds:
-        prefix = os.path.join(out_dir, name)
-        builder = indexed_dataset.make_builder(indexed_dataset.data_file_path(prefix), "mmap",
-                                               vocab_size=len(d))
-        f, _ = _open(path, member)
-        with f:
-            if member is not None and start:  # zip members cannot seek cheaply: skip forward
-                for _ in _chunks(f, 0, start):
-                    pass
-                start_in = 0
-            else:
-                start_in = start
-            for block in _chunks(f, start_in, start_in + (end - start)):
-                ids = table[np.frombuffer(block, dtype=np.uint8)]
-                builder.add_item(torch.from_numpy(ids))
-        builder.finalize(indexed_dataset.index_file_path(prefix))
-        split_sizes[name] = end - start
-    d.save(os.path.join(out_dir, "dict.txt"))
+    try:
+        _write_splits(path, member, bounds, d, table, out_dir, split_sizes)
+        d.save(os.path.join(out_dir, "dict.txt"))
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    if os.path.isdir(final_dir):
+        os.rmdir(final_dir)  # empty (checked above)
+    os.replace(out_dir, final_dir)
     return {"symbols": len(present), "bytes": size, "sha256": digest, "splits": split_sizes,
             "dictionary": len(d)}
 

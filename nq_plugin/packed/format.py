@@ -21,6 +21,7 @@ import sys
 from typing import Dict, Tuple
 
 import torch
+from ..errors import UserError
 
 FORMAT_NAME = "nq-packed"
 FORMAT_VERSION = 1
@@ -29,7 +30,7 @@ PACK_ORDER = "int32 words along the input dimension, column k -> word k // 32, b
 PADDING = "input dimension padded with 0 bits to a multiple of 32; padded columns are ignored"
 
 
-class PackedFormatError(ValueError):
+class PackedFormatError(ValueError, UserError):
     """A packed model whose files do not agree with each other or with this format version."""
 
 

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from ..files import atomic_write_text
+from ..errors import UserError
 
 MANIFEST_VERSION = 1
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class ZooError(Exception):
+class ZooError(UserError):
     """A zoo problem the user can act on; the message says which file or model and what to do."""
 
 

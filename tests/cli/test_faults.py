@@ -196,3 +196,35 @@ def test_damaged_bundled_zoo_file_is_named_and_left_alone(zoo_copy, fault):
     res = console("nq-zoo", "download", "ptb-char-bc-weight", env=env, check=False)
     check(res, path, "git checkout zoo/")
     assert (path.read_bytes() if path.exists() else None) == before
+
+
+@pytest.mark.parametrize("fault", ["truncated", "wrong_magic"])
+def test_damaged_mnist_file_under_fairseq_train(tmp_path, fault):
+    """fairseq's own command with the plugin: the plugin's user errors (here a damaged MNIST
+    idx file) print as one line naming the file, no traceback (nq_plugin/errors.py)."""
+    from tests.data.test_mnist import synthetic
+    corrupt = {"truncated": {"truncate": 100}, "wrong_magic": {"magic": 1234}}[fault]
+    synthetic(tmp_path, target="train-images-idx3-ubyte", **corrupt)
+    path = tmp_path / "train-images-idx3-ubyte"
+    before = path.read_bytes()
+    res = console("fairseq-train", tmp_path, "--user-dir", ROOT / "nq_plugin", "--task",
+                  "sequential_mnist", "--arch", "nq_lstm_classifier_smnist", "--criterion",
+                  "sequence_classification", "--pixels-per-step", "28", "--valid-size", "10",
+                  "--batch-size", "5", "--max-update", "1", "--cpu", "--save-dir",
+                  tmp_path / "ck", "--num-workers", "0", check=False)
+    check(res, path)
+    assert path.read_bytes() == before
+
+
+def test_other_errors_keep_their_traceback():
+    """Only the plugin's user errors lose the traceback; a bug still shows one."""
+    import subprocess
+    code = ("import nq_plugin\n"
+            "raise RuntimeError('a bug')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 1 and "Traceback" in res.stderr and "a bug" in res.stderr
+    code = ("import nq_plugin\nfrom nq_plugin.checkpoint import CheckpointError\n"
+            "raise CheckpointError('x.pt is corrupt: copy it again')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "error: x.pt is corrupt: copy it again" in res.stderr
