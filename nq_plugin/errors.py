@@ -25,3 +25,11 @@ def install_excepthook() -> None:
 
     hook._nq_plugin = True
     sys.excepthook = hook
+
+
+class DataNotFoundError(UserError, FileNotFoundError):
+    """A data directory or split that is missing; the message says how to make it."""
+
+
+class DataFormatError(UserError, ValueError):
+    """A data file that cannot be read (truncated, corrupt, another format)."""

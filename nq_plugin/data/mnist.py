@@ -20,7 +20,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
-from ..errors import UserError
+from ..errors import DataNotFoundError, UserError
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -48,7 +48,7 @@ def find_file(directory: str, name: str) -> str:
         path = os.path.join(directory, candidate)
         if os.path.isfile(path):
             return path
-    raise FileNotFoundError(
+    raise DataNotFoundError(
         f"{name}(.gz) not found in {directory}: the MNIST directory needs the four idx files "
         f"({', '.join(FILES.values())}); recipes/smnist/prepare.sh downloads them")
 
@@ -115,7 +115,7 @@ def load_mnist(directory: str, valid_size: int = 10000, verify: bool = True
     """{"train", "valid", "test"}: (pixels (N, 784) uint8, labels (N,) int64); valid is the last
     ``valid_size`` training images."""
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"MNIST directory {directory!r} not found")
+        raise DataNotFoundError(f"MNIST directory {directory!r} not found")
     train_x, train_y = read_split(directory, "train", verify)
     test_x, test_y = read_split(directory, "t10k", verify)
     if not 0 < valid_size < train_x.shape[0]:

@@ -16,11 +16,14 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
+import numpy as np
 import torch
 from fairseq import utils
 from fairseq.data import Dictionary, FairseqDataset, data_utils, iterators
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
+
+from ..errors import DataFormatError, DataNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +106,41 @@ class BPTTSegments(FairseqDataset):
         return self.steps
 
 
+_MMAP_MAGIC = b"MMIDIDX\x00\x00"
+_DTYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 8, 7: 8, 8: 2}  # fairseq's dtype codes
+
+
+def check_mmap_split(path: str) -> None:
+    """Check a fairseq mmap split (PATH.idx + PATH.bin) before fairseq maps it: the index
+    header and table are complete and the data file holds exactly the tokens they describe.
+    (fairseq itself fails on a damaged pair with a buffer error and a second traceback from its
+    destructor.)"""
+    import struct
+    idx, data = path + ".idx", path + ".bin"
+    if not (os.path.isfile(idx) and os.path.isfile(data)):
+        return  # missing: load_indexed_dataset returns None and the caller says so
+    with open(idx, "rb") as f:
+        header = f.read(26)
+        if header[:9] != _MMAP_MAGIC:
+            return  # another dataset implementation: fairseq checks it
+        if len(header) < 26:
+            raise DataFormatError(f"{idx} is truncated (incomplete header); binarize the split "
+                                  "again (fairseq-preprocess --only-source)")
+        code = header[17]
+        (count,) = struct.unpack("<Q", header[18:26])
+        sizes = np.fromfile(f, dtype=np.int32, count=count)
+        size_of_table = 26 + count * 12
+    if len(sizes) != count or os.path.getsize(idx) < size_of_table or code not in _DTYPE_SIZES:
+        raise DataFormatError(f"{idx} is truncated or corrupt (its table of {count} entries is "
+                              "incomplete); binarize the split again (fairseq-preprocess "
+                              "--only-source)")
+    expected = int(sizes.astype(np.int64).sum()) * _DTYPE_SIZES[code]
+    if os.path.getsize(data) != expected:
+        raise DataFormatError(f"{data} holds {os.path.getsize(data)} bytes, its index {idx} "
+                              f"describes {expected}: truncated or corrupt; binarize the split "
+                              "again (fairseq-preprocess --only-source)")
+
+
 @register_task("bptt_lm", dataclass=BPTTLMConfig)
 class BPTTLMTask(FairseqTask):
     """Truncated-BPTT language modeling over contiguous streams with carried hidden state."""
@@ -115,7 +153,7 @@ class BPTTLMTask(FairseqTask):
     def setup_task(cls, cfg: BPTTLMConfig, **kwargs):
         paths = utils.split_paths(cfg.data)
         if not paths or not os.path.isfile(os.path.join(paths[0], "dict.txt")):
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"no dict.txt in data directory {cfg.data!r}: give the --destdir of "
                 "fairseq-preprocess --only-source (see the README)")
         dictionary = Dictionary.load(os.path.join(paths[0], "dict.txt"))
@@ -161,14 +199,30 @@ class BPTTLMTask(FairseqTask):
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         paths = utils.split_paths(self.cfg.data)
         path = os.path.join(paths[(epoch - 1) % len(paths)], split)
-        lines = data_utils.load_indexed_dataset(path, self.dictionary, combine=combine)
+        check_mmap_split(path)
+        try:
+            lines = data_utils.load_indexed_dataset(path, self.dictionary, combine=combine)
+        except Exception as err:  # fairseq / numpy errors on a damaged index or data file
+            raise DataFormatError(f"{path}.idx / {path}.bin cannot be read ({type(err).__name__}: "
+                                  f"{err}): truncated or corrupt; binarize the split again "
+                                  "(fairseq-preprocess --only-source)") from None
         if lines is None:
-            raise FileNotFoundError(f"split {split!r} not found at {path}.bin/.idx: binarize it "
+            raise DataNotFoundError(f"split {split!r} not found at {path}.bin/.idx: binarize it "
                                     "with fairseq-preprocess --only-source")
         eos = self.dictionary.eos()
         parts = [torch.tensor([eos], dtype=torch.long)]
-        parts += [lines[i].long() for i in range(len(lines))]
-        self.datasets[split] = TokenStream(split, torch.cat(parts), eos)
+        try:
+            parts += [lines[i].long() for i in range(len(lines))]
+        except Exception as err:  # a .bin shorter than its .idx says
+            raise DataFormatError(f"{path}.bin does not hold what {path}.idx describes "
+                                  f"({type(err).__name__}: {err}): truncated or corrupt; "
+                                  "binarize the split again") from None
+        stream = torch.cat(parts)
+        if int(stream.max()) >= len(self.dictionary) or int(stream.min()) < 0:
+            raise DataFormatError(f"{path}.bin holds symbol ids outside dict.txt "
+                                  f"({len(self.dictionary)} symbols): the data and the "
+                                  "dictionary do not belong together, or the file is corrupt")
+        self.datasets[split] = TokenStream(split, stream, eos)
         logger.info("%s: %d tokens", split, len(self.datasets[split]))
 
     def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None,

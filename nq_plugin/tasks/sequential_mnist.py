@@ -17,6 +17,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 
 from ..data.mnist import load_mnist, pixel_permutation, to_sequence
+from ..errors import DataNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class SequentialMNISTTask(FairseqTask):
     @classmethod
     def setup_task(cls, cfg: SequentialMNISTConfig, **kwargs):
         if not os.path.isdir(cfg.data):
-            raise FileNotFoundError(f"MNIST directory {cfg.data!r} not found: pass the folder "
+            raise DataNotFoundError(f"MNIST directory {cfg.data!r} not found: pass the folder "
                                     "with the idx files (recipes/smnist/prepare.sh fetches them)")
         return cls(cfg)
 

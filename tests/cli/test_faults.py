@@ -228,3 +228,28 @@ def test_other_errors_keep_their_traceback():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "error: x.pt is corrupt: copy it again" in res.stderr
+
+
+@pytest.mark.parametrize("fault", ["missing_dir", "missing_dict", "truncated_bin",
+                                   "truncated_idx", "missing_split"])
+def test_damaged_data_directory_under_fairseq_eval_lm(made, tmp_path, fault):
+    _, ckpt, data = made
+    folder = tmp_path / "data"
+    shutil.copytree(data, folder)
+    target = {"missing_dir": tmp_path / "nowhere", "missing_dict": folder / "dict.txt",
+              "truncated_bin": folder / "valid.bin", "truncated_idx": folder / "valid.idx",
+              "missing_split": folder / "valid.bin"}[fault]
+    if fault in ("missing_dict", "missing_split"):
+        target.unlink()
+        (folder / "valid.idx").unlink() if fault == "missing_split" else None
+    elif fault.startswith("truncated"):
+        truncate(target)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    data_arg = target if fault == "missing_dir" else folder
+    res = console("fairseq-eval-lm", data_arg, "--user-dir", ROOT / "nq_plugin", "--task",
+                  "bptt_lm", "--path", ckpt, "--cpu", "--gen-subset", "valid",
+                  "--tokens-per-sample", "16", "--num-workers", "0", check=False)
+    shown = target.name if fault in ("missing_dict", "missing_dir") else "valid"
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "Traceback" not in out and shown in out, out[-2000:]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
