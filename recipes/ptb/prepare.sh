@@ -39,10 +39,14 @@ if ! (cd "$OUT/raw" && sha256sum --quiet -c "$HERE/SHA256SUMS"); then
   echo "prepare.sh: checksum mismatch: these are not the standard PTB files" >&2; exit 1
 fi
 
+# binarized into temporary folders, renamed into place when complete
+rm -rf "$OUT/.ptb_char.part" "$OUT/.ptb_word.part"
 fairseq-preprocess --only-source --trainpref "$OUT/raw/ptb.char.train.txt" \
   --validpref "$OUT/raw/ptb.char.valid.txt" --testpref "$OUT/raw/ptb.char.test.txt" \
-  --destdir "$OUT/ptb_char" --workers 2 --padding-factor 1
+  --destdir "$OUT/.ptb_char.part" --workers 2 --padding-factor 1
 fairseq-preprocess --only-source --trainpref "$OUT/raw/ptb.train.txt" \
   --validpref "$OUT/raw/ptb.valid.txt" --testpref "$OUT/raw/ptb.test.txt" \
-  --destdir "$OUT/ptb_word" --workers 2
+  --destdir "$OUT/.ptb_word.part" --workers 2
+mv "$OUT/.ptb_char.part" "$OUT/ptb_char"
+mv "$OUT/.ptb_word.part" "$OUT/ptb_word"
 echo "PTB ready: $OUT/ptb_char ($(wc -l < "$OUT/ptb_char/dict.txt") symbols), $OUT/ptb_word ($(wc -l < "$OUT/ptb_word/dict.txt") words)"

@@ -16,14 +16,15 @@ mkdir -p "$OUT"
 for f in $FILES; do
   if [ -e "$OUT/$f.gz" ] || [ -e "$OUT/$f" ]; then continue; fi
   if [ -n "$SRC" ]; then
-    if [ -f "$SRC/$f.gz" ]; then cp "$SRC/$f.gz" "$OUT/"
-    elif [ -f "$SRC/$f" ]; then cp "$SRC/$f" "$OUT/"
+    if [ -f "$SRC/$f.gz" ]; then cp "$SRC/$f.gz" "$OUT/$f.gz.part" && mv "$OUT/$f.gz.part" "$OUT/$f.gz"
+    elif [ -f "$SRC/$f" ]; then cp "$SRC/$f" "$OUT/$f.part" && mv "$OUT/$f.part" "$OUT/$f"
     else echo "prepare.sh: $SRC has no $f(.gz)" >&2; exit 1; fi
   else
     echo "downloading $MIRROR/$f.gz"
-    curl -fsSL --retry 2 -o "$OUT/$f.gz" "$MIRROR/$f.gz" || {
+    curl -fsSL --retry 2 -o "$OUT/$f.gz.part" "$MIRROR/$f.gz" || {
       echo "prepare.sh: download failed (offline?). Pass a local copy: prepare.sh $OUT MNIST_DIR" >&2
-      rm -f "$OUT/$f.gz"; exit 1; }
+      rm -f "$OUT/$f.gz.part"; exit 1; }
+    mv "$OUT/$f.gz.part" "$OUT/$f.gz"
   fi
 done
 "$PY" - "$OUT" <<'PY'
