@@ -65,8 +65,10 @@ def test_kernel_choice_is_explicit(built, monkeypatch):
     assert native.use_native(1) and not native.use_native(native.MAX_NATIVE_BATCH + 1)
     monkeypatch.setenv("NQ_PLUGIN_KERNEL", "native")
     assert native.use_native(1000)
+    monkeypatch.setenv("NQ_PLUGIN_KERNEL", "triton")  # a GPU choice: CPU products use PyTorch
+    assert not native.use_native(1)
     monkeypatch.setenv("NQ_PLUGIN_KERNEL", "fastest")
-    with pytest.raises(ValueError, match="auto, native or torch"):
+    with pytest.raises(ValueError, match="auto, native, triton or torch"):
         native.use_native(1)
 
 

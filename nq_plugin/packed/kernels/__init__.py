@@ -62,7 +62,12 @@ class PackedMatrix:
         return unpack_matrix(self.planes, self.bits, self.columns, dtype) * self.scale.to(dtype)[:, None]
 
     def _use_triton(self, x: torch.Tensor) -> bool:
-        return self.bits != 32 and x.is_cuda
+        if self.bits == 32 or not x.is_cuda or native.kernel_choice() == "torch":
+            return False
+        if native.kernel_choice() == "triton" and triton_matmul() is None:
+            raise RuntimeError("NQ_PLUGIN_KERNEL=triton but the Triton kernel is unavailable "
+                               "(see the log); unset it or use NQ_PLUGIN_KERNEL=torch")
+        return True
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, n) -> (N, R)."""
@@ -86,7 +91,8 @@ class PackedMatrix:
             yield lambda x: F.linear(x, weight.to(x.dtype))
             return
         device = self.planes[next(iter(self.planes))].device
-        if device.type == "cuda" and triton_matmul() is not None:
+        if device.type == "cuda" and native.kernel_choice() != "torch" and \
+                triton_matmul() is not None:
             yield self.matmul
             return
         if device.type == "cpu" and native.use_native(batch):

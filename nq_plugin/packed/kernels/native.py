@@ -4,9 +4,11 @@ inference (generation, streaming scoring). Compiled on first use with
 ``torch.utils.cpp_extension.load`` (``-O3 -march=native``: AVX-512 where the CPU has it) and
 cached in torch's extensions folder (``TORCH_EXTENSIONS_DIR``); never at ``pip install``.
 
-``NQ_PLUGIN_KERNEL`` chooses the CPU kernel: ``auto`` (default: native for small batches when it
-builds, else PyTorch), ``native`` (native or an error) or ``torch`` (the PyTorch path only).
-Without a compiler ``auto`` falls back to PyTorch and says so once in the log.
+``NQ_PLUGIN_KERNEL`` chooses the kernel of packed products: ``auto`` (default: on CPU the native
+kernel for small batches when it builds, else PyTorch; on GPU Triton when it imports, else
+PyTorch), ``native`` (CPU: native for every batch, or an error), ``triton`` (GPU: Triton or an
+error) or ``torch`` (the exact PyTorch path everywhere). Without a compiler ``auto`` falls back to
+PyTorch and says so once in the log.
 """
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ MAX_NATIVE_BATCH = 8  # beyond this, unpacking once and one GEMM is faster
 
 def kernel_choice() -> str:
     choice = os.environ.get("NQ_PLUGIN_KERNEL", "auto").lower()
-    if choice not in ("auto", "native", "torch"):
-        raise ValueError(f"NQ_PLUGIN_KERNEL={choice!r}: use auto, native or torch")
+    if choice not in ("auto", "native", "triton", "torch"):
+        raise ValueError(f"NQ_PLUGIN_KERNEL={choice!r}: use auto, native, triton or torch")
     return choice
 
 
@@ -58,7 +60,7 @@ def load():
 def use_native(batch: int) -> bool:
     """Whether x W^T for ``batch`` rows on the CPU goes through the native kernel."""
     choice = kernel_choice()
-    if choice == "torch":
+    if choice in ("torch", "triton"):
         return False
     if choice == "native":
         return load() is not None
