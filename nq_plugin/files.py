@@ -47,3 +47,22 @@ def atomic_write_text(path: str, text: str) -> None:
 def atomic_copy(src: str, dst: str) -> None:
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str) -> Iterator[str]:
+    """Yield a new temporary folder beside ``path``; on success it is renamed to ``path``
+    (which must not exist, or be empty), on error removed."""
+    if os.path.exists(path) and os.listdir(path):
+        raise FileExistsError(f"{path} exists and is not empty; choose a new folder")
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(os.path.abspath(path)) + ".", dir=parent)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.isdir(path):
+        os.rmdir(path)
+    os.replace(tmp, path)

@@ -12,8 +12,9 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from typing import Dict
+
+from ..files import atomic_folder
 
 
 def prepare(text_path: str, out_dir: str, vocab_size: int = 8000, valid: float = 0.05,
@@ -32,18 +33,8 @@ def prepare(text_path: str, out_dir: str, vocab_size: int = 8000, valid: float =
     splits = {"train": lines[: len(lines) - n_valid - n_test],
               "valid": lines[len(lines) - n_valid - n_test: len(lines) - n_test],
               "test": lines[len(lines) - n_test:]}
-    final_dir = out_dir  # built in a sibling folder, renamed into place when complete
-    parent = os.path.dirname(os.path.abspath(final_dir))
-    os.makedirs(parent, exist_ok=True)
-    out_dir = tempfile.mkdtemp(prefix="." + os.path.basename(final_dir) + ".", dir=parent)
-    try:
-        _build(splits, out_dir, vocab_size)
-    except BaseException:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        raise
-    if os.path.isdir(final_dir):
-        os.rmdir(final_dir)  # empty (checked above)
-    os.replace(out_dir, final_dir)
+    with atomic_folder(out_dir) as tmp:  # built beside OUT, renamed into place when complete
+        _build(splits, tmp, vocab_size)
     return {name: len(part) for name, part in splits.items()}
 
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 import zipfile
 from typing import Dict, IO, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from ..errors import UserError
+from ..files import atomic_folder
 
 CHUNK = 1 << 20
 
@@ -146,25 +145,13 @@ def prepare(path: str, out_dir: str, fractions: Sequence[float] = (0.8, 0.1, 0.1
     d = Dictionary()
     for b in present:
         d.add_symbol(byte_symbol(b), n=int(train_counts[b]))
-    # built in a sibling folder renamed into place at the end: an interrupted run leaves no
-    # half-written corpus under OUT
-    final_dir = out_dir
-    parent = os.path.dirname(os.path.abspath(final_dir))
-    os.makedirs(parent, exist_ok=True)
-    out_dir = tempfile.mkdtemp(prefix="." + os.path.basename(final_dir) + ".", dir=parent)
     table = np.full(256, d.unk(), dtype=np.int64)
     for b in present:
         table[b] = d.index(byte_symbol(b))
     split_sizes = {}
-    try:
-        _write_splits(path, member, bounds, d, table, out_dir, split_sizes)
-        d.save(os.path.join(out_dir, "dict.txt"))
-    except BaseException:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        raise
-    if os.path.isdir(final_dir):
-        os.rmdir(final_dir)  # empty (checked above)
-    os.replace(out_dir, final_dir)
+    with atomic_folder(out_dir) as tmp:  # an interrupted run leaves no half-written corpus
+        _write_splits(path, member, bounds, d, table, tmp, split_sizes)
+        d.save(os.path.join(tmp, "dict.txt"))
     return {"symbols": len(present), "bytes": size, "sha256": digest, "splits": split_sizes,
             "dictionary": len(d)}
 

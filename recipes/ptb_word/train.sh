@@ -11,19 +11,6 @@
 #   extras    e.g. --max-epoch 40 (default), --arch nq_lstm_lm_ptb_word_650, --bn-stats separate,
 #             --restore-file to resume (fairseq resumes from SAVE_DIR/checkpoint_last.pt by
 #             itself), DEVICE="" to train on a GPU.
-set -euo pipefail
-DATA="${1:?usage: train.sh DATA_BIN SAVE_DIR QUANTIZER NORM [args...]}"
-SAVE="${2:?usage: train.sh DATA_BIN SAVE_DIR QUANTIZER NORM [args...]}"
-QUANT="${3:?usage: train.sh DATA_BIN SAVE_DIR QUANTIZER NORM [args...]}"
-NORM="${4:?usage: train.sh DATA_BIN SAVE_DIR QUANTIZER NORM [args...]}"
-shift 4
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-if [ -x "$ROOT/.venv/bin/fairseq-train" ]; then PATH="$ROOT/.venv/bin:$PATH"; fi
-DEVICE="${DEVICE---cpu}"
-mkdir -p "$SAVE"
-fairseq-train "$DATA" --user-dir "$ROOT/nq_plugin" --task bptt_lm --arch nq_lstm_lm_ptb_word \
-    --quantizer "$QUANT" --norm "$NORM" --optimizer nq_sgd --lr 20 --lstm-lr-scale auto \
-    --clip-norm 0.25 --lr-scheduler reduce_lr_on_plateau --lr-shrink 0.25 \
-    --batch-size 20 --tokens-per-sample 35 --max-epoch 40 $DEVICE \
-    --save-dir "$SAVE" --no-epoch-checkpoints --log-format simple --log-interval 200 \
-    "$@" 2>&1 | tee -a "$SAVE/train.log"
+exec bash "$(dirname "$0")/../common/train_lm.sh" --arch nq_lstm_lm_ptb_word --optimizer nq_sgd --lr 20 --lstm-lr-scale auto \
+    --clip-norm 0.25 --lr-scheduler reduce_lr_on_plateau --lr-shrink 0.25 --batch-size 20 \
+    --tokens-per-sample 35 --max-epoch 40 -- "$@"

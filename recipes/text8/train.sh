@@ -8,18 +8,5 @@
 #   extras    e.g. --max-epoch 5, --bn-stats separate, --stop-time-hours 2.4; fairseq resumes from
 #             SAVE_DIR/checkpoint_last.pt by itself (--restore-file FILE for another), DEVICE=""
 #             to train on a GPU (90M characters: an epoch is about 3,900 updates).
-set -euo pipefail
-DATA="${1:?usage: train.sh DATA_BIN SAVE_DIR QUANTIZER NORM [args...]}"
-SAVE="${2:?usage: train.sh DATA_BIN SAVE_DIR QUANTIZER NORM [args...]}"
-QUANT="${3:?usage: train.sh DATA_BIN SAVE_DIR QUANTIZER NORM [args...]}"
-NORM="${4:?usage: train.sh DATA_BIN SAVE_DIR QUANTIZER NORM [args...]}"
-shift 4
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-if [ -x "$ROOT/.venv/bin/fairseq-train" ]; then PATH="$ROOT/.venv/bin:$PATH"; fi
-DEVICE="${DEVICE---cpu}"
-mkdir -p "$SAVE"
-fairseq-train "$DATA" --user-dir "$ROOT/nq_plugin" --task bptt_lm --arch nq_lstm_lm_text8 \
-    --quantizer "$QUANT" --norm "$NORM" --optimizer nq_adam --lr 0.001 --lr-scheduler fixed \
-    --batch-size 128 --tokens-per-sample 180 --max-epoch 100 $DEVICE \
-    --save-dir "$SAVE" --no-epoch-checkpoints --log-format simple --log-interval 200 \
-    "$@" 2>&1 | tee -a "$SAVE/train.log"
+exec bash "$(dirname "$0")/../common/train_lm.sh" --arch nq_lstm_lm_text8 --optimizer nq_adam --lr 0.001 --lr-scheduler fixed \
+    --batch-size 128 --tokens-per-sample 180 --max-epoch 100 -- "$@"

@@ -10,21 +10,7 @@
 #   extras    e.g. --max-epoch 50 (default 200), --bn-stats separate, --stop-time-hours 2.4,
 #             --restore-file SAVE_DIR/checkpoint_last.pt to resume (the default: fairseq resumes
 #             from SAVE_DIR/checkpoint_last.pt by itself), DEVICE="" to train on a GPU.
-set -euo pipefail
-DATA="${1:?usage: train.sh DATA_BIN SAVE_DIR QUANTIZER NORM [args...]}"
-SAVE="${2:?usage: train.sh DATA_BIN SAVE_DIR QUANTIZER NORM [args...]}"
-QUANT="${3:?usage: train.sh DATA_BIN SAVE_DIR QUANTIZER NORM [args...]}"
-NORM="${4:?usage: train.sh DATA_BIN SAVE_DIR QUANTIZER NORM [args...]}"
-shift 4
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-if [ -x "$ROOT/.venv/bin/fairseq-train" ]; then PATH="$ROOT/.venv/bin:$PATH"; fi
-DEVICE="${DEVICE---cpu}"
-mkdir -p "$SAVE"
-# --force-anneal 11 --lr-shrink 0.98: fairseq's fixed schedule keeps lr for epochs 1-10, then
-# multiplies by 0.98 each epoch (lr_e = 0.002 * 0.98^(e-10)).
-fairseq-train "$DATA" --user-dir "$ROOT/nq_plugin" --task bptt_lm --arch nq_lstm_lm_warpeace \
-    --quantizer "$QUANT" --norm "$NORM" --optimizer nq_adam --lr 0.002 --clip-norm 5 \
-    --lr-scheduler fixed --force-anneal 11 --lr-shrink 0.98 \
-    --batch-size 64 --tokens-per-sample 100 --max-epoch 200 $DEVICE \
-    --save-dir "$SAVE" --no-epoch-checkpoints --log-format simple --log-interval 200 \
-    "$@" 2>&1 | tee -a "$SAVE/train.log"
+# (--force-anneal 11 --lr-shrink 0.98: lr_e = 0.002 * 0.98^(e-10) after epoch 10)
+exec bash "$(dirname "$0")/../common/train_lm.sh" --arch nq_lstm_lm_warpeace --optimizer nq_adam --lr 0.002 --clip-norm 5 \
+    --lr-scheduler fixed --force-anneal 11 --lr-shrink 0.98 --batch-size 64 --tokens-per-sample 100 \
+    --max-epoch 200 -- "$@"
