@@ -58,11 +58,14 @@ def card_body(entry: ZooEntry) -> str:
         "|---|---|---|---|",
         f"| LSTM layers | {s['lstm_kb']:.1f} | {s['lstm_fp32_kb']:.1f} | "
         f"{s['lstm_fp32_kb'] / s['lstm_kb']:.1f}x |",
-        f"| whole model (embeddings and softmax in fp32) | {s['total_kb']:.1f} | "
+        f"| whole model (other weights in fp32) | {s['total_kb']:.1f} | "
         f"{s['total_fp32_kb']:.1f} | |",
         "",
-        f"Paper: {'—' if s.get('paper_kb') is None else format(s['paper_kb'], 'g')} KB for the LSTM. The bit-packed copy in `packed/` "
-        "stores the LSTM weights at 1 (binary) or 2 (ternary) bits each.",
+        f"Paper: {'—' if s.get('paper_kb') is None else format(s['paper_kb'], 'g')} KB for the "
+        "LSTM. " + ("The bit-packed copy in `packed/` stores the LSTM weights at 1 (binary) or "
+                    "2 (ternary) bits each." if any(f.path.startswith("packed/")
+                                                     for f in entry.files)
+                    else "No bit-packed copy is bundled (`nq-pack` makes one from model.pt)."),
         "",
         "## Files",
         "",
