@@ -65,7 +65,8 @@ def card_body(entry: ZooEntry) -> str:
         "LSTM. " + ("The bit-packed copy in `packed/` stores the LSTM weights at 1 (binary) or "
                     "2 (ternary) bits each." if any(f.path.startswith("packed/")
                                                      for f in entry.files)
-                    else "No bit-packed copy is bundled (`nq-pack` makes one from model.pt)."),
+                    else "No bit-packed copy is bundled (for a language model `nq-pack` makes one "
+                          "from model.pt)."),
         "",
         "## Files",
         "",
