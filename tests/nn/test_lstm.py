@@ -279,3 +279,30 @@ def test_torch_save_of_the_module_and_deepcopy_keep_the_optimizer_tags(tmp_path)
             assert layer.weight_hh.nq_latent_scale == pytest.approx(2 * math.sqrt(16))
             assert layer.weight_hh.nq_layer() is layer and layer.weight_ih.nq_layer() is layer
         torch.testing.assert_close(m(torch.ones(2, 1, 5))[0], lstm(torch.ones(2, 1, 5))[0])
+
+
+def test_the_core_works_without_fairseq():
+    """The core (nn, quant, norm, sizes, packed) is plain PyTorch: importable and usable in a
+    process where fairseq cannot be imported."""
+    import subprocess
+    import sys
+    code = (
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'fairseq' or name.startswith('fairseq.'):\n"
+        "            raise ImportError('fairseq hidden for this test')\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "import torch\n"
+        "from nq_plugin.nn import NQLSTM\n"
+        "from nq_plugin.packed import PackedNQLSTM\n"
+        "from nq_plugin.sizes import summary\n"
+        "m = NQLSTM(5, 8, quantizer='bc', norm='layer').eval()\n"
+        "out, _ = m(torch.randn(3, 2, 5))\n"
+        "p = PackedNQLSTM.from_lstm(m)\n"
+        "assert torch.allclose(p(torch.ones(3, 2, 5))[0], m(torch.ones(3, 2, 5))[0], atol=1e-5)\n"
+        "summary(m, print_fn=None)\n"
+        "assert 'fairseq' not in sys.modules\n"
+        "print('ok')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
