@@ -27,6 +27,14 @@ def per_step(step, steps):
     return (time.perf_counter() - t) / steps
 
 
+def cpu_flags() -> str:
+    try:
+        flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    return " ".join(f for f in ("avx2", "avx512f", "avx512_vnni") if f in flags) or "none"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--hidden", type=int, nargs="+", default=[512, 2000])
@@ -35,6 +43,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    print(f"torch {torch.__version__}, CPU vector flags: {cpu_flags()}")
     torch.manual_seed(0)
     for hidden in a.hidden:
         inp = INPUTS.get(hidden, 64)
@@ -57,7 +66,12 @@ def main():
             return step
 
         variants = {"NQLSTM bc+weight (cached)": ours(nq), "packed bc+weight": ours(packed),
-                    "nn.LSTM fp32": torch_lstm(ref), "int8 dynamic LSTM": torch_lstm(int8)}
+                    "nn.LSTM fp32": torch_lstm(ref)}
+        if type(int8) is torch.nn.LSTM:  # this torch's quantize_dynamic left the LSTM alone
+            print("(torch.ao.quantization.quantize_dynamic returned an unquantized nn.LSTM with "
+                  f"torch {torch.__version__}: no int8 row)")
+        else:
+            variants["int8 dynamic LSTM"] = torch_lstm(int8)
         times = {k: [] for k in variants}
         with torch.no_grad():
             for k, f in variants.items():
