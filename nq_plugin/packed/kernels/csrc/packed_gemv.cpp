@@ -1,13 +1,15 @@
 // y = x W^T with W = diag(s) B from packed codes B (1 bit: plus plane; 2 bits: nonzero and
 // negative planes), computed from the packed words without unpacking them (exact fp32
 // activations): each 32-bit word selects, bit by bit, which of 32 inputs are added and which
-// subtracted. With AVX-512 one word is 2 masked adds + 2 masked subtracts on 16-lane vectors.
+// subtracted. With AVX-512 one word is 2 masked adds + 2 masked subtracts on 16-lane vectors;
+// with AVX2 the bits are shifted into the lanes' sign bits (4 chunks of 8 lanes); otherwise a
+// portable loop.
 // Layout: nq_plugin/packed/format.py (int32 words along the input, LSB first, zero padding).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cstdint>
 #include <vector>
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -36,6 +38,40 @@ inline float row_dot(const uint32_t* plus, const uint32_t* neg, int64_t words,
     acc1 = _mm512_mask_sub_ps(acc1, (__mmask16)(sub >> 16), acc1, x1);
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+#elif defined(__AVX2__)
+  // Lane j of chunk c holds input 8c + j; shifting the broadcast word left by 31 - (8c + j)
+  // puts that input's bit into the lane's sign bit. Binary: flip the sign of x where the bit
+  // is 0 and add. Ternary: an arithmetic shift turns the sign bit into an all-ones mask that
+  // selects x for the add (nonzero & !negative) and the subtract (nonzero & negative).
+  const __m256i lane = _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24);
+  const __m256i sign = _mm256_set1_epi32((int)0x80000000u);
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+  for (int64_t k = 0; k < words; ++k) {
+    if (neg == nullptr) {
+      const __m256i w = _mm256_set1_epi32((int)plus[k]);
+      for (int c = 0; c < 4; ++c) {
+        const __m256i at_sign = _mm256_sllv_epi32(w, _mm256_sub_epi32(lane, _mm256_set1_epi32(8 * c)));
+        const __m256 flip = _mm256_castsi256_ps(_mm256_andnot_si256(at_sign, sign));
+        acc[c] = _mm256_add_ps(acc[c], _mm256_xor_ps(_mm256_loadu_ps(x + 32 * k + 8 * c), flip));
+      }
+    } else {
+      const __m256i a = _mm256_set1_epi32((int)(plus[k] & ~neg[k]));
+      const __m256i s = _mm256_set1_epi32((int)(plus[k] & neg[k]));
+      for (int c = 0; c < 4; ++c) {
+        const __m256i shift = _mm256_sub_epi32(lane, _mm256_set1_epi32(8 * c));
+        const __m256 xs = _mm256_loadu_ps(x + 32 * k + 8 * c);
+        const __m256 ma = _mm256_castsi256_ps(_mm256_srai_epi32(_mm256_sllv_epi32(a, shift), 31));
+        const __m256 ms = _mm256_castsi256_ps(_mm256_srai_epi32(_mm256_sllv_epi32(s, shift), 31));
+        acc[c] = _mm256_sub_ps(_mm256_add_ps(acc[c], _mm256_and_ps(xs, ma)), _mm256_and_ps(xs, ms));
+      }
+    }
+  }
+  const __m256 sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
+  return _mm_cvtss_f32(lo);
 #else
   float acc[32] = {0};
   for (int64_t k = 0; k < words; ++k) {
