@@ -266,9 +266,15 @@ class NQLSTMLanguageModel(FairseqLanguageModel):
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """fairseq's loading (resume, eval-lm, the Hub loader) with NaN / inf parameters
         refused, naming the tensor."""
-        from ..checkpoint import check_finite
+        from ..checkpoint import CheckpointError, check_finite
         check_finite(state_dict, "checkpoint")
-        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+        try:
+            return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg,
+                                           args=args)
+        except RuntimeError as err:  # missing / unexpected tensors, wrong shapes
+            raise CheckpointError(f"the checkpoint's tensors do not fit its model configuration "
+                                  f"({str(err).splitlines()[-1].strip()}): the file is damaged or "
+                                  "was edited; use the original or retrain") from None
 
     def reset_carried_state(self):
         self.decoder.reset_carried_state()

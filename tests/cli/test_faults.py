@@ -52,6 +52,13 @@ def non_finite(path):
     torch.save(state, path)
 
 
+def wrong_shape(path):
+    state = torch.load(path, weights_only=True)
+    key = next(k for k in state["model"] if k.endswith("weight_hh") or k.endswith("hh_nonzero"))
+    state["model"][key] = state["model"][key][:-1].clone()
+    torch.save(state, path)
+
+
 def wrong_version(path):
     state = torch.load(path, weights_only=True)
     state["cfg"]["model"]["packed_format_version"] = 99
@@ -68,6 +75,7 @@ def check(res, path, *words):
 
 
 CHECKPOINT_FAULTS = {"truncated": (truncate, "truncated or corrupt"),
+                     "wrong_shape": (wrong_shape, "do not"),
                      "bit_flip": (bit_flip, "corrupt"),
                      "code_executing_pickle": (evil_pickle, "refusing"),
                      "non_finite": (non_finite, "NaN")}
@@ -97,14 +105,15 @@ def test_missing_checkpoint(tmp_path, command):
     check(console(command, *args, check=False), path, "not found")
 
 
-@pytest.mark.parametrize("fault", ["truncated", "bit_flip", "wrong_version", "non_finite"])
+@pytest.mark.parametrize("fault", ["truncated", "bit_flip", "wrong_version", "non_finite",
+                                   "wrong_shape"])
 def test_damaged_packed_checkpoint(made, tmp_path, fault):
     root, _, _ = made
     folder = tmp_path / "packed"
     shutil.copytree(root / "packed", folder)
     path = folder / "checkpoint.pt"
     damage = {"truncated": truncate, "bit_flip": bit_flip, "wrong_version": wrong_version,
-              "non_finite": non_finite}[fault]
+              "non_finite": non_finite, "wrong_shape": wrong_shape}[fault]
     damage(path)
     before = path.read_bytes()
     res = subprocess_module("nq_plugin.zoo.lm", path, "--prompt", "the", "--length", "5")
