@@ -18,6 +18,7 @@ from torch import nn
 
 from ..nn import NQLSTM
 from .nq_lstm_lm import NQLSTMConfigMixin, lstm_kwargs
+from .checked_loading import CheckedLoading
 
 
 @dataclass
@@ -36,7 +37,7 @@ class NQLSTMClassifierConfig(NQLSTMConfigMixin):
 
 
 @register_model("nq_lstm_classifier", dataclass=NQLSTMClassifierConfig)
-class NQLSTMClassifier(BaseFairseqModel):
+class NQLSTMClassifier(CheckedLoading, BaseFairseqModel):
     """logits = W_c h_T + b_c with h_T the last hidden state of :class:`NQLSTM`."""
 
     def __init__(self, cfg, input_size: int):
@@ -73,18 +74,6 @@ class NQLSTMClassifier(BaseFairseqModel):
     @classmethod
     def build_model(cls, cfg, task):
         return cls(cfg, input_size=getattr(task.cfg, "pixels_per_step", 1))
-
-    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
-        """fairseq's loading with NaN / inf parameters refused, naming the tensor."""
-        from ..checkpoint import CheckpointError, check_finite
-        check_finite(state_dict, "checkpoint")
-        try:
-            return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg,
-                                           args=args)
-        except RuntimeError as err:  # missing / unexpected tensors, wrong shapes
-            raise CheckpointError(f"the checkpoint's tensors do not fit its model configuration "
-                                  f"({str(err).splitlines()[-1].strip()}): the file is damaged or "
-                                  "was edited; use the original or retrain") from None
 
     def forward(self, pixels, **unused):
         """pixels: (B, T, F) -> logits (B, num_classes)."""

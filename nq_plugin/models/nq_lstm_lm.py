@@ -26,6 +26,7 @@ from torch import nn
 from ..nn import NQLSTM
 from ..norm import NORMALIZATIONS
 from ..quant import QUANTIZERS
+from .checked_loading import CheckedLoading
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +253,7 @@ class NQLSTMDecoder(FairseqIncrementalDecoder):
 
 
 @register_model("nq_lstm_lm", dataclass=NQLSTMLMConfig)
-class NQLSTMLanguageModel(FairseqLanguageModel):
+class NQLSTMLanguageModel(CheckedLoading, FairseqLanguageModel):
     """Normalized, quantized LSTM language model (Hou et al., NeurIPS 2019): logits =
     softmax(W_o NQLSTM(E x)) with the LSTM of :class:`nq_plugin.nn.NQLSTM`."""
 
@@ -262,19 +263,6 @@ class NQLSTMLanguageModel(FairseqLanguageModel):
 
     def forward(self, src_tokens, **kwargs):
         return self.decoder(src_tokens, **kwargs)
-
-    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
-        """fairseq's loading (resume, eval-lm, the Hub loader) with NaN / inf parameters
-        refused, naming the tensor."""
-        from ..checkpoint import CheckpointError, check_finite
-        check_finite(state_dict, "checkpoint")
-        try:
-            return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg,
-                                           args=args)
-        except RuntimeError as err:  # missing / unexpected tensors, wrong shapes
-            raise CheckpointError(f"the checkpoint's tensors do not fit its model configuration "
-                                  f"({str(err).splitlines()[-1].strip()}): the file is damaged or "
-                                  "was edited; use the original or retrain") from None
 
     def reset_carried_state(self):
         self.decoder.reset_carried_state()
