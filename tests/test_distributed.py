@@ -14,6 +14,14 @@ MODEL = ["--user-dir", "nq_plugin", "--task", "bptt_lm", "--arch", "nq_lstm_lm_p
          "--max-update", "6", "--cpu", "--no-epoch-checkpoints", "--seed", "3"]
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (the OS picks it), for torchrun's rendezvous."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_torchrun_two_processes_equal_one_process_with_both_shards(tmp_path):
     console("fairseq-preprocess", "--only-source", "--trainpref", DEMO_TEXT / "train.txt",
             "--validpref", DEMO_TEXT / "valid.txt", "--testpref", DEMO_TEXT / "valid.txt",
@@ -23,7 +31,7 @@ def test_torchrun_two_processes_equal_one_process_with_both_shards(tmp_path):
     train = shutil.which("fairseq-train", path=bindir) or shutil.which("fairseq-train")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", "29517", train, tmp_path / "bin",
+        [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), train, tmp_path / "bin",
          *MODEL, "--batch-size", "4", "--distributed-backend", "gloo",
          "--save-dir", tmp_path / "ddp"],
         capture_output=True, text=True, env=env, timeout=300)

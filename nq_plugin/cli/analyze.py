@@ -19,17 +19,16 @@ import os
 import re
 import sys
 from typing import Dict, List, Optional
-from ..errors import UserError
 
-GATES = ("i", "f", "a", "o")
-REQUIRED = ("grad_h", "lambda1", "lambda2", "forward", "layer")
+from ..diagnostics.record import GATES, GradNormRecord
+from ..errors import UserError
 
 
 class LogError(ValueError, UserError):
     """A log that cannot be read; the message names the file and line."""
 
 
-def read_records(path: str) -> List[Dict[str, object]]:
+def read_records(path: str) -> List[GradNormRecord]:
     records = []
     with open(path, encoding="utf-8", errors="replace") as f:  # a damaged byte: a JSON error
         for number, line in enumerate(f, 1):
@@ -40,11 +39,13 @@ def read_records(path: str) -> List[Dict[str, object]]:
             except json.JSONDecodeError as err:
                 raise LogError(f"{path}, line {number}: not JSON ({err.msg}); is this a "
                                "grad_norms.jsonl written by --log-grad-norms?") from None
-            missing = [k for k in REQUIRED if k not in record] if isinstance(record, dict) else REQUIRED
+            required = GradNormRecord.required()
+            missing = ([k for k in required if k not in record] if isinstance(record, dict)
+                       else required)
             if missing:
                 raise LogError(f"{path}, line {number}: not a grad-norm record (missing "
                                f"{', '.join(missing)})")
-            records.append(record)
+            records.append(GradNormRecord.from_dict(record))
     if not records:
         raise LogError(f"{path} holds no records")
     return records
@@ -98,7 +99,7 @@ def farthest_finite(values):
 
 
 def first_layer(records):
-    return [r for r in records if r["layer"] == 0]
+    return [r for r in records if r.layer == 0]
 
 
 PLOT_NAMES = ("grad_h_vs_step.png", "grad_h_over_training.png", "lambda.png", "g_values.png",
@@ -138,7 +139,7 @@ def plot_all(runs: List[Dict[str, object]], out: str, force: bool = False) -> Li
             recs = first_layer(run["records"])
             cmap = plt.get_cmap("viridis")
             for k, rec in enumerate(recs):
-                ax.plot(range(len(rec["grad_h"])), rec["grad_h"],
+                ax.plot(range(len(rec.grad_h)), rec.grad_h,
                         color=cmap(k / max(1, len(recs) - 1)), lw=1)
             ax.set_yscale("log")
             ax.set_title(run["name"], fontsize=9)
@@ -149,12 +150,12 @@ def plot_all(runs: List[Dict[str, object]], out: str, force: bool = False) -> Li
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
         for run in with_records:
             recs = first_layer(run["records"])
-            xs = [r["forward"] for r in recs]
-            line, = ax.plot(xs, [farthest_finite(r["grad_h"]) for r in recs], marker="o", ms=3,
+            xs = [r.x for r in recs]
+            line, = ax.plot(xs, [farthest_finite(r.grad_h) for r in recs], marker="o", ms=3,
                             label=run["name"])
-            overflow = [x for x, r in zip(xs, recs) if not math.isfinite(r["grad_h"][0])]
+            overflow = [x for x, r in zip(xs, recs) if not math.isfinite(r.grad_h[0])]
             if overflow:
-                ax.plot(overflow, [max(farthest_finite(r["grad_h"]) for r in recs)] * len(overflow),
+                ax.plot(overflow, [max(farthest_finite(r.grad_h) for r in recs)] * len(overflow),
                         ls="", marker="x", ms=9, color=line.get_color(),
                         label=f"{run['name']}: overflow (inf/nan)")
         ax.set_yscale("log")
@@ -165,10 +166,10 @@ def plot_all(runs: List[Dict[str, object]], out: str, force: bool = False) -> Li
 
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
         for run in with_records:
-            recs = first_layer(run["records"])
-            xs = [r["forward"] for r in recs]
-            line, = ax.plot(xs, [r["lambda1"] for r in recs], marker="o", ms=3, label=run["name"])
-            ax.plot(xs, [r["lambda2"] for r in recs], ls="--", color=line.get_color())
+            recs = [r for r in first_layer(run["records"]) if r.lambda1 is not None]
+            xs = [r.x for r in recs]
+            line, = ax.plot(xs, [r.lambda1 for r in recs], marker="o", ms=3, label=run["name"])
+            ax.plot(xs, [r.lambda2 for r in recs], ls="--", color=line.get_color())
         ax.set_yscale("log")
         ax.set_xlabel("training forward (update)")
         ax.set_ylabel("lambda_1 (solid), lambda_2 (dashed)")
@@ -177,15 +178,16 @@ def plot_all(runs: List[Dict[str, object]], out: str, force: bool = False) -> Li
 
         for key, name, label in (("g", "g_values.png", "weight-norm gain g (mean)"),
                                  ("alpha", "alpha.png", "quantizer scale alpha")):
-            having = [r for r in with_records if any(key in rec for rec in r["records"])]
+            having = [r for r in with_records
+                      if any(getattr(rec, key) is not None for rec in r["records"])]
             if not having:
                 continue
             fig, ax = plt.subplots(figsize=(5.5, 3.6))
             for run in having:
-                recs = [r for r in first_layer(run["records"]) if key in r]
+                recs = [r for r in first_layer(run["records"]) if getattr(r, key) is not None]
                 for gate in GATES:
-                    values = [r[key][gate]["mean"] if key == "g" else r[key][gate] for r in recs]
-                    ax.plot([r["forward"] for r in recs], values, label=f"{run['name']} {gate}")
+                    values = [r.g[gate]["mean"] if key == "g" else r.alpha[gate] for r in recs]
+                    ax.plot([r.x for r in recs], values, label=f"{run['name']} {gate}")
             ax.set_xlabel("training forward (update)")
             ax.set_ylabel(label)
             ax.legend(fontsize=7, ncol=2)

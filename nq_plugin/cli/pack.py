@@ -19,8 +19,9 @@ import torch
 
 from ..checkpoint import CheckpointError, load_checkpoint, model_config
 from ..files import atomic_copy, atomic_path
-from ..packed.format import FORMAT_NAME, FORMAT_VERSION, PackedFormatError
-from ..packed.io import quantization_config, save_packed
+from ..norm import FoldingNotSupported
+from ..packed.format import FORMAT_NAME, FORMAT_VERSION, PackedFormatError, quantization_config
+from ..packed.io import save_packed
 from ..packed.lstm import PackedNQLSTM
 
 OUTPUTS = ("model.safetensors", "config.json", "dict.txt", "checkpoint.pt")
@@ -89,7 +90,7 @@ def pack_checkpoint(checkpoint: str, outdir: str, dictionary: Optional[str] = No
     from fairseq.data import Dictionary
     from omegaconf import OmegaConf
 
-    from ..models.nq_lstm_lm import NQLSTMDecoder
+    from ..models.loading import model_from_state
     from ..models.nq_lstm_lm_packed import PackedNQLSTMDecoder
 
     state = load_checkpoint(checkpoint)
@@ -102,20 +103,12 @@ def pack_checkpoint(checkpoint: str, outdir: str, dictionary: Optional[str] = No
     dict_path = find_dictionary(state, dictionary)
     check_outdir(outdir, [checkpoint, dict_path], force)
     vocab = Dictionary.load(dict_path)
-    decoder = NQLSTMDecoder(OmegaConf.create(cfg), vocab)
-    weights = {k[len("decoder."):]: v for k, v in state["model"].items()
-               if k.startswith("decoder.")}
-    weights["_extra_state"] = {"carried": {}}
     try:
-        decoder.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CheckpointError(f"{checkpoint}: weights do not fit the model with dictionary "
-                              f"{dict_path}: {err}") from None
-    decoder.eval()
+        decoder = model_from_state(state, vocab, source=checkpoint).decoder
+    except CheckpointError as err:
+        raise CheckpointError(f"{err} (with the dictionary {dict_path})") from None
     packed_lstm = PackedNQLSTM.from_lstm(decoder.lstm)
-    metas = [layer.meta for layer in packed_lstm.layers]
-    norm_steps = max((int(layer.ih_affine_scale.shape[0]) for layer in packed_lstm.layers
-                      if hasattr(layer, "ih_affine_scale")), default=1)
+    metas, norm_steps = packed_lstm.metas, packed_lstm.norm_steps
     packed_cfg = dict(cfg, _name="nq_lstm_lm_packed", packed_layers=json.dumps(metas),
                       packed_norm_steps=norm_steps, packed_format_version=FORMAT_VERSION)
     packed = PackedNQLSTMDecoder(OmegaConf.create(packed_cfg), vocab)
@@ -154,8 +147,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         info = pack_checkpoint(args.checkpoint, args.outdir, args.dict, args.force)
-    except (CheckpointError, PackedFormatError, FileNotFoundError, FileExistsError,
-            shutil.SameFileError) as err:
+    except (CheckpointError, PackedFormatError, FoldingNotSupported, FileNotFoundError,
+            FileExistsError, shutil.SameFileError) as err:
         print(f"nq-pack: {err}", file=sys.stderr)
         return 2
     print(f"packed {args.checkpoint} -> {info['outdir']}: LSTM weights "

@@ -3,26 +3,31 @@
     nq-summary CHECKPOINT [--json]
     nq-summary --input-size 50 --hidden-size 512 --layers 1 --quantizer bc --norm layer \
         [--bn-stats separate --bn-max-steps 100] [--no-quantize-input] [--json]
+
+The spec options are generated from :class:`nq_plugin.nn.options.LSTMOptions` (the one
+declaration of the LSTM's options).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import typing
 from typing import List, Optional
 
 import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError, load_checkpoint, model_config
-from ..norm import NORMALIZATIONS
 from ..nn import NQLSTM
-from ..quant import QUANTIZERS
+from ..nn.options import LSTMOptions
+from ..norm.options import field_choices
 from ..sizes import summary
 
 
-LSTM_OPTIONS = ("quantizer", "norm", "bn_stats", "bn_max_steps", "bn_gain", "layer_norm_gain",
-                "pn_alpha", "pn_alpha_backward", "pn_warmup", "latent_clip")
+def _arg_type(hint):
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,11 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(vocabulary size for one-hot char models, embedding size otherwise)")
     p.add_argument("--hidden-size", type=int)
     p.add_argument("--layers", type=int, default=1)
-    p.add_argument("--quantizer", default="fp", choices=sorted(QUANTIZERS))
-    p.add_argument("--norm", default="none", choices=sorted(NORMALIZATIONS))
-    p.add_argument("--bn-stats", default="shared", choices=["shared", "separate"])
-    p.add_argument("--bn-max-steps", type=int, default=100,
-                   help="time steps with their own batch-norm statistics (T_max)")
+    hints = typing.get_type_hints(LSTMOptions)
+    for f in LSTMOptions.field_list():
+        choices = field_choices(f)
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=f.default,
+                       type=_arg_type(hints[f.name]),
+                       choices=list(choices) if choices else None, help=f.metadata["help"])
     p.add_argument("--no-quantize-input", action="store_true",
                    help="keep W_x full precision (scalar inputs, e.g. sequential MNIST)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -51,46 +57,20 @@ def model_from_spec(args) -> NQLSTM:
     if missing:
         raise SystemExit("nq-summary: give a CHECKPOINT, or a spec with "
                          + " and ".join("--" + m.replace("_", "-") for m in missing))
+    options = LSTMOptions.from_config(args).as_kwargs()
     with torch.device("meta"):  # sizes only: allocate nothing
-        return NQLSTM(args.input_size, args.hidden_size, args.layers, quantizer=args.quantizer,
-                      norm=args.norm, quantize_input=not args.no_quantize_input,
-                      bn_stats=args.bn_stats, bn_max_steps=args.bn_max_steps)
+        return NQLSTM(args.input_size, args.hidden_size, args.layers,
+                      quantize_input=not args.no_quantize_input, **options)
 
 
 def model_from_checkpoint(path: str) -> nn.Module:
-    """Rebuild a checkpoint's NQLSTM (from its config and weights) plus its other parameters
-    (embeddings, softmax), enough for the size summary; needs no data directory."""
+    """The checkpoint's model (no data directory needed), for the size summary."""
+    from ..models.loading import model_from_state
     state = load_checkpoint(path)
-    cfg = model_config(state)
-    weights = state["model"]
-    keys = [k for k in weights if k.endswith("layers.0.weight_hh")]
-    if str(cfg.get("_name", "")).endswith("_packed"):
+    if str(model_config(state).get("_name", "")).endswith("_packed"):
         raise CheckpointError(f"{path} is a packed model written by nq-pack (it reports the packed "
                               "sizes); run nq-summary on the checkpoint it was packed from")
-    if not keys:
-        raise CheckpointError(f"{path} holds no NQLSTM layer: not a checkpoint of nq_plugin")
-    prefix = keys[0][: -len("layers.0.weight_hh")]
-    lstm_state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-    num_layers = sum(1 for k in lstm_state if k.endswith(".weight_hh"))
-    options = {name: cfg[name] for name in LSTM_OPTIONS if cfg.get(name) is not None}
-    lstm = NQLSTM(lstm_state["layers.0.weight_ih"].shape[1],
-                  lstm_state["layers.0.weight_hh"].shape[1], num_layers,
-                  quantize_input=cfg.get("quantize_input", True), **options)
-    try:
-        lstm.load_state_dict(lstm_state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: the LSTM weights do not match its configuration: "
-                              f"{err}") from None
-    model = nn.Module()
-    model.lstm = lstm
-    seen = {t.data_ptr() for t in lstm_state.values() if torch.is_tensor(t)}
-    for key, value in weights.items():
-        if (key.startswith(prefix) or not torch.is_tensor(value)
-                or not value.is_floating_point() or value.data_ptr() in seen):
-            continue
-        seen.add(value.data_ptr())
-        model.register_parameter(key.replace(".", "_"), nn.Parameter(value, requires_grad=False))
-    return model
+    return model_from_state(state, source=path)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

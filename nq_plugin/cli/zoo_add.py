@@ -63,7 +63,8 @@ def _versions():
 
 def cmd_add(args) -> int:
     from .pack import pack_checkpoint
-    from .summary import model_from_checkpoint
+    from ..models.loading import model_from_state
+    from ..norm import normalization_class
     from ..sizes import summary
     from ..packed.format import FORMAT_VERSION
     from ..zoo.card import model_card
@@ -121,15 +122,14 @@ def cmd_add(args) -> int:
             pv = r["bits"] if args.metric == "bpc" else r["perplexity"]
             notes += (f"\n\nThe bit-packed copy (`packed/`) measures {pv:.4f} on the same split "
                       f"(log: `logs/eval_test_packed.log`).")
-        sizes = summary(model_from_checkpoint(os.path.join(tmp, "model.pt")), print_fn=None) \
-            if lm else summary(_classifier_lstm(state), print_fn=None)
+        sizes = summary(model_from_state(state, source=args.checkpoint), print_fn=None)
         sizes = {k: sizes[k] for k in ("lstm_kb", "lstm_fp32_kb", "compression", "other_kb",
                                        "total_kb", "total_fp32_kb") if k in sizes}
         sizes.setdefault("total_kb", sizes["lstm_kb"])
         sizes.setdefault("total_fp32_kb", sizes["lstm_fp32_kb"])
         sizes["paper_kb"] = args.paper_kb
-        norm_options = {k: cfg[k] for k in ("bn_stats", "bn_max_steps")
-                        if str(cfg.get("norm")) in ("batch",) and k in cfg}
+        norm_options = {k: cfg[k] for k in normalization_class(str(cfg.get("norm")))
+                        .inference_options if k in cfg}
         files = []
         for root, _, names in os.walk(tmp):
             for n in sorted(names):
@@ -167,19 +167,3 @@ def cmd_add(args) -> int:
     print(f"added {args.name}: {args.metric} {value:.4f} (paper {args.paper_metric}), LSTM "
           f"{sizes['lstm_kb']:.1f} KB, {len(files)} files in {final}")
     return 0
-
-
-def _classifier_lstm(state):
-    """The LSTM of an nq_lstm_classifier checkpoint, for the size summary."""
-    from torch import nn
-
-    from ..nn import NQLSTM
-    cfg = model_config(state)
-    w = state["model"]
-    lstm = NQLSTM(w["lstm.layers.0.weight_ih"].shape[1], cfg["hidden_size"], cfg["num_layers"],
-                  quantizer=cfg["quantizer"], norm=cfg["norm"], bn_stats=cfg["bn_stats"],
-                  bn_max_steps=cfg["bn_max_steps"],
-                  quantize_input=bool(cfg.get("quantize_input", False)))
-    model = nn.Module()
-    model.lstm = lstm
-    return model

@@ -1,126 +1,101 @@
 """Record why a quantized LSTM's gradients explode: ||d xi / d h_t|| for every step of a segment,
-the gate spectral norms of the effective W_h, the bound lambda_1 / lambda_2 of the poster's
-proposition for the layer's normalization, weight-norm gains g and BWN/TWN scales alpha.
+the gate spectral norms of the quantized W_h, the bound lambda_1 / lambda_2 of the paper's
+propositions for the layer's normalization, and what the quantizer and normalization add
+(weight-norm gains g, scales alpha).
 
-:func:`recorded_forward` runs one layer's forward with the per-step loop under plain autograd
-and a tensor hook on each h_t (the hook receives the total gradient: through the output at t
-and through the recurrence). It is used only on logging steps; otherwise nothing is hooked.
-``||d xi / d h_t||`` is the norm over the whole (B, H) gradient, i.e.
-sqrt(sum_k ||d xi / d h_t^k||^2) (the left side of Proposition 4).
+:class:`LayerRecorder` is a step observer of :class:`nq_plugin.nn.NQLSTMLayer` (the layer then
+runs its autograd loop): at every step it puts a tensor hook on h_t (the hook receives the total
+gradient: through the output at t and through the recurrence) and notes |c_t| and the spread of
+the recurrent term. When the backward has passed every h_t, it completes a
+:class:`~nq_plugin.diagnostics.record.GradNormRecord` and hands it on. It is used only on logging
+steps; otherwise nothing is hooked. ``||d xi / d h_t||`` is the norm over the whole (B, H)
+gradient, i.e. sqrt(sum_k ||d xi / d h_t^k||^2) (the left side of Proposition 4).
 
-Bounds (Hou et al., NeurIPS 2019; gamma_1 = max |c| over the segment):
-* none:   Prop. 1 with ||W_h*||_2 of the quantized matrix;
-* weight: Prop. 2, ||W_h*||_2 -> g_* ||D_*^{-1} W_h*||_2;
-* layer:  Prop. 3, ||W_h*||_2 -> (g_* / sigma_*) ||W_h*||_2, sigma_* the mean (over batch and
-          steps) standard deviation of the block's pre-activations, g_* its largest gain;
-* batch / power: Prop. 4 (squared norms; reported as the square roots of its coefficients),
-          ||W_h*||_2 -> max_j (g_j / sigma_j) ||W_h*||_2 with sigma_j the feature's running
-          standard deviation (PowerNorm: running quadratic mean).
+What replaces ||W_h*||_2 in the bound is each normalization's business
+(:meth:`nq_plugin.norm.Normalization.gate_bound_factors`); gamma_1 = max |c| over the segment.
 """
 from __future__ import annotations
 
+import logging
 import math
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 import torch
-import torch.nn.functional as F
 
-from .bounds import GATES, gate_spectral_norms, weight_norm_gate_factors
+from ..norm import BoundNotDefined
+from ..norm.bounds import GATES, gate_spectral_norms, lambdas
+from .record import GradNormRecord
+
+logger = logging.getLogger(__name__)
+_warned = set()
 
 
-def _blocks(v: torch.Tensor, hidden: int) -> List[torch.Tensor]:
-    return [v[k * hidden:(k + 1) * hidden] for k in range(4)]
+class LayerRecorder:
+    """Step observer of one layer for one forward; ``on_complete(record)`` is called once the
+    backward pass has reached every recorded h_t."""
 
+    def __init__(self, layer, on_complete: Callable[[GradNormRecord], None], forward: int = 0,
+                 layer_index: int = 0, update: Optional[int] = None):
+        self.layer, self.on_complete = layer, on_complete
+        self.forward, self.layer_index, self.update = forward, layer_index, update
+        self.grads: List[Optional[float]] = []
+        self.pending = 0
+        self.c_max = 0.0
+        self.sigmas: List[List[float]] = [[] for _ in GATES]
 
-def bound_factors(layer, w_q: torch.Tensor, sigma_blocks: Optional[List[float]]) -> Dict[str, float]:
-    """The per-gate factor replacing ||W_h*||_2 in the bound for the layer's normalization."""
-    hidden = layer.hidden_size
-    norms = gate_spectral_norms(w_q)
-    kind = layer.norm_name
-    if kind == "weight":
-        return weight_norm_gate_factors(w_q, layer.hh_norm.gain)
-    if kind == "layer":
-        gains = _blocks(layer.hh_norm.gain.detach().abs(), hidden)
-        return {g: float(gains[k].max()) / max(sigma_blocks[k], 1e-12) * norms[g]
-                for k, g in enumerate(GATES)}
-    if kind in ("batch", "power"):
+    def __call__(self, t: int, z: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.c_max = max(self.c_max, float(c.detach().abs().max()))
+            blocks = z.detach().view(z.shape[0], len(GATES), -1)
+            for k, sigma in enumerate(blocks.std(dim=2, unbiased=False).mean(0).tolist()):
+                self.sigmas[k].append(sigma)
+        index = len(self.grads)
+        self.grads.append(None)
+        if h.requires_grad:
+            self.pending += 1
+            h.register_hook(self._hook(index))
+
+    def _hook(self, index: int):
+        def hook(grad):
+            self.grads[index] = float(grad.detach().norm())
+            self.pending -= 1
+            if self.pending == 0:
+                self.on_complete(self.record())
+        return hook
+
+    @torch.no_grad()
+    def record(self) -> GradNormRecord:
+        layer = self.layer
+        w_q = layer.quantized_weights()[1].detach()
+        norms = gate_spectral_norms(w_q)
+        sigma_blocks = [sum(s) / len(s) if s else 0.0 for s in self.sigmas]
         norm = layer.hh_norm
-        var = norm.running_var.mean(0) if kind == "batch" else norm.running_phi
-        ratio = norm.gain.detach().abs() / torch.sqrt(var + norm.eps)
-        return {g: float(r.max()) * norms[g] for g, r in zip(GATES, _blocks(ratio, hidden))}
-    return norms
-
-
-def bound_lambdas(kind: str, factors: Dict[str, float], gamma1: float) -> Dict[str, float]:
-    if kind in ("batch", "power"):  # Prop. 4: coefficients of squared norms
-        lam2 = (factors["i"] ** 2 / 2 + gamma1 ** 2 * factors["f"] ** 2 / 2
-                + 8 * factors["a"] ** 2)
-        lam1 = lam2 + factors["o"] ** 2 / 4
-        return {"lambda1": math.sqrt(lam1), "lambda2": math.sqrt(lam2)}
-    lam2 = factors["i"] / 4 + gamma1 * factors["f"] / 4 + factors["a"]
-    return {"lambda1": lam2 + factors["o"] / 4, "lambda2": lam2}
+        try:
+            factors = norm.gate_bound_factors(w_q, norms, sigma_blocks)
+            bound = lambdas(factors, self.c_max, squared=norm.bound_on_squares)
+        except BoundNotDefined as err:
+            if type(norm) not in _warned:
+                _warned.add(type(norm))
+                logger.warning("nq_plugin diagnostics: %s; lambda_1/lambda_2 are not recorded",
+                               err)
+            factors, bound = None, {"lambda1": None, "lambda2": None}
+        alpha = None
+        if layer.hh_quantizer.has_scale:
+            blocks = w_q.reshape(len(GATES), -1)
+            alpha = {g: float(b.abs().max()) for g, b in zip(GATES, blocks)}
+        return GradNormRecord(
+            grad_h=list(self.grads), forward=self.forward, layer=self.layer_index,
+            update=self.update, steps=len(self.grads), quantizer=layer.quantizer_name,
+            norm=layer.norm_name, gamma1=self.c_max, spectral_norms=norms,
+            bound_factors=factors, sqrt_hidden=math.sqrt(layer.hidden_size), alpha=alpha,
+            **bound, **norm.diagnostic_fields())
 
 
 def recorded_forward(layer, x: torch.Tensor, state, t0: int,
-                     on_complete: Callable[[Dict[str, object]], None]):
-    """Forward of ``layer`` (an NQLSTMLayer) that fills a record once the backward has passed
-    every h_t, then calls ``on_complete(record)``. Returns (out, (h, c)) like the layer."""
-    batch = x.shape[1]
-    hidden = layer.hidden_size
-    if state is None:
-        zeros = x.new_zeros(batch, hidden)
-        state = (zeros, zeros)
-    layer.ih_norm.begin_forward()
-    layer.hh_norm.begin_forward()
-    w_ih, w_hh = layer.effective_weights()
-    with torch.no_grad():
-        w_q = layer._quantize(layer.hh_quantizer, layer.weight_hh).detach()
-    px = layer.ih_norm.sequence(F.linear(x, w_ih), t0) + layer.bias
-    steps = px.shape[0]
-    grads: List[Optional[float]] = [None] * steps
-    record: Dict[str, object] = {"steps": steps}
-    h, c = state
-    outputs, c_max, sigmas = [], 0.0, [[] for _ in range(4)]
-    pending = [steps]
-
-    def hook_for(t):
-        def hook(grad):
-            grads[t] = float(grad.detach().norm())
-            pending[0] -= 1
-            if pending[0] == 0:
-                record["grad_h"] = grads
-                on_complete(record)
-        return hook
-
-    w_hh_t = w_hh.t()
-    for t, px_t in enumerate(px.unbind(0)):
-        z = torch.mm(h, w_hh_t)
-        if layer.norm_name == "layer":
-            with torch.no_grad():
-                for k, block in enumerate(z.view(batch, 4, hidden).unbind(1)):
-                    sigmas[k].append(float(block.std(dim=1, unbiased=False).mean()))
-        gates = px_t + layer.hh_norm.step(z, t0 + t)
-        sig = torch.sigmoid(gates)
-        a = torch.tanh(gates[:, 2 * hidden:3 * hidden])
-        c = torch.addcmul(sig[:, hidden:2 * hidden] * c, sig[:, :hidden], a)
-        h = sig[:, 3 * hidden:] * torch.tanh(c)
-        c_max = max(c_max, float(c.detach().abs().max()))
-        if h.requires_grad:
-            h.register_hook(hook_for(t))
-        outputs.append(h)
-    with torch.no_grad():
-        sigma_blocks = [sum(s) / len(s) for s in sigmas] if layer.norm_name == "layer" else None
-        factors = bound_factors(layer, w_q, sigma_blocks)
-        record.update({
-            "quantizer": layer.quantizer_name, "norm": layer.norm_name, "gamma1": c_max,
-            "spectral_norms": gate_spectral_norms(w_q),
-            "bound_factors": factors, **bound_lambdas(layer.norm_name, factors, c_max),
-            "sqrt_hidden": math.sqrt(hidden),
-        })
-        if layer.norm_name == "weight":
-            gains = _blocks(layer.hh_norm.gain.detach(), hidden)
-            record["g"] = {g: {"mean": float(v.mean()), "min": float(v.min()),
-                               "max": float(v.max())} for g, v in zip(GATES, gains)}
-        if layer.quantizer_name in ("bwn", "twn", "lab", "lat"):
-            record["alpha"] = {g: float(b.abs().max()) for g, b in zip(GATES, _blocks(w_q, hidden))}
-    return torch.stack(outputs), (h, c)
+                     on_complete: Callable[[dict], None]):
+    """Forward of ``layer`` (an NQLSTMLayer) observed by a :class:`LayerRecorder`; once the
+    backward has passed every h_t, ``on_complete`` receives the record as a dict. Returns
+    (out, (h, c)) like the layer."""
+    import dataclasses
+    recorder = LayerRecorder(layer, lambda record: on_complete(dataclasses.asdict(record)))
+    return layer(x, state, t0, observer=recorder)

@@ -16,9 +16,10 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
 from torch import nn
 
+from ..diagnostics.log import GradNormLogger
 from ..nn import NQLSTM
-from .nq_lstm_lm import NQLSTMConfigMixin, lstm_kwargs
 from .checked_loading import CheckedLoading
+from .options import NQLSTMConfigMixin, lstm_kwargs
 
 
 @dataclass
@@ -54,6 +55,7 @@ class NQLSTMClassifier(CheckedLoading, BaseFairseqModel):
         self.init_state_noise = cfg.init_state_noise
         self.dropout = cfg.dropout
         self.classifier = nn.Linear(cfg.hidden_size, cfg.num_classes)
+        self.grad_norm_logger = GradNormLogger.from_config(cfg)
         if str(cfg.init) == "reference":
             self.reference_init()
 
@@ -83,7 +85,8 @@ class NQLSTMClassifier(CheckedLoading, BaseFairseqModel):
         if self.training and self.init_state_noise > 0:
             h0 = h0 + self.init_state_noise * torch.randn_like(h0)
             c0 = c0 + self.init_state_noise * torch.randn_like(c0)
-        _, (h, _) = self.lstm(pixels.transpose(0, 1), (h0.contiguous(), c0.contiguous()))
+        _, (h, _) = self.lstm(pixels.transpose(0, 1), (h0.contiguous(), c0.contiguous()),
+                              observer=self.grad_norm_logger.observer(self.training))
         return self.classifier(F.dropout(h[-1], self.dropout, self.training))
 
     def get_normalized_probs(self, net_output, log_probs, sample=None):

@@ -8,75 +8,25 @@ run continues exactly. With fairseq's ``language_modeling`` task every block sta
 Incremental decoding keeps (h, c) and the step index (for per-step batch-norm statistics).
 """
 
-import json
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
-from fairseq import metrics
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
-from omegaconf import II
 from fairseq.models import (FairseqIncrementalDecoder, FairseqLanguageModel, register_model,
                             register_model_architecture)
 from torch import nn
 
+from ..diagnostics.log import GradNormLogger
 from ..nn import NQLSTM
-from ..norm import NORMALIZATIONS
-from ..quant import QUANTIZERS
 from .checked_loading import CheckedLoading
+from .options import NQLSTMConfigMixin, lstm_kwargs
 
 logger = logging.getLogger(__name__)
 
-QUANTIZER_CHOICES = ChoiceEnum(sorted(QUANTIZERS))
-NORM_CHOICES = ChoiceEnum(sorted(NORMALIZATIONS))
-
-
-@dataclass
-class NQLSTMConfigMixin(FairseqDataclass):
-    """Options of the normalized, quantized LSTM shared by the plugin's models."""
-
-    hidden_size: int = field(default=512, metadata={"help": "LSTM hidden size H"})
-    num_layers: int = field(default=1, metadata={"help": "number of LSTM layers"})
-    quantizer: QUANTIZER_CHOICES = field(
-        default="fp", metadata={"help": "weight quantizer of the LSTM matrices (fp: none)"})
-    norm: NORM_CHOICES = field(
-        default="none", metadata={"help": "normalization of each weight-input product"})
-    bn_stats: ChoiceEnum(["shared", "separate"]) = field(
-        default="shared", metadata={"help": "batch norm: population statistics shared over time "
-                                            "steps or separate per step"})
-    bn_max_steps: int = field(
-        default=100, metadata={"help": "batch norm with separate statistics: steps T_max with "
-                                       "their own statistics (the last is reused beyond)"})
-    bn_gain: float = field(default=0.1, metadata={"help": "initial gamma of batch/power norm"})
-    layer_norm_gain: float = field(default=1.0, metadata={"help": "initial layer-norm gain"})
-    pn_alpha: float = field(default=0.9, metadata={"help": "PowerNorm forward moving average"})
-    pn_alpha_backward: float = field(
-        default=0.9, metadata={"help": "PowerNorm backward moving average"})
-    pn_warmup: int = field(
-        default=0, metadata={"help": "PowerNorm: iterations using batch statistics first"})
-    latent_clip: Optional[float] = field(
-        default=None, metadata={"help": "clip latent LSTM weights to [-c, c] with gradient "
-                                        "cancellation (BinaryConnect); off by default"})
-    log_grad_norms: int = field(default=0, metadata={
-        "help": "every N training forwards, record ||d loss / d h_t|| for every step, gate "
-                "spectral norms, the lambda bounds, g and alpha (0: off, no hooks at all)"})
-    grad_norm_log: Optional[str] = field(default=None, metadata={
-        "help": "JSON-lines file for --log-grad-norms (default: SAVE_DIR/grad_norms.jsonl)"})
-    grad_norm_save_dir: Optional[str] = field(default=II("checkpoint.save_dir"), metadata={
-        "help": "set from --save-dir: where --grad-norm-log defaults to"})
-
-
-def lstm_kwargs(cfg) -> Dict[str, object]:
-    """NQLSTM keyword arguments from a config holding the :class:`NQLSTMConfigMixin` fields
-    (fairseq hands models an omegaconf DictConfig, not the dataclass)."""
-    return dict(quantizer=str(cfg.quantizer), norm=str(cfg.norm), bn_stats=str(cfg.bn_stats),
-                bn_max_steps=cfg.bn_max_steps, bn_gain=cfg.bn_gain,
-                layer_norm_gain=cfg.layer_norm_gain, pn_alpha=cfg.pn_alpha,
-                pn_alpha_backward=cfg.pn_alpha_backward, pn_warmup=cfg.pn_warmup,
-                latent_clip=cfg.latent_clip)
+__all__ = ["NQLSTMConfigMixin", "lstm_kwargs", "NQLSTMLMConfig", "NQLSTMDecoder",
+           "NQLSTMLanguageModel"]
 
 
 @dataclass
@@ -134,12 +84,7 @@ class NQLSTMDecoder(FairseqIncrementalDecoder):
             self.output_projection = nn.Linear(cfg.hidden_size, vocab)
         self._init_weights(float(cfg.get("init_range", 0.0) or 0.0))
         self._carried: Dict[str, tuple] = {}
-        self.log_grad_norms = int(cfg.get("log_grad_norms", 0) or 0)
-        self._forwards = 0
-        self._grad_norm_path = None
-        if self.log_grad_norms > 0:
-            self._grad_norm_path = cfg.get("grad_norm_log") or os.path.join(
-                cfg.get("grad_norm_save_dir") or ".", "grad_norms.jsonl")
+        self.grad_norm_logger = GradNormLogger.from_config(cfg)
 
     def _init_weights(self, init_range: float):
         """The reference initialisation of Hou et al.'s code (``init_weights``): embedding and
@@ -154,28 +99,6 @@ class NQLSTMDecoder(FairseqIncrementalDecoder):
                 self.embed_tokens.weight.uniform_(-init_range, init_range)
             self.output_projection.weight.uniform_(-init_range, init_range)
             self.output_projection.bias.zero_()
-
-    def _recorder(self):
-        """A recorder for this forward when --log-grad-norms says so, else None."""
-        if not (self.training and self.log_grad_norms > 0):
-            return None
-        self._forwards += 1
-        if (self._forwards - 1) % self.log_grad_norms:
-            return None
-        forward_index = self._forwards - 1
-
-        def write(layer_index, record):
-            record = dict(record, forward=forward_index, layer=layer_index)
-            grads = record["grad_h"]
-            if layer_index == 0:
-                metrics.log_scalar("nq_gradh_first", grads[0], round=4)
-                metrics.log_scalar("nq_gradh_last", grads[-1], round=4)
-                metrics.log_scalar("nq_lambda1", record["lambda1"], round=3)
-                metrics.log_scalar("nq_lambda2", record["lambda2"], round=3)
-            os.makedirs(os.path.dirname(os.path.abspath(self._grad_norm_path)), exist_ok=True)
-            with open(self._grad_norm_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        return write
 
     def build_lstm(self, cfg, input_size):
         return NQLSTM(input_size, cfg.hidden_size, cfg.num_layers,
@@ -224,11 +147,12 @@ class NQLSTMDecoder(FairseqIncrementalDecoder):
                 logger.warning("carried LSTM state of stream %r has batch %d, this batch has %d:"
                                " starting from zeros", stream, h.shape[1], batch)
         x = self._embed(tokens).transpose(0, 1)  # (T, B, E)
-        recorder = self._recorder() if incremental_state is None else None
-        if recorder is None:
+        observer = (self.grad_norm_logger.observer(self.training)
+                    if incremental_state is None else None)
+        if observer is None:
             out, (h, c) = self.lstm(x, state, t0=t0)
         else:
-            out, (h, c) = self.lstm(x, state, t0=t0, recorder=recorder)
+            out, (h, c) = self.lstm(x, state, t0=t0, observer=observer)
         if incremental_state is not None:
             self.set_incremental_state(incremental_state, "lstm_state", {
                 "h": h, "c": c, "step": torch.tensor(t0 + tokens.shape[1])})

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from fairseq.models import register_model
 
+from ..diagnostics.log import GradNormLogger
 from ..packed.format import FORMAT_VERSION, PackedFormatError
 from ..packed.lstm import PackedNQLSTM
 from .nq_lstm_lm import NQLSTMDecoder, NQLSTMLanguageModel, NQLSTMLMConfig
@@ -26,6 +27,12 @@ class NQLSTMLMPackedConfig(NQLSTMLMConfig):
 
 
 class PackedNQLSTMDecoder(NQLSTMDecoder):
+    """Inference only: the gradient diagnostics of the source model's configuration are off."""
+
+    def __init__(self, cfg, dictionary):
+        super().__init__(cfg, dictionary)
+        self.grad_norm_logger = GradNormLogger(0)
+
     def build_lstm(self, cfg, input_size):
         version = int(cfg.get("packed_format_version", 1) or 1)
         if version != FORMAT_VERSION:

@@ -18,17 +18,23 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..norm import build_normalization
+from ..norm import NormOptions, build_normalization
 from ..quant import build_quantizer
+from .cell import lstm_cell
 from .recurrence import recurrence
 
 State = Tuple[torch.Tensor, torch.Tensor]
+#: ``observer(t, z, h, c)``: called at every step of an observed forward with the step index
+#: (inside the window), the recurrent term z = W_h h_{t-1} before normalization, and the new
+#: h_t (part of the autograd graph), c_t. The gradient diagnostics (``nq_plugin.diagnostics``)
+#: are such an observer; ``nn`` knows nothing about them.
+StepObserver = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
 def _dead_layer_ref() -> "LayerRef":
@@ -52,7 +58,11 @@ class LayerRef:
 
 
 class NQLSTMLayer(nn.Module):
-    """One normalized, quantized LSTM layer (time-major input (T, B, input_size))."""
+    """One normalized, quantized LSTM layer (time-major input (T, B, input_size)); the options
+    are those of :class:`nq_plugin.nn.options.LSTMOptions`. The layer picks the executor of
+    :func:`nq_plugin.nn.cell.lstm_cell`: torch's fused kernel (none / weight norm), the loop with
+    the hand-written backward (:mod:`nq_plugin.nn.recurrence`), or the autograd loop (reference;
+    used when a step observer is given)."""
 
     def __init__(self, input_size: int, hidden_size: int, quantizer: str = "fp",
                  norm: str = "none", quantize_input: bool = True,
@@ -70,8 +80,9 @@ class NQLSTMLayer(nn.Module):
         self.ih_quantizer = build_quantizer(quantizer if quantize_input else "fp",
                                             latent_clip=latent_clip)
         self.hh_quantizer = build_quantizer(quantizer, latent_clip=latent_clip)
-        self.ih_norm = build_normalization(norm, gates, **norm_options)
-        self.hh_norm = build_normalization(norm, gates, **norm_options)
+        options = NormOptions.from_kwargs(**norm_options)
+        self.ih_norm = build_normalization(norm, gates, options)
+        self.hh_norm = build_normalization(norm, gates, options)
         self.quantizer_name = quantizer
         self.norm_name = norm
         self.quantize_input = quantize_input
@@ -82,13 +93,12 @@ class NQLSTMLayer(nn.Module):
         self.reset_parameters()
 
     def _tag_weights(self) -> None:
-        """Tags read by the fairseq optimizers (nq_plugin.optim): the paper's learning-rate scale
-        2/a = 2 sqrt(H) for BinaryConnect/TerConnect latent weights, and the owning layer.
-        Re-applied after unpickling and ``copy.deepcopy`` (which drops a Parameter's
-        attributes)."""
+        """Tags read by the fairseq optimizers (nq_plugin.optim): the learning-rate scale of the
+        latent weights that the quantizer declares (the paper's 2/a = 2 sqrt(H) for
+        BinaryConnect/TerConnect), and the owning layer. Re-applied after unpickling and
+        ``copy.deepcopy`` (which drops a Parameter's attributes)."""
         for weight, q in ((self.weight_ih, self.ih_quantizer), (self.weight_hh, self.hh_quantizer)):
-            weight.nq_latent_scale = (2.0 * math.sqrt(self.hidden_size) if q.name in ("bc", "tc")
-                                      else 1.0)
+            weight.nq_latent_scale = q.latent_lr_scale(self.hidden_size)
             weight.nq_layer = LayerRef(self)
 
     def __setstate__(self, state):
@@ -162,15 +172,21 @@ class NQLSTMLayer(nn.Module):
             self._weight_cache = cache
         return cache[1]
 
-    def _compute_effective_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        w_ih = self.ih_norm.weight(self._quantize(self.ih_quantizer, self.weight_ih))
-        w_hh = self.hh_norm.weight(self._quantize(self.hh_quantizer, self.weight_hh))
-        return w_ih, w_hh
+    def quantized_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Quantized W_x and W_h before normalization (what the packer encodes)."""
+        return (self._quantize(self.ih_quantizer, self.weight_ih),
+                self._quantize(self.hh_quantizer, self.weight_hh))
 
-    def forward(self, x: torch.Tensor, state: Optional[State] = None, t0: int = 0
-                ) -> Tuple[torch.Tensor, State]:
+    def _compute_effective_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        w_ih, w_hh = self.quantized_weights()
+        return self.ih_norm.weight(w_ih), self.hh_norm.weight(w_hh)
+
+    def forward(self, x: torch.Tensor, state: Optional[State] = None, t0: int = 0,
+                observer: Optional[StepObserver] = None) -> Tuple[torch.Tensor, State]:
         """x: (T, B, input_size); state: (h0, c0), each (B, H); ``t0`` is the index of the first
-        step inside the BPTT window (per-step batch-norm statistics). Returns (T, B, H), (h, c)."""
+        step inside the BPTT window (per-step batch-norm statistics); ``observer``, when given,
+        is called at every step (:data:`StepObserver`; runs the autograd loop). Returns
+        (T, B, H), (h, c)."""
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"input has shape {tuple(x.shape)}; this LSTM layer expects "
                              f"(T, B, {self.input_size}) (input_size={self.input_size})")
@@ -186,6 +202,8 @@ class NQLSTMLayer(nn.Module):
         self.ih_norm.begin_forward()
         self.hh_norm.begin_forward()
         w_ih, w_hh = self.effective_weights()
+        if observer is not None or (self.uses_loop and self.loop_impl == "autograd"):
+            return self._loop_autograd(x, state, w_ih, w_hh, t0, observer)
         if self.uses_loop:
             return self._loop(x, state, w_ih, w_hh, t0)
         return self._fused(x, state, w_ih, w_hh)
@@ -199,36 +217,32 @@ class NQLSTMLayer(nn.Module):
 
     def _loop(self, x, state, w_ih, w_hh, t0):
         h0, c0 = state
-        if self.loop_impl == "autograd":
-            px = self.ih_norm.sequence(F.linear(x, w_ih), t0) + self.bias
-            out, h, c = self._loop_autograd(px, h0, c0, w_hh, t0)
-        else:
-            gain_x, shift_x = self.ih_norm.affine()
-            gain_h, shift_h = self.hh_norm.affine()
-            shift = self.bias
-            for s in (shift_x, shift_h):
-                if s is not None:
-                    shift = shift + s
-            out, h, c = recurrence(F.linear(x, w_ih), h0, c0, w_hh, shift, gain_x, gain_h,
-                                   self.ih_norm, self.hh_norm, t0)
+        gain_x, shift_x = self.ih_norm.affine()
+        gain_h, shift_h = self.hh_norm.affine()
+        shift = self.bias
+        for s in (shift_x, shift_h):
+            if s is not None:
+                shift = shift + s
+        out, h, c = recurrence(F.linear(x, w_ih), h0, c0, w_hh, shift, gain_x, gain_h,
+                               self.ih_norm, self.hh_norm, t0)
         return out, (h, c)
 
-    def _loop_autograd(self, px, h, c, w_hh, t0):
-        """Reference implementation of :func:`recurrence`: the normalization's own ``step``
-        under plain autograd (slower)."""
-        hidden = self.hidden_size
+    def _loop_autograd(self, x, state, w_ih, w_hh, t0, observer=None):
+        """Reference implementation of :func:`recurrence`: the normalizations' own ``sequence``
+        and ``step`` under plain autograd (slower), with an optional step observer."""
+        h, c = state
+        px = self.ih_norm.sequence(F.linear(x, w_ih), t0) + self.bias
         w_hh_t = w_hh.t()
         outputs: List[torch.Tensor] = []
         # unbind(0), not px[t]: indexing makes each step's backward add a full (T, B, 4H) zero
-        # gradient (DESIGN.md section 5)
+        # gradient
         for t, px_t in enumerate(px.unbind(0)):
-            gates = px_t + self.hh_norm.step(torch.mm(h, w_hh_t), t0 + t)
-            sig = torch.sigmoid(gates)
-            a = torch.tanh(gates[:, 2 * hidden:3 * hidden])
-            c = torch.addcmul(sig[:, hidden:2 * hidden] * c, sig[:, :hidden], a)
-            h = sig[:, 3 * hidden:] * torch.tanh(c)
+            z = torch.mm(h, w_hh_t)
+            h, c, _, _ = lstm_cell(px_t + self.hh_norm.step(z, t0 + t), c)
+            if observer is not None:
+                observer(t0 + t, z, h, c)
             outputs.append(h)
-        return torch.stack(outputs), h, c
+        return torch.stack(outputs), (h, c)
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, quantizer={self.quantizer_name}, "
@@ -239,12 +253,11 @@ class NQLSTM(nn.Module):
     """Stack of :class:`NQLSTMLayer` with dropout between layers, interface like torch.nn.LSTM:
     ``output, (h_n, c_n) = lstm(x, (h_0, c_0))`` with h/c of shape (num_layers, B, H).
 
-    Args: input_size, hidden_size, num_layers, dropout (between layers), quantizer (fp, bc, tc,
-    bwn, twn, lab, lat), norm (none, weight, layer, batch, power), quantize_input (False keeps W_x
-    full precision, e.g. scalar pixel inputs), latent_clip (BinaryConnect clipping of the latent
-    weights to [-c, c], off by default), batch_first, and normalization options: bn_stats
-    (shared/separate), bn_max_steps, bn_gain (gamma init, 0.1), layer_norm_gain (1.0),
-    pn_alpha, pn_alpha_backward, pn_warmup.
+    Args: input_size, hidden_size, num_layers, dropout (between layers), quantize_input (False
+    keeps W_x full precision, e.g. scalar pixel inputs), batch_first, and the fields of
+    :class:`nq_plugin.nn.options.LSTMOptions` (quantizer, norm, latent_clip and the
+    normalization options, each documented there). Any other keyword is an error naming the
+    valid ones.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -268,9 +281,11 @@ class NQLSTM(nn.Module):
             for i in range(num_layers))
 
     def forward(self, x: torch.Tensor, state: Optional[State] = None, t0: int = 0,
-                recorder=None) -> Tuple[torch.Tensor, State]:
-        """``recorder(layer_index, record)``, when given, receives the gradient diagnostics of
-        each layer after the backward pass (:mod:`nq_plugin.diagnostics.recorder`)."""
+                observer: Optional[Callable[[int, "NQLSTMLayer"], Optional[StepObserver]]] = None
+                ) -> Tuple[torch.Tensor, State]:
+        """``observer(layer_index, layer)``, when given, returns the :data:`StepObserver` of
+        that layer for this forward (or None), e.g. the gradient recorder of
+        :mod:`nq_plugin.diagnostics`."""
         if x.dim() != 3:
             raise ValueError(f"input must be 3-D (T, B, F) or (B, T, F) with batch_first, "
                              f"got shape {tuple(x.shape)}")
@@ -290,12 +305,8 @@ class NQLSTM(nn.Module):
             if i > 0 and self.dropout > 0:
                 x = F.dropout(x, self.dropout, self.training)
             layer_state = None if state is None else (state[0][i], state[1][i])
-            if recorder is None:
-                x, (h, c) = layer(x, layer_state, t0)
-            else:
-                from ..diagnostics.recorder import recorded_forward
-                x, (h, c) = recorded_forward(layer, x, layer_state, t0,
-                                             lambda record, i=i: recorder(i, record))
+            step_observer = None if observer is None else observer(i, layer)
+            x, (h, c) = layer(x, layer_state, t0, observer=step_observer)
             hs.append(h)
             cs.append(c)
         if self.batch_first:

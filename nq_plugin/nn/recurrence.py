@@ -20,6 +20,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from .cell import lstm_cell
+
 
 def _mkldnn_ok(w: torch.Tensor) -> bool:
     return (w.device.type == "cpu" and w.dtype == torch.float32
@@ -63,13 +65,8 @@ def _forward(px, h, c, w_hh, shift, gain_x, gain_h, norm_x, norm_h, t0, keep):
             gates.add_(z_hat)
         else:
             gates.addcmul_(z_hat, gain_h)
-        acts = torch.sigmoid(gates)
-        a = acts[:, 2 * hidden:3 * hidden]
-        torch.tanh(gates[:, 2 * hidden:3 * hidden], out=a)
         c_prev = c
-        c = torch.addcmul(acts[:, hidden:2 * hidden] * c_prev, acts[:, :hidden], a)
-        tanh_c = torch.tanh(c)
-        h = torch.mul(acts[:, 3 * hidden:], tanh_c, out=out[t])
+        h, c, acts, tanh_c = lstm_cell(gates, c_prev, h_out=out[t])
         if keep:
             saved.append((c_prev, px_t, x_hat, x_stats, z, z_hat, z_stats, acts, tanh_c))
     return out, h, c, saved

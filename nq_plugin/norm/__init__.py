@@ -1,9 +1,13 @@
 """Normalizations of a weight-input product: none, weight, layer, batch, power."""
-from .base import NORMALIZATIONS, Normalization, build_normalization, register_normalization
+from .base import (NORMALIZATIONS, BoundNotDefined, FoldingNotSupported, NoNormalization,
+                   Normalization, build_normalization, normalization_class,
+                   register_normalization)
+from .options import NormOptions
 from .weight import WeightNorm
 from .layer import LayerNorm
 from .batch import BatchNorm
 from .power import PowerNorm
 
-__all__ = ["NORMALIZATIONS", "Normalization", "build_normalization", "register_normalization",
-           "WeightNorm", "LayerNorm", "BatchNorm", "PowerNorm"]
+__all__ = ["NORMALIZATIONS", "BoundNotDefined", "FoldingNotSupported", "NoNormalization",
+           "Normalization", "NormOptions", "build_normalization", "normalization_class",
+           "register_normalization", "WeightNorm", "LayerNorm", "BatchNorm", "PowerNorm"]

@@ -1,28 +1,61 @@
 """Normalization of one weight-input product W x of an LSTM layer (F = 4H gate features).
 
 The LSTM normalizes its input term W_x x_t and its recurrent term W_h h_{t-1} separately
-(Hou et al., NeurIPS 2019, eq. 3). A normalization either acts on the weight matrix (weight
-normalization: the fused LSTM kernel can then run) or on the activations (layer, batch, power
-normalization: the recurrent term needs a per-step loop). Each declares what the paper's size
-accounting counts: parameters and inference statistics, in 32-bit numbers.
+(Hou et al., NeurIPS 2019, eq. 3). A normalization either rewrites the weight matrix
+(:meth:`Normalization.weight`, weight normalization: the fused LSTM kernel can then run) or the
+activations (``acts_on_activations``: layer, batch, power normalization; the recurrent term
+needs a per-step loop). Each class owns everything about its kind, so that nothing else in the
+package branches on its name:
+
+* training: :meth:`~Normalization.step`, :meth:`~Normalization.sequence` and, for the loop with
+  the hand-written backward, :meth:`~Normalization.affine`, :meth:`~Normalization.step_stats`,
+  :meth:`~Normalization.step_backward`;
+* size accounting (the paper's tables): :meth:`~Normalization.counted_parameters`,
+  :meth:`~Normalization.counted_statistics`;
+* inference folding (what a packed file stores and how it is applied):
+  :meth:`~Normalization.folded`, :meth:`~Normalization.folded_shapes`,
+  :meth:`~Normalization.folded_steps`, :meth:`~Normalization.apply_folded`;
+* diagnostics: :meth:`~Normalization.gate_bound_factors` (what replaces ||W_h*||_2 in the
+  paper's gradient bound) and :meth:`~Normalization.diagnostic_fields`.
+
+A normalization registered with :func:`register_normalization` that does not implement the
+folding cannot be packed: ``nq-pack`` fails with :class:`FoldingNotSupported` instead of
+evaluating it unnormalized.
 """
 from __future__ import annotations
 
-from typing import Dict, Type
+from typing import Dict, List, Optional, Tuple, Type
 
 import torch
 from torch import nn
 
+from ..errors import UserError
+from .options import NormOptions
+
+Folded = Dict[str, torch.Tensor]
+
+
+class FoldingNotSupported(NotImplementedError, UserError):
+    """A normalization without an inference folding: it cannot be packed."""
+
+
+class BoundNotDefined(NotImplementedError):
+    """A normalization for which the paper gives no gradient bound."""
+
 
 class Normalization(nn.Module):
-    """Base class: the identity. ``acts_on_weight`` norms rewrite the weight in :meth:`weight`;
-    the others rewrite activations in :meth:`step` (one time step, (B, F)) and :meth:`sequence`
-    (all steps at once, (T, B, F)), where ``t`` is the index of the (first) time step inside the
-    BPTT window (per-step statistics depend on it)."""
+    """Base class of the normalizations (``name`` is the registry key). The defaults are those of
+    a normalization that acts on the activations; methods a subclass must provide to be packed
+    or bounded raise :class:`FoldingNotSupported` / :class:`BoundNotDefined`. ``t`` is the index
+    of the (first) time step inside the BPTT window (per-step statistics depend on it)."""
 
-    name = "none"
-    acts_on_weight = False
+    name: Optional[str] = None
     acts_on_activations = False
+    #: the options (of :class:`NormOptions`) that shape a trained model of this kind, recorded
+    #: with published models (e.g. batch norm's statistics layout)
+    inference_options: Tuple[str, ...] = ()
+    #: the bound of the paper's Proposition 4 is on squared norms (batch statistics)
+    bound_on_squares = False
 
     def __init__(self, features: int, blocks: int = 4):
         super().__init__()
@@ -32,19 +65,28 @@ class Normalization(nn.Module):
         self.features = features
         self.blocks = blocks
 
+    @classmethod
+    def from_options(cls, features: int, options: NormOptions) -> "Normalization":
+        """Build from the shared :class:`NormOptions` (reading the fields this kind uses)."""
+        return cls(features)
+
+    # -- training -----------------------------------------------------------------------------
     def init_from_weight(self, weight: torch.Tensor) -> None:
         """Called once with the initial latent weight (weight norm sets its gains from it)."""
 
     def weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """The (quantized) weight as the product uses it."""
         return weight
 
     def begin_forward(self) -> None:
         """Called once at the start of every forward pass of the layer, before any step."""
 
     def step(self, y: torch.Tensor, t: int) -> torch.Tensor:
+        """Normalize one step's (B, F) term (autograd path)."""
         return y
 
     def sequence(self, y: torch.Tensor, t0: int = 0) -> torch.Tensor:
+        """Normalize all steps' (T, B, F) terms at once (autograd path)."""
         return y
 
     # The recurrent loop of the LSTM runs its own backward pass (nq_plugin.nn.recurrence): for the
@@ -63,6 +105,7 @@ class Normalization(nn.Module):
         """Gradient w.r.t. z of :meth:`step_stats` given the gradient w.r.t. z_hat."""
         return grad_z_hat
 
+    # -- size accounting (Hou et al., Tables 1-4) ---------------------------------------------
     def counted_parameters(self) -> int:
         """Full-precision parameters counted by the paper's size formula."""
         return 0
@@ -71,43 +114,104 @@ class Normalization(nn.Module):
         """Inference statistics (running mean/var, ...) counted by the paper's size formula."""
         return 0
 
+    # -- inference folding (the packed format) -------------------------------------------------
+    def _no_folding(self):
+        return FoldingNotSupported(
+            f"normalization {self.name!r} ({type(self).__name__}) has no inference folding, so "
+            "it cannot be packed: implement folded(), folded_shapes(), apply_folded() (see "
+            "nq_plugin.norm.base), or evaluate the unpacked checkpoint")
 
-NORMALIZATIONS: Dict[str, Type[Normalization]] = {"none": Normalization}
+    def folded(self) -> Folded:
+        """The inference form as named fp32 tensors (eval-mode statistics folded in), stored in
+        a packed file next to the weights. What :meth:`weight` does is folded into the packed
+        matrix's per-row scale by the packer, not here."""
+        raise self._no_folding()
+
+    def statistics_steps(self) -> int:
+        """Time steps with their own inference statistics (and folded tensors); 1 when the
+        statistics are shared over time or there are none."""
+        return 1
+
+    @classmethod
+    def folded_shapes(cls, features: int, steps: int) -> Dict[str, Tuple[int, ...]]:
+        """Shapes of :meth:`folded`'s tensors, from the layer's features and the packed file's
+        ``norm_steps`` (checked when a packed file is loaded)."""
+        raise FoldingNotSupported(f"normalization {cls.name!r} has no inference folding")
+
+    @classmethod
+    def apply_folded(cls, folded: Folded, y: torch.Tensor, t: int) -> torch.Tensor:
+        """Apply the folded form to y: one step (B, F) at step ``t``, or (T, B, F) steps from
+        ``t``."""
+        raise FoldingNotSupported(f"normalization {cls.name!r} has no inference folding")
+
+    # -- diagnostics (Hou et al., Propositions 1-4) ----------------------------------------------
+    def gate_bound_factors(self, w_q: torch.Tensor, gate_norms: Dict[str, float],
+                           block_sigmas: List[float]) -> Dict[str, float]:
+        """Per gate (i, f, a, o), what replaces ||W_h*||_2 of the quantized recurrent matrix
+        ``w_q`` in the gradient bound; ``gate_norms`` are those spectral norms and
+        ``block_sigmas`` the mean standard deviation of each gate block of W_h h over the
+        recorded segment."""
+        raise BoundNotDefined(f"the paper gives no gradient bound for normalization "
+                              f"{self.name!r}")
+
+    def diagnostic_fields(self) -> Dict[str, object]:
+        """Extra fields of a gradient-diagnostics record (weight norm: its gains g)."""
+        return {}
+
+
+class NothingToApplyAtInference:
+    """Folding of a normalization that leaves nothing to apply to the product at inference:
+    none, or weight normalization (whose row scaling the packer folds into the matrix)."""
+
+    def folded(self):
+        return {}
+
+    @classmethod
+    def folded_shapes(cls, features, steps):
+        return {}
+
+    @classmethod
+    def apply_folded(cls, folded, y, t):
+        return y
+
+
+class NoNormalization(NothingToApplyAtInference, Normalization):
+    """``none`` -- the identity, N(y) = y (the unnormalized LSTM; Proposition 1's bound)."""
+
+    name = "none"
+
+    def gate_bound_factors(self, w_q, gate_norms, block_sigmas):
+        return dict(gate_norms)
+
+
+NORMALIZATIONS: Dict[str, Type[Normalization]] = {"none": NoNormalization}
 
 
 def register_normalization(cls):
-    if cls.name in NORMALIZATIONS:
-        raise ValueError(f"normalization {cls.name!r} is already registered")
+    """Register a :class:`Normalization` subclass under its ``name`` (``--norm NAME``)."""
+    if not cls.name or cls.name in NORMALIZATIONS:
+        raise ValueError(f"normalization name {cls.name!r} is empty or already registered")
     NORMALIZATIONS[cls.name] = cls
     return cls
 
 
-def known_options() -> set:
-    """Every keyword a registered normalization's ``from_options`` accepts."""
-    import inspect
-    names = set()
-    for cls in NORMALIZATIONS.values():
-        if hasattr(cls, "from_options"):
-            for p in inspect.signature(cls.from_options).parameters.values():
-                if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD
-                                                 and p.name != "features"):
-                    names.add(p.name)
-    return names
-
-
-def build_normalization(name: str, features: int, **options) -> Normalization:
-    """Build ``none``, ``weight``, ``layer``, ``batch`` or ``power`` for F = ``features``.
-    Options another normalization uses are ignored (one flat set of CLI options); an option no
-    registered normalization knows (a typo such as ``bn_stat``) is an error naming the valid ones."""
-    known = known_options()
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(f"unknown normalization option(s) {unknown}; the options are: "
-                        f"{', '.join(sorted(known))}")
+def normalization_class(name: str) -> Type[Normalization]:
     try:
-        cls = NORMALIZATIONS[name]
+        return NORMALIZATIONS[name]
     except KeyError:
         raise ValueError(
             f"unknown normalization {name!r}; choose one of {', '.join(sorted(NORMALIZATIONS))}"
         ) from None
-    return cls.from_options(features, **options) if hasattr(cls, "from_options") else cls(features)
+
+
+def build_normalization(name: str, features: int, options: Optional[NormOptions] = None,
+                        **kwargs) -> Normalization:
+    """Build ``none``, ``weight``, ``layer``, ``batch``, ``power`` (or a registered kind) for
+    F = ``features``, from ``options`` or the same fields as keywords. Options another
+    normalization uses are ignored (one flat set); an unknown option (a typo such as
+    ``bn_stat``) is an error naming the valid ones."""
+    if options is None:
+        options = NormOptions.from_kwargs(**kwargs)
+    elif kwargs:
+        raise TypeError("pass either options or keyword options, not both")
+    return normalization_class(name).from_options(features, options)

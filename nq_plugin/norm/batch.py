@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Normalization, register_normalization
+from .bounds import per_feature_gate_factors
 
 
 def ema_update(buffer: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
@@ -36,6 +37,7 @@ class BatchNorm(Normalization):
     """
 
     name = "batch"
+    inference_options = ("bn_stats", "bn_max_steps")
     acts_on_activations = True
     eps = 1e-5
     momentum = 0.1
@@ -55,8 +57,9 @@ class BatchNorm(Normalization):
         self.register_buffer("running_var", torch.ones(self.max_steps, features))
 
     @classmethod
-    def from_options(cls, features, bn_stats="shared", bn_max_steps=100, bn_gain=0.1, **_):
-        return cls(features, stats=bn_stats, max_steps=bn_max_steps, gain_init=bn_gain)
+    def from_options(cls, features, options):
+        return cls(features, stats=options.bn_stats, max_steps=options.bn_max_steps,
+                   gain_init=options.bn_gain)
 
     def slot(self, t: int) -> int:
         return min(t, self.max_steps - 1)
@@ -120,6 +123,39 @@ class BatchNorm(Normalization):
 
     def counted_statistics(self):
         return 2 * self.features * self.max_steps
+
+    # inference: y -> scale * y + shift per feature (and per step for separate statistics),
+    # scale = gamma / sqrt(var + eps), shift = beta - mean * scale
+    def folded(self):
+        scale = self.gain.detach() / torch.sqrt(self.running_var + self.eps)
+        return {"affine_scale": scale.float().contiguous(),
+                "affine_shift": (self.shift.detach() - self.running_mean * scale).float()}
+
+    def statistics_steps(self):
+        return self.max_steps
+
+    @classmethod
+    def folded_shapes(cls, features, steps):
+        return {"affine_scale": (steps, features), "affine_shift": (steps, features)}
+
+    @classmethod
+    def apply_folded(cls, folded, y, t):
+        scale, shift = folded["affine_scale"], folded["affine_shift"]
+        last = scale.shape[0] - 1
+        if y.dim() == 2:
+            slot = min(t, last)
+            return torch.addcmul(shift[slot], y, scale[slot])
+        slots = torch.clamp(torch.arange(t, t + y.shape[0], device=y.device), max=last)
+        return torch.addcmul(shift[slots].unsqueeze(1), y, scale[slots].unsqueeze(1))
+
+    bound_on_squares = True
+
+    def gate_bound_factors(self, w_q, gate_norms, block_sigmas):
+        """Proposition 4: max_j (g_j / sigma_j) ||W_h*||_2, sigma_j the feature's running
+        standard deviation (averaged over the per-step statistics)."""
+        var = self.running_var.mean(0)
+        return per_feature_gate_factors(gate_norms,
+                                        self.gain.detach().abs() / torch.sqrt(var + self.eps))
 
     def extra_repr(self):
         return f"features={self.features}, stats={self.stats}, max_steps={self.max_steps}"

@@ -6,6 +6,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Normalization, register_normalization
+from .bounds import GATES
+
+
+def _layer_norm(y, gain, shift, blocks, eps):
+    """gain * LN(y) + shift with the statistics of each of the ``blocks`` gate blocks."""
+    shape = y.shape
+    z = F.layer_norm(y.reshape(*shape[:-1], blocks, shape[-1] // blocks), (shape[-1] // blocks,),
+                     eps=eps)
+    return torch.addcmul(shift, z.reshape(shape), gain)
 
 
 @register_normalization
@@ -26,14 +35,11 @@ class LayerNorm(Normalization):
         self.shift = nn.Parameter(torch.zeros(features))
 
     @classmethod
-    def from_options(cls, features, layer_norm_gain=1.0, **_):
-        return cls(features, gain_init=layer_norm_gain)
+    def from_options(cls, features, options):
+        return cls(features, gain_init=options.layer_norm_gain)
 
     def _normalize(self, y):
-        shape = y.shape
-        z = F.layer_norm(y.reshape(*shape[:-1], self.blocks, self.hidden), (self.hidden,),
-                         eps=self.eps)
-        return torch.addcmul(self.shift, z.reshape(shape), self.gain)
+        return _layer_norm(y, self.gain, self.shift, self.blocks, self.eps)
 
     def affine(self):
         return self.gain, self.shift
@@ -61,3 +67,23 @@ class LayerNorm(Normalization):
 
     def counted_parameters(self):
         return 2 * self.features
+
+    # inference: the statistics depend on the sample, so gain and shift are kept as they are
+    def folded(self):
+        return {"ln_gain": self.gain.detach().float().clone(),
+                "ln_shift": self.shift.detach().float().clone()}
+
+    @classmethod
+    def folded_shapes(cls, features, steps):
+        return {"ln_gain": (features,), "ln_shift": (features,)}
+
+    @classmethod
+    def apply_folded(cls, folded, y, t):
+        return _layer_norm(y, folded["ln_gain"], folded["ln_shift"], 4, cls.eps)
+
+    def gate_bound_factors(self, w_q, gate_norms, block_sigmas):
+        """Proposition 3: (g_* / sigma_*) ||W_h*||_2, sigma_* the mean (over batch and steps)
+        standard deviation of the block's pre-activations, g_* its largest gain."""
+        gains = self.gain.detach().abs().reshape(self.blocks, -1)
+        return {g: float(gains[k].max()) / max(block_sigmas[k], 1e-12) * gate_norms[g]
+                for k, g in enumerate(GATES)}

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .base import Normalization, register_normalization
+from .bounds import per_feature_gate_factors
 
 
 class _ApproximateBackward(torch.autograd.Function):
@@ -72,10 +73,9 @@ class PowerNorm(Normalization):
         self.register_buffer("backward_accum", torch.zeros(2, features))
 
     @classmethod
-    def from_options(cls, features, pn_alpha=0.9, pn_alpha_backward=0.9, pn_warmup=0,
-                     bn_gain=0.1, **_):
-        return cls(features, alpha=pn_alpha, alpha_backward=pn_alpha_backward, warmup=pn_warmup,
-                   gain_init=bn_gain)
+    def from_options(cls, features, options):
+        return cls(features, alpha=options.pn_alpha, alpha_backward=options.pn_alpha_backward,
+                   warmup=options.pn_warmup, gain_init=options.bn_gain)
 
     @property
     def in_warmup(self) -> bool:
@@ -154,6 +154,28 @@ class PowerNorm(Normalization):
 
     def counted_statistics(self):
         return self.features
+
+    # inference: y -> gamma / psi * y + beta per feature (psi from the running quadratic mean)
+    def folded(self):
+        scale = self.gain.detach() / torch.sqrt(self.running_phi + self.eps)
+        return {"affine_scale": scale.float().unsqueeze(0).contiguous(),
+                "affine_shift": self.shift.detach().float().unsqueeze(0).clone()}
+
+    @classmethod
+    def folded_shapes(cls, features, steps):
+        return {"affine_scale": (1, features), "affine_shift": (1, features)}
+
+    @classmethod
+    def apply_folded(cls, folded, y, t):
+        return torch.addcmul(folded["affine_shift"][0], y, folded["affine_scale"][0])
+
+    bound_on_squares = True
+
+    def gate_bound_factors(self, w_q, gate_norms, block_sigmas):
+        """Proposition 4 with the running quadratic mean psi^2 in place of the variance:
+        max_j (g_j / psi_j) ||W_h*||_2."""
+        return per_feature_gate_factors(
+            gate_norms, self.gain.detach().abs() / torch.sqrt(self.running_phi + self.eps))
 
     def extra_repr(self):
         return (f"features={self.features}, alpha={self.alpha}, "

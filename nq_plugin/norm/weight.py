@@ -4,27 +4,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Normalization, register_normalization
+from .base import Normalization, NothingToApplyAtInference, register_normalization
+from .bounds import GATES
 
 
 @register_normalization
-class WeightNorm(Normalization):
+class WeightNorm(NothingToApplyAtInference, Normalization):
     """``weight`` -- weight normalization (Salimans & Kingma, NeurIPS 2016) of the quantized
     matrix, per row j: W'_j = g_j W_j / ||W_j||, so N(W x)_j = g_j W_j.x / ||W_j||.
     The gains g start at the row norms of the initial latent weight (Hou et al., NeurIPS 2019);
-    for ``fp`` the initial layer is then exactly the unnormalized one."""
+    for ``fp`` the initial layer is then exactly the unnormalized one. At inference W' is a
+    row scaling of the quantized matrix, which the packer folds into the packed per-row scale:
+    nothing is left to apply to the product."""
 
     name = "weight"
-    acts_on_weight = True
     eps = 1e-12
 
     def __init__(self, features: int, blocks: int = 4):
         super().__init__(features, blocks)
         self.gain = nn.Parameter(torch.ones(features))
-
-    @classmethod
-    def from_options(cls, features, **_):
-        return cls(features)
 
     def init_from_weight(self, weight):
         with torch.no_grad():
@@ -36,3 +34,14 @@ class WeightNorm(Normalization):
 
     def counted_parameters(self):
         return self.features
+
+    def gate_bound_factors(self, w_q, gate_norms, block_sigmas):
+        """Proposition 2: g_* ||D_*^{-1} W_h*||_2 (D_* the diagonal of the block's row norms)."""
+        from .bounds import weight_norm_gate_factors
+        return weight_norm_gate_factors(w_q, self.gain)
+
+    def diagnostic_fields(self):
+        """The gains g per gate (mean, min, max): the paper's Fig. 5."""
+        gains = self.gain.detach().reshape(self.blocks, -1)
+        return {"g": {gate: {"mean": float(v.mean()), "min": float(v.min()),
+                             "max": float(v.max())} for gate, v in zip(GATES, gains)}}

@@ -11,9 +11,19 @@ Binary matrices (values s_j * b_jk, b in {-1, +1}) take 1 bit per weight, ternar
   to -1 (binary) or 0 (ternary); kernels read inputs zero-padded (or masked), so padded columns
   never contribute. Bytes per (R x n) matrix: R * ceil(n / 32) * 4 per plane;
 * scale: one fp32 number per row, s_j, which folds the quantizer's scale of the row's gate block
-  and, for weight normalization, g_j / ||W_q,j|| (DESIGN.md section 4).
+  and, for weight normalization, g_j / ||W_q,j||.
 
 Full-precision matrices (``fp``, or W_x kept fp for scalar inputs) are stored as fp32.
+
+Tensors of packed LSTM layer i (prefix ``layers.{i}.``), from :func:`layer_shapes`, for each
+product P in (``ih``, ``hh``) with C columns (input size, hidden size) and R = 4H rows:
+
+* ``P_plus`` (R, ceil(C/32)) int32 -- binary; ``P_nonzero``, ``P_negative`` -- ternary;
+  ``P_scale`` (R,) fp32; or ``P_weight`` (R, C) fp32 for a full-precision matrix;
+* ``bias`` (R,) fp32;
+* the normalization's folded tensors, ``P_`` + the names and shapes its class declares
+  (:meth:`nq_plugin.norm.Normalization.folded_shapes`; e.g. layer norm ``P_ln_gain``,
+  ``P_ln_shift`` (R,); batch norm ``P_affine_scale``, ``P_affine_shift`` (norm_steps, R)).
 """
 from __future__ import annotations
 
@@ -108,5 +118,49 @@ def unpack_matrix(planes: Dict[str, torch.Tensor], bits: int, columns: int,
     raise PackedFormatError(f"cannot unpack {bits}-bit weights (1 or 2)")
 
 
+PLANES = {1: ("plus",), 2: ("nonzero", "negative"), 32: ()}
+WORD_SUFFIXES = tuple(f"_{plane}" for planes in PLANES.values() for plane in planes)
+PRODUCTS = ("ih", "hh")
+
+
 def plane_names(bits: int):
-    return {1: ("plus",), 2: ("nonzero", "negative"), 32: ()}[bits]
+    try:
+        return PLANES[bits]
+    except KeyError:
+        raise PackedFormatError(f"no packed planes for {bits}-bit weights (1, 2 or 32)") from None
+
+
+def tensor_dtype(key: str) -> torch.dtype:
+    """The dtype the format stores a layer tensor in: int32 words, fp32 everything else."""
+    return torch.int32 if key.endswith(WORD_SUFFIXES) else torch.float32
+
+
+def layer_shapes(meta: Dict[str, object], norm_steps: int) -> Dict[str, Tuple[int, ...]]:
+    """Shape of every tensor of a packed layer, from its metadata (input_size, hidden_size,
+    ih_bits, hh_bits, norm) and the file's ``norm_steps``."""
+    from ..norm import normalization_class
+    hidden, inp = int(meta["hidden_size"]), int(meta["input_size"])
+    gates = 4 * hidden
+    try:
+        norm = normalization_class(str(meta["norm"]))
+    except ValueError as err:
+        raise PackedFormatError(f"packed layer with {err} (register it before loading)") from None
+    shapes: Dict[str, Tuple[int, ...]] = {"bias": (gates,)}
+    for name, cols in zip(PRODUCTS, (inp, hidden)):
+        bits = int(meta[f"{name}_bits"])
+        if bits == 32:
+            shapes[f"{name}_weight"] = (gates, cols)
+        else:
+            for plane in plane_names(bits):
+                shapes[f"{name}_{plane}"] = (gates, num_words(cols))
+            shapes[f"{name}_scale"] = (gates,)
+        for key, shape in norm.folded_shapes(gates, norm_steps).items():
+            shapes[f"{name}_{key}"] = tuple(shape)
+    return shapes
+
+
+def quantization_config(metas, norm_steps: int) -> Dict[str, object]:
+    """The versioned ``quantization_config`` of a packed model's config.json."""
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "word_bits": WORD_BITS,
+            "pack_order": PACK_ORDER, "padding": PADDING, "scale": "fp32, one per row (folded)",
+            "other_weights": "fp32", "norm_steps": norm_steps, "layers": list(metas)}

@@ -14,16 +14,10 @@ from typing import Dict, Tuple
 
 import torch
 
-from .format import FORMAT_NAME, FORMAT_VERSION, PACK_ORDER, PADDING, PackedFormatError
-from .lstm import layer_shapes
+from .format import (FORMAT_NAME, FORMAT_VERSION, PackedFormatError, layer_shapes,
+                     quantization_config, tensor_dtype)
 
-WORD_SUFFIXES = ("_plus", "_nonzero", "_negative")
-
-
-def quantization_config(metas, norm_steps: int) -> Dict[str, object]:
-    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "word_bits": 32,
-            "pack_order": PACK_ORDER, "padding": PADDING, "scale": "fp32, one per row (folded)",
-            "other_weights": "fp32", "norm_steps": norm_steps, "layers": list(metas)}
+__all__ = ["quantization_config", "save_packed", "check_tensors", "load_packed"]
 
 
 def save_packed(outdir: str, tensors: Dict[str, torch.Tensor], config: Dict[str, object]) -> None:
@@ -51,7 +45,7 @@ def check_tensors(tensors: Dict[str, torch.Tensor], qconfig: Dict[str, object],
             if tuple(t.shape) != tuple(shape):
                 raise PackedFormatError(f"{name} has shape {tuple(t.shape)} but config.json "
                                         f"implies {tuple(shape)}: the files do not belong together")
-            want = torch.int32 if key.endswith(WORD_SUFFIXES) else torch.float32
+            want = tensor_dtype(key)
             if t.dtype != want:
                 raise PackedFormatError(f"{name} is {t.dtype}, the format stores {want}")
 

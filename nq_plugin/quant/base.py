@@ -11,6 +11,7 @@ entries outside it.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, Optional, Type
 
 import torch
@@ -55,10 +56,21 @@ def as_blocks(weight: torch.Tensor, blocks: int) -> torch.Tensor:
 
 class Quantizer(nn.Module):
     """Base class. Subclasses implement :meth:`quantize` (no gradient bookkeeping) and declare
-    ``bits`` (bits per weight used by the size accounting of the paper: 32, 1 or 2)."""
+    what the rest of the package needs to know, so that nothing else branches on their names:
+
+    * ``bits``: bits per weight (32, 1 or 2), read by the size accounting and the packer;
+    * ``has_scale``: the quantized weights carry a learned or computed scale alpha per gate
+      block (BWN, TWN, LAB, LAT), recorded by the diagnostics (the paper's Fig. 4);
+    * ``paper_lr_scale``: the paper scales the learning rate of the latent weights by 2/a with
+      a = 1/sqrt(H) (BinaryConnect, TerConnect, whose weights have no scale), see
+      :meth:`latent_lr_scale`;
+    * ``uses_second_moment``: needs the optimizer's second moment (LAB, LAT).
+    """
 
     name: str = ""
     bits: int = 32
+    has_scale: bool = False
+    paper_lr_scale: bool = False
     uses_second_moment: bool = False
 
     def __init__(self, blocks: int = 4, latent_clip: Optional[float] = None):
@@ -73,6 +85,11 @@ class Quantizer(nn.Module):
     def quantize(self, weight: torch.Tensor, second_moment: Optional[torch.Tensor] = None
                  ) -> torch.Tensor:
         raise NotImplementedError
+
+    def latent_lr_scale(self, hidden_size: int) -> float:
+        """Learning-rate multiplier of the latent weights (read by the fairseq optimizers):
+        2 sqrt(H) where ``paper_lr_scale`` holds (Hou et al., NeurIPS 2019), else 1."""
+        return 2.0 * math.sqrt(hidden_size) if self.paper_lr_scale else 1.0
 
     def forward(self, weight: torch.Tensor, second_moment: Optional[torch.Tensor] = None
                 ) -> torch.Tensor:

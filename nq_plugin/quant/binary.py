@@ -23,6 +23,7 @@ class BinaryConnect(Quantizer):
 
     name = "bc"
     bits = 1
+    paper_lr_scale = True
 
     def quantize(self, weight, second_moment=None):
         return binary_sign(weight)
@@ -35,6 +36,7 @@ class BinaryWeightNetwork(Quantizer):
 
     name = "bwn"
     bits = 1
+    has_scale = True
 
     def quantize(self, weight, second_moment=None):
         blocks = as_blocks(weight, self.blocks)
@@ -52,6 +54,7 @@ class LossAware(Quantizer):
     """
 
     uses_second_moment = True
+    has_scale = True
 
     def __init__(self, blocks: int = 4, latent_clip: Optional[float] = None):
         super().__init__(blocks, latent_clip)

@@ -29,6 +29,7 @@ class TerConnect(Quantizer):
 
     name = "tc"
     bits = 2
+    paper_lr_scale = True
 
     def quantize(self, weight, second_moment=None):
         blocks = as_blocks(weight, self.blocks)
@@ -43,6 +44,7 @@ class TernaryWeightNetwork(Quantizer):
 
     name = "twn"
     bits = 2
+    has_scale = True
 
     def quantize(self, weight, second_moment=None):
         blocks = as_blocks(weight, self.blocks)

@@ -39,10 +39,9 @@ class BPTTLMConfig(FairseqDataclass):
 class TokenStream(FairseqDataset):
     """One split as a single 1-D token stream (what ``task.dataset(split)`` returns)."""
 
-    def __init__(self, name: str, tokens: torch.Tensor, eos: int):
+    def __init__(self, name: str, tokens: torch.Tensor):
         self.name = name
         self.tokens = tokens
-        self.eos = eos
 
     def __len__(self):  # number of predicted tokens
         return max(len(self.tokens) - 1, 0)
@@ -141,6 +140,19 @@ def check_mmap_split(path: str) -> None:
                               "again (fairseq-preprocess --only-source)")
 
 
+def statistics_steps(model) -> int:
+    """Time steps with their own normalization statistics in a model (1: shared or none)."""
+    from ..nn.lstm import NQLSTMLayer
+    from ..packed.lstm import PackedNQLSTM
+    steps = 1
+    for module in model.modules():
+        if isinstance(module, NQLSTMLayer):
+            steps = max(steps, module.hh_norm.statistics_steps())
+        elif isinstance(module, PackedNQLSTM):
+            steps = max(steps, module.norm_steps)
+    return steps
+
+
 @register_task("bptt_lm", dataclass=BPTTLMConfig)
 class BPTTLMTask(FairseqTask):
     """Truncated-BPTT language modeling over contiguous streams with carried hidden state."""
@@ -185,9 +197,8 @@ class BPTTLMTask(FairseqTask):
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
-        steps = cfg.get("bn_max_steps") if hasattr(cfg, "get") else None
-        if str(cfg.get("norm", "")) == "batch" and str(cfg.get("bn_stats", "")) == "separate" \
-                and steps and int(steps) != int(self.cfg.tokens_per_sample):
+        steps = statistics_steps(model)
+        if steps > 1 and steps != int(self.cfg.tokens_per_sample):
             logger.warning(
                 "this model keeps batch-norm statistics per step for %d steps, but "
                 "--tokens-per-sample is %d: step t of every segment uses statistics learnt for "
@@ -222,7 +233,7 @@ class BPTTLMTask(FairseqTask):
             raise DataFormatError(f"{path}.bin holds symbol ids outside dict.txt "
                                   f"({len(self.dictionary)} symbols): the data and the "
                                   "dictionary do not belong together, or the file is corrupt")
-        self.datasets[split] = TokenStream(split, stream, eos)
+        self.datasets[split] = TokenStream(split, stream)
         logger.info("%s: %d tokens", split, len(self.datasets[split]))
 
     def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None,

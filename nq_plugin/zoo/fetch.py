@@ -1,7 +1,7 @@
 """Getting a zoo model's files: bundled in this repository first (works with no network at
 all), else from the Hugging Face Hub at the manifest's pinned 40-hex commit via
 ``huggingface_hub`` (``HF_HUB_OFFLINE`` honoured). Every file's SHA-256 and size are checked
-after every download, because the Hub client checks only sizes (DESIGN.md section 8); a bad file
+after every download, because the Hub client checks only sizes; a bad file
 is removed from the cache (only the cache's own copy: nothing the user made is touched) and the
 error names it and says what to do."""
 from __future__ import annotations

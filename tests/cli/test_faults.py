@@ -81,6 +81,7 @@ CHECKPOINT_FAULTS = {"truncated": (truncate, "truncated or corrupt"),
                      "non_finite": (non_finite, "NaN")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", sorted(CHECKPOINT_FAULTS))
 @pytest.mark.parametrize("command", ["nq-summary", "nq-pack"])
 def test_damaged_checkpoint(made, tmp_path, fault, command):
@@ -105,6 +106,7 @@ def test_missing_checkpoint(tmp_path, command):
     check(console(command, *args, check=False), path, "not found")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["truncated", "bit_flip", "wrong_version", "non_finite",
                                    "wrong_shape"])
 def test_damaged_packed_checkpoint(made, tmp_path, fault):
@@ -127,6 +129,7 @@ def subprocess_module(module, *args):
                           text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["truncated_dict", "missing_dict"])
 def test_wrong_dictionary_for_nq_pack(made, tmp_path, fault):
     _, ckpt, data = made
@@ -141,6 +144,7 @@ def test_wrong_dictionary_for_nq_pack(made, tmp_path, fault):
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["truncated", "bit_flip", "missing", "not_a_log"])
 def test_damaged_gradient_log(tmp_path, fault):
     path = tmp_path / "grad_norms.jsonl"
@@ -176,6 +180,7 @@ def zoo_copy(tmp_path):
     return dst, dict(os.environ, NQ_ZOO_DIR=str(dst), HF_HUB_OFFLINE="1")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["truncated", "bit_flip", "wrong_version", "missing"])
 def test_damaged_zoo_manifest(zoo_copy, fault):
     dst, env = zoo_copy
@@ -196,6 +201,7 @@ def test_damaged_zoo_manifest(zoo_copy, fault):
     assert (path.read_bytes() if path.exists() else None) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["truncated", "bit_flip", "missing"])
 def test_damaged_bundled_zoo_file_is_named_and_left_alone(zoo_copy, fault):
     dst, env = zoo_copy
@@ -207,6 +213,7 @@ def test_damaged_bundled_zoo_file_is_named_and_left_alone(zoo_copy, fault):
     assert (path.read_bytes() if path.exists() else None) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["truncated", "wrong_magic"])
 def test_damaged_mnist_file_under_fairseq_train(tmp_path, fault):
     """fairseq's own command with the plugin: the plugin's user errors (here a damaged MNIST
@@ -239,6 +246,7 @@ def test_other_errors_keep_their_traceback():
     assert "error: x.pt is corrupt: copy it again" in res.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["missing_dir", "missing_dict", "truncated_bin",
                                    "truncated_idx", "missing_split"])
 def test_damaged_data_directory_under_fairseq_eval_lm(made, tmp_path, fault):

@@ -45,3 +45,23 @@ def test_bad_spec_errors(capsys):
         main(["--input-size", "5"])
     assert main(["--input-size", "5", "--hidden-size", "0"]) == 2
     assert "hidden_size must be positive" in capsys.readouterr().err
+
+
+def test_table_matches_the_golden_file(capsys):
+    """The printed table, byte for byte, against the one nq-summary printed before the LSTM
+    options were generated from one declaration (tests/fixtures)."""
+    from tests.fairseq_utils import ROOT
+    golden = (ROOT / "tests" / "fixtures" / "summary_tc_batch_separate_2x512.txt").read_text()
+    assert main(["--input-size", "50", "--hidden-size", "512", "--layers", "2", "--quantizer",
+                 "tc", "--norm", "batch", "--bn-stats", "separate", "--bn-max-steps", "100"]) == 0
+    assert capsys.readouterr().out == golden
+
+
+def test_spec_options_come_from_the_one_declaration():
+    from nq_plugin.cli.summary import build_parser
+    from nq_plugin.nn.options import LSTMOptions
+    parser = build_parser()
+    dests = {a.dest for a in parser._actions}
+    assert {f.name for f in LSTMOptions.field_list()} <= dests
+    args = parser.parse_args(["--input-size", "3", "--hidden-size", "4", "--pn-warmup", "2"])
+    assert args.pn_warmup == 2 and args.latent_clip is None

@@ -11,6 +11,7 @@ COMBOS = [(q, n, s) for q in ["fp", "bc", "tc", "bwn", "twn", "lab", "lat"]
                        ("batch", "shared"), ("batch", "separate"), ("power", "shared")]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantizer,norm,stats", COMBOS)
 def test_train_and_eval_every_configuration(demo_char_data, tmp_path, quantizer, norm, stats):
     ckpt = train(demo_char_data, tmp_path, *TINY, "--quantizer", quantizer, "--norm", norm,

@@ -99,6 +99,7 @@ def test_every_quantizer_norm_trains_and_evaluates(quantizer, norm):
         opt.step()
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0], losses  # and it learns
     m.eval()
     out, (h, c) = m(torch.randn(10, 2, 5))  # longer than T_max in eval
     assert out.shape == (10, 2, 8) and torch.isfinite(out).all()

@@ -10,7 +10,7 @@ from tests.fairseq_utils import SHARED_DATA, TINY, eval_lm, preprocess, train
 
 def test_segments_are_contiguous_columns_without_lost_targets():
     from nq_plugin.tasks.bptt_lm import BPTTSegments, TokenStream
-    stream = TokenStream("train", torch.arange(100), eos=2)
+    stream = TokenStream("train", torch.arange(100))
     seg = BPTTSegments(stream, columns=3, steps=7)
     # 3 columns of 33 tokens: 32 targets each, segments of 7 -> 5 segments (last has 4 steps)
     assert len(seg) == 5
@@ -33,7 +33,7 @@ def test_segments_are_contiguous_columns_without_lost_targets():
 def test_too_small_split_errors():
     from nq_plugin.tasks.bptt_lm import BPTTSegments, TokenStream
     with pytest.raises(ValueError, match="lower --batch-size"):
-        BPTTSegments(TokenStream("valid", torch.arange(5), 2), columns=4, steps=3)
+        BPTTSegments(TokenStream("valid", torch.arange(5)), columns=4, steps=3)
 
 
 def test_missing_data_dir_errors(tmp_path):

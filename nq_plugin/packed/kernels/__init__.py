@@ -1,13 +1,18 @@
 """y = x W^T with W = diag(s) B from packed codes B: a Triton kernel on GPU; on CPU the native
 kernel for small batches, else PyTorch.
 
-:class:`PackedMatrix` picks the path: CUDA tensors use the Triton kernel when triton imports,
-else the exact PyTorch path (said once in the log). CPU tensors with at most
-``native.MAX_NATIVE_BATCH`` rows use the native C++ kernel (``native.py``: computes from the
-packed words, compiled on first use; ``NQ_PLUGIN_KERNEL=auto|native|torch`` chooses); larger
-batches use the PyTorch path, which unpacks B once per call (or once per
-:meth:`PackedMatrix.prepared` block, e.g. a whole sequence) and frees it afterwards, so only the
-packed words stay resident.
+The kernel is an explicit option, ``NQ_PLUGIN_KERNEL`` (:func:`native.kernel_choice`):
+
+* ``auto`` (default): GPU -> Triton when it imports, else PyTorch; CPU -> the native C++ kernel
+  (``native.py``: computes from the packed words, compiled on first use) for products of at most
+  ``native.MAX_NATIVE_BATCH`` rows when it builds, else PyTorch;
+* ``native``: the native kernel for every CPU product, or an error;
+* ``triton``: Triton for every GPU product, or an error;
+* ``torch``: the exact PyTorch path everywhere, which unpacks B once per call (or once per
+  :meth:`PackedMatrix.prepared` block, e.g. a whole sequence) and frees it afterwards, so only
+  the packed words stay resident.
+
+:func:`select_kernel` makes the choice for one product and logs each (device, kernel) pair once.
 """
 from __future__ import annotations
 
@@ -42,6 +47,32 @@ def triton_matmul():
     return packed_matmul
 
 
+def select_kernel(matrix: "PackedMatrix", device: torch.device, rows: int) -> str:
+    """``triton``, ``native`` or ``torch``: the kernel that multiplies ``rows`` input rows on
+    ``device`` by ``matrix`` (dense fp matrices: always ``torch``)."""
+    choice = native.kernel_choice()
+    if matrix.bits == 32:
+        kernel = "torch"
+    elif device.type == "cuda":
+        if choice == "torch":
+            kernel = "torch"
+        elif triton_matmul() is not None:
+            kernel = "triton"
+        elif choice == "triton":
+            raise RuntimeError("NQ_PLUGIN_KERNEL=triton but the Triton kernel is unavailable "
+                               "(see the log); unset it or use NQ_PLUGIN_KERNEL=torch")
+        else:
+            kernel = "torch"
+    else:
+        kernel = "native" if native.use_native(rows) else "torch"
+    key = f"{device.type}:{kernel}"
+    if matrix.bits != 32 and key not in _warned:
+        _warned.add(key)
+        logger.info("nq_plugin: packed products on %s use the %s kernel (NQ_PLUGIN_KERNEL=%s)",
+                    device.type, kernel, choice)
+    return kernel
+
+
 class PackedMatrix:
     """A (R x n) weight in the packed format: ``planes`` of int32 words, per-row ``scale``,
     ``bits`` 1 or 2; or a dense fp matrix (``bits`` 32)."""
@@ -61,23 +92,20 @@ class PackedMatrix:
             return self.dense_weight.to(dtype)
         return unpack_matrix(self.planes, self.bits, self.columns, dtype) * self.scale.to(dtype)[:, None]
 
-    def _use_triton(self, x: torch.Tensor) -> bool:
-        if self.bits == 32 or not x.is_cuda or native.kernel_choice() == "torch":
-            return False
-        if native.kernel_choice() == "triton" and triton_matmul() is None:
-            raise RuntimeError("NQ_PLUGIN_KERNEL=triton but the Triton kernel is unavailable "
-                               "(see the log); unset it or use NQ_PLUGIN_KERNEL=torch")
-        return True
+    @property
+    def device(self) -> torch.device:
+        if self.bits == 32:
+            return self.dense_weight.device
+        return self.planes[next(iter(self.planes))].device
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, n) -> (N, R)."""
         if self.bits == 32:
             return F.linear(x, self.dense_weight.to(x.dtype))
-        if self._use_triton(x):
-            kernel = triton_matmul()
-            if kernel is not None:
-                return kernel(x, self.planes, self.scale, self.bits, self.columns)
-        if not x.is_cuda and native.use_native(x.shape[0]):
+        kernel = select_kernel(self, x.device, x.shape[0])
+        if kernel == "triton":
+            return triton_matmul()(x, self.planes, self.scale, self.bits, self.columns)
+        if kernel == "native":
             return native.packed_gemv(x, self.planes, self.scale, self.bits,
                                       self.columns).to(x.dtype)
         codes = unpack_matrix(self.planes, self.bits, self.columns, x.dtype)
@@ -90,12 +118,7 @@ class PackedMatrix:
             weight = self.dense_weight
             yield lambda x: F.linear(x, weight.to(x.dtype))
             return
-        device = self.planes[next(iter(self.planes))].device
-        if device.type == "cuda" and native.kernel_choice() != "torch" and \
-                triton_matmul() is not None:
-            yield self.matmul
-            return
-        if device.type == "cpu" and native.use_native(batch):
+        if select_kernel(self, self.device, batch) != "torch":
             yield self.matmul  # computes from the packed words: nothing to unpack
             return
         codes = unpack_matrix(self.planes, self.bits, self.columns)
