@@ -6,7 +6,9 @@ side in one run (d=512, T=100, B=64; fairseq's lstm_lm steps an nn.LSTMCell in P
 DATA_BIN: PTB char binarized by recipes/ptb/prepare.sh (OUT_DIR/ptb_char). Each variant runs
 ``fairseq-train`` for --updates updates (no validation, no checkpoints) --rounds times,
 interleaved; the rate is the median of fairseq's own train_inner ``wps`` after the first
-logging interval (start-up excluded). Prints a table with ratios to lstm_lm.
+logging interval (start-up excluded). Prints a table with ratios to lstm_lm. Variants marked
+"(py loop)" run with NQ_PLUGIN_RECURRENCE=python (the Python loop, as before the native
+recurrence); the others with the default (native where it builds).
 """
 import argparse
 import json
@@ -35,14 +37,19 @@ VARIANTS = [
     ("nq bc batch shared", NQ + ["--quantizer", "bc", "--norm", "batch"]),
     ("nq bc batch separate", NQ + ["--quantizer", "bc", "--norm", "batch", "--bn-stats",
                                    "separate"]),
+    # the same two on the Python loop (before the native recurrence)
+    ("nq bc layer (py loop)", NQ + ["--quantizer", "bc", "--norm", "layer"]),
+    ("nq bc batch sep. (py loop)", NQ + ["--quantizer", "bc", "--norm", "batch", "--bn-stats",
+                                         "separate"]),
 ]
 
 
-def run(data, args, updates):
+def run(data, label, args, updates):
     exe = shutil.which("fairseq-train", path=os.path.dirname(sys.executable)) or "fairseq-train"
+    env = dict(os.environ, NQ_PLUGIN_RECURRENCE="python" if "(py loop)" in label else "auto")
     with tempfile.TemporaryDirectory() as tmp:
         res = subprocess.run([exe, data, *COMMON, *args, "--max-update", str(updates),
-                              "--save-dir", tmp], capture_output=True, text=True)
+                              "--save-dir", tmp], capture_output=True, text=True, env=env)
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-3000:])
     rates = []
@@ -57,19 +64,22 @@ def main():
     ap.add_argument("data")
     ap.add_argument("--updates", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--only", nargs="+", help="labels to run (the first variant always runs)")
     args = ap.parse_args()
-    rates = {label: [] for label, _ in VARIANTS}
+    variants = [v for i, v in enumerate(VARIANTS) if i == 0 or not args.only
+                or v[0] in args.only]
+    rates = {label: [] for label, _ in variants}
     for _ in range(args.rounds):
-        for label, variant in VARIANTS:
-            rates[label] += run(args.data, variant, args.updates)
-    ref = statistics.median(rates[VARIANTS[0][0]])
+        for label, variant in variants:
+            rates[label] += run(args.data, label, variant, args.updates)
+    ref = statistics.median(rates[variants[0][0]])
     print(f"fairseq-train on {args.data}: d=512, T=100, B=64, {args.updates} updates x "
           f"{args.rounds} rounds, median train_inner wps")
-    print(f"| {'variant':<22} | {'tokens/s':>9} | {'vs lstm_lm':>10} |")
-    print(f"|{'-' * 24}|{'-' * 11}|{'-' * 12}|")
-    for label, _ in VARIANTS:
+    print(f"| {'variant':<27} | {'tokens/s':>9} | {'vs lstm_lm':>10} |")
+    print(f"|{'-' * 29}|{'-' * 11}|{'-' * 12}|")
+    for label, _ in variants:
         r = statistics.median(rates[label])
-        print(f"| {label:<22} | {r:>9.0f} | {r / ref:>9.2f}x |")
+        print(f"| {label:<27} | {r:>9.0f} | {r / ref:>9.2f}x |")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,14 @@
 For each setting of the paper -- char (d=512, T=100, B=64, one-hot input of 50) and word (d=300,
 T=35, B=20, 300-dim input) -- times torch.nn.LSTM (fp) and NQLSTM with BinaryConnect and every
 normalization, interleaved in rounds so that machine noise hits all alike, and prints tokens/s
-and the ratio to nn.LSTM (median over rounds).
+and the ratio to nn.LSTM (median over rounds). The layer/batch/power variants run twice: on the
+native loop (nq_plugin/csrc/recurrence.cpp; NQ_PLUGIN_RECURRENCE=auto) and on the Python loop
+(NQ_PLUGIN_RECURRENCE=python), side by side in the same rounds. Sequential MNIST (T=784, B=100,
+H=100, scalar input) with --settings smnist.
 
     python benchmarks/lstm_training_speed.py [--rounds 5] [--steps 5] [--threads 2]
 """
+import os
 import argparse
 import statistics
 import time
@@ -16,7 +20,8 @@ import torch
 from nq_plugin.nn import NQLSTM
 
 SETTINGS = {"char": dict(inp=50, hidden=512, steps=100, batch=64),
-            "word": dict(inp=300, hidden=300, steps=35, batch=20)}
+            "word": dict(inp=300, hidden=300, steps=35, batch=20),
+            "smnist": dict(inp=1, hidden=100, steps=784, batch=100)}
 VARIANTS = [("nn.LSTM fp", None, None), ("bc none", "none", {}), ("bc weight", "weight", {}),
             ("bc layer", "layer", {}), ("bc batch shared", "batch", {"bn_stats": "shared"}),
             ("bc batch separate", "batch", {"bn_stats": "separate"}), ("bc power", "power", {})]
@@ -30,7 +35,12 @@ def build(setting, norm, opts):
                   bn_max_steps=s["steps"], **opts)
 
 
-def time_steps(model, x, n):
+def loop_of(label):
+    return "python" if label.endswith("(py)") else "auto"
+
+
+def time_steps(model, x, n, loop="auto"):
+    os.environ["NQ_PLUGIN_RECURRENCE"] = loop
     params = list(model.parameters())
     start = time.perf_counter()
     for _ in range(n):
@@ -56,20 +66,22 @@ def main():
         s = SETTINGS[setting]
         x = torch.randn(s["steps"], s["batch"], s["inp"])
         models = [(label, build(setting, norm, opts)) for label, norm, opts in VARIANTS]
-        for _, m in models:
-            time_steps(m, x, 1)  # warm-up
+        models += [(label + " (py)", build(setting, norm, opts)) for label, norm, opts in VARIANTS
+                   if norm in ("layer", "batch", "power")]
+        for label, m in models:
+            time_steps(m, x, 1, loop_of(label))  # warm-up
         rates = {label: [] for label, _ in models}
         for _ in range(args.rounds):
             for label, m in models:
-                dt = time_steps(m, x, args.steps)
+                dt = time_steps(m, x, args.steps, loop_of(label))
                 rates[label].append(args.steps * s["steps"] * s["batch"] / dt)
         ref = statistics.median(rates["nn.LSTM fp"])
         print(f"\n{setting}: d={s['hidden']}, T={s['steps']}, B={s['batch']}")
-        print(f"| {'variant':<18} | {'tokens/s':>9} | {'vs nn.LSTM':>10} |")
-        print(f"|{'-' * 20}|{'-' * 11}|{'-' * 12}|")
+        print(f"| {'variant':<23} | {'tokens/s':>9} | {'vs nn.LSTM':>10} |")
+        print(f"|{'-' * 25}|{'-' * 11}|{'-' * 12}|")
         for label, _ in models:
             r = statistics.median(rates[label])
-            print(f"| {label:<18} | {r:>9.0f} | {r / ref:>9.2f}x |")
+            print(f"| {label:<23} | {r:>9.0f} | {r / ref:>9.2f}x |")
 
 
 if __name__ == "__main__":

@@ -16,17 +16,36 @@ and ``step_backward`` (:mod:`nq_plugin.norm`).
 """
 from __future__ import annotations
 
+import logging
+import os
 from typing import Optional, Tuple
 
 import torch
 
+from ..logs import LogOnce
+from ..native import build_error as native_build_error
+from ..native import extension as native_extension
 from .cell import lstm_cell
+
+logger = logging.getLogger(__name__)
+_log_once = LogOnce(logger)
 
 
 def _mkldnn_ok(w: torch.Tensor) -> bool:
     return (w.device.type == "cpu" and w.dtype == torch.float32
             and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def prepacked(weight: torch.Tensor, batch: int) -> Optional[torch.Tensor]:
+    """``weight`` reordered into oneDNN's blocked layout for products with ``batch`` rows, or
+    None where oneDNN cannot (the callers then use a plain GEMM)."""
+    if not _mkldnn_ok(weight):
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), batch)
+    except RuntimeError:  # an op signature of another torch version: exact fallback
+        return None
 
 
 class StepMatmul:
@@ -36,12 +55,7 @@ class StepMatmul:
 
     def __init__(self, weight: torch.Tensor, batch: int):
         self.weight = weight
-        self.packed = None
-        if _mkldnn_ok(weight):
-            try:
-                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), batch)
-            except RuntimeError:  # an op signature of another torch version: exact fallback
-                self.packed = None
+        self.packed = prepacked(weight, batch)
         self.weight_t = weight.t()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,14 +146,98 @@ class _Recurrence(torch.autograd.Function):
         return (grad_px, dh, dc, grad_w, grad_shift, grad_gain_x, grad_gain_h, None, None, None)
 
 
+class _NativeRecurrence(torch.autograd.Function):
+    """The same loop in C++ (``nq_plugin/csrc/recurrence.cpp``), forward and backward."""
+
+    @staticmethod
+    def forward(ctx, px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0):
+        module = native_extension()
+        res = module.recurrence_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, *_args(form_x),
+                                        *_args(form_h), t0, True, prepacked(w_hh, px.shape[1]))
+        out, h, c = res[:3]  # then c_all, stats_x, stats_h, T z_hat and T activations
+        ctx.forms, ctx.t0 = (form_x, form_h), t0
+        ctx.save_for_backward(px, h0, c0, out, w_hh, gain_x, gain_h, *res[3:])
+        return out, h, c
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_h, grad_c):
+        px, h0, c0, out, w_hh, gain_x, gain_h, c_all, stats_x, stats_h, *per_step = \
+            ctx.saved_tensors
+        steps = out.shape[0]
+        z_hat, acts = per_step[:steps], per_step[steps:]
+        form_x, form_h = ctx.forms
+        grads = native_extension().recurrence_backward(
+            grad_out, grad_h, grad_c, px, h0, c0, out, c_all, acts, z_hat, stats_x, stats_h,
+            w_hh, gain_x, gain_h, form_x.op, form_x.first, form_x.second, form_h.op,
+            form_h.second, ctx.t0, prepacked(w_hh.t(), out.shape[1]))
+        grad_px, dh0, dc0, grad_w, grad_shift, grad_gain_x, grad_gain_h = grads
+        return (grad_px, dh0, dc0, grad_w, grad_shift,
+                None if gain_x is None else grad_gain_x,
+                None if gain_h is None else grad_gain_h, None, None, None)
+
+
+def _args(form):
+    return form.op, form.eps, form.first, form.second, form.momentum
+
+
+def recurrence_choice() -> str:
+    """``NQ_PLUGIN_RECURRENCE``: ``auto`` (default: the native loop where it builds and both
+    normalizations have a native form, else Python), ``native`` (an error where it cannot run)
+    or ``python``."""
+    choice = os.environ.get("NQ_PLUGIN_RECURRENCE", "auto").lower()
+    if choice not in ("auto", "native", "python"):
+        raise ValueError(f"NQ_PLUGIN_RECURRENCE={choice!r}: use auto, native or python")
+    return choice
+
+
+def _native_forms(px, norm_x, norm_h):
+    """The two normalizations' native forms when the native loop runs this call, else None."""
+    choice = recurrence_choice()
+    if choice == "python":
+        return None
+    reason = None
+    if px.device.type != "cpu" or px.dtype not in (torch.float32, torch.float64):
+        reason = f"{px.device.type} {px.dtype} tensors"
+    forms = None
+    if reason is None:
+        forms = (norm_x.native_form(px.shape[1]), norm_h.native_form(px.shape[1]))
+        if forms[0] is None or forms[1] is None:
+            kind = type(norm_x if forms[0] is None else norm_h).__name__
+            mode = "training" if norm_x.training else "eval"
+            reason = f"{kind} has no native form in {mode} mode"
+    if reason is None and native_extension() is None:
+        reason = f"the native extension did not build ({native_build_error()})"
+    if reason is not None:
+        if choice == "native":
+            raise RuntimeError(f"NQ_PLUGIN_RECURRENCE=native, but {reason}")
+        _log_once(f"python:{reason}", f"nq_plugin: the LSTM loop runs in Python ({reason})")
+        return None
+    _log_once("native", "nq_plugin: the LSTM loop runs natively (nq_plugin/csrc/recurrence.cpp;"
+                        " NQ_PLUGIN_RECURRENCE=python for the Python loop)")
+    return forms
+
+
 def recurrence(px: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor,
                shift: torch.Tensor, gain_x: Optional[torch.Tensor],
                gain_h: Optional[torch.Tensor], norm_x, norm_h, t0: int = 0
                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the loop; returns (outputs (T, B, H), h_T, c_T). Differentiable w.r.t. px, h0, c0,
-    w_hh, shift and the gains (hand-written backward); without autograd it keeps nothing."""
+    w_hh, shift and the gains (hand-written backward); without autograd it keeps nothing.
+    Native (C++) where it builds and both normalizations have a native form
+    (:meth:`nq_plugin.norm.Normalization.native_form`), else the Python loop."""
     tensors = (px, h0, c0, w_hh, shift, gain_x, gain_h)
-    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors):
+    needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad
+                                                 for x in tensors)
+    forms = _native_forms(px, norm_x, norm_h)
+    if forms is not None:
+        if needs_grad:
+            return _NativeRecurrence.apply(px, h0, c0, w_hh, shift, gain_x, gain_h, *forms, t0)
+        with torch.no_grad():
+            out, h, c = native_extension().recurrence_forward(
+                px, h0, c0, w_hh, shift, gain_x, gain_h, *_args(forms[0]), *_args(forms[1]),
+                t0, False, prepacked(w_hh, px.shape[1]))
+        return out, h, c
+    if needs_grad:
         return _Recurrence.apply(px, h0, c0, w_hh, shift, gain_x, gain_h, norm_x, norm_h, t0)
     out, h, c, _ = _forward(px, h0, c0, w_hh, shift, gain_x, gain_h, norm_x, norm_h, t0,
                             keep=False)

@@ -1,6 +1,6 @@
 """Normalizations of a weight-input product: none, weight, layer, batch, power."""
-from .base import (NORMALIZATIONS, BoundNotDefined, FoldingNotSupported, NoNormalization,
-                   Normalization, build_normalization, normalization_class,
+from .base import (NORMALIZATIONS, BoundNotDefined, FoldingNotSupported, NativeForm,
+                   NoNormalization, Normalization, build_normalization, normalization_class,
                    register_normalization)
 from .options import NormOptions
 from .weight import WeightNorm
@@ -8,6 +8,6 @@ from .layer import LayerNorm
 from .batch import BatchNorm
 from .power import PowerNorm
 
-__all__ = ["NORMALIZATIONS", "BoundNotDefined", "FoldingNotSupported", "NoNormalization",
+__all__ = ["NORMALIZATIONS", "BoundNotDefined", "FoldingNotSupported", "NativeForm", "NoNormalization",
            "Normalization", "NormOptions", "build_normalization", "normalization_class",
            "register_normalization", "WeightNorm", "LayerNorm", "BatchNorm", "PowerNorm"]

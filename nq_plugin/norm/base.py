@@ -24,6 +24,7 @@ evaluating it unnormalized.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple, Type
 
 import torch
@@ -33,6 +34,27 @@ from ..errors import UserError
 from .options import NormOptions
 
 Folded = Dict[str, torch.Tensor]
+
+
+@dataclass
+class NativeForm:
+    """How the native recurrence (``nq_plugin/csrc/recurrence.cpp``) applies a normalization to
+    one step's (B, F) term, before gain and shift: one of its operations
+
+    * ``IDENTITY``: y_hat = y;
+    * ``ROW_BLOCKS``: each row's 4 gate blocks standardized (mean / variance over the block);
+    * ``BATCH``: each column standardized over the batch; ``first`` / ``second`` are the running
+      mean and (unbiased) variance (S, F), updated in place at slot min(t, S - 1) with
+      ``momentum``;
+    * ``FIXED``: y_hat = (y - first[slot]) * second[slot] with (S, F) tensors.
+    """
+
+    IDENTITY, ROW_BLOCKS, BATCH, FIXED = 0, 1, 2, 3
+    op: int
+    eps: float = 0.0
+    first: Optional[torch.Tensor] = None
+    second: Optional[torch.Tensor] = None
+    momentum: float = 0.0
 
 
 class FoldingNotSupported(NotImplementedError, UserError):
@@ -105,6 +127,12 @@ class Normalization(nn.Module):
         """Gradient w.r.t. z of :meth:`step_stats` given the gradient w.r.t. z_hat."""
         return grad_z_hat
 
+    def native_form(self, batch: int) -> Optional[NativeForm]:
+        """What :meth:`step_stats` / :meth:`step_backward` do, as an operation of the native
+        recurrence, for this forward (mode and statistics as they are now); None: the native
+        recurrence cannot run it and the layer uses the Python loop."""
+        return None
+
     # -- size accounting (Hou et al., Tables 1-4) ---------------------------------------------
     def counted_parameters(self) -> int:
         """Full-precision parameters counted by the paper's size formula."""
@@ -159,9 +187,10 @@ class Normalization(nn.Module):
         return {}
 
 
-class NothingToApplyAtInference:
-    """Folding of a normalization that leaves nothing to apply to the product at inference:
-    none, or weight normalization (whose row scaling the packer folds into the matrix)."""
+class IdentityOnActivations:
+    """A normalization that leaves the product's activations unchanged: none, or weight
+    normalization (which rewrites the matrix; at inference the packer folds its row scaling into
+    the packed scale). Nothing to fold, the identity in the native recurrence."""
 
     def folded(self):
         return {}
@@ -174,8 +203,11 @@ class NothingToApplyAtInference:
     def apply_folded(cls, folded, y, t):
         return y
 
+    def native_form(self, batch):
+        return NativeForm(NativeForm.IDENTITY)
 
-class NoNormalization(NothingToApplyAtInference, Normalization):
+
+class NoNormalization(IdentityOnActivations, Normalization):
     """``none`` -- the identity, N(y) = y (the unnormalized LSTM; Proposition 1's bound)."""
 
     name = "none"

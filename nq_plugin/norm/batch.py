@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Normalization, register_normalization
+from .base import NativeForm, Normalization, register_normalization
 from .bounds import per_feature_gate_factors
 
 
@@ -91,6 +91,14 @@ class BatchNorm(Normalization):
             z, None, None, self.running_mean[s], self.running_var[s], self.training,
             self.momentum, self.eps)
         return z_hat, (save_mean, save_invstd, self.training)
+
+    def native_form(self, batch):
+        self.check_batch(batch)
+        if self.training:
+            return NativeForm(NativeForm.BATCH, eps=self.eps, first=self.running_mean,
+                              second=self.running_var, momentum=self.momentum)
+        return NativeForm(NativeForm.FIXED, first=self.running_mean.contiguous(),
+                          second=torch.rsqrt(self.running_var + self.eps))
 
     def step_backward(self, grad_z_hat, z, z_hat, saved, t):
         s = self.slot(t)

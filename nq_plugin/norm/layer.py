@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Normalization, register_normalization
+from .base import NativeForm, Normalization, register_normalization
 from .bounds import GATES
 
 
@@ -49,6 +49,9 @@ class LayerNorm(Normalization):
         z_hat, mean, rstd = torch.native_layer_norm(z.reshape(shape[0], self.blocks, self.hidden),
                                                     [self.hidden], None, None, self.eps)
         return z_hat.reshape(shape), (mean, rstd)
+
+    def native_form(self, batch):
+        return NativeForm(NativeForm.ROW_BLOCKS, eps=self.eps)
 
     def step_backward(self, grad_z_hat, z, z_hat, saved, t):
         mean, rstd = saved

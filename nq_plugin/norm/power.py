@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Normalization, register_normalization
+from .base import NativeForm, Normalization, register_normalization
 from .bounds import per_feature_gate_factors
 
 
@@ -132,6 +132,14 @@ class PowerNorm(Normalization):
         z_hat = z / psi
         self._record(z, z_hat)
         return z_hat, (mode, psi)
+
+    def native_form(self, batch):
+        """At inference a fixed per-feature scale; in training (the running statistics and the
+        approximate backward's accumulators) the Python loop."""
+        if self.training:
+            return None
+        return NativeForm(NativeForm.FIXED, first=torch.zeros_like(self.running_phi)[None],
+                          second=torch.rsqrt(self.running_phi + self.eps)[None])
 
     def step_backward(self, grad_z_hat, z, z_hat, saved, t):
         mode, psi = saved

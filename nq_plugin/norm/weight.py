@@ -4,12 +4,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Normalization, NothingToApplyAtInference, register_normalization
+from .base import Normalization, IdentityOnActivations, register_normalization
 from .bounds import GATES
 
 
 @register_normalization
-class WeightNorm(NothingToApplyAtInference, Normalization):
+class WeightNorm(IdentityOnActivations, Normalization):
     """``weight`` -- weight normalization (Salimans & Kingma, NeurIPS 2016) of the quantized
     matrix, per row j: W'_j = g_j W_j / ||W_j||, so N(W x)_j = g_j W_j.x / ||W_j||.
     The gains g start at the row norms of the initial latent weight (Hou et al., NeurIPS 2019);

@@ -37,15 +37,3 @@ def test_split_codes_checks_quantized_rows():
         split_codes(torch.tensor([[0.5, 0.0]]), 1)
     codes, _ = split_codes(torch.tensor([[0.3, 0.0, -0.3]]), 2)
     assert torch.equal(codes, torch.tensor([[1.0, 0.0, -1.0]]))
-
-
-def test_missing_triton_falls_back_and_says_so_once(monkeypatch, caplog):
-    import sys
-    from nq_plugin.packed import kernels
-    monkeypatch.setitem(sys.modules, "nq_plugin.packed.kernels.triton_kernels", None)
-    monkeypatch.setattr(kernels, "_warned", set())
-    with caplog.at_level("WARNING", logger="nq_plugin.packed.kernels"):
-        assert kernels.triton_matmul() is None
-        assert kernels.triton_matmul() is None
-    messages = [r.message for r in caplog.records if "Triton kernel unavailable" in r.message]
-    assert len(messages) == 1 and "exact PyTorch path" in messages[0]

@@ -23,17 +23,12 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from ...logs import LogOnce
 from ..format import unpack_matrix
 from . import native
 
 logger = logging.getLogger(__name__)
-_warned = set()
-
-
-def _warn_once(key: str, message: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        logger.warning(message)
+_log_once = LogOnce(logger)
 
 
 def triton_matmul():
@@ -41,8 +36,8 @@ def triton_matmul():
     try:
         from .triton_kernels import packed_matmul
     except Exception as err:  # ImportError, or a triton that cannot initialise here
-        _warn_once("triton", f"nq_plugin: Triton kernel unavailable ({err}); using the exact "
-                             "PyTorch path for packed weights")
+        _log_once("triton", f"nq_plugin: Triton kernel unavailable ({err}); using the exact "
+                            "PyTorch path for packed weights", logging.WARNING)
         return None
     return packed_matmul
 
@@ -65,11 +60,9 @@ def select_kernel(matrix: "PackedMatrix", device: torch.device, rows: int) -> st
             kernel = "torch"
     else:
         kernel = "native" if native.use_native(rows) else "torch"
-    key = f"{device.type}:{kernel}"
-    if matrix.bits != 32 and key not in _warned:
-        _warned.add(key)
-        logger.info("nq_plugin: packed products on %s use the %s kernel (NQ_PLUGIN_KERNEL=%s)",
-                    device.type, kernel, choice)
+    if matrix.bits != 32:
+        _log_once(f"{device.type}:{kernel}", f"nq_plugin: packed products on {device.type} use "
+                  f"the {kernel} kernel (NQ_PLUGIN_KERNEL={choice})")
     return kernel
 
 

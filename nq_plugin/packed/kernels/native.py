@@ -1,8 +1,7 @@
-"""The native CPU kernel for packed weights (``csrc/packed_gemv.cpp``): x W^T computed from the
-packed words, no unpacking, exact fp32 activations -- for the small batches of token-by-token
-inference (generation, streaming scoring). Compiled on first use with
-``torch.utils.cpp_extension.load`` (``-O3 -march=native``: AVX-512 where the CPU has it) and
-cached in torch's extensions folder (``TORCH_EXTENSIONS_DIR``); never at ``pip install``.
+"""The native CPU kernel for packed weights (``nq_plugin/csrc/packed_gemv.cpp``): x W^T computed
+from the packed words, no unpacking, exact fp32 activations -- for the small batches of
+token-by-token inference (generation, streaming scoring). Part of the plugin's one native
+extension, built on first use (:mod:`nq_plugin.native`).
 
 ``NQ_PLUGIN_KERNEL`` chooses the kernel of packed products: ``auto`` (default: on CPU the native
 kernel for small batches when it builds, else PyTorch; on GPU Triton when it imports, else
@@ -14,12 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
+
+from ...native import build_error, extension
 
 logger = logging.getLogger(__name__)
-_lock = threading.Lock()
-_module = None
-_failed = None
 MAX_NATIVE_BATCH = 8  # beyond this, unpacking once and one GEMM is faster
 
 
@@ -31,30 +28,13 @@ def kernel_choice() -> str:
 
 
 def load():
-    """The compiled extension, or None (auto mode, build failed: logged once)."""
-    global _module, _failed
-    if _module is not None:
-        return _module
-    if _failed is not None:
-        if kernel_choice() == "native":
-            raise RuntimeError(f"NQ_PLUGIN_KERNEL=native but the native kernel failed to build: "
-                               f"{_failed}")
-        return None
-    with _lock:
-        if _module is None and _failed is None:
-            try:
-                from torch.utils.cpp_extension import load as build
-                src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc",
-                                   "packed_gemv.cpp")
-                _module = build(name="nq_plugin_packed_gemv", sources=[src],
-                                extra_cflags=["-O3", "-march=native"], verbose=False)
-                logger.info("nq_plugin: native packed kernel built (%s)", _module.__file__)
-            except Exception as err:  # no compiler, no ninja, a build error
-                _failed = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                logger.warning("nq_plugin: the native packed kernel could not be built (%s); "
-                               "using the PyTorch path (set NQ_PLUGIN_KERNEL=torch to skip "
-                               "the attempt)", _failed)
-    return load()
+    """The compiled extension (:mod:`nq_plugin.native`), or None (auto mode, build failed:
+    logged once)."""
+    module = extension()
+    if module is None and kernel_choice() == "native":
+        raise RuntimeError(f"NQ_PLUGIN_KERNEL=native but the native kernel failed to build: "
+                           f"{build_error()}")
+    return module
 
 
 def use_native(batch: int) -> bool:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from nq_plugin.packed.format import pack_matrix, unpack_matrix
+from nq_plugin import native as loader
 from nq_plugin.packed.kernels import PackedMatrix, native
 
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g+
 @pytest.fixture(scope="module")
 def built():
     module = native.load()
-    assert module is not None, f"native kernel did not build: {native._failed}"
+    assert module is not None, f"native kernel did not build: {loader.build_error()}"
     return module
 
 
@@ -73,8 +74,8 @@ def test_kernel_choice_is_explicit(built, monkeypatch):
 
 
 def test_a_failed_build_falls_back_in_auto_and_fails_loudly_when_forced(monkeypatch):
-    monkeypatch.setattr(native, "_module", None)
-    monkeypatch.setattr(native, "_failed", "simulated: no compiler")
+    monkeypatch.setattr(loader, "_module", None)
+    monkeypatch.setattr(loader, "_failed", "simulated: no compiler")
     monkeypatch.setenv("NQ_PLUGIN_KERNEL", "auto")
     assert not native.use_native(1)
     m = PackedMatrix(pack_matrix(torch.ones(4, 8), 1), torch.ones(4), 1, 8)

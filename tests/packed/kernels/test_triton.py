@@ -43,3 +43,16 @@ def test_kernel_matches_unpacked_reference_under_interpreter():
                          timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "checked 32" in res.stdout
+
+
+def test_missing_triton_falls_back_and_says_so_once(monkeypatch, caplog):
+    import sys
+    from nq_plugin.logs import LogOnce
+    from nq_plugin.packed import kernels
+    monkeypatch.setitem(sys.modules, "nq_plugin.packed.kernels.triton_kernels", None)
+    monkeypatch.setattr(kernels, "_log_once", LogOnce(kernels.logger))
+    with caplog.at_level("WARNING", logger="nq_plugin.packed.kernels"):
+        assert kernels.triton_matmul() is None
+        assert kernels.triton_matmul() is None
+    messages = [r.message for r in caplog.records if "Triton kernel unavailable" in r.message]
+    assert len(messages) == 1 and "exact PyTorch path" in messages[0]

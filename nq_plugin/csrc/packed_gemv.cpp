@@ -127,6 +127,3 @@ torch::Tensor packed_gemv(torch::Tensor x, torch::Tensor plus, c10::optional<tor
   return y;
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("packed_gemv", &packed_gemv, "x W^T from packed 1/2-bit words (fp32 activations)");
-}

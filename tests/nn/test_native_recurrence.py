@@ -1,0 +1,166 @@
+"""The native recurrence (nq_plugin/csrc/recurrence.cpp) against the Python loop
+(nq_plugin/nn/recurrence.py): forward, backward and the running statistics, for every quantizer
+x normalization with a native form, 1 and 2 layers, training and eval, carried state, per-step
+statistics beyond T_max, dropout; gradcheck in double; the fallback when the extension cannot
+be built, and the choice logged once."""
+import copy
+import logging
+
+import pytest
+import torch
+
+from nq_plugin import native as loader
+from nq_plugin.logs import LogOnce
+from nq_plugin.nn import NQLSTM
+
+NORMS = [("layer", {}), ("batch", {"bn_stats": "shared"}),
+         ("batch", {"bn_stats": "separate", "bn_max_steps": 4}), ("power", {}),
+         ("none", {}), ("weight", {})]
+
+
+@pytest.fixture(scope="module")
+def built():
+    module = loader.extension()
+    assert module is not None, f"the native extension did not build: {loader.build_error()}"
+    return module
+
+
+def run(model, x, state, t0, loop, monkeypatch):
+    monkeypatch.setenv("NQ_PLUGIN_RECURRENCE", loop)
+    model = copy.deepcopy(model)
+    torch.manual_seed(5)  # the same dropout masks on both paths
+    x = x.clone().requires_grad_()
+    state = tuple(s.clone().requires_grad_() for s in state)
+    out, (h, c) = model(x, state, t0=t0)
+    (out.sin().sum() + h.sum() + 2 * c.sum()).backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    return out, h, c, x.grad, state[0].grad, state[1].grad, grads, dict(model.named_buffers())
+
+
+def close(a, b, scaled=None, **kw):
+    """assert_close, or with ``scaled``: max |a - b| <= scaled * max(1, max |b|) (within 1e-5
+    of the tensor's scale: float rounding, amplified by the normalizations, differs in the last
+    bits between the fused C++ pass and the sequence of ATen ops)."""
+    if scaled is None:
+        torch.testing.assert_close(a, b, **kw)
+        return
+    err = float((a - b).abs().max()) if a.numel() else 0.0
+    bound = scaled * max(1.0, float(b.abs().max()) if b.numel() else 0.0)
+    assert err <= bound, f"{kw.get('msg', '')}: max difference {err:.3g} > {bound:.3g}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantizer", ["fp", "bc", "tc", "bwn", "twn", "lab", "lat"])
+@pytest.mark.parametrize("norm,opts", NORMS, ids=lambda v: str(v))
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("training", [True, False])
+def test_native_equals_python(built, monkeypatch, quantizer, norm, opts, layers, training):
+    if norm == "power" and training:
+        pytest.skip("PowerNorm trains on the Python loop (no native form in training)")
+    torch.manual_seed(0)
+    model = NQLSTM(5, 8, layers, dropout=0.3 if layers == 2 else 0.0, quantizer=quantizer,
+                   norm=norm, **opts)
+    for layer in model.layers:
+        layer.force_loop = True  # none / weight too
+    if quantizer in ("lab", "lat"):
+        opt = torch.optim.Adam(model.parameters())
+        from nq_plugin.quant import attach_optimizer
+        attach_optimizer(model, opt)
+        model(torch.randn(3, 4, 5))[0].sum().backward()
+        opt.step()
+        opt.zero_grad()
+    model.train(training)
+    x = torch.randn(6, 4, 5)
+    state = (torch.randn(layers, 4, 8), torch.randn(layers, 4, 8))
+    t0 = 2  # steps 2..7: beyond T_max = 4 of the separate statistics
+    py = run(model, x, state, t0, "python", monkeypatch)
+    nat = run(model, x, state, t0, "native", monkeypatch)
+    tol = dict(scaled=1e-5)
+    for a, b in zip(py[:6], nat[:6]):
+        close(b, a, **tol)
+    for name, g in py[6].items():
+        close(nat[6][name], g, msg=name, **tol)
+    for name, buf in py[7].items():
+        close(nat[7][name], buf, msg=name, **tol)
+
+
+@pytest.mark.parametrize("norm,opts", NORMS[:4], ids=lambda v: str(v))
+def test_native_equals_python_in_double_to_rounding(built, monkeypatch, norm, opts):
+    """The same arithmetic: in float64 the two paths agree to ~1e-12 over 37 steps (more than
+    the backward's chunk of 16 steps)."""
+    torch.manual_seed(1)
+    model = NQLSTM(5, 8, 1, quantizer="tc", norm=norm, **opts).double()
+    model.train(norm != "power")
+    x = torch.randn(37, 3, 5, dtype=torch.float64)
+    state = (torch.randn(1, 3, 8, dtype=torch.float64), torch.randn(1, 3, 8, dtype=torch.float64))
+    py = run(model, x, state, 0, "python", monkeypatch)
+    nat = run(model, x, state, 0, "native", monkeypatch)
+    for a, b in zip(py[:6], nat[:6]):
+        close(b, a, atol=1e-10, rtol=1e-9)
+    for name, g in py[6].items():
+        close(nat[6][name], g, atol=1e-10, rtol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("norm,opts", [("layer", {}), ("batch", {"bn_stats": "separate",
+                                                                  "bn_max_steps": 2})])
+def test_gradcheck_of_the_native_loop(built, monkeypatch, norm, opts):
+    from nq_plugin.nn.recurrence import recurrence
+    from nq_plugin.norm import build_normalization
+    monkeypatch.setenv("NQ_PLUGIN_RECURRENCE", "native")
+    torch.manual_seed(2)
+    hidden, batch, steps = 3, 3, 4
+    nx = build_normalization(norm, 4 * hidden, **opts).double()
+    nh = build_normalization(norm, 4 * hidden, **opts).double()
+    d = dict(dtype=torch.float64, requires_grad=True)
+    px = torch.randn(steps, batch, 4 * hidden, **d)
+    h0, c0 = torch.randn(batch, hidden, **d), torch.randn(batch, hidden, **d)
+    w = torch.randn(4 * hidden, hidden, **d)
+    shift, gx, gh = (torch.randn(4 * hidden, **d) for _ in range(3))
+
+    def f(px, h0, c0, w, shift, gx, gh):
+        return recurrence(px, h0, c0, w, shift, gx, gh, nx, nh, 1)
+
+    assert torch.autograd.gradcheck(f, (px, h0, c0, w, shift, gx, gh), eps=1e-6, atol=1e-6)
+
+
+def test_without_the_extension_auto_falls_back_and_native_fails_loudly(monkeypatch, caplog):
+    from nq_plugin.nn import recurrence as rec
+    monkeypatch.setattr(loader, "_module", None)
+    monkeypatch.setattr(loader, "_failed", "simulated: no compiler")
+    monkeypatch.setattr(rec, "_log_once", LogOnce(rec.logger))
+    model = NQLSTM(3, 4, quantizer="bc", norm="layer")
+    x = torch.randn(5, 2, 3)
+    monkeypatch.setenv("NQ_PLUGIN_RECURRENCE", "auto")
+    with caplog.at_level(logging.INFO, logger="nq_plugin.nn.recurrence"):
+        out, _ = model(x)
+        model(x)
+    messages = [r.getMessage() for r in caplog.records if "LSTM loop" in r.getMessage()]
+    assert len(messages) == 1 and "runs in Python" in messages[0] and "simulated" in messages[0]
+    monkeypatch.setenv("NQ_PLUGIN_RECURRENCE", "python")
+    torch.testing.assert_close(model(x)[0], out)
+    monkeypatch.setenv("NQ_PLUGIN_RECURRENCE", "native")
+    with pytest.raises(RuntimeError, match="NQ_PLUGIN_RECURRENCE=native.*simulated"):
+        model(x)
+    monkeypatch.setenv("NQ_PLUGIN_RECURRENCE", "fastest")
+    with pytest.raises(ValueError, match="auto, native or python"):
+        model(x)
+
+
+def test_the_native_choice_is_logged_once(built, monkeypatch, caplog):
+    from nq_plugin.nn import recurrence as rec
+    monkeypatch.setattr(rec, "_log_once", LogOnce(rec.logger))
+    monkeypatch.setenv("NQ_PLUGIN_RECURRENCE", "auto")
+    model = NQLSTM(3, 4, quantizer="bc", norm="batch")
+    with caplog.at_level(logging.INFO, logger="nq_plugin.nn.recurrence"):
+        for _ in range(3):
+            model(torch.randn(5, 2, 3))
+    messages = [r.getMessage() for r in caplog.records if "LSTM loop" in r.getMessage()]
+    assert messages == ["nq_plugin: the LSTM loop runs natively (nq_plugin/csrc/recurrence.cpp;"
+                        " NQ_PLUGIN_RECURRENCE=python for the Python loop)"]
+
+
+def test_batch_norm_with_one_sequence_is_refused_on_the_native_path_too(built, monkeypatch):
+    monkeypatch.setenv("NQ_PLUGIN_RECURRENCE", "native")
+    model = NQLSTM(3, 4, quantizer="bc", norm="batch")
+    with pytest.raises(ValueError, match="at least 2 sequences"):
+        model(torch.randn(5, 1, 3))
