@@ -13,7 +13,8 @@ std::vector<at::Tensor> recurrence_forward(
     c10::optional<at::Tensor> second_x, double momentum_x,
     int64_t op_h, double eps_h, c10::optional<at::Tensor> first_h,
     c10::optional<at::Tensor> second_h, double momentum_h, int64_t t0, bool keep,
-    c10::optional<at::Tensor> w_packed);
+    c10::optional<at::Tensor> w_packed, c10::optional<at::Tensor> accum_x,
+    c10::optional<at::Tensor> accum_h);
 
 std::vector<at::Tensor> recurrence_backward(
     c10::optional<at::Tensor> grad_out, c10::optional<at::Tensor> grad_h,
@@ -22,7 +23,9 @@ std::vector<at::Tensor> recurrence_backward(
     std::vector<at::Tensor> z_hat, at::Tensor stats_x, at::Tensor stats_h, at::Tensor w_hh, c10::optional<at::Tensor> gain_x,
     c10::optional<at::Tensor> gain_h, int64_t op_x, c10::optional<at::Tensor> first_x,
     c10::optional<at::Tensor> second_x, int64_t op_h, c10::optional<at::Tensor> second_h,
-    int64_t t0, c10::optional<at::Tensor> w_packed_t);
+    int64_t t0, c10::optional<at::Tensor> w_packed_t, c10::optional<at::Tensor> nu_x,
+    c10::optional<at::Tensor> accum_backward_x, c10::optional<at::Tensor> nu_h,
+    c10::optional<at::Tensor> accum_backward_h);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("packed_gemv", &packed_gemv, "x W^T from packed 1/2-bit words (fp32 activations)");

@@ -12,6 +12,12 @@
 //   BATCH       standardize each column over the batch, and update the running mean and
 //               (unbiased) variance of the step's slot with the momentum (batch norm, training)
 //   FIXED       y_hat = (y - first[slot]) * second[slot] (batch norm / PowerNorm at inference)
+//   POWER_RUNNING  PowerNorm in training after its warmup: y_hat = y * second[0] (1 / psi),
+//               the forward statistics (sum y^2, sum y_hat^2, count) added to accum (3, F);
+//               backward dy = (d - nu * y_hat) / psi, (sum d * y_hat, count) added to
+//               accum_backward (2, F)
+//   POWER_WARMUP   PowerNorm's warmup: y_hat = y / sqrt(mean_B(y^2) + eps) with the exact
+//               backward, the forward statistics added to accum
 // with slot = min(t, S - 1) for S rows of statistics. The normalizations of both terms, the gate
 // activations and the cell update run in one pass per batch row while the row is in cache,
 // with vectorized exp / tanh (at::vec); the backward walks the steps once the same way and
@@ -30,7 +36,13 @@ using at::Tensor;
 
 namespace {
 
-enum Op : int64_t { IDENTITY = 0, ROW_BLOCKS = 1, BATCH = 2, FIXED = 3 };
+enum Op : int64_t {
+  IDENTITY = 0, ROW_BLOCKS = 1, BATCH = 2, FIXED = 3, POWER_RUNNING = 4, POWER_WARMUP = 5
+};
+// ops whose backward needs column sums over the batch (all rows' y_hat)
+inline bool by_columns(int64_t op) {
+  return op == BATCH || op == POWER_RUNNING || op == POWER_WARMUP;
+}
 constexpr int64_t kBlocks = 4;
 
 template <typename T>
@@ -178,19 +190,50 @@ void column_sums2(int64_t batch, int64_t features, T scale, T* out1, T* out2, co
   });
 }
 
+// PowerNorm after its warmup, backward of step t: dy = (d - nu * y_hat) * inv_psi in place of
+// d, and (sum_B d * y_hat, count) added to accum_backward (2, F).
+template <typename T>
+void power_running_backward(T* d, const T* y_hat, const T* inv_psi, const T* nu,
+                            T* accum_backward, int64_t batch, int64_t features, T* scratch) {
+  column_sums2<T>(batch, features, T(1), scratch, scratch + features,
+                  [&](int64_t o, int64_t j, int64_t n, Vec<T>& s1, Vec<T>& s2) {
+                    s1 = s1 + Vec<T>::loadu(d + o, n) * Vec<T>::loadu(y_hat + o, n);
+                  });
+  for (int64_t j = 0; j < features; ++j) {
+    accum_backward[j] += scratch[j];
+    accum_backward[features + j] += T(batch);
+  }
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      at::vec::map3<T>([](Vec<T> g, Vec<T> y, Vec<T> v) { return g - v * y; }, d + b * features,
+                       d + b * features, y_hat + b * features, nu, features);
+      at::vec::map2<T>([](Vec<T> g, Vec<T> s) { return g * s; }, d + b * features,
+                       d + b * features, inv_psi, features);
+    }
+  });
+}
+
 struct Norm {
   int64_t op;
   double eps;
   Tensor first, second;  // (S, F)
   double momentum;
+  Tensor accum;  // PowerNorm's forward statistics (3, F)
   int64_t slot(int64_t t) const { return std::min<int64_t>(t, first.size(0) - 1); }
 };
 
 Norm make_norm(int64_t op, double eps, const c10::optional<Tensor>& first,
-               const c10::optional<Tensor>& second, double momentum, int64_t features) {
-  TORCH_CHECK(op >= IDENTITY && op <= FIXED, "unknown native normalization op ", op);
-  Norm norm{op, eps, Tensor(), Tensor(), momentum};
-  if (op == BATCH || op == FIXED) {
+               const c10::optional<Tensor>& second, double momentum,
+               const c10::optional<Tensor>& accum, int64_t features) {
+  TORCH_CHECK(op >= IDENTITY && op <= POWER_WARMUP, "unknown native normalization op ", op);
+  Norm norm{op, eps, Tensor(), Tensor(), momentum, Tensor()};
+  if (op == POWER_RUNNING || op == POWER_WARMUP) {
+    TORCH_CHECK(accum.has_value() && accum->dim() == 2 && accum->size(0) == 3 &&
+                    accum->size(1) == features && accum->is_contiguous(),
+                "PowerNorm needs its (3, F) forward statistics");
+    norm.accum = *accum;
+  }
+  if (op == BATCH || op == FIXED || op == POWER_RUNNING) {
     TORCH_CHECK(first.has_value() && second.has_value(), "op ", op, " needs two (S, F) tensors");
     norm.first = *first;
     norm.second = *second;
@@ -231,11 +274,35 @@ void batch_columns(const Norm& norm, const T* y, int64_t batch, int64_t features
   }
 }
 
+// PowerNorm, forward of step t: adds the step's statistics to the accumulators (sum y^2,
+// sum y_hat^2, count) and, in the warmup, computes 1 / psi = 1 / sqrt(mean_B(y^2) + eps) into
+// inv_psi (zeros into zero, the centre of the shared row op).
+template <typename T>
+void power_columns(const Norm& norm, const T* y, int64_t batch, int64_t features, T* zero,
+                   T* inv_psi, T* scratch) {
+  column_sums2<T>(batch, features, T(1), scratch, scratch + features,
+                  [&](int64_t o, int64_t j, int64_t n, Vec<T>& s1, Vec<T>& s2) {
+                    const Vec<T> v = Vec<T>::loadu(y + o, n);
+                    s1 = s1 + v * v;
+                  });
+  T* acc = norm.accum.data_ptr<T>();
+  const T* fixed = norm.op == POWER_RUNNING ? norm.second.data_ptr<T>() : nullptr;
+  for (int64_t j = 0; j < features; ++j) {
+    const T sq = scratch[j];
+    const T s = fixed != nullptr ? fixed[j] : T(1) / std::sqrt(sq / T(batch) + T(norm.eps));
+    if (inv_psi != nullptr) inv_psi[j] = s;
+    if (zero != nullptr) zero[j] = T(0);
+    acc[j] += sq;
+    acc[features + j] += sq * s * s;
+    acc[2 * features + j] += T(batch);
+  }
+}
+
 // BATCH, backward of step t: dx = invstd * (d - mean_B(d) - y_hat * mean_B(d * y_hat)), in place
 // of d (B, F).
 template <typename T>
 void batch_columns_backward(T* d, const T* y_hat, const T* invstd, int64_t batch,
-                            int64_t features, T* m1, T* m2) {
+                            int64_t features, T* m1, T* m2, bool centered = true) {
   column_sums2<T>(batch, features, T(1) / T(batch), m1, m2,
                   [&](int64_t o, int64_t j, int64_t n, Vec<T>& s1, Vec<T>& s2) {
                     const Vec<T> g = Vec<T>::loadu(d + o, n);
@@ -248,8 +315,9 @@ void batch_columns_backward(T* d, const T* y_hat, const T* invstd, int64_t batch
       for (int64_t j = 0; j < features; j += Vec<T>::size()) {
         const int64_t n = std::min<int64_t>(Vec<T>::size(), features - j);
         const Vec<T> g = Vec<T>::loadu(d + r + j, n), y = Vec<T>::loadu(y_hat + r + j, n);
-        ((g - Vec<T>::loadu(m1 + j, n) - y * Vec<T>::loadu(m2 + j, n)) *
-         Vec<T>::loadu(invstd + j, n)).store(d + r + j, n);
+        const Vec<T> c1 = centered ? Vec<T>::loadu(m1 + j, n) : Vec<T>(T(0));
+        ((g - c1 - y * Vec<T>::loadu(m2 + j, n)) * Vec<T>::loadu(invstd + j, n))
+            .store(d + r + j, n);
       }
     }
   });
@@ -274,7 +342,7 @@ void forward_impl(const Tensor& px, const Tensor& h0, const Tensor& c0, const Te
   Tensor c_all = at::empty({keep ? steps : 2, batch, hidden}, opts);
   auto stats_for = [&](const Norm& n) {
     if (keep && n.op == ROW_BLOCKS) return at::empty({steps, batch, 2 * kBlocks}, opts);
-    if (keep && n.op == BATCH) return at::empty({steps, 2, features}, opts);
+    if (keep && by_columns(n.op)) return at::empty({steps, 2, features}, opts);
     return at::empty({0}, opts);
   };
   Tensor stats_x = stats_for(nx), stats_h = stats_for(nh);
@@ -285,6 +353,7 @@ void forward_impl(const Tensor& px, const Tensor& h0, const Tensor& c0, const Te
   const T* gh = gain_h.data_ptr<T>();
   // column vectors of BATCH (this step's mean and invstd)
   Tensor cols = at::empty({4, features}, opts);
+  Tensor scratch = at::empty({2, features}, opts);
   for (int64_t t = 0; t < steps; ++t) {
     const Tensor px_t = px[t];
     const Tensor z = recurrent(h);
@@ -298,6 +367,12 @@ void forward_impl(const Tensor& px, const Tensor& h0, const Tensor& c0, const Te
     } else if (nx.op == FIXED) {
       ax = nx.first.data_ptr<T>() + nx.slot(t0 + t) * features;
       bx = nx.second.data_ptr<T>() + nx.slot(t0 + t) * features;
+    } else if (nx.op == POWER_RUNNING || nx.op == POWER_WARMUP) {
+      power_columns<T>(nx, px_t.data_ptr<T>(), batch, features, col, col + features,
+                       scratch.data_ptr<T>());
+      ax = col;
+      bx = col + features;
+      if (keep) stats_x[t].copy_(cols.narrow(0, 0, 2));
     }
     if (nh.op == BATCH) {
       batch_columns<T>(nh, z.data_ptr<T>(), batch, features, t0 + t, col + 2 * features,
@@ -308,6 +383,12 @@ void forward_impl(const Tensor& px, const Tensor& h0, const Tensor& c0, const Te
     } else if (nh.op == FIXED) {
       ah = nh.first.data_ptr<T>() + nh.slot(t0 + t) * features;
       bh = nh.second.data_ptr<T>() + nh.slot(t0 + t) * features;
+    } else if (nh.op == POWER_RUNNING || nh.op == POWER_WARMUP) {
+      power_columns<T>(nh, z.data_ptr<T>(), batch, features, col + 2 * features,
+                       col + 3 * features, scratch.data_ptr<T>());
+      ah = col + 2 * features;
+      bh = col + 3 * features;
+      if (keep) stats_h[t].copy_(cols.narrow(0, 2, 2));
     }
     const T* px_p = px_t.data_ptr<T>();
     const T* z_p = z.data_ptr<T>();
@@ -376,7 +457,8 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
                    const Tensor& stats_h, const Tensor& w_hh, const Tensor& gain_x,
                    const Tensor& gain_h, int64_t op_x, const Tensor& first_x,
                    const Tensor& second_x, int64_t op_h, const Tensor& second_h, int64_t t0,
-                   const Tensor& w_packed_t, std::vector<Tensor>& result) {
+                   const Tensor& w_packed_t, const Tensor& nu_x, const Tensor& accum_x,
+                   const Tensor& nu_h, const Tensor& accum_h, std::vector<Tensor>& result) {
   const int64_t steps = out.size(0), batch = out.size(1), hidden = out.size(2);
   const int64_t features = kBlocks * hidden;
   auto opts = out.options();
@@ -389,7 +471,9 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
   const StepMatmul back{w_packed_t.defined() ? Tensor() : w_hh.contiguous(),
                         w_packed_t};  // dh = grad_z W_h
   Tensor means = at::empty({2, features}, opts);  // BATCH's column means
-  Tensor x_hat_step = at::empty({op_x == BATCH ? batch : 0, features}, opts);  // BATCH: y_hat
+  // the input term's y_hat of this step, for the ops finished by columns
+  Tensor x_hat_step = at::empty({by_columns(op_x) ? batch : 0, features}, opts);
+  Tensor scratch = at::empty({2, features}, opts);
   // per-thread sums of dg, dg * x_hat, dg * z_hat over all steps and rows: the gradients of
   // shift, gain_x and gain_h (reduced once at the end)
   const int64_t threads = at::get_num_threads();
@@ -408,16 +492,16 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
     const T* c_p = c_all[t].data_ptr<T>();
     const T* cp_p = (t > 0 ? c_all[t - 1] : c0).data_ptr<T>();
     const T* px_p = px[t].data_ptr<T>();
-    T* xstep_p = op_x == BATCH ? x_hat_step.data_ptr<T>() : nullptr;
+    T* xstep_p = by_columns(op_x) ? x_hat_step.data_ptr<T>() : nullptr;
     const T* zh_p = z_hat[t].data_ptr<T>();
     T* gpx_p = grad_px[t].data_ptr<T>();
     const int64_t slot = t % chunk;
     T* gz_p = grad_z[slot].data_ptr<T>();
     const T* sx_p = op_x == ROW_BLOCKS ? stats_x[t].data_ptr<T>() : nullptr;
-    const T* colx_a = op_x == BATCH ? stats_x[t][0].data_ptr<T>()
+    const T* colx_a = by_columns(op_x) ? stats_x[t][0].data_ptr<T>()
                       : op_x == FIXED ? first_x[std::min(t0 + t, slots_x - 1)].data_ptr<T>()
                                       : nullptr;
-    const T* colx_b = op_x == BATCH ? stats_x[t][1].data_ptr<T>()
+    const T* colx_b = by_columns(op_x) ? stats_x[t][1].data_ptr<T>()
                       : op_x == FIXED ? second_x[std::min(t0 + t, slots_x - 1)].data_ptr<T>()
                                       : nullptr;
     const T* sh_p = op_h == ROW_BLOCKS ? stats_h[t].data_ptr<T>() : nullptr;
@@ -464,13 +548,13 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
         }
         // through the gains into the two normalizations (BATCH: finished by columns below)
         at::vec::map2<T>([](Vec<T> g, Vec<T> s) { return g * s; }, d, dgr, gx, features);
-        if (op_x == BATCH)
+        if (by_columns(op_x))
           std::copy(d, d + features, gpx_p + r);
         else
           normalize_row_backward<T>(op_x, d, xr, gpx_p + r, features, fx_p,
                                     sx_p ? sx_p + b * 2 * kBlocks : nullptr);
         at::vec::map2<T>([](Vec<T> g, Vec<T> s) { return g * s; }, d, dgr, gh, features);
-        if (op_h == BATCH)
+        if (by_columns(op_h))
           std::copy(d, d + features, gz_p + r);
         else
           normalize_row_backward<T>(op_h, d, zr, gz_p + r, features, fh_p,
@@ -478,12 +562,17 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
       }
     });
     T* m_p = means.data_ptr<T>();
-    if (op_x == BATCH)
-      batch_columns_backward<T>(gpx_p, xstep_p, stats_x[t][1].data_ptr<T>(), batch, features,
-                                m_p, m_p + features);
-    if (op_h == BATCH)
-      batch_columns_backward<T>(gz_p, zh_p, stats_h[t][1].data_ptr<T>(), batch, features,
-                                m_p, m_p + features);
+    auto finish_columns = [&](int64_t op, T* d, const T* y_hat, const Tensor& stats,
+                              const Tensor& nu, const Tensor& accum) {
+      if (op == BATCH || op == POWER_WARMUP)
+        batch_columns_backward<T>(d, y_hat, stats[t][1].data_ptr<T>(), batch, features, m_p,
+                                  m_p + features, /*centered=*/op == BATCH);
+      else if (op == POWER_RUNNING)
+        power_running_backward<T>(d, y_hat, stats[t][1].data_ptr<T>(), nu.data_ptr<T>(),
+                                  accum.data_ptr<T>(), batch, features, scratch.data_ptr<T>());
+    };
+    finish_columns(op_x, gpx_p, xstep_p, stats_x, nu_x, accum_x);
+    finish_columns(op_h, gz_p, zh_p, stats_h, nu_h, accum_h);
     dh = back(grad_z[slot]);
     if (slot == 0) {  // the chunk of steps t .. t + count - 1 (slots 0 .. count - 1) is done
       const int64_t count = std::min(chunk, steps - t);
@@ -510,13 +599,14 @@ std::vector<Tensor> recurrence_forward(
     int64_t op_x, double eps_x, c10::optional<Tensor> first_x, c10::optional<Tensor> second_x,
     double momentum_x, int64_t op_h, double eps_h, c10::optional<Tensor> first_h,
     c10::optional<Tensor> second_h, double momentum_h, int64_t t0, bool keep,
-    c10::optional<Tensor> w_packed) {
+    c10::optional<Tensor> w_packed, c10::optional<Tensor> accum_x,
+    c10::optional<Tensor> accum_h) {
   TORCH_CHECK(px.dim() == 3 && px.size(2) % kBlocks == 0, "px must be (T, B, 4H)");
   TORCH_CHECK(px.size(0) > 0, "the recurrence needs at least one step");
   const int64_t features = px.size(2);
   px = px.contiguous();
-  const Norm nx = make_norm(op_x, eps_x, first_x, second_x, momentum_x, features);
-  const Norm nh = make_norm(op_h, eps_h, first_h, second_h, momentum_h, features);
+  const Norm nx = make_norm(op_x, eps_x, first_x, second_x, momentum_x, accum_x, features);
+  const Norm nh = make_norm(op_h, eps_h, first_h, second_h, momentum_h, accum_h, features);
   const Tensor gx = gain_or_ones(gain_x, px, features), gh = gain_or_ones(gain_h, px, features);
   std::vector<Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(px.scalar_type(), "nq_recurrence_forward", [&] {
@@ -532,7 +622,9 @@ std::vector<Tensor> recurrence_backward(
     std::vector<Tensor> z_hat, Tensor stats_x, Tensor stats_h, Tensor w_hh, c10::optional<Tensor> gain_x,
     c10::optional<Tensor> gain_h, int64_t op_x, c10::optional<Tensor> first_x,
     c10::optional<Tensor> second_x, int64_t op_h, c10::optional<Tensor> second_h, int64_t t0,
-    c10::optional<Tensor> w_packed_t) {
+    c10::optional<Tensor> w_packed_t, c10::optional<Tensor> nu_x,
+    c10::optional<Tensor> accum_backward_x, c10::optional<Tensor> nu_h,
+    c10::optional<Tensor> accum_backward_h) {
   const int64_t batch = out.size(1), hidden = out.size(2), features = kBlocks * hidden;
   Tensor go = grad_out.has_value() && grad_out->defined() ? grad_out->contiguous() : Tensor();
   Tensor dh = grad_h.has_value() && grad_h->defined() ? grad_h->contiguous().clone()
@@ -548,7 +640,8 @@ std::vector<Tensor> recurrence_backward(
     backward_impl<scalar_t>(go, dh, dc, px.contiguous(), h0.contiguous(), c0.contiguous(), out,
                             c_all, acts, z_hat, stats_x, stats_h, w_hh, gx, gh, op_x,
                             opt(first_x), opt(second_x), op_h, opt(second_h), t0,
-                            opt(w_packed_t), result);
+                            opt(w_packed_t), opt(nu_x), opt(accum_backward_x), opt(nu_h),
+                            opt(accum_backward_h), result);
   });
   return result;
 }

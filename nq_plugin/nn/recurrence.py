@@ -153,7 +153,8 @@ class _NativeRecurrence(torch.autograd.Function):
     def forward(ctx, px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0):
         module = native_extension()
         res = module.recurrence_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, *_args(form_x),
-                                        *_args(form_h), t0, True, prepacked(w_hh, px.shape[1]))
+                                        *_args(form_h), t0, True, prepacked(w_hh, px.shape[1]),
+                                        form_x.accum_forward, form_h.accum_forward)
         out, h, c = res[:3]  # then c_all, stats_x, stats_h, T z_hat and T activations
         ctx.forms, ctx.t0 = (form_x, form_h), t0
         ctx.save_for_backward(px, h0, c0, out, w_hh, gain_x, gain_h, *res[3:])
@@ -169,7 +170,8 @@ class _NativeRecurrence(torch.autograd.Function):
         grads = native_extension().recurrence_backward(
             grad_out, grad_h, grad_c, px, h0, c0, out, c_all, acts, z_hat, stats_x, stats_h,
             w_hh, gain_x, gain_h, form_x.op, form_x.first, form_x.second, form_h.op,
-            form_h.second, ctx.t0, prepacked(w_hh.t(), out.shape[1]))
+            form_h.second, ctx.t0, prepacked(w_hh.t(), out.shape[1]), form_x.nu,
+            form_x.accum_backward, form_h.nu, form_h.accum_backward)
         grad_px, dh0, dc0, grad_w, grad_shift, grad_gain_x, grad_gain_h = grads
         return (grad_px, dh0, dc0, grad_w, grad_shift,
                 None if gain_x is None else grad_gain_x,
@@ -235,7 +237,8 @@ def recurrence(px: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch
         with torch.no_grad():
             out, h, c = native_extension().recurrence_forward(
                 px, h0, c0, w_hh, shift, gain_x, gain_h, *_args(forms[0]), *_args(forms[1]),
-                t0, False, prepacked(w_hh, px.shape[1]))
+                t0, False, prepacked(w_hh, px.shape[1]), forms[0].accum_forward,
+                forms[1].accum_forward)
         return out, h, c
     if needs_grad:
         return _Recurrence.apply(px, h0, c0, w_hh, shift, gain_x, gain_h, norm_x, norm_h, t0)

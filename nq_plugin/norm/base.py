@@ -46,15 +46,23 @@ class NativeForm:
     * ``BATCH``: each column standardized over the batch; ``first`` / ``second`` are the running
       mean and (unbiased) variance (S, F), updated in place at slot min(t, S - 1) with
       ``momentum``;
-    * ``FIXED``: y_hat = (y - first[slot]) * second[slot] with (S, F) tensors.
+    * ``FIXED``: y_hat = (y - first[slot]) * second[slot] with (S, F) tensors;
+    * ``POWER_RUNNING``: y_hat = y * second[0] (1 / psi), the step's (sum y^2, sum y_hat^2,
+      count) added to ``accum_forward`` (3, F); backward (d - nu * y_hat) / psi with
+      (sum d * y_hat, count) added to ``accum_backward`` (2, F) (PowerNorm in training);
+    * ``POWER_WARMUP``: y_hat = y / sqrt(mean_B(y^2) + eps) with the exact backward, the
+      statistics added to ``accum_forward`` (PowerNorm's warmup).
     """
 
-    IDENTITY, ROW_BLOCKS, BATCH, FIXED = 0, 1, 2, 3
+    IDENTITY, ROW_BLOCKS, BATCH, FIXED, POWER_RUNNING, POWER_WARMUP = 0, 1, 2, 3, 4, 5
     op: int
     eps: float = 0.0
     first: Optional[torch.Tensor] = None
     second: Optional[torch.Tensor] = None
     momentum: float = 0.0
+    accum_forward: Optional[torch.Tensor] = None
+    accum_backward: Optional[torch.Tensor] = None
+    nu: Optional[torch.Tensor] = None
 
 
 class FoldingNotSupported(NotImplementedError, UserError):

@@ -134,12 +134,18 @@ class PowerNorm(Normalization):
         return z_hat, (mode, psi)
 
     def native_form(self, batch):
-        """At inference a fixed per-feature scale; in training (the running statistics and the
-        approximate backward's accumulators) the Python loop."""
-        if self.training:
-            return None
-        return NativeForm(NativeForm.FIXED, first=torch.zeros_like(self.running_phi)[None],
-                          second=torch.rsqrt(self.running_phi + self.eps)[None])
+        """Inference: a fixed per-feature scale. Training: the warmup's batch statistics, or the
+        running psi with the approximate backward, both adding to the accumulators."""
+        zero = torch.zeros_like(self.running_phi)[None]
+        inv_psi = torch.rsqrt(self.running_phi + self.eps)[None]
+        if not self.training:
+            return NativeForm(NativeForm.FIXED, first=zero, second=inv_psi)
+        if int(self.iterations) <= self.warmup:  # iterations was incremented by begin_forward
+            return NativeForm(NativeForm.POWER_WARMUP, eps=self.eps,
+                              accum_forward=self.forward_accum)
+        return NativeForm(NativeForm.POWER_RUNNING, eps=self.eps, first=zero, second=inv_psi,
+                          accum_forward=self.forward_accum,
+                          accum_backward=self.backward_accum, nu=self.nu)
 
     def step_backward(self, grad_z_hat, z, z_hat, saved, t):
         mode, psi = saved
