@@ -16,6 +16,8 @@
 //               the forward statistics (sum y^2, sum y_hat^2, count) added to accum (3, F);
 //               backward dy = (d - nu * y_hat) / psi, (sum d * y_hat, count) added to
 //               accum_backward (2, F)
+//   AFFINE      y_hat = y * first[slot] + second[slot] (a packed model's folded batch norm /
+//               PowerNorm, nq_plugin/packed)
 //   POWER_WARMUP   PowerNorm's warmup: y_hat = y / sqrt(mean_B(y^2) + eps) with the exact
 //               backward, the forward statistics added to accum
 // with slot = min(t, S - 1) for S rows of statistics. The normalizations of both terms, the gate
@@ -37,7 +39,8 @@ using at::Tensor;
 namespace {
 
 enum Op : int64_t {
-  IDENTITY = 0, ROW_BLOCKS = 1, BATCH = 2, FIXED = 3, POWER_RUNNING = 4, POWER_WARMUP = 5
+  IDENTITY = 0, ROW_BLOCKS = 1, BATCH = 2, FIXED = 3, POWER_RUNNING = 4, POWER_WARMUP = 5,
+  AFFINE = 6
 };
 // ops whose backward needs column sums over the batch (all rows' y_hat)
 inline bool by_columns(int64_t op) {
@@ -97,7 +100,10 @@ void normalize_row(int64_t op, const T* in, T* out, int64_t features, double eps
         row_stats[kBlocks + k] = rstd;
       }
     }
-  } else {  // BATCH, FIXED
+  } else if (op == AFFINE) {
+    at::vec::map3<T>([](Vec<T> x, Vec<T> s, Vec<T> b) { return x * s + b; }, out, in, col_a,
+                     col_b, features);
+  } else {  // BATCH, FIXED, POWER_*
     shift_scale(in, col_a, col_b, out, features);
   }
 }
@@ -116,6 +122,9 @@ void reapply_row(int64_t op, const T* in, T* out, int64_t features, const T* col
       at::vec::map<T>([mean, rstd](Vec<T> v) { return (v - Vec<T>(mean)) * Vec<T>(rstd); },
                       out + k * n, in + k * n, n);
     }
+  } else if (op == AFFINE) {
+    at::vec::map3<T>([](Vec<T> x, Vec<T> s, Vec<T> b) { return x * s + b; }, out, in, col_a,
+                     col_b, features);
   } else {
     shift_scale(in, col_a, col_b, out, features);
   }
@@ -225,7 +234,7 @@ struct Norm {
 Norm make_norm(int64_t op, double eps, const c10::optional<Tensor>& first,
                const c10::optional<Tensor>& second, double momentum,
                const c10::optional<Tensor>& accum, int64_t features) {
-  TORCH_CHECK(op >= IDENTITY && op <= POWER_WARMUP, "unknown native normalization op ", op);
+  TORCH_CHECK(op >= IDENTITY && op <= AFFINE, "unknown native normalization op ", op);
   Norm norm{op, eps, Tensor(), Tensor(), momentum, Tensor()};
   if (op == POWER_RUNNING || op == POWER_WARMUP) {
     TORCH_CHECK(accum.has_value() && accum->dim() == 2 && accum->size(0) == 3 &&
@@ -233,7 +242,7 @@ Norm make_norm(int64_t op, double eps, const c10::optional<Tensor>& first,
                 "PowerNorm needs its (3, F) forward statistics");
     norm.accum = *accum;
   }
-  if (op == BATCH || op == FIXED || op == POWER_RUNNING) {
+  if (op == BATCH || op == FIXED || op == POWER_RUNNING || op == AFFINE) {
     TORCH_CHECK(first.has_value() && second.has_value(), "op ", op, " needs two (S, F) tensors");
     norm.first = *first;
     norm.second = *second;
@@ -364,7 +373,7 @@ void forward_impl(const Tensor& px, const Tensor& h0, const Tensor& c0, const Te
       ax = col;
       bx = col + features;
       if (keep) stats_x[t].copy_(cols.narrow(0, 0, 2));
-    } else if (nx.op == FIXED) {
+    } else if (nx.op == FIXED || nx.op == AFFINE) {
       ax = nx.first.data_ptr<T>() + nx.slot(t0 + t) * features;
       bx = nx.second.data_ptr<T>() + nx.slot(t0 + t) * features;
     } else if (nx.op == POWER_RUNNING || nx.op == POWER_WARMUP) {
@@ -380,7 +389,7 @@ void forward_impl(const Tensor& px, const Tensor& h0, const Tensor& c0, const Te
       ah = col + 2 * features;
       bh = col + 3 * features;
       if (keep) stats_h[t].copy_(cols.narrow(0, 2, 2));
-    } else if (nh.op == FIXED) {
+    } else if (nh.op == FIXED || nh.op == AFFINE) {
       ah = nh.first.data_ptr<T>() + nh.slot(t0 + t) * features;
       bh = nh.second.data_ptr<T>() + nh.slot(t0 + t) * features;
     } else if (nh.op == POWER_RUNNING || nh.op == POWER_WARMUP) {
@@ -626,6 +635,7 @@ std::vector<Tensor> recurrence_backward(
     c10::optional<Tensor> accum_backward_x, c10::optional<Tensor> nu_h,
     c10::optional<Tensor> accum_backward_h) {
   const int64_t batch = out.size(1), hidden = out.size(2), features = kBlocks * hidden;
+  TORCH_CHECK(op_x != AFFINE && op_h != AFFINE, "the AFFINE op is for inference only");
   Tensor go = grad_out.has_value() && grad_out->defined() ? grad_out->contiguous() : Tensor();
   Tensor dh = grad_h.has_value() && grad_h->defined() ? grad_h->contiguous().clone()
                                                       : at::zeros({batch, hidden}, out.options());

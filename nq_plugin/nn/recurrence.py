@@ -219,6 +219,25 @@ def _native_forms(px, norm_x, norm_h):
     return forms
 
 
+def native_inference(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0=0):
+    """The native loop's forward without autograd for given native forms (a packed model's
+    folded normalizations), or None when the native loop is not to run here."""
+    choice = recurrence_choice()
+    if choice == "python" or px.device.type != "cpu" or px.dtype != torch.float32:
+        return None
+    module = native_extension()
+    if module is None:
+        if choice == "native":
+            raise RuntimeError(f"NQ_PLUGIN_RECURRENCE=native, but the native extension did "
+                               f"not build ({native_build_error()})")
+        return None
+    with torch.no_grad():
+        out, h, c = module.recurrence_forward(px, h0, c0, w_hh, shift, gain_x, gain_h,
+                                              *_args(form_x), *_args(form_h), t0, False,
+                                              prepacked(w_hh, px.shape[1]), None, None)
+    return out, h, c
+
+
 def recurrence(px: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor,
                shift: torch.Tensor, gain_x: Optional[torch.Tensor],
                gain_h: Optional[torch.Tensor], norm_x, norm_h, t0: int = 0

@@ -51,10 +51,12 @@ class NativeForm:
       count) added to ``accum_forward`` (3, F); backward (d - nu * y_hat) / psi with
       (sum d * y_hat, count) added to ``accum_backward`` (2, F) (PowerNorm in training);
     * ``POWER_WARMUP``: y_hat = y / sqrt(mean_B(y^2) + eps) with the exact backward, the
-      statistics added to ``accum_forward`` (PowerNorm's warmup).
+      statistics added to ``accum_forward`` (PowerNorm's warmup);
+    * ``AFFINE``: y_hat = y * first[slot] + second[slot] (a folded form at inference, no
+      backward).
     """
 
-    IDENTITY, ROW_BLOCKS, BATCH, FIXED, POWER_RUNNING, POWER_WARMUP = 0, 1, 2, 3, 4, 5
+    IDENTITY, ROW_BLOCKS, BATCH, FIXED, POWER_RUNNING, POWER_WARMUP, AFFINE = 0, 1, 2, 3, 4, 5, 6
     op: int
     eps: float = 0.0
     first: Optional[torch.Tensor] = None
@@ -180,6 +182,13 @@ class Normalization(nn.Module):
         ``t``."""
         raise FoldingNotSupported(f"normalization {cls.name!r} has no inference folding")
 
+    @classmethod
+    def native_folded(cls, folded: Folded):
+        """The folded form as an operation of the native recurrence: (NativeForm, gain, shift)
+        with gain / shift (F,) applied after it (None: none), or None when there is none (the
+        packed model then steps in Python)."""
+        return None
+
     # -- diagnostics (Hou et al., Propositions 1-4) ----------------------------------------------
     def gate_bound_factors(self, w_q: torch.Tensor, gate_norms: Dict[str, float],
                            block_sigmas: List[float]) -> Dict[str, float]:
@@ -213,6 +222,10 @@ class IdentityOnActivations:
 
     def native_form(self, batch):
         return NativeForm(NativeForm.IDENTITY)
+
+    @classmethod
+    def native_folded(cls, folded):
+        return NativeForm(NativeForm.IDENTITY), None, None
 
 
 class NoNormalization(IdentityOnActivations, Normalization):

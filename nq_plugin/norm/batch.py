@@ -156,6 +156,11 @@ class BatchNorm(Normalization):
         slots = torch.clamp(torch.arange(t, t + y.shape[0], device=y.device), max=last)
         return torch.addcmul(shift[slots].unsqueeze(1), y, scale[slots].unsqueeze(1))
 
+    @classmethod
+    def native_folded(cls, folded):
+        return (NativeForm(NativeForm.AFFINE, first=folded["affine_scale"].contiguous(),
+                           second=folded["affine_shift"].contiguous()), None, None)
+
     bound_on_squares = True
 
     def gate_bound_factors(self, w_q, gate_norms, block_sigmas):

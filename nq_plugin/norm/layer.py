@@ -84,6 +84,11 @@ class LayerNorm(Normalization):
     def apply_folded(cls, folded, y, t):
         return _layer_norm(y, folded["ln_gain"], folded["ln_shift"], 4, cls.eps)
 
+    @classmethod
+    def native_folded(cls, folded):
+        return (NativeForm(NativeForm.ROW_BLOCKS, eps=cls.eps), folded["ln_gain"],
+                folded["ln_shift"])
+
     def gate_bound_factors(self, w_q, gate_norms, block_sigmas):
         """Proposition 3: (g_* / sigma_*) ||W_h*||_2, sigma_* the mean (over batch and steps)
         standard deviation of the block's pre-activations, g_* its largest gain."""

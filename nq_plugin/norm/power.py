@@ -183,6 +183,11 @@ class PowerNorm(Normalization):
     def apply_folded(cls, folded, y, t):
         return torch.addcmul(folded["affine_shift"][0], y, folded["affine_scale"][0])
 
+    @classmethod
+    def native_folded(cls, folded):
+        return (NativeForm(NativeForm.AFFINE, first=folded["affine_scale"].contiguous(),
+                           second=folded["affine_shift"].contiguous()), None, None)
+
     bound_on_squares = True
 
     def gate_bound_factors(self, w_q, gate_norms, block_sigmas):

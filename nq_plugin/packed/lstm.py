@@ -24,6 +24,7 @@ from torch import nn
 
 from ..nn.cell import lstm_cell
 from ..nn.lstm import NQLSTM, NQLSTMLayer
+from ..nn.recurrence import native_inference
 from ..norm import normalization_class
 from .format import (PRODUCTS, PackedFormatError, layer_shapes, pack_matrix, plane_names,
                      split_codes, tensor_dtype)
@@ -102,6 +103,19 @@ class PackedNQLSTMLayer(nn.Module):
         """The normalization's folded tensors of product ``name`` (ih or hh)."""
         return {key: getattr(self, f"{name}_{key}") for key in self.folded_keys}
 
+    def _native(self, px, h, c, w_hh, folded_ih, folded_hh, t0):
+        forms = (self.norm_class.native_folded(folded_ih), self.norm_class.native_folded(folded_hh))
+        if forms[0] is None or forms[1] is None:
+            return None
+        (form_x, gain_x, shift_x), (form_h, gain_h, shift_h) = forms
+        shift = self.bias
+        for s in (shift_x, shift_h):
+            if s is not None:
+                shift = shift + s
+        return native_inference(px.contiguous(), h.contiguous(), c.contiguous(),
+                                w_hh.unpacked(px.dtype), shift, gain_x, gain_h, form_x, form_h,
+                                t0)
+
     def forward(self, x: torch.Tensor, state=None, t0: int = 0):
         steps, batch, _ = x.shape
         if x.shape[-1] != self.input_size:
@@ -123,6 +137,12 @@ class PackedNQLSTMLayer(nn.Module):
         apply = self.norm_class.apply_folded
         folded_ih, folded_hh = self.folded("ih"), self.folded("hh")
         px = w_ih.matmul(x.reshape(steps * batch, -1)).reshape(steps, batch, -1)
+        if not x.is_cuda and select_kernel(w_hh, x.device, batch) == "torch":
+            # the PyTorch path unpacks W_h for this call anyway: the native loop, if it runs here
+            native = self._native(px, h, c, w_hh, folded_ih, folded_hh, t0)
+            if native is not None:
+                out, h, c = native
+                return out, (h, c)
         px = apply(folded_ih, px, t0) + self.bias
         outputs: List[torch.Tensor] = []
         with w_hh.prepared(batch) as recurrent:

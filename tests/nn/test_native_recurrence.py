@@ -44,8 +44,8 @@ def close(a, b, scaled=None, **kw):
     if scaled is None:
         torch.testing.assert_close(a, b, **kw)
         return
-    err = float((a - b).abs().max()) if a.numel() else 0.0
-    bound = scaled * max(1.0, float(b.abs().max()) if b.numel() else 0.0)
+    err = float((a - b).detach().abs().max()) if a.numel() else 0.0
+    bound = scaled * max(1.0, float(b.detach().abs().max()) if b.numel() else 0.0)
     assert err <= bound, f"{kw.get('msg', '')}: max difference {err:.3g} > {bound:.3g}"
 
 

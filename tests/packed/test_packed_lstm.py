@@ -65,3 +65,32 @@ def test_binary_512_weights_take_at_most_a_thirtieth():
     assert packed_bytes * 30 <= fp32_bytes
     # equals the paper's 1 bit per weight up to the documented padding to 32 columns
     assert packed_bytes == 2048 * (64 + 512) // 8
+
+
+@pytest.mark.parametrize("norm,opts", [("layer", {}), ("batch", {"bn_stats": "separate",
+                                                                  "bn_max_steps": 4}),
+                                       ("batch", {}), ("power", {})], ids=str)
+def test_packed_batches_run_the_native_loop_with_the_folded_norms(monkeypatch, norm, opts):
+    """Batches above the native GEMV's 8 rows: the packed layer unpacks W_h once and runs the
+    native recurrence with its folded normalization (AFFINE / ROW_BLOCKS); same outputs as the
+    Python loop and as the unpacked model, carried state and steps beyond T_max included."""
+    from nq_plugin import native as loader
+    assert loader.extension() is not None, loader.build_error()
+    from nq_plugin.nn import NQLSTM
+    from nq_plugin.packed import PackedNQLSTM
+    torch.manual_seed(0)
+    model = NQLSTM(5, 8, 2, quantizer="tc", norm=norm, **opts)
+    model(torch.randn(6, 16, 5))  # training statistics
+    model.eval()
+    packed = PackedNQLSTM.from_lstm(model)
+    x = torch.randn(7, 16, 5)
+    state = (torch.randn(2, 16, 8), torch.randn(2, 16, 8))
+    with torch.no_grad():
+        ref, (h, c) = model(x, state, t0=2)
+        outs = {}
+        for loop in ("native", "python"):
+            monkeypatch.setenv("NQ_PLUGIN_RECURRENCE", loop)
+            outs[loop] = packed(x, state, t0=2)
+    for out, (ph, pc) in outs.values():
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(pc, c, atol=1e-5, rtol=1e-5)
