@@ -225,16 +225,20 @@ def native_inference(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0
     choice = recurrence_choice()
     if choice == "python" or px.device.type != "cpu" or px.dtype != torch.float32:
         return None
-    module = native_extension()
-    if module is None:
+    if native_extension() is None:
         if choice == "native":
             raise RuntimeError(f"NQ_PLUGIN_RECURRENCE=native, but the native extension did "
                                f"not build ({native_build_error()})")
         return None
+    return _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0)
+
+
+def _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0):
+    """The native forward without autograd (keeps nothing for a backward)."""
     with torch.no_grad():
-        out, h, c = module.recurrence_forward(px, h0, c0, w_hh, shift, gain_x, gain_h,
-                                              *_args(form_x), *_args(form_h), t0, False,
-                                              prepacked(w_hh, px.shape[1]), None, None)
+        out, h, c = native_extension().recurrence_forward(
+            px, h0, c0, w_hh, shift, gain_x, gain_h, *_args(form_x), *_args(form_h), t0, False,
+            prepacked(w_hh, px.shape[1]), form_x.accum_forward, form_h.accum_forward)
     return out, h, c
 
 
@@ -253,12 +257,7 @@ def recurrence(px: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch
     if forms is not None:
         if needs_grad:
             return _NativeRecurrence.apply(px, h0, c0, w_hh, shift, gain_x, gain_h, *forms, t0)
-        with torch.no_grad():
-            out, h, c = native_extension().recurrence_forward(
-                px, h0, c0, w_hh, shift, gain_x, gain_h, *_args(forms[0]), *_args(forms[1]),
-                t0, False, prepacked(w_hh, px.shape[1]), forms[0].accum_forward,
-                forms[1].accum_forward)
-        return out, h, c
+        return _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, *forms, t0)
     if needs_grad:
         return _Recurrence.apply(px, h0, c0, w_hh, shift, gain_x, gain_h, norm_x, norm_h, t0)
     out, h, c, _ = _forward(px, h0, c0, w_hh, shift, gain_x, gain_h, norm_x, norm_h, t0,

@@ -228,6 +228,27 @@ class IdentityOnActivations:
         return NativeForm(NativeForm.IDENTITY), None, None
 
 
+class FoldedAffine:
+    """Inference folding into a per-feature affine map y -> scale[slot] * y + shift[slot]
+    (``affine_scale``, ``affine_shift``, one row per statistics step; slot = min(t, S - 1)):
+    batch normalization and PowerNorm."""
+
+    @classmethod
+    def apply_folded(cls, folded, y, t):
+        scale, shift = folded["affine_scale"], folded["affine_shift"]
+        last = scale.shape[0] - 1
+        if y.dim() == 2:
+            slot = min(t, last)
+            return torch.addcmul(shift[slot], y, scale[slot])
+        slots = torch.clamp(torch.arange(t, t + y.shape[0], device=y.device), max=last)
+        return torch.addcmul(shift[slots].unsqueeze(1), y, scale[slots].unsqueeze(1))
+
+    @classmethod
+    def native_folded(cls, folded):
+        return (NativeForm(NativeForm.AFFINE, first=folded["affine_scale"].contiguous(),
+                           second=folded["affine_shift"].contiguous()), None, None)
+
+
 class NoNormalization(IdentityOnActivations, Normalization):
     """``none`` -- the identity, N(y) = y (the unnormalized LSTM; Proposition 1's bound)."""
 

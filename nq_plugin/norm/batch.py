@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import NativeForm, Normalization, register_normalization
+from .base import FoldedAffine, NativeForm, Normalization, register_normalization
 from .bounds import per_feature_gate_factors
 
 
@@ -26,7 +26,7 @@ def ema_update(buffer: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
 
 
 @register_normalization
-class BatchNorm(Normalization):
+class BatchNorm(FoldedAffine, Normalization):
     """``batch`` -- batch normalization over the minibatch at each time step:
     N(y_t) = gamma * (y_t - mean_B(y_t)) / sqrt(var_B(y_t) + eps) + beta (per feature).
 
@@ -145,21 +145,6 @@ class BatchNorm(Normalization):
     @classmethod
     def folded_shapes(cls, features, steps):
         return {"affine_scale": (steps, features), "affine_shift": (steps, features)}
-
-    @classmethod
-    def apply_folded(cls, folded, y, t):
-        scale, shift = folded["affine_scale"], folded["affine_shift"]
-        last = scale.shape[0] - 1
-        if y.dim() == 2:
-            slot = min(t, last)
-            return torch.addcmul(shift[slot], y, scale[slot])
-        slots = torch.clamp(torch.arange(t, t + y.shape[0], device=y.device), max=last)
-        return torch.addcmul(shift[slots].unsqueeze(1), y, scale[slots].unsqueeze(1))
-
-    @classmethod
-    def native_folded(cls, folded):
-        return (NativeForm(NativeForm.AFFINE, first=folded["affine_scale"].contiguous(),
-                           second=folded["affine_shift"].contiguous()), None, None)
 
     bound_on_squares = True
 

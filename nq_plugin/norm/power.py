@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import NativeForm, Normalization, register_normalization
+from .base import FoldedAffine, NativeForm, Normalization, register_normalization
 from .bounds import per_feature_gate_factors
 
 
@@ -32,7 +32,7 @@ class _ApproximateBackward(torch.autograd.Function):
 
 
 @register_normalization
-class PowerNorm(Normalization):
+class PowerNorm(FoldedAffine, Normalization):
     """``power`` -- PowerNorm (Shen et al., ICML 2020, Algorithm 2), per feature:
     N(y) = gamma * y / psi + beta with psi^2 the running quadratic mean of y.
 
@@ -178,15 +178,6 @@ class PowerNorm(Normalization):
     @classmethod
     def folded_shapes(cls, features, steps):
         return {"affine_scale": (1, features), "affine_shift": (1, features)}
-
-    @classmethod
-    def apply_folded(cls, folded, y, t):
-        return torch.addcmul(folded["affine_shift"][0], y, folded["affine_scale"][0])
-
-    @classmethod
-    def native_folded(cls, folded):
-        return (NativeForm(NativeForm.AFFINE, first=folded["affine_scale"].contiguous(),
-                           second=folded["affine_shift"].contiguous()), None, None)
 
     bound_on_squares = True
 
