@@ -25,10 +25,10 @@ from torch import nn
 from ..nn.cell import lstm_cell
 from ..nn.lstm import NQLSTM, NQLSTMLayer
 from ..nn.recurrence import native_inference
-from ..norm import normalization_class
+from ..norm import NativeForm, normalization_class
 from .format import (PRODUCTS, PackedFormatError, layer_shapes, pack_matrix, plane_names,
                      split_codes, tensor_dtype)
-from .kernels import PackedMatrix, select_kernel
+from .kernels import PackedMatrix, select_kernel, triton_lstm_step
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +116,48 @@ class PackedNQLSTMLayer(nn.Module):
                                 w_hh.unpacked(px.dtype), shift, gain_x, gain_h, form_x, form_h,
                                 t0)
 
+    def _fused_tables(self, w_ih: PackedMatrix, w_hh: PackedMatrix):
+        """(ax, ah, shift), each (S, 4H), for the fused GPU step -- gates = ax * (B_x x) +
+        ah * (B_h h) + shift at statistics slot S' = min(t, S - 1) -- or None when the folded
+        normalization is not a per-feature affine map (layer norm) or a matrix is dense."""
+        if w_ih.bits == 32 or w_hh.bits == 32:
+            return None
+        tables = []
+        for name, matrix in (("ih", w_ih), ("hh", w_hh)):
+            native = self.norm_class.native_folded(self.folded(name))
+            if native is None or native[1] is not None or native[2] is not None:
+                return None
+            form = native[0]
+            if form.op == NativeForm.AFFINE:
+                tables.append((form.first * matrix.scale, form.second))
+            elif form.op == NativeForm.IDENTITY:
+                tables.append((matrix.scale[None], torch.zeros_like(matrix.scale)[None]))
+            else:
+                return None
+        (ax, shift_x), (ah, shift_h) = tables
+        slots = max(ax.shape[0], ah.shape[0])
+        shift = (self.bias + shift_x + shift_h).expand(slots, -1)
+        return (ax.expand(slots, -1).float().contiguous(), ah.expand(slots, -1).float().contiguous(),
+                shift.float().contiguous())
+
+    def _fused_forward(self, x, h, c, w_ih, w_hh, t0):
+        """Every step one fused Triton kernel (both products from the words, the folded
+        normalization, the bias, the gates and the cell update), or None when not applicable."""
+        step = triton_lstm_step()
+        if step is None or select_kernel(w_hh, x.device, x.shape[1]) != "triton":
+            return None
+        tables = self._fused_tables(w_ih, w_hh)
+        if tables is None:
+            return None
+        ax, ah, shift = tables
+        last = ax.shape[0] - 1
+        ih, hh = (w_ih.planes, w_ih.bits), (w_hh.planes, w_hh.bits)
+        out = x.new_empty(x.shape[0], x.shape[1], self.hidden_size)
+        for t in range(x.shape[0]):
+            slot = min(t0 + t, last)
+            h, c = step(x[t], h, c, ih, hh, ax[slot], ah[slot], shift[slot], h_out=out[t])
+        return out, (h, c)
+
     def forward(self, x: torch.Tensor, state=None, t0: int = 0):
         steps, batch, _ = x.shape
         if x.shape[-1] != self.input_size:
@@ -126,6 +168,10 @@ class PackedNQLSTMLayer(nn.Module):
             state = (zeros, zeros)
         h, c = state
         w_ih, w_hh = self.matrix("ih"), self.matrix("hh")
+        if x.is_cuda:
+            fused = self._fused_forward(x, h, c, w_ih, w_hh, t0)
+            if fused is not None:
+                return fused
         if not self.norm_class.acts_on_activations and not x.is_cuda and \
                 select_kernel(w_hh, x.device, steps * batch) == "torch":
             # unpack both matrices for this call only and run torch's fused LSTM kernel
@@ -189,4 +235,6 @@ class PackedNQLSTM(nn.Module):
             x, (h, c) = layer(x, None if state is None else (state[0][i], state[1][i]), t0)
             hs.append(h)
             cs.append(c)
+        if len(hs) == 1:  # a view, no copy (a generation step is a few kernels in all)
+            return x, (hs[0].unsqueeze(0), cs[0].unsqueeze(0))
         return x, (torch.stack(hs), torch.stack(cs))

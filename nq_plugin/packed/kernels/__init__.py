@@ -42,6 +42,14 @@ def triton_matmul():
     return packed_matmul
 
 
+def triton_lstm_step():
+    """The fused Triton LSTM step (:func:`triton_kernels.packed_lstm_step`), or None."""
+    if triton_matmul() is None:
+        return None
+    from .triton_kernels import packed_lstm_step
+    return packed_lstm_step
+
+
 def select_kernel(matrix: "PackedMatrix", device: torch.device, rows: int) -> str:
     """``triton``, ``native`` or ``torch``: the kernel that multiplies ``rows`` input rows on
     ``device`` by ``matrix`` (dense fp matrices: always ``torch``)."""
