@@ -5,6 +5,8 @@
 
 torch::Tensor packed_gemv(torch::Tensor x, torch::Tensor plus, c10::optional<torch::Tensor> neg,
                           torch::Tensor scale, int64_t columns);
+torch::Tensor packed_unpack(torch::Tensor plus, c10::optional<torch::Tensor> neg,
+                            c10::optional<torch::Tensor> scale, int64_t columns);
 
 std::vector<at::Tensor> recurrence_forward(
     at::Tensor px, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor shift,
@@ -29,6 +31,7 @@ std::vector<at::Tensor> recurrence_backward(
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("packed_gemv", &packed_gemv, "x W^T from packed 1/2-bit words (fp32 activations)");
+  m.def("packed_unpack", &packed_unpack, "diag(scale) B from packed 1/2-bit words, dense fp32");
   m.def("recurrence_forward", &recurrence_forward,
         "normalized LSTM time loop, forward (nq_plugin/nn/recurrence.py)");
   m.def("recurrence_backward", &recurrence_backward,

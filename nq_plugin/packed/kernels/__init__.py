@@ -88,9 +88,13 @@ class PackedMatrix:
         return cls({}, None, 32, weight.shape[1], weight)
 
     def unpacked(self, dtype=torch.float32) -> torch.Tensor:
-        """diag(s) B as a dense matrix (the reference; what the CPU path multiplies with)."""
+        """diag(s) B as a dense matrix (what the CPU path multiplies with): decoded by the native
+        extension where it runs, else by PyTorch (one table lookup per plane)."""
         if self.bits == 32:
             return self.dense_weight.to(dtype)
+        decoded = native.unpack(self.planes, self.bits, self.columns, self.scale)
+        if decoded is not None:
+            return decoded.to(dtype)
         return unpack_matrix(self.planes, self.bits, self.columns, dtype) * self.scale.to(dtype)[:, None]
 
     @property
@@ -109,8 +113,7 @@ class PackedMatrix:
         if kernel == "native":
             return native.packed_gemv(x, self.planes, self.scale, self.bits,
                                       self.columns).to(x.dtype)
-        codes = unpack_matrix(self.planes, self.bits, self.columns, x.dtype)
-        return F.linear(x, codes) * self.scale.to(x.dtype)
+        return F.linear(x, self.unpacked(x.dtype))
 
     @contextlib.contextmanager
     def prepared(self, batch: int):
@@ -122,9 +125,8 @@ class PackedMatrix:
         if select_kernel(self, self.device, batch) != "torch":
             yield self.matmul  # computes from the packed words: nothing to unpack
             return
-        codes = unpack_matrix(self.planes, self.bits, self.columns)
-        scale = self.scale
+        weight = self.unpacked()
         try:
-            yield lambda x: F.linear(x, codes.to(x.dtype)) * scale.to(x.dtype)
+            yield lambda x: F.linear(x, weight.to(x.dtype))
         finally:
-            del codes
+            del weight

@@ -54,3 +54,18 @@ def packed_gemv(x, planes, scale, bits: int, columns: int):
                                   columns)
     return module.packed_gemv(x.contiguous().float(), planes["nonzero"], planes["negative"],
                               scale.float(), columns)
+
+
+def unpack(planes, bits: int, columns: int, scale=None):
+    """diag(scale) B (or B without ``scale``) as a dense fp32 matrix decoded by the native
+    extension -- one pass over the words -- or None when the PyTorch path is chosen
+    (``NQ_PLUGIN_KERNEL=torch``/``triton``), the planes are not on the CPU, or the extension
+    is unavailable."""
+    first = planes["plus"] if bits == 1 else planes["nonzero"]
+    if first.device.type != "cpu" or kernel_choice() in ("torch", "triton"):
+        return None
+    module = load()
+    if module is None:
+        return None
+    neg = planes["negative"] if bits == 2 else None
+    return module.packed_unpack(first, neg, None if scale is None else scale.float(), columns)

@@ -21,6 +21,25 @@ def built():
 
 
 @pytest.mark.parametrize("bits", [1, 2])
+@pytest.mark.parametrize("rows,cols", [(8, 5), (64, 53), (40, 96), (3, 32), (2048, 512)])
+def test_native_decode_equals_the_pytorch_decode(built, monkeypatch, bits, rows, cols):
+    """The dense diag(s) B that batches above the GEMV's rows multiply with: decoded natively
+    (one pass over the words) it is bit-identical to PyTorch's table decode."""
+    torch.manual_seed(rows * cols)
+    codes = torch.randint(-1, 2, (rows, cols)).float()
+    if bits == 1:
+        codes = torch.where(codes >= 0, 1.0, -1.0)
+    planes, scale = pack_matrix(codes, bits), torch.rand(rows) + 0.1
+    assert torch.equal(native.unpack(planes, bits, cols), codes)
+    decoded = native.unpack(planes, bits, cols, scale)
+    assert torch.equal(decoded, unpack_matrix(planes, bits, cols) * scale[:, None])
+    assert torch.equal(PackedMatrix(planes, scale, bits, cols).unpacked(), decoded)
+    monkeypatch.setenv("NQ_PLUGIN_KERNEL", "torch")  # the exact PyTorch path, as chosen
+    assert native.unpack(planes, bits, cols, scale) is None
+    assert torch.equal(PackedMatrix(planes, scale, bits, cols).unpacked(), decoded)
+
+
+@pytest.mark.parametrize("bits", [1, 2])
 @pytest.mark.parametrize("rows,cols", [(8, 5), (64, 53), (40, 96), (2048, 512)])
 @pytest.mark.parametrize("batch", [1, 3, 8])
 def test_kernel_equals_unpacked_product(built, bits, rows, cols, batch):
