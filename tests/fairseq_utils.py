@@ -50,13 +50,13 @@ def eval_lm(data, checkpoint, *extra, task="bptt_lm"):
     return {k: float(v) for k, v in results.items()}
 
 
-def console(name, *args, check=True, env=None, timeout=600):
-    """Run a console command of the venv this Python belongs to."""
+def console(name, *args, check=True, env=None, timeout=600, input=None):
+    """Run a console command of the venv this Python belongs to (``input``: its stdin)."""
     exe = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
     if exe is None:
         pytest.fail(f"console command {name} not found: install the project (pip install -e .)")
     res = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, env=env,
-                         timeout=timeout)
+                         timeout=timeout, input=input)
     if check and res.returncode != 0:
         raise AssertionError(f"{name} failed ({res.returncode}):\n{res.stdout[-3000:]}\n"
                              f"{res.stderr[-3000:]}")

@@ -73,7 +73,14 @@ class NQLSTMDecoder(FairseqIncrementalDecoder):
         else:
             self.embed_tokens = nn.Embedding(vocab, cfg.embed_dim, padding_idx=dictionary.pad())
             input_size = cfg.embed_dim
-        self.lstm = self.build_lstm(cfg, input_size)
+        # The LSTM is initialised from its own generator, seeded by one draw from the global
+        # one: building it takes the same from the global random stream whatever the LSTM (the
+        # packed one draws nothing else), so fairseq-generate --seed, which seeds before the
+        # model is built, samples the same tokens from a model and its nq-pack copy.
+        seed = int(torch.randint(0, 2 ** 62, ()).item())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.lstm = self.build_lstm(cfg, input_size)
         if cfg.share_embeddings:
             if cfg.embed_dim != cfg.hidden_size:
                 raise ValueError(f"--share-embeddings needs --embed-dim == --hidden-size, got "
@@ -150,7 +157,7 @@ class NQLSTMDecoder(FairseqIncrementalDecoder):
         observer = (self.grad_norm_logger.observer(self.training)
                     if incremental_state is None else None)
         if observer is None:
-            out, (h, c) = self.lstm(x, state, t0=t0)
+            out, (h, c) = self.run_lstm(x, state, t0, incremental_state is not None)
         else:
             out, (h, c) = self.lstm(x, state, t0=t0, observer=observer)
         if incremental_state is not None:
@@ -160,6 +167,10 @@ class NQLSTMDecoder(FairseqIncrementalDecoder):
             self._carried[stream] = (h.detach(), c.detach())
         out = F.dropout(out, self.dropout_out, self.training).transpose(0, 1)  # (B, T, H)
         return out, {"attn": None, "inner_states": None}
+
+    def run_lstm(self, x, state, t0: int, incremental: bool):
+        """The LSTM's forward (the packed decoder replays CUDA graphs for generation steps)."""
+        return self.lstm(x, state, t0=t0)
 
     def output_layer(self, features, **kwargs):
         return self.output_projection(features)

@@ -56,6 +56,14 @@ class ZooLM(torch.nn.Module):
     def decoder(self):
         return self.models[0].decoder
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model is (``lm.cuda()`` moves it; generation steps on a GPU replay CUDA
+        graphs for the packed model)."""
+        for tensor in self.models[0].parameters():
+            return tensor.device
+        return next(self.models[0].buffers()).device
+
     def _ids(self, text: str) -> List[int]:
         ids: List[int] = []
         for line in text.split("\n"):
@@ -71,8 +79,8 @@ class ZooLM(torch.nn.Module):
         if not ids:
             raise ValueError("score() needs some text")
         tokens = torch.tensor([[self.dictionary.eos()] + ids])
-        logits, _ = self.decoder(tokens[:, :-1])
-        logp = torch.log_softmax(logits.float(), -1)[0]
+        logits, _ = self.decoder(tokens[:, :-1].to(self.device))
+        logp = torch.log_softmax(logits.float().cpu(), -1)[0]
         nll = -logp.gather(1, tokens[0, 1:, None]).sum().item()
         bits = nll / math.log(2) / len(ids)
         return {"symbols": len(ids), "bits_per_symbol": bits, "perplexity": 2 ** bits}
@@ -89,15 +97,15 @@ class ZooLM(torch.nn.Module):
         prompt_symbols = encode(self.text_format, prompt)
         ids = [d.eos()] + [d.index(s) for s in prompt_symbols]
         state: Dict = {}
-        tokens = torch.tensor([ids])
+        tokens = torch.tensor([ids], device=self.device)
         out: List[int] = []
         for _ in range(length):
             logits, _ = self.decoder(tokens, incremental_state=state)
-            logits = logits[0, -1].float() / temperature
+            logits = logits[0, -1].float().cpu() / temperature
             logits[banned] = -float("inf")
             nxt = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
             out.append(nxt)
-            tokens = torch.cat([tokens, torch.tensor([[nxt]])], 1)
+            tokens = torch.cat([tokens, tokens.new_tensor([[nxt]])], 1)
         # decoded together, so that the joins are right (spaces between words, "▁" pieces)
         return decode(self.text_format, prompt_symbols + [d[i] for i in out])
 

@@ -198,6 +198,9 @@ def test_eval_sample_and_list_commands(tiny_zoo):
     assert value(packed.stdout) == pytest.approx(value(res.stdout), abs=1e-3)
     res = console("nq-zoo", "sample", NAME, "--prompt", "the fox", "--length", "40", env=env)
     assert res.stdout.startswith("the fox") and len(res.stdout.strip()) > len("the fox") + 20
+    packed = console("nq-zoo", "sample", NAME, "--prompt", "the fox", "--length", "40",
+                     "--packed", env=env)
+    assert packed.stdout == res.stdout  # same seed, same text
     res = console("nq-zoo", "list", env=env)
     assert NAME in res.stdout and f"{entry['metric']['value']:.3f}" in res.stdout
     res = console("nq-zoo", "eval", "no-such-model", env=env, check=False)
