@@ -20,6 +20,7 @@ if fairseq is not None:
     from .distributed import support_torchrun_on_cpu
     from .criterions import sequence_classification  # noqa: F401  sequence_classification
     from .models import nq_lstm_classifier  # noqa: F401  nq_lstm_classifier(_smnist)
+    from .models import nq_lstm_classifier_packed  # noqa: F401  (nq-pack output)
     from .models import nq_lstm_lm  # noqa: F401  model nq_lstm_lm and its architectures
     from .models import nq_lstm_lm_packed  # noqa: F401  nq_lstm_lm_packed (nq-pack output)
     from .optim import nq_optimizers  # noqa: F401  optimizers nq_adam, nq_sgd

@@ -1,12 +1,17 @@
-"""``nq-pack CHECKPOINT OUTDIR``: export a trained nq_lstm_lm checkpoint to the bit-packed format.
+"""``nq-pack CHECKPOINT OUTDIR``: export a trained checkpoint of ``nq_lstm_lm`` or
+``nq_lstm_classifier`` to the bit-packed format.
 
 Writes into OUTDIR (which must not hold a packed model already, unless --force):
-  model.safetensors  packed LSTM words + per-row scales, folded norms, bias, embeddings/softmax
+  model.safetensors  packed LSTM words + per-row scales, folded norms, bias, and the rest of the
+                     model (embeddings / softmax; the classifier's initial state and layer)
   config.json        model configuration + versioned quantization_config (checked on load)
-  dict.txt           the vocabulary (from --dict, or the training data directory the checkpoint
-                     records)
-  checkpoint.pt      a fairseq checkpoint of model nq_lstm_lm_packed holding the same tensors:
+  dict.txt           language models: the vocabulary (from --dict, or the training data
+                     directory the checkpoint records)
+  checkpoint.pt      a fairseq checkpoint of model nq_lstm_lm_packed / nq_lstm_classifier_packed
+                     holding the same tensors:
                      fairseq-eval-lm DATA --user-dir nq_plugin --task bptt_lm --path OUTDIR/checkpoint.pt
+                     fairseq-validate MNIST --user-dir nq_plugin --task sequential_mnist
+                       --path OUTDIR/checkpoint.pt
 """
 import argparse
 import json
@@ -20,9 +25,8 @@ import torch
 from ..checkpoint import CheckpointError, load_checkpoint, model_config
 from ..files import atomic_copy, atomic_path
 from ..norm import FoldingNotSupported
-from ..packed.format import FORMAT_NAME, FORMAT_VERSION, PackedFormatError, quantization_config
+from ..packed.format import FORMAT_NAME, PackedFormatError, quantization_config
 from ..packed.io import save_packed
-from ..packed.lstm import PackedNQLSTM
 
 OUTPUTS = ("model.safetensors", "config.json", "dict.txt", "checkpoint.pt")
 
@@ -88,57 +92,59 @@ def check_outdir(outdir: str, inputs: List[str], force: bool) -> None:
 def pack_checkpoint(checkpoint: str, outdir: str, dictionary: Optional[str] = None,
                     force: bool = False) -> dict:
     from fairseq.data import Dictionary
-    from omegaconf import OmegaConf
 
     from ..models.loading import model_from_state
     from ..models.nq_lstm_lm_packed import PackedNQLSTMDecoder
 
     state = load_checkpoint(checkpoint)
     cfg = model_config(state)
-    if cfg.get("_name", "").startswith("nq_lstm_lm_packed"):
+    if cfg.get("_name", "").endswith("_packed"):
         raise CheckpointError(f"{checkpoint} is already packed")
-    if "one_hot_input" not in cfg:
-        raise CheckpointError(f"{checkpoint} is not an nq_lstm_lm checkpoint (model "
-                              f"{cfg.get('_name')!r}); nq-pack exports language models")
-    dict_path = find_dictionary(state, dictionary)
-    check_outdir(outdir, [checkpoint, dict_path], force)
-    vocab = Dictionary.load(dict_path)
-    try:
-        decoder = model_from_state(state, vocab, source=checkpoint).decoder
-    except CheckpointError as err:
-        raise CheckpointError(f"{err} (with the dictionary {dict_path})") from None
-    packed_lstm = PackedNQLSTM.from_lstm(decoder.lstm)
-    metas, norm_steps = packed_lstm.metas, packed_lstm.norm_steps
-    packed_cfg = dict(cfg, _name="nq_lstm_lm_packed", packed_layers=json.dumps(metas),
-                      packed_norm_steps=norm_steps, packed_format_version=FORMAT_VERSION)
-    packed = PackedNQLSTMDecoder(OmegaConf.create(packed_cfg), vocab)
-    packed.lstm = packed_lstm
-    for name in ("embed_tokens", "output_projection"):
-        module = getattr(decoder, name)
-        if module is not None:
-            getattr(packed, name).load_state_dict(module.state_dict())
-    packed.eval()
-    tensors = {"decoder." + k: v for k, v in packed.state_dict().items() if torch.is_tensor(v)}
+    if "num_classes" in cfg:  # a sequence classifier (sequential MNIST): no dictionary
+        from ..models.nq_lstm_classifier_packed import NQLSTMPackedClassifier
+        check_outdir(outdir, [checkpoint], force)
+        model = model_from_state(state, None, source=checkpoint)
+        packed, packed_cfg = NQLSTMPackedClassifier.from_classifier(model, cfg)
+        lstm, dict_path = model.lstm, None
+    elif "one_hot_input" in cfg:
+        dict_path = find_dictionary(state, dictionary)
+        check_outdir(outdir, [checkpoint, dict_path], force)
+        vocab = Dictionary.load(dict_path)
+        try:
+            decoder = model_from_state(state, vocab, source=checkpoint).decoder
+        except CheckpointError as err:
+            raise CheckpointError(f"{err} (with the dictionary {dict_path})") from None
+        packed, packed_cfg = PackedNQLSTMDecoder.from_decoder(decoder, cfg, vocab)
+        lstm = decoder.lstm
+    else:
+        raise CheckpointError(f"{checkpoint} is not a checkpoint of nq_lstm_lm or "
+                              f"nq_lstm_classifier (model {cfg.get('_name')!r}); nq-pack exports "
+                              "the plugin's models")
+    metas, norm_steps = packed.lstm.metas, packed.lstm.norm_steps
+    prefix = "decoder." if dict_path is not None else ""
+    tensors = {prefix + k: v for k, v in packed.state_dict().items() if torch.is_tensor(v)}
 
     os.makedirs(outdir, exist_ok=True)
     config = {"model": packed_cfg, "quantization_config": quantization_config(metas, norm_steps),
               "source_checkpoint": os.path.basename(checkpoint)}
     save_packed(outdir, tensors, config)
-    dict_out = os.path.join(outdir, "dict.txt")
-    if not (os.path.exists(dict_out) and os.path.samefile(dict_path, dict_out)):
-        atomic_copy(dict_path, dict_out)
     fairseq_state = {k: v for k, v in state.items() if k not in ("last_optimizer_state",)}
     fairseq_state["cfg"] = dict(state["cfg"], model=packed_cfg)
-    fairseq_state["model"] = dict(tensors, **{"decoder._extra_state": {"carried": {}}})
+    fairseq_state["model"] = dict(tensors)
+    if dict_path is not None:
+        dict_out = os.path.join(outdir, "dict.txt")
+        if not (os.path.exists(dict_out) and os.path.samefile(dict_path, dict_out)):
+            atomic_copy(dict_path, dict_out)
+        fairseq_state["model"]["decoder._extra_state"] = {"carried": {}}
     fairseq_state["last_optimizer_state"] = None
     with atomic_path(os.path.join(outdir, "checkpoint.pt")) as tmp:
         torch.save(fairseq_state, tmp)
 
     words = sum(v.numel() * v.element_size() for k, v in tensors.items()
-                if k.startswith("decoder.lstm.") and k.endswith(("_plus", "_nonzero",
+                if k.startswith(prefix + "lstm.") and k.endswith(("_plus", "_nonzero",
                                                                  "_negative", "_weight")))
     fp32 = sum(4 * layer.weight_ih.numel() + 4 * layer.weight_hh.numel()
-               for layer in decoder.lstm.layers)
+               for layer in lstm.layers)
     return {"outdir": outdir, "lstm_weight_bytes": words, "fp32_lstm_weight_bytes": fp32,
             "ratio": fp32 / words}
 

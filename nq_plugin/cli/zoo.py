@@ -119,17 +119,17 @@ def parse_validate(output: str) -> float:
 def evaluate(entry: ZooEntry, folder: str, data: Optional[str], packed: bool = False) -> dict:
     """Run fairseq-eval-lm (fairseq-validate for sMNIST) on the model; returns the metric."""
     from ..files import sha256_file
-    if entry.task == "sequential_mnist":
-        if not data:
-            raise ZooError(f"{entry.name}: pass --data with the MNIST folder of "
-                           "recipes/smnist/prepare.sh (MNIST is not bundled)")
-        out = _run([_tool("fairseq-validate"), data, "--user-dir", user_dir(), "--path",
-                    os.path.join(folder, entry.checkpoint), *entry.metric.eval_args])
-        return {"name": "accuracy", "value": parse_validate(out), "data": data}
     ckpt = os.path.join(folder, "packed", "checkpoint.pt") if packed else \
         os.path.join(folder, entry.checkpoint)
     if packed and not os.path.isfile(ckpt):
         raise ZooError(f"{entry.name} has no packed copy in the zoo; pack it with nq-pack")
+    if entry.task == "sequential_mnist":
+        if not data:
+            raise ZooError(f"{entry.name}: pass --data with the MNIST folder of "
+                           "recipes/smnist/prepare.sh (MNIST is not bundled)")
+        out = _run([_tool("fairseq-validate"), data, "--user-dir", user_dir(), "--path", ckpt,
+                    *entry.metric.eval_args])
+        return {"name": "accuracy", "value": parse_validate(out), "data": data}
     with tempfile.TemporaryDirectory(prefix="nq-zoo-eval-") as tmp:
         if data:
             dict_path = os.path.join(data, "dict.txt")

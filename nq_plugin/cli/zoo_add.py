@@ -51,6 +51,11 @@ def add_parser(sub) -> None:
     s.add_argument("--notes", default="", help="limitations paragraph of the card")
     s.add_argument("--force", action="store_true", help="replace this model's zoo folder")
     s.set_defaults(func=cmd_add)
+    s = sub.add_parser("add-packed", help="(maintainers) bundle a packed copy of a zoo model")
+    s.add_argument("name")
+    s.add_argument("--data", required=True, help="the data folder the model is evaluated on")
+    s.add_argument("--force", action="store_true", help="pack and evaluate it again")
+    s.set_defaults(func=cmd_add_packed)
 
 
 def _versions():
@@ -61,8 +66,64 @@ def _versions():
             "fairseq": getattr(fairseq, "__version__", "?"), "python": platform.python_version()}
 
 
-def cmd_add(args) -> int:
+def pack_and_evaluate(folder: str, data: str, metric: str, eval_args) -> str:
+    """nq-pack the folder's model.pt into packed/, evaluate the packed copy with the model's own
+    evaluation (fairseq-eval-lm, or fairseq-validate for a classifier), keep the log in
+    logs/eval_test_packed.log; returns the card's sentence about it."""
+    from ..files import atomic_write_text
     from .pack import pack_checkpoint
+    from .zoo import _run, _tool, parse_eval_lm, parse_validate, user_dir
+    dict_path = os.path.join(folder, "dict.txt")
+    lm = os.path.isfile(dict_path)
+    pack_checkpoint(os.path.join(folder, "model.pt"), os.path.join(folder, "packed"),
+                    dict_path if lm else None)
+    tool = "fairseq-eval-lm" if lm else "fairseq-validate"
+    out = _run([_tool(tool), data, "--user-dir", user_dir(), "--path",
+                os.path.join(folder, "packed", "checkpoint.pt"), *eval_args])
+    command = f"{tool} DATA_BIN --user-dir NQ_PLUGIN_DIR --path packed/checkpoint.pt " + \
+        " ".join(eval_args)
+    os.makedirs(os.path.join(folder, "logs"), exist_ok=True)
+    atomic_write_text(os.path.join(folder, "logs", "eval_test_packed.log"), f"$ {command}\n{out}")
+    if not lm:
+        value = f"{parse_validate(out):.2f}% accuracy"
+    else:
+        r = parse_eval_lm(out)
+        value = f"{r['bits'] if metric == 'bpc' else r['perplexity']:.4f}"
+    return (f"The bit-packed copy (`packed/`) measures {value} on the same split "
+            f"(log: `logs/eval_test_packed.log`).")
+
+
+def cmd_add_packed(args) -> int:
+    """Bundle a packed copy of a zoo model that has none (packed, evaluated, listed, carded)."""
+    from ..files import atomic_write_text, sha256_file
+    from ..zoo.card import model_card
+    manifest = Manifest.load()
+    entry = manifest.get(args.name)
+    if not entry.bundled:
+        raise ZooError(f"{entry.name} is not bundled in this checkout")
+    folder = os.path.join(os.path.dirname(manifest.path), entry.bundled)
+    if any(f.path.startswith("packed/") for f in entry.files) and not args.force:
+        raise ZooError(f"{entry.name} has a packed copy already; --force packs it again")
+    if os.path.exists(os.path.join(folder, "packed")) and not args.force:
+        raise ZooError(f"{folder}/packed exists but the manifest does not list it; remove it or "
+                       "pass --force")
+    note = pack_and_evaluate(folder, args.data, entry.metric.name, entry.metric.eval_args)
+    written = ["logs/eval_test_packed.log"] + sorted(
+        f"packed/{n}" for n in os.listdir(os.path.join(folder, "packed")))
+    files = {f.path: f for f in entry.files}
+    for rel in written:
+        path = os.path.join(folder, rel)
+        files[rel] = ZooFile(rel, sha256_file(path), os.path.getsize(path))
+    entry.files = [files[k] for k in sorted(files)]
+    entry.notes = (entry.notes + "\n\n" + note).strip()
+    manifest.put(entry)
+    manifest.save()
+    atomic_write_text(os.path.join(folder, "README.md"), str(model_card(entry)))
+    print(f"{entry.name}: {note}")
+    return 0
+
+
+def cmd_add(args) -> int:
     from ..models.loading import model_from_state
     from ..norm import normalization_class
     from ..sizes import summary
@@ -99,9 +160,6 @@ def cmd_add(args) -> int:
         if args.eval_text:
             atomic_copy(args.eval_text, os.path.join(tmp, "eval", "eval.txt"))
         lm = "one_hot_input" in cfg
-        if lm and not args.no_packed:
-            pack_checkpoint(os.path.join(tmp, "model.pt"), os.path.join(tmp, "packed"),
-                            os.path.join(tmp, "dict.txt"))
         eval_args = shlex.split(args.eval_args)
         tool = "fairseq-eval-lm" if lm else "fairseq-validate"
         command = (f"{tool} DATA_BIN --user-dir NQ_PLUGIN_DIR --path model.pt "
@@ -113,15 +171,8 @@ def cmd_add(args) -> int:
             parse_eval_lm(out)["bits"] if args.metric == "bpc" else
             parse_eval_lm(out)["perplexity"])
         notes = args.notes
-        if lm and not args.no_packed:
-            pout = _run([_tool(tool), args.data, "--user-dir", user_dir(), "--path",
-                         os.path.join(tmp, "packed", "checkpoint.pt"), *eval_args])
-            atomic_write_text(os.path.join(tmp, "logs", "eval_test_packed.log"),
-                              f"$ {command.replace('model.pt', 'packed/checkpoint.pt')}\n{pout}")
-            r = parse_eval_lm(pout)
-            pv = r["bits"] if args.metric == "bpc" else r["perplexity"]
-            notes += (f"\n\nThe bit-packed copy (`packed/`) measures {pv:.4f} on the same split "
-                      f"(log: `logs/eval_test_packed.log`).")
+        if not args.no_packed:
+            notes += "\n\n" + pack_and_evaluate(tmp, args.data, args.metric, eval_args)
         sizes = summary(model_from_state(state, source=args.checkpoint), print_fn=None)
         sizes = {k: sizes[k] for k in ("lstm_kb", "lstm_fp32_kb", "compression", "other_kb",
                                        "total_kb", "total_fp32_kb") if k in sizes}

@@ -43,8 +43,7 @@ class NQLSTMClassifier(CheckedLoading, BaseFairseqModel):
 
     def __init__(self, cfg, input_size: int):
         super().__init__()
-        self.lstm = NQLSTM(input_size, cfg.hidden_size, cfg.num_layers,
-                           quantize_input=cfg.quantize_input, **lstm_kwargs(cfg))
+        self.lstm = self.build_lstm(cfg, input_size)
         shape = (cfg.num_layers, 1, cfg.hidden_size)
         if cfg.learn_initial_state:
             self.h0 = nn.Parameter(torch.zeros(shape))
@@ -58,6 +57,14 @@ class NQLSTMClassifier(CheckedLoading, BaseFairseqModel):
         self.grad_norm_logger = GradNormLogger.from_config(cfg)
         if str(cfg.init) == "reference":
             self.reference_init()
+
+    def build_lstm(self, cfg, input_size: int):
+        return NQLSTM(input_size, cfg.hidden_size, cfg.num_layers,
+                      quantize_input=cfg.quantize_input, **lstm_kwargs(cfg))
+
+    def run_lstm(self, x, state):
+        """The LSTM over the whole sequence, observed by the gradient-norm logger."""
+        return self.lstm(x, state, observer=self.grad_norm_logger.observer(self.training))
 
     @torch.no_grad()
     def reference_init(self):
@@ -85,8 +92,7 @@ class NQLSTMClassifier(CheckedLoading, BaseFairseqModel):
         if self.training and self.init_state_noise > 0:
             h0 = h0 + self.init_state_noise * torch.randn_like(h0)
             c0 = c0 + self.init_state_noise * torch.randn_like(c0)
-        _, (h, _) = self.lstm(pixels.transpose(0, 1), (h0.contiguous(), c0.contiguous()),
-                              observer=self.grad_norm_logger.observer(self.training))
+        _, (h, _) = self.run_lstm(pixels.transpose(0, 1), (h0.contiguous(), c0.contiguous()))
         return self.classifier(F.dropout(h[-1], self.dropout, self.training))
 
     def get_normalized_probs(self, net_output, log_probs, sample=None):

@@ -131,3 +131,44 @@ def test_packed_checkpoint_checks_its_own_format_version(packed_dir, demo_char_d
     torch.save(state, outdir / "checkpoint.pt")
     with pytest.raises(PackedFormatError, match="version 99"):
         eval_lm(demo_char_data, outdir / "checkpoint.pt", "--tokens-per-sample", "16")
+
+
+@pytest.mark.parametrize("quantizer,norm,stats", [("tc", "batch", "separate"),
+                                                  ("bc", "layer", "shared")])
+def test_sequence_classifier_packs_and_validates_to_the_same_accuracy(tmp_path, quantizer, norm,
+                                                                       stats):
+    """nq-pack on an nq_lstm_classifier checkpoint (sequential MNIST, 28 pixels per step, per-step
+    statistics): the packed model's logits equal the unpacked model's, and fairseq-validate gives
+    the same loss and accuracy through the real commands."""
+    import re
+    from nq_plugin.models.loading import load_model
+    from tests.data.test_mnist import synthetic
+    data = tmp_path / "mnist"
+    data.mkdir()
+    synthetic(data, n_train=40, n_test=16)
+    common = ["--user-dir", "nq_plugin", "--task", "sequential_mnist", "--pixels-per-step", "28",
+              "--valid-size", "16", "--criterion", "sequence_classification", "--cpu"]
+    console("fairseq-train", data, *common, "--arch", "nq_lstm_classifier_smnist",
+            "--hidden-size", "24", "--quantizer", quantizer, "--norm", norm, "--bn-stats", stats,
+            "--bn-max-steps", "28", "--init-state-noise", "0.1", "--optimizer", "nq_adam",
+            "--lr", "0.01", "--batch-size", "8", "--max-update", "3", "--save-dir",
+            tmp_path / "ck", "--no-epoch-checkpoints")
+    ckpt = tmp_path / "ck" / "checkpoint_last.pt"
+    out = console("nq-pack", ckpt, tmp_path / "packed").stdout
+    assert "LSTM weights" in out  # W_x stays fp32 (scalar-pixel inputs), W_h packed
+    assert not (tmp_path / "packed" / "dict.txt").exists()
+    unpacked, _ = load_model(str(ckpt))
+    packed, _ = load_model(str(tmp_path / "packed" / "checkpoint.pt"))
+    assert type(packed).__name__ == "NQLSTMPackedClassifier"
+    pixels = torch.rand(5, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(packed(pixels), unpacked(pixels), atol=1e-5, rtol=0)
+    results = []
+    for path in (ckpt, tmp_path / "packed" / "checkpoint.pt"):
+        res = console("fairseq-validate", data, *common, "--path", path, "--valid-subset",
+                      "test", "--batch-size", "8")
+        line = re.search(r"valid on 'test' subset \| loss ([0-9.]+) .*?accuracy ([0-9.]+)",
+                         res.stdout + res.stderr)
+        assert line, res.stdout[-2000:] + res.stderr[-2000:]
+        results.append(line.groups())
+    assert results[0] == results[1]

@@ -216,3 +216,33 @@ def test_score_and_sample_api_match_for_packed_and_unpacked(tiny_zoo):
     assert lm.score(text)["bits_per_symbol"] == pytest.approx(
         packed.score(text)["bits_per_symbol"], abs=1e-4)
     assert lm.sample("the", length=30, seed=3) == packed.sample("the", length=30, seed=3)
+
+
+def test_add_packed_bundles_a_packed_copy_for_a_model_without_one(tiny_zoo, demo_char_data,
+                                                                  tmp_path):
+    """nq-zoo add-packed: packs model.pt, evaluates the copy, lists its files (checksums) and
+    says so on the card; refuses to redo it without --force."""
+    root, entry, env = tiny_zoo
+    zoo = tmp_path / "zoo"
+    shutil.copytree(root, zoo)
+    env = dict(env, NQ_ZOO_DIR=str(zoo))
+    manifest = json.loads((zoo / "manifest.json").read_text())
+    item = manifest["models"][0]
+    item["files"] = [f for f in item["files"] if not f["path"].startswith("packed/")
+                     and f["path"] != "logs/eval_test_packed.log"]
+    (zoo / "manifest.json").write_text(json.dumps(manifest))
+    folder = zoo / item["bundled"]
+    shutil.rmtree(folder / "packed")
+    res = console("nq-zoo", "add-packed", NAME, "--data", demo_char_data, env=env)
+    assert "bit-packed copy" in res.stdout
+    item = json.loads((zoo / "manifest.json").read_text())["models"][0]
+    listed = {f["path"] for f in item["files"]}
+    assert {"packed/checkpoint.pt", "packed/model.safetensors", "packed/config.json",
+            "logs/eval_test_packed.log"} <= listed
+    assert "`packed/`" in (folder / "README.md").read_text()
+    unpacked = console("nq-zoo", "eval", NAME, "--no-sample", env=env).stdout
+    packed = console("nq-zoo", "eval", NAME, "--packed", "--no-sample", env=env).stdout
+    value = lambda out: float(out.split("bits per character: ")[1].split()[0])  # noqa: E731
+    assert value(packed) == pytest.approx(value(unpacked), abs=1e-3)
+    again = console("nq-zoo", "add-packed", NAME, "--data", demo_char_data, env=env, check=False)
+    assert again.returncode != 0 and "--force" in again.stderr
