@@ -5,6 +5,13 @@
 
 torch::Tensor packed_gemv(torch::Tensor x, torch::Tensor plus, c10::optional<torch::Tensor> neg,
                           torch::Tensor scale, int64_t columns);
+std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, torch::Tensor c,
+                                            torch::Tensor ih_plus,
+                                            c10::optional<torch::Tensor> ih_neg,
+                                            torch::Tensor hh_plus,
+                                            c10::optional<torch::Tensor> hh_neg,
+                                            torch::Tensor ax, torch::Tensor ah,
+                                            torch::Tensor shift);
 torch::Tensor packed_unpack(torch::Tensor plus, c10::optional<torch::Tensor> neg,
                             c10::optional<torch::Tensor> scale, int64_t columns);
 
@@ -31,6 +38,8 @@ std::vector<at::Tensor> recurrence_backward(
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("packed_gemv", &packed_gemv, "x W^T from packed 1/2-bit words (fp32 activations)");
+  m.def("packed_lstm_step", &packed_lstm_step,
+        "one LSTM step from packed 1/2-bit words (gates, cell), fp32");
   m.def("packed_unpack", &packed_unpack, "diag(scale) B from packed 1/2-bit words, dense fp32");
   m.def("recurrence_forward", &recurrence_forward,
         "normalized LSTM time loop, forward (nq_plugin/nn/recurrence.py)");

@@ -8,6 +8,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -179,4 +180,73 @@ torch::Tensor packed_unpack(torch::Tensor plus, c10::optional<torch::Tensor> neg
     }
   });
   return out;
+}
+
+namespace {
+torch::Tensor padded(const torch::Tensor& x, int64_t words) {
+  auto xp = torch::zeros({x.size(0), words * 32}, x.options());
+  xp.narrow(1, 0, x.size(1)).copy_(x);
+  return xp;
+}
+const uint32_t* words_of(const c10::optional<torch::Tensor>& t) {
+  return t.has_value() ? reinterpret_cast<const uint32_t*>(t->data_ptr<int32_t>()) : nullptr;
+}
+inline double sigmoid(double v) { return 1.0 / (1.0 + std::exp(-v)); }
+}  // namespace
+
+// One whole LSTM step from packed words (the CPU twin of the fused Triton step): for rows
+// j, H + j, 2H + j, 3H + j the gate pre-activations ax * (B_x x) + ah * (B_h h) + shift, then
+// c' = sigmoid(f) c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c'). ax, ah, shift fold the
+// per-row scales, a per-feature affine normalization and the bias. x (B, K), h and c (B, H)
+// float32; planes contiguous int32 (R = 4H rows); returns {h', c'}.
+std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, torch::Tensor c,
+                                            torch::Tensor ih_plus,
+                                            c10::optional<torch::Tensor> ih_neg,
+                                            torch::Tensor hh_plus,
+                                            c10::optional<torch::Tensor> hh_neg,
+                                            torch::Tensor ax, torch::Tensor ah,
+                                            torch::Tensor shift) {
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32 && h.scalar_type() == torch::kFloat32 &&
+              c.scalar_type() == torch::kFloat32, "x, h, c must be float32");
+  const int64_t batch = x.size(0), hidden = h.size(1), rows = 4 * hidden;
+  const int64_t wx = ih_plus.size(1), wh = hh_plus.size(1);
+  TORCH_CHECK(ih_plus.size(0) == rows && hh_plus.size(0) == rows, "planes must have 4H rows");
+  TORCH_CHECK(x.size(1) <= wx * 32 && hidden <= wh * 32, "inputs do not fit the packed words");
+  auto xp = padded(x.contiguous(), wx), hp = padded(h.contiguous(), wh);
+  auto cc = c.contiguous();
+  auto gates = torch::empty({batch, rows}, x.options());
+  const uint32_t* ip = reinterpret_cast<const uint32_t*>(ih_plus.data_ptr<int32_t>());
+  const uint32_t* hp_w = reinterpret_cast<const uint32_t*>(hh_plus.data_ptr<int32_t>());
+  const uint32_t* in_ = words_of(ih_neg);
+  const uint32_t* hn = words_of(hh_neg);
+  const float *axd = ax.data_ptr<float>(), *ahd = ah.data_ptr<float>(),
+              *sd = shift.data_ptr<float>(), *xd = xp.data_ptr<float>(), *hd = hp.data_ptr<float>();
+  float* gd = gates.data_ptr<float>();
+  at::parallel_for(0, rows, 128, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      for (int64_t b = 0; b < batch; ++b) {
+        const float gx = row_dot(ip + r * wx, in_ == nullptr ? nullptr : in_ + r * wx, wx,
+                                 xd + b * wx * 32);
+        const float gh = row_dot(hp_w + r * wh, hn == nullptr ? nullptr : hn + r * wh, wh,
+                                 hd + b * wh * 32);
+        gd[b * rows + r] = (float)((double)axd[r] * gx + (double)ahd[r] * gh + (double)sd[r]);
+      }
+    }
+  });
+  auto h_out = torch::empty({batch, hidden}, x.options());
+  auto c_out = torch::empty({batch, hidden}, x.options());
+  const float* cd = cc.data_ptr<float>();
+  float *ho = h_out.data_ptr<float>(), *co = c_out.data_ptr<float>();
+  for (int64_t b = 0; b < batch; ++b) {
+    const float* g = gd + b * rows;
+    for (int64_t j = 0; j < hidden; ++j) {
+      // the few elementwise operations in double: as close to torch's as the products allow
+      const double i = sigmoid(g[j]), f = sigmoid(g[hidden + j]);
+      const double a = std::tanh((double)g[2 * hidden + j]), o = sigmoid(g[3 * hidden + j]);
+      const double cn = f * cd[b * hidden + j] + i * a;
+      co[b * hidden + j] = (float)cn;
+      ho[b * hidden + j] = (float)(o * std::tanh(cn));
+    }
+  }
+  return {h_out, c_out};
 }

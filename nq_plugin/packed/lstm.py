@@ -29,6 +29,7 @@ from ..norm import NativeForm, normalization_class
 from .format import (PRODUCTS, PackedFormatError, layer_shapes, pack_matrix, plane_names,
                      split_codes, tensor_dtype)
 from .kernels import PackedMatrix, select_kernel, triton_lstm_step
+from .kernels import native as native_kernel
 
 logger = logging.getLogger(__name__)
 
@@ -141,12 +142,23 @@ class PackedNQLSTMLayer(nn.Module):
                 shift.float().contiguous())
 
     def _fused_forward(self, x, h, c, w_ih, w_hh, t0):
-        """Every step one fused Triton kernel (both products from the words, the folded
-        normalization, the bias, the gates and the cell update), or None when not applicable."""
-        step = triton_lstm_step()
-        if step is None or select_kernel(w_hh, x.device, x.shape[1]) != "triton":
+        """Every step one fused kernel -- Triton on a GPU, the native extension on the CPU for
+        the GEMV's batch sizes: both products from the words, the folded normalization, the
+        bias, the gates and the cell update -- or None when not applicable."""
+        kernel = select_kernel(w_hh, x.device, x.shape[1])
+        step = triton_lstm_step() if kernel == "triton" else \
+            native_kernel.lstm_step if kernel == "native" else None
+        if step is None:
             return None
-        tables = self._fused_tables(w_ih, w_hh)
+        # the tables only change when a buffer does: keyed by the buffers' storage and their
+        # in-place version counters (load_state_dict copies in place and bumps them)
+        key = tuple((b.data_ptr(), b._version) for b in self.buffers())
+        cached = self.__dict__.get("_fused_cache")
+        if cached is not None and cached[0] == key:
+            tables = cached[1]
+        else:
+            tables = self._fused_tables(w_ih, w_hh)
+            self.__dict__["_fused_cache"] = (key, tables)
         if tables is None:
             return None
         ax, ah, shift = tables
@@ -168,10 +180,9 @@ class PackedNQLSTMLayer(nn.Module):
             state = (zeros, zeros)
         h, c = state
         w_ih, w_hh = self.matrix("ih"), self.matrix("hh")
-        if x.is_cuda:
-            fused = self._fused_forward(x, h, c, w_ih, w_hh, t0)
-            if fused is not None:
-                return fused
+        fused = self._fused_forward(x, h, c, w_ih, w_hh, t0)
+        if fused is not None:
+            return fused
         if not self.norm_class.acts_on_activations and not x.is_cuda and \
                 select_kernel(w_hh, x.device, steps * batch) == "torch":
             # unpack both matrices for this call only and run torch's fused LSTM kernel

@@ -69,3 +69,23 @@ def unpack(planes, bits: int, columns: int, scale=None):
         return None
     neg = planes["negative"] if bits == 2 else None
     return module.packed_unpack(first, neg, None if scale is None else scale.float(), columns)
+
+
+def lstm_step(x, h, c, ih, hh, ax, ah, shift, h_out=None):
+    """One fused LSTM step from the packed words on the CPU (``packed_lstm_step`` of the
+    extension; same arguments as the Triton step): ``ih`` / ``hh`` are (planes, bits), gates =
+    ax * (B_x x) + ah * (B_h h) + shift. Returns the new (h, c); ``h_out`` receives h."""
+    module = load()
+    (ih_planes, ih_bits), (hh_planes, hh_bits) = ih, hh
+
+    def words(planes, bits):
+        if bits == 1:
+            return planes["plus"].contiguous(), None
+        return planes["nonzero"].contiguous(), planes["negative"].contiguous()
+
+    h_new, c_new = module.packed_lstm_step(x.float(), h.float(), c.float(),
+                                           *words(ih_planes, ih_bits), *words(hh_planes, hh_bits),
+                                           ax, ah, shift)
+    if h_out is not None:
+        h_out.copy_(h_new)
+    return h_new.to(x.dtype), c_new.to(x.dtype)
