@@ -11,8 +11,10 @@ one cell of :func:`nq_plugin.nn.cell.lstm_cell`:
 
 The products B x come from :mod:`nq_plugin.packed.kernels` (the kernel is chosen there, see
 :func:`~nq_plugin.packed.kernels.select_kernel`). Normalizations that do not act on the
-activations (none, weight) run torch's fused LSTM kernel on CPU when the PyTorch path is chosen
-(the matrices are unpacked for that call only).
+activations (none, weight) run torch's fused LSTM kernel on CPU for whole sequences (the
+matrices decoded once and kept while the buffers are unchanged); generation steps and short
+calls compute from the words (one fused kernel per step on GPU and CPU where the folded
+normalization is a per-feature affine map).
 """
 from __future__ import annotations
 
@@ -104,6 +106,22 @@ class PackedNQLSTMLayer(nn.Module):
         """The normalization's folded tensors of product ``name`` (ih or hh)."""
         return {key: getattr(self, f"{name}_{key}") for key in self.folded_keys}
 
+    def _buffers_key(self):
+        """Changes when any buffer is replaced or written in place (load_state_dict, .to)."""
+        return tuple((b.data_ptr(), b._version) for b in self.buffers())
+
+    def _decoded(self, matrix: PackedMatrix, name: str, dtype) -> torch.Tensor:
+        """diag(s) B as a dense matrix for the sequence paths (torch's fused LSTM, the native
+        loop), decoded once and kept while the buffers are unchanged -- as the unpacked model
+        keeps its quantized weights in eval mode, so that oneDNN reuses its reordered copy.
+        A call decodes it anyway, so peak memory does not grow; generation steps compute from
+        the words and decode nothing."""
+        key = (self._buffers_key(), dtype)
+        cache = self.__dict__.setdefault("_decoded_cache", {})
+        if name not in cache or cache[name][0] != key:
+            cache[name] = (key, matrix.unpacked(dtype))
+        return cache[name][1]
+
     def _native(self, px, h, c, w_hh, folded_ih, folded_hh, t0):
         forms = (self.norm_class.native_folded(folded_ih), self.norm_class.native_folded(folded_hh))
         if forms[0] is None or forms[1] is None:
@@ -114,11 +132,12 @@ class PackedNQLSTMLayer(nn.Module):
             if s is not None:
                 shift = shift + s
         return native_inference(px.contiguous(), h.contiguous(), c.contiguous(),
-                                w_hh.unpacked(px.dtype), shift, gain_x, gain_h, form_x, form_h,
+                                self._decoded(w_hh, "hh", px.dtype), shift, gain_x, gain_h,
+                                form_x, form_h,
                                 t0)
 
     def _fused_tables(self, w_ih: PackedMatrix, w_hh: PackedMatrix):
-        """(ax, ah, shift), each (S, 4H), for the fused GPU step -- gates = ax * (B_x x) +
+        """(ax, ah, shift), each (S, 4H), for the fused step -- gates = ax * (B_x x) +
         ah * (B_h h) + shift at statistics slot S' = min(t, S - 1) -- or None when the folded
         normalization is not a per-feature affine map (layer norm) or a matrix is dense."""
         if w_ih.bits == 32 or w_hh.bits == 32:
@@ -150,9 +169,12 @@ class PackedNQLSTMLayer(nn.Module):
             native_kernel.lstm_step if kernel == "native" else None
         if step is None:
             return None
+        if kernel == "native" and not self.norm_class.acts_on_activations and \
+                select_kernel(w_hh, x.device, x.shape[0] * x.shape[1]) == "torch":
+            return None  # a whole sequence without statistics: torch's fused LSTM is faster
         # the tables only change when a buffer does: keyed by the buffers' storage and their
         # in-place version counters (load_state_dict copies in place and bumps them)
-        key = tuple((b.data_ptr(), b._version) for b in self.buffers())
+        key = self._buffers_key()
         cached = self.__dict__.get("_fused_cache")
         if cached is not None and cached[0] == key:
             tables = cached[1]
@@ -185,8 +207,9 @@ class PackedNQLSTMLayer(nn.Module):
             return fused
         if not self.norm_class.acts_on_activations and not x.is_cuda and \
                 select_kernel(w_hh, x.device, steps * batch) == "torch":
-            # unpack both matrices for this call only and run torch's fused LSTM kernel
-            weights = [w_ih.unpacked(x.dtype), w_hh.unpacked(x.dtype), self.bias.to(x.dtype),
+            # both matrices decoded (kept between calls, see _decoded) and torch's fused LSTM
+            weights = [self._decoded(w_ih, "ih", x.dtype), self._decoded(w_hh, "hh", x.dtype),
+                       self.bias.to(x.dtype),
                        torch.zeros_like(self.bias, dtype=x.dtype)]
             out, h, c = torch._VF.lstm(x, (h.unsqueeze(0), c.unsqueeze(0)), weights, True, 1,
                                        0.0, False, False, False)
@@ -194,8 +217,9 @@ class PackedNQLSTMLayer(nn.Module):
         apply = self.norm_class.apply_folded
         folded_ih, folded_hh = self.folded("ih"), self.folded("hh")
         px = w_ih.matmul(x.reshape(steps * batch, -1)).reshape(steps, batch, -1)
-        if not x.is_cuda and select_kernel(w_hh, x.device, batch) == "torch":
-            # the PyTorch path unpacks W_h for this call anyway: the native loop, if it runs here
+        if not x.is_cuda and select_kernel(w_hh, x.device, steps * batch) == "torch":
+            # a sequence: W_h decoded once for this call and the native loop (one GEMM per step)
+            # beats a GEMV from the words per step
             native = self._native(px, h, c, w_hh, folded_ih, folded_hh, t0)
             if native is not None:
                 out, h, c = native
