@@ -101,10 +101,12 @@ def _hypotheses(stdout):
     return sorted(line for line in stdout.splitlines() if line.startswith("H-"))
 
 
-@pytest.mark.parametrize("quantizer,norm,stats", [("tc", "batch", "separate"),
-                                                  ("lat", "layer", "shared")])
-def test_generate_and_interactive_commands_packed_equals_unpacked(
-        demo_char_data, prompt_data, tmp_path, quantizer, norm, stats):
+def test_generate_and_interactive_commands_packed_equals_unpacked(demo_char_data, prompt_data,
+                                                                  tmp_path):
+    """The real commands on the hardest case: TerConnect (2-bit) with per-step batch-norm
+    statistics, generating past T_max (every configuration goes through the same generator in
+    test_hub_sample_and_score_packed_equals_unpacked)."""
+    quantizer, norm, stats = "tc", "batch", "separate"
     from nq_plugin.cli.pack import pack_checkpoint
     ckpt = train(demo_char_data, tmp_path / "ckpt", *TINY[:-2], "--bn-max-steps", str(T_MAX),
                  "--quantizer", quantizer, "--norm", norm, "--bn-stats", stats, updates=3)

@@ -63,7 +63,11 @@ FUSED_CHECK = textwrap.dedent("""
     from nq_plugin.nn import NQLSTM
     from nq_plugin.packed import PackedNQLSTM, lstm as packed_lstm
     from nq_plugin.quant import attach_optimizer
+    from nq_plugin.packed.kernels import triton_kernels
     packed_lstm.select_kernel = lambda *args: "triton"  # the GPU choice, on the interpreter
+    # fewer, larger programs than on a GPU: the interpreter's cost is per program and operation
+    triton_kernels.step_config = lambda hidden, ternary: {"BLOCK_J": 8, "BLOCK_W": 2,
+                                                          "num_warps": 1}
     cases = 0
     for quantizer in ("bc", "twn"):  # 1 and 2 bits; scale folding of the rest: test_packed_lstm
         for norm, stats in (("none", "shared"), ("weight", "shared"), ("batch", "shared"),
@@ -79,7 +83,7 @@ FUSED_CHECK = textwrap.dedent("""
             packed = PackedNQLSTM.from_lstm(m.eval())
             x = torch.randn(4, 3, 37)
             with torch.no_grad():
-                for t0 in (0, 2):  # per-step statistics: slots 0..2, clamped beyond
+                for t0 in ((0, 2) if stats == "separate" else (0,)):  # slots 0..2, clamped
                     layer = packed.layers[0]
                     h, c = torch.randn(3, 24), torch.randn(3, 24)
                     w_ih, w_hh = layer.matrix("ih"), layer.matrix("hh")
@@ -103,4 +107,4 @@ def test_fused_step_matches_the_unpacked_layer_under_interpreter():
     res = subprocess.run([sys.executable, "-c", FUSED_CHECK], capture_output=True, text=True,
                          env=env, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "checked 20" in res.stdout
+    assert "checked 12" in res.stdout
