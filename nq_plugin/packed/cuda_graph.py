@@ -9,9 +9,9 @@ replays it.
 What a recording depends on, and so its key: the shape and dtype of x, whether a state is given,
 and -- for per-step batch-norm statistics -- ``min(t0, norm_steps - 1)``, the first statistics
 slot the call reads (``FoldedAffine.apply_folded`` clamps slots at the last one, so all calls
-from that slot on read the same slots). A recording reads the module's buffers where they were
-when it was made: new values copied into them in place (``load_state_dict``) are seen by the
-next replay, and when a buffer moves (``.to``, ``.half``) every recording is dropped.
+from that slot on read the same slots). Every recording is dropped when a buffer of the module
+moves (``.to``, ``.half``) or is written in place (``load_state_dict``; tracked by the tensors'
+version counters), since the module derives cached tables from them.
 """
 from __future__ import annotations
 
@@ -66,8 +66,10 @@ class CUDAGraphLSTM(nn.Module):
         if not x.is_cuda or torch.is_grad_enabled() and x.requires_grad:
             return self.module(x, state, t0)
         slot = min(t0, max(int(getattr(self.module, "norm_steps", 1)) - 1, 0))
-        buffers = tuple(b.data_ptr() for b in self.module.buffers())
-        if buffers != self._buffers:  # moved or converted (.to, .half): recordings are stale
+        # a buffer moved or converted (.to, .half) or written in place (load_state_dict): the
+        # recordings (and the tables the module derived from the buffers) are stale
+        buffers = tuple((b.data_ptr(), b._version) for b in self.module.buffers())
+        if buffers != self._buffers:
             self._recordings.clear()
             self._buffers = buffers
         key = (tuple(x.shape), x.dtype, state is None, slot)

@@ -46,6 +46,15 @@ def test_replayed_generation_steps_equal_the_module(quantizer, norm, stats):
             torch.testing.assert_close(state[1].cpu(), ref_state[1], atol=1e-5, rtol=0)
     # first call without a state (slot 0), then one recording per further slot (1, 2)
     assert len(wrapped._recordings) == (3 if stats == "separate" else 2)
+    other = PackedNQLSTM.from_lstm(_packed(quantizer, norm, stats)[0]).cuda()
+    with torch.no_grad():
+        for p in other.buffers():
+            if p.is_floating_point():
+                p.mul_(0.5)  # other weights
+        packed.load_state_dict(other.state_dict())  # in place: recordings must not be replayed
+        out, _ = wrapped(x[:1].cuda(), None, 0)
+        torch.testing.assert_close(out, other(x[:1].cuda())[0], atol=1e-6, rtol=0)
+    assert len(wrapped._recordings) == 1
     packed.half()  # buffers moved: recordings are dropped, not replayed on stale memory
     with torch.no_grad():
         wrapped(x[:1].cuda().half(), None, 0)
