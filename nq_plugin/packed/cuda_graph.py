@@ -20,6 +20,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from .lstm import buffers_state
+
 State = Optional[Tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -68,7 +70,7 @@ class CUDAGraphLSTM(nn.Module):
         slot = min(t0, max(int(getattr(self.module, "norm_steps", 1)) - 1, 0))
         # a buffer moved or converted (.to, .half) or written in place (load_state_dict): the
         # recordings (and the tables the module derived from the buffers) are stale
-        buffers = tuple((b.data_ptr(), b._version) for b in self.module.buffers())
+        buffers = buffers_state(self.module)
         if buffers != self._buffers:
             self._recordings.clear()
             self._buffers = buffers

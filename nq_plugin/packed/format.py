@@ -119,6 +119,16 @@ def unpack_matrix(planes: Dict[str, torch.Tensor], bits: int, columns: int,
 
 
 PLANES = {1: ("plus",), 2: ("nonzero", "negative"), 32: ()}
+
+
+def word_planes(planes: Dict[str, torch.Tensor], bits: int):
+    """(first, negative) contiguous int32 word planes of a packed 1- or 2-bit matrix, as the
+    kernels take them: (plus, None) for 1 bit, (nonzero, negative) for 2 bits."""
+    if bits not in (1, 2):
+        raise PackedFormatError(f"no packed word planes for {bits}-bit weights (1 or 2)")
+    names = PLANES[bits]
+    return (planes[names[0]].contiguous(),
+            planes[names[1]].contiguous() if len(names) > 1 else None)
 WORD_SUFFIXES = tuple(f"_{plane}" for planes in PLANES.values() for plane in planes)
 PRODUCTS = ("ih", "hh")
 

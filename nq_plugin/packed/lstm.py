@@ -36,6 +36,13 @@ from .kernels import native as native_kernel
 logger = logging.getLogger(__name__)
 
 
+def buffers_state(module: nn.Module):
+    """Changes when any buffer of ``module`` is replaced, moved or written in place (the tensors'
+    version counters: ``load_state_dict`` copies in place): the key of what is derived from
+    them and kept between calls."""
+    return tuple((b.data_ptr(), b._version) for b in module.buffers())
+
+
 @torch.no_grad()
 def pack_layer(layer: NQLSTMLayer) -> Tuple[Dict[str, torch.Tensor], Dict[str, object]]:
     """Packed tensors and layer metadata of a trained layer (evaluated in eval mode). Raises
@@ -106,9 +113,13 @@ class PackedNQLSTMLayer(nn.Module):
         """The normalization's folded tensors of product ``name`` (ih or hh)."""
         return {key: getattr(self, f"{name}_{key}") for key in self.folded_keys}
 
-    def _buffers_key(self):
-        """Changes when any buffer is replaced or written in place (load_state_dict, .to)."""
-        return tuple((b.data_ptr(), b._version) for b in self.buffers())
+    def _cached(self, name: str, key, build):
+        """``build()``, kept under ``name`` while ``key`` and the buffers are unchanged."""
+        key = (buffers_state(self), key)
+        cache = self.__dict__.setdefault("_cache", {})
+        if name not in cache or cache[name][0] != key:
+            cache[name] = (key, build())
+        return cache[name][1]
 
     def _decoded(self, matrix: PackedMatrix, name: str, dtype) -> torch.Tensor:
         """diag(s) B as a dense matrix for the sequence paths (torch's fused LSTM, the native
@@ -116,11 +127,7 @@ class PackedNQLSTMLayer(nn.Module):
         keeps its quantized weights in eval mode, so that oneDNN reuses its reordered copy.
         A call decodes it anyway, so peak memory does not grow; generation steps compute from
         the words and decode nothing."""
-        key = (self._buffers_key(), dtype)
-        cache = self.__dict__.setdefault("_decoded_cache", {})
-        if name not in cache or cache[name][0] != key:
-            cache[name] = (key, matrix.unpacked(dtype))
-        return cache[name][1]
+        return self._cached(name, dtype, lambda: matrix.unpacked(dtype))
 
     def _native(self, px, h, c, w_hh, folded_ih, folded_hh, t0):
         forms = (self.norm_class.native_folded(folded_ih), self.norm_class.native_folded(folded_hh))
@@ -172,15 +179,7 @@ class PackedNQLSTMLayer(nn.Module):
         if kernel == "native" and not self.norm_class.acts_on_activations and \
                 select_kernel(w_hh, x.device, x.shape[0] * x.shape[1]) == "torch":
             return None  # a whole sequence without statistics: torch's fused LSTM is faster
-        # the tables only change when a buffer does: keyed by the buffers' storage and their
-        # in-place version counters (load_state_dict copies in place and bumps them)
-        key = self._buffers_key()
-        cached = self.__dict__.get("_fused_cache")
-        if cached is not None and cached[0] == key:
-            tables = cached[1]
-        else:
-            tables = self._fused_tables(w_ih, w_hh)
-            self.__dict__["_fused_cache"] = (key, tables)
+        tables = self._cached("fused", None, lambda: self._fused_tables(w_ih, w_hh))
         if tables is None:
             return None
         ax, ah, shift = tables

@@ -15,6 +15,7 @@ import logging
 import os
 
 from ...native import build_error, extension
+from ..format import word_planes
 
 logger = logging.getLogger(__name__)
 MAX_NATIVE_BATCH = 8  # beyond this, unpacking once and one GEMM is faster
@@ -48,12 +49,8 @@ def use_native(batch: int) -> bool:
 
 
 def packed_gemv(x, planes, scale, bits: int, columns: int):
-    module = load()
-    if bits == 1:
-        return module.packed_gemv(x.contiguous().float(), planes["plus"], None, scale.float(),
-                                  columns)
-    return module.packed_gemv(x.contiguous().float(), planes["nonzero"], planes["negative"],
-                              scale.float(), columns)
+    return load().packed_gemv(x.contiguous().float(), *word_planes(planes, bits), scale.float(),
+                              columns)
 
 
 def unpack(planes, bits: int, columns: int, scale=None):
@@ -61,13 +58,12 @@ def unpack(planes, bits: int, columns: int, scale=None):
     extension -- one pass over the words -- or None when the PyTorch path is chosen
     (``NQ_PLUGIN_KERNEL=torch``/``triton``), the planes are not on the CPU, or the extension
     is unavailable."""
-    first = planes["plus"] if bits == 1 else planes["nonzero"]
+    first, neg = word_planes(planes, bits)
     if first.device.type != "cpu" or kernel_choice() in ("torch", "triton"):
         return None
     module = load()
     if module is None:
         return None
-    neg = planes["negative"] if bits == 2 else None
     return module.packed_unpack(first, neg, None if scale is None else scale.float(), columns)
 
 
@@ -75,17 +71,8 @@ def lstm_step(x, h, c, ih, hh, ax, ah, shift, h_out=None):
     """One fused LSTM step from the packed words on the CPU (``packed_lstm_step`` of the
     extension; same arguments as the Triton step): ``ih`` / ``hh`` are (planes, bits), gates =
     ax * (B_x x) + ah * (B_h h) + shift. Returns the new (h, c); ``h_out`` receives h."""
-    module = load()
-    (ih_planes, ih_bits), (hh_planes, hh_bits) = ih, hh
-
-    def words(planes, bits):
-        if bits == 1:
-            return planes["plus"].contiguous(), None
-        return planes["nonzero"].contiguous(), planes["negative"].contiguous()
-
-    h_new, c_new = module.packed_lstm_step(x.float(), h.float(), c.float(),
-                                           *words(ih_planes, ih_bits), *words(hh_planes, hh_bits),
-                                           ax, ah, shift)
+    h_new, c_new = load().packed_lstm_step(x.float(), h.float(), c.float(), *word_planes(*ih),
+                                           *word_planes(*hh), ax, ah, shift)
     if h_out is not None:
         h_out.copy_(h_new)
     return h_new.to(x.dtype), c_new.to(x.dtype)

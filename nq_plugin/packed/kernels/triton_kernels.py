@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..format import word_planes
+
 
 @triton.jit
 def _codes(plane0_ptr, plane1_ptr, rows, row_ok, w0, stride_wr, WORDS,
@@ -192,13 +194,7 @@ def packed_matmul(x: torch.Tensor, planes, scale: torch.Tensor, bits: int, colum
     if x.dtype not in (torch.float32, torch.float16):
         raise TypeError(f"packed_matmul supports fp32/fp16 activations, got {x.dtype}")
     x = x.contiguous()
-    if bits == 1:
-        p0 = p1 = planes["plus"]
-    elif bits == 2:
-        p0, p1 = planes["nonzero"], planes["negative"]
-    else:
-        raise ValueError(f"packed_matmul: bits must be 1 or 2, got {bits}")
-    p0, p1 = p0.contiguous(), p1.contiguous()
+    p0, p1 = _planes(planes, bits)
     rows, words = p0.shape
     n = x.shape[0]
     y = torch.empty(n, rows, dtype=x.dtype, device=x.device)
@@ -221,11 +217,10 @@ def packed_matmul(x: torch.Tensor, planes, scale: torch.Tensor, bits: int, colum
 
 
 def _planes(planes, bits):
-    if bits == 1:
-        return planes["plus"].contiguous(), planes["plus"].contiguous()
-    if bits == 2:
-        return planes["nonzero"].contiguous(), planes["negative"].contiguous()
-    raise ValueError(f"packed_lstm_step: bits must be 1 or 2, got {bits}")
+    """Both word-plane pointers of the kernels (1 bit: the plus plane twice, never read as the
+    second)."""
+    first, negative = word_planes(planes, bits)
+    return first, first if negative is None else negative
 
 
 def packed_lstm_step(x, h, c, ih, hh, ax, ah, shift, h_out=None, config: dict = None):
