@@ -1,10 +1,11 @@
 """One token at a time (batch 1, T=1, state carried, eval mode, no grad) -- what generation and
 streaming scoring do -- for NQLSTM (BinaryConnect + weight norm, cached eval weights), the packed
-model, torch.nn.LSTM fp32 and torch's int8 dynamic LSTM, side by side in one run.
+models (binary and ternary), torch.nn.LSTM fp32 and torch's int8 dynamic LSTM, side by side in
+one run, with each one's weight memory (the matrices' bytes; biases and scales aside).
 
     python benchmarks/inference_step.py [--hidden 512 2000] [--steps 200] [--rounds 5]
 
-Prints the median time per step of each and the ratio to nn.LSTM fp32. Benchmark on an idle
+Prints the median time per step of each, the ratio to nn.LSTM fp32 and to int8. Benchmark on an idle
 machine: other jobs on the cores make the numbers meaningless.
 """
 import argparse
@@ -68,25 +69,27 @@ def main():
         x[0, 0, 3] = 1.0
         nq = NQLSTM(inp, hidden, quantizer="bc", norm="weight").eval()
         packed = PackedNQLSTM.from_lstm(nq).eval()
+        ternary = PackedNQLSTM.from_lstm(NQLSTM(inp, hidden, quantizer="tc", norm="weight").eval())
         ref = torch.nn.LSTM(inp, hidden).eval()
         int8 = int8_lstm(torch.nn.LSTM(inp, hidden).eval())
 
-        def ours(model):
+        def step_of(model):
             def step(state):
                 return model(x, state)[1]
             return step
 
-        def torch_lstm(model):
-            def step(state):
-                return model(x, state)[1]
-            return step
-
-        variants = {"NQLSTM bc+weight (cached)": ours(nq), "packed bc+weight": ours(packed),
-                    "nn.LSTM fp32": torch_lstm(ref)}
+        variants = {"NQLSTM bc+weight (cached)": step_of(nq), "packed bc+weight": step_of(packed),
+                    "packed tc+weight": step_of(ternary), "nn.LSTM fp32": step_of(ref)}
+        # weight memory: fp32 matrices (NQLSTM: the latent weights and the cached quantized
+        # copy); the packed words; int8's one byte per weight
+        matrices = 4 * hidden * (inp + hidden)
+        memory = {"NQLSTM bc+weight (cached)": 8 * matrices, "nn.LSTM fp32": 4 * matrices,
+                  "packed bc+weight": word_bytes(packed), "packed tc+weight": word_bytes(ternary),
+                  "int8 dynamic LSTM": matrices}
         if int8 is None:
             print(f"(torch {torch.__version__} has no int8 dynamic LSTM: no int8 row)")
         else:
-            variants["int8 dynamic LSTM"] = torch_lstm(int8)
+            variants["int8 dynamic LSTM"] = step_of(int8)
         times = {k: [] for k in variants}
         with torch.no_grad():
             for k, f in variants.items():
@@ -95,12 +98,22 @@ def main():
                 for k, f in variants.items():
                     times[k].append(per_step(f, a.steps))
         base = statistics.median(times["nn.LSTM fp32"])
-        print(f"\nH={hidden} (input {inp}), batch 1, one step per call, {a.threads} threads")
-        print("| variant                    | ms/step | vs nn.LSTM fp32 |")
-        print("|----------------------------|---------|-----------------|")
+        int8_time = statistics.median(times["int8 dynamic LSTM"]) if int8 is not None else None
+        print(f"\nH={hidden} (input {inp}), batch 1, one step per call, {a.threads} threads, "
+              f"median of {a.rounds} rounds of {a.steps} steps")
+        print("| variant                    | ms/step | vs nn.LSTM fp32 | vs int8 | weights  |")
+        print("|----------------------------|---------|-----------------|---------|----------|")
         for k in variants:
             m = statistics.median(times[k])
-            print(f"| {k:<26} | {m * 1e3:7.3f} | {base / m:14.2f}x |")
+            vs_int8 = f"{int8_time / m:6.2f}x" if int8_time else "      -"
+            print(f"| {k:<26} | {m * 1e3:7.3f} | {base / m:14.2f}x | {vs_int8} | "
+                  f"{memory[k] / 2 ** 20:5.2f} MB |")
+
+
+def word_bytes(packed: PackedNQLSTM) -> int:
+    """Bytes of the packed model's word planes (what its step reads)."""
+    return sum(b.numel() * b.element_size() for n, b in packed.named_buffers()
+               if b.dtype == torch.int32)
 
 
 if __name__ == "__main__":

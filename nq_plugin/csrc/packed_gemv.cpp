@@ -1,95 +1,196 @@
-// y = x W^T with W = diag(s) B from packed codes B (1 bit: plus plane; 2 bits: nonzero and
-// negative planes), computed from the packed words without unpacking them (exact fp32
-// activations): each 32-bit word selects, bit by bit, which of 32 inputs are added and which
-// subtracted. With AVX-512 one word is 2 masked adds + 2 masked subtracts on 16-lane vectors;
-// with AVX2 the bits are shifted into the lanes' sign bits (4 chunks of 8 lanes); otherwise a
-// portable loop.
+// Products x W^T with W = diag(s) B from packed codes B (1 bit: plus plane; 2 bits: nonzero and
+// negative planes), computed from the packed words without unpacking them, with exact fp32
+// activations -- the kernel of token-by-token inference (generation, streaming scoring).
+//
+// Lookup tables over pairs of inputs (T-MAC's idea, Wei et al. 2024, kept in fp32): for each
+// activation row x and each pair (x_2p, x_2p+1), the 4 values the pair's two code bits can
+// select -- binary (bit = sign): -x0-x1, x0-x1, x1-x0, x0+x1; ternary (bit = selected): 0, x0,
+// x1, x0+x1, looked up once for the adds (nonzero & !negative) and once for the subtracts
+// (nonzero & negative). With AVX2, 8 rows run in the 8 lanes: 8 rows' words are transposed in
+// registers (lane l = row l), and for each pair one shift brings the pair's bits to the bottom
+// of every lane and one vpermilps looks the 8 rows' values up in the pair's table (4 entries per
+// 128-bit half) -- 2 multiply-free operations per 16 products, where the sign-bit masked adds
+// took 4 per 8. Without AVX2 a portable loop.
 // Layout: nq_plugin/packed/format.py (int32 words along the input, LSB first, zero padding).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
-#if defined(__AVX512F__) || defined(__AVX2__)
+#ifdef __AVX2__
 #include <immintrin.h>
 #endif
 
+#include "native.h"
+#include "vec_math.h"
+
 namespace {
 
-// sum over the columns of one row: +x where plus bit set, -x elsewhere (binary), or
-// +x where nonzero & !negative, -x where nonzero & negative (ternary).
-inline float row_dot(const uint32_t* plus, const uint32_t* neg, int64_t words,
-                     const float* x) {
-#ifdef __AVX512F__
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  for (int64_t k = 0; k < words; ++k) {
-    const __m512 x0 = _mm512_loadu_ps(x + 32 * k);
-    const __m512 x1 = _mm512_loadu_ps(x + 32 * k + 16);
-    uint32_t add, sub;
-    if (neg == nullptr) {
-      add = plus[k];
-      sub = ~plus[k];
+constexpr int64_t kLanes = 8;          // rows per block
+constexpr int64_t kTableFloats = 128;  // per 32-input word: 16 pairs x 4 entries x 2 halves
+
+// The tables of activation rows x (n rows of `columns` floats, row stride `stride`) for `words`
+// words: (n, words * 128) floats, pair p's entries at 8p..8p+7 (4 values, twice).
+std::vector<float> build_tables(const float* x, int64_t n, int64_t stride, int64_t columns,
+                                int64_t words, bool ternary) {
+  std::vector<float> t((size_t)(n * words * kTableFloats));
+  for (int64_t b = 0; b < n; ++b) {
+    float* tb = t.data() + b * words * kTableFloats;
+    for (int64_t p = 0; p < words * 16; ++p) {
+      const float x0 = 2 * p < columns ? x[b * stride + 2 * p] : 0.f;
+      const float x1 = 2 * p + 1 < columns ? x[b * stride + 2 * p + 1] : 0.f;
+      const float e0 = ternary ? 0.f : -x0 - x1, e1 = ternary ? x0 : x0 - x1;
+      const float e2 = ternary ? x1 : x1 - x0, e3 = x0 + x1;
+      float* q = tb + 8 * p;
+      q[0] = q[4] = e0;
+      q[1] = q[5] = e1;
+      q[2] = q[6] = e2;
+      q[3] = q[7] = e3;
+    }
+  }
+  return t;
+}
+
+#ifdef __AVX2__
+// 8x8 transpose of 32-bit elements: r[q] lane l <- r[l] lane q
+inline void transpose8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// words k0..k0+7 of 8 rows, transposed: out[q] lane l = rows[l][k0 + q] (zeros past `words`
+// when a row has fewer than 8 words)
+inline void load_lanes(const uint32_t* const* rows, int64_t k0, int64_t words, __m256i out[8]) {
+  __m256 v[8];
+  for (int l = 0; l < 8; ++l) {
+    if (words >= 8) {
+      v[l] = _mm256_loadu_ps(reinterpret_cast<const float*>(rows[l] + k0));
     } else {
-      add = plus[k] & ~neg[k];
-      sub = plus[k] & neg[k];
-    }
-    acc0 = _mm512_mask_add_ps(acc0, (__mmask16)(add & 0xFFFF), acc0, x0);
-    acc1 = _mm512_mask_add_ps(acc1, (__mmask16)(add >> 16), acc1, x1);
-    acc0 = _mm512_mask_sub_ps(acc0, (__mmask16)(sub & 0xFFFF), acc0, x0);
-    acc1 = _mm512_mask_sub_ps(acc1, (__mmask16)(sub >> 16), acc1, x1);
-  }
-  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-#elif defined(__AVX2__)
-  // Lane j of chunk c holds input 8c + j; shifting the broadcast word left by 31 - (8c + j)
-  // puts that input's bit into the lane's sign bit. Binary: flip the sign of x where the bit
-  // is 0 and add. Ternary: an arithmetic shift turns the sign bit into an all-ones mask that
-  // selects x for the add (nonzero & !negative) and the subtract (nonzero & negative).
-  const __m256i lane = _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24);
-  const __m256i sign = _mm256_set1_epi32((int)0x80000000u);
-  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                   _mm256_setzero_ps()};
-  for (int64_t k = 0; k < words; ++k) {
-    if (neg == nullptr) {
-      const __m256i w = _mm256_set1_epi32((int)plus[k]);
-      for (int c = 0; c < 4; ++c) {
-        const __m256i at_sign = _mm256_sllv_epi32(w, _mm256_sub_epi32(lane, _mm256_set1_epi32(8 * c)));
-        const __m256 flip = _mm256_castsi256_ps(_mm256_andnot_si256(at_sign, sign));
-        acc[c] = _mm256_add_ps(acc[c], _mm256_xor_ps(_mm256_loadu_ps(x + 32 * k + 8 * c), flip));
-      }
-    } else {
-      const __m256i a = _mm256_set1_epi32((int)(plus[k] & ~neg[k]));
-      const __m256i s = _mm256_set1_epi32((int)(plus[k] & neg[k]));
-      for (int c = 0; c < 4; ++c) {
-        const __m256i shift = _mm256_sub_epi32(lane, _mm256_set1_epi32(8 * c));
-        const __m256 xs = _mm256_loadu_ps(x + 32 * k + 8 * c);
-        const __m256 ma = _mm256_castsi256_ps(_mm256_srai_epi32(_mm256_sllv_epi32(a, shift), 31));
-        const __m256 ms = _mm256_castsi256_ps(_mm256_srai_epi32(_mm256_sllv_epi32(s, shift), 31));
-        acc[c] = _mm256_sub_ps(_mm256_add_ps(acc[c], _mm256_and_ps(xs, ma)), _mm256_and_ps(xs, ms));
-      }
+      alignas(32) uint32_t buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      std::memcpy(buf, rows[l], (size_t)words * sizeof(uint32_t));
+      v[l] = _mm256_load_ps(reinterpret_cast<const float*>(buf));
     }
   }
-  const __m256 sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
-  return _mm_cvtss_f32(lo);
-#else
-  float acc[32] = {0};
-  for (int64_t k = 0; k < words; ++k) {
-    const uint32_t p = plus[k];
-    const uint32_t n = neg == nullptr ? 0u : neg[k];
-    const float* xs = x + 32 * k;
-    for (int i = 0; i < 32; ++i) {
-      const float on = (float)((p >> i) & 1u);
-      const float sign = neg == nullptr ? 2.f * on - 1.f : on * (1.f - 2.f * (float)((n >> i) & 1u));
-      acc[i] += sign * xs[i];
-    }
+  transpose8(v);
+  for (int q = 0; q < 8; ++q) out[q] = _mm256_castps_si256(v[q]);
+}
+
+// acc[0..3] += the table values of one word's 16 pairs, 8 rows (lanes) at once (four
+// independent sums: the adds' latency, not their throughput, bounds fewer)
+inline void word_lookup(__m256i w, const float* t, __m256 acc[4]) {
+#pragma GCC unroll 4
+  for (int j = 0; j < 16; j += 4) {
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u)
+      acc[u] = _mm256_add_ps(acc[u], _mm256_permutevar_ps(_mm256_loadu_ps(t + 8 * (j + u)),
+                                                          _mm256_srli_epi32(w, 2 * (j + u))));
   }
-  float s = 0.f;
-  for (int i = 0; i < 32; ++i) s += acc[i];
-  return s;
+}
 #endif
+
+// out[b * 8 + l] = B_{rows[l]} . x_b for the 8 rows and n activation rows (their tables, row
+// stride `table_stride`); `neg` null for binary.
+template <bool TERNARY>
+void rows_dot_kind(const uint32_t* const* plus, const uint32_t* const* neg, int64_t words,
+                   const float* tables, int64_t table_stride, int64_t n, float* out) {
+  std::fill(out, out + kLanes * n, 0.f);
+#ifdef __AVX2__
+  for (int64_t k = 0; k < words; k += 8) {
+    // the last 8 words overlap the previous block: its first words were counted already
+    const int64_t k0 = words >= 8 ? std::min(k, words - 8) : 0;
+    const int first = (int)(k - k0), last = (int)std::min<int64_t>(8, words);
+    __m256i add[8], sub[8];
+    load_lanes(plus, k0, words, add);
+    if (TERNARY) {
+      load_lanes(neg, k0, words, sub);
+      for (int q = 0; q < 8; ++q) {
+        const __m256i nz = add[q];
+        add[q] = _mm256_andnot_si256(sub[q], nz);
+        sub[q] = _mm256_and_si256(sub[q], nz);
+      }
+    }
+    for (int64_t b = 0; b < n; ++b) {
+      const float* t = tables + b * table_stride + k0 * kTableFloats;
+      __m256 add_acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                           _mm256_setzero_ps()};
+      __m256 sub_acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                           _mm256_setzero_ps()};
+      for (int q = first; q < last; ++q) {
+        word_lookup(add[q], t + q * kTableFloats, add_acc);
+        if (TERNARY) word_lookup(sub[q], t + q * kTableFloats, sub_acc);
+      }
+      const __m256 sum = _mm256_sub_ps(
+          _mm256_add_ps(_mm256_add_ps(add_acc[0], add_acc[1]), _mm256_add_ps(add_acc[2], add_acc[3])),
+          _mm256_add_ps(_mm256_add_ps(sub_acc[0], sub_acc[1]), _mm256_add_ps(sub_acc[2], sub_acc[3])));
+      _mm256_storeu_ps(out + b * kLanes, _mm256_add_ps(_mm256_loadu_ps(out + b * kLanes), sum));
+    }
+  }
+#else
+  for (int l = 0; l < kLanes; ++l) {
+    for (int64_t b = 0; b < n; ++b) {
+      const float* t = tables + b * table_stride;
+      float acc = 0.f;
+      for (int64_t k = 0; k < words; ++k) {
+        const uint32_t p = plus[l][k], m = TERNARY ? neg[l][k] : 0u;
+        const uint32_t a = TERNARY ? (p & ~m) : p, s = p & m;
+        for (int j = 0; j < 16; ++j) {
+          acc += t[k * kTableFloats + 8 * j + ((a >> (2 * j)) & 3u)];
+          if (TERNARY) acc -= t[k * kTableFloats + 8 * j + ((s >> (2 * j)) & 3u)];
+        }
+      }
+      out[b * kLanes + l] = acc;
+    }
+  }
+#endif
+}
+
+void rows_dot(const uint32_t* const* plus, const uint32_t* const* neg, int64_t words,
+              const float* tables, int64_t table_stride, int64_t n, float* out) {
+  if (neg == nullptr) {
+    rows_dot_kind<false>(plus, neg, words, tables, table_stride, n, out);
+  } else {
+    rows_dot_kind<true>(plus, neg, words, tables, table_stride, n, out);
+  }
+}
+
+// row pointers of one block: rows first..first+7 of a plane, clamped to row `limit` - 1
+void block_rows(const uint32_t* plane, int64_t words, int64_t first, int64_t limit,
+                const uint32_t* rows[kLanes]) {
+  for (int64_t l = 0; l < kLanes; ++l) rows[l] = plane + std::min(first + l, limit - 1) * words;
+}
+
+const uint32_t* words_of(const c10::optional<torch::Tensor>& t) {
+  return t.has_value() ? reinterpret_cast<const uint32_t*>(t->data_ptr<int32_t>()) : nullptr;
+}
+
+// contiguous int32 planes of one product, checked: {plus, neg or undefined}
+std::pair<torch::Tensor, c10::optional<torch::Tensor>> planes_of(
+    const torch::Tensor& plus, const c10::optional<torch::Tensor>& neg, const char* what) {
+  TORCH_CHECK(plus.dim() == 2 && plus.scalar_type() == torch::kInt32, what,
+              ": planes must be 2-D int32");
+  c10::optional<torch::Tensor> n;
+  if (neg.has_value()) {
+    n = neg->contiguous();
+    TORCH_CHECK(n->sizes() == plus.sizes() && n->scalar_type() == torch::kInt32, what,
+                ": planes differ in shape or type");
+  }
+  return {plus.contiguous(), n};
 }
 
 }  // namespace
@@ -98,32 +199,32 @@ inline float row_dot(const uint32_t* plus, const uint32_t* neg, int64_t words,
 torch::Tensor packed_gemv(torch::Tensor x, torch::Tensor plus, c10::optional<torch::Tensor> neg,
                           torch::Tensor scale, int64_t columns) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x must be (N, n) float32");
-  TORCH_CHECK(plus.dim() == 2 && plus.scalar_type() == torch::kInt32, "planes must be int32");
-  const int64_t n = x.size(0), rows = plus.size(0), words = plus.size(1);
+  auto planes = planes_of(plus, neg, "packed_gemv");
+  const int64_t n = x.size(0), rows = planes.first.size(0), words = planes.first.size(1);
   TORCH_CHECK(x.size(1) == columns && words * 32 >= columns, "x does not fit the packed matrix");
-  auto xp = torch::zeros({n, words * 32}, x.options());  // zero padding: padded bits ignored
-  xp.narrow(1, 0, columns).copy_(x);
-  auto plus_c = plus.contiguous();
-  torch::Tensor neg_c;
-  const uint32_t* negp = nullptr;
-  if (neg.has_value()) {
-    neg_c = neg->contiguous();
-    TORCH_CHECK(neg_c.sizes() == plus_c.sizes(), "planes differ in shape");
-    negp = reinterpret_cast<const uint32_t*>(neg_c.data_ptr<int32_t>());
-  }
-  auto scale_c = scale.contiguous();
+  auto xc = x.contiguous();
+  auto scale_c = scale.contiguous().to(torch::kFloat32);
+  TORCH_CHECK(scale_c.numel() == rows, "one scale per row");
+  const auto tables = build_tables(xc.data_ptr<float>(), n, columns, columns, words,
+                                   planes.second.has_value());
   auto y = torch::empty({n, rows}, x.options());
-  const uint32_t* pp = reinterpret_cast<const uint32_t*>(plus_c.data_ptr<int32_t>());
-  const float* xd = xp.data_ptr<float>();
+  const uint32_t* pp = reinterpret_cast<const uint32_t*>(planes.first.data_ptr<int32_t>());
+  const uint32_t* np = words_of(planes.second);
   const float* sd = scale_c.data_ptr<float>();
   float* yd = y.data_ptr<float>();
-  at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const uint32_t* pr = pp + r * words;
-      const uint32_t* nr = negp == nullptr ? nullptr : negp + r * words;
-      for (int64_t b = 0; b < n; ++b) {
-        yd[b * rows + r] = sd[r] * row_dot(pr, nr, words, xd + b * words * 32);
-      }
+  const int64_t blocks = (rows + kLanes - 1) / kLanes;
+  at::parallel_for(0, blocks, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(kLanes * n);
+    const uint32_t *prow[kLanes], *nrow[kLanes];
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t r0 = blk * kLanes;
+      block_rows(pp, words, r0, rows, prow);
+      if (np != nullptr) block_rows(np, words, r0, rows, nrow);
+      rows_dot(prow, np == nullptr ? nullptr : nrow, words, tables.data(),
+               words * kTableFloats, n, acc.data());
+      for (int64_t b = 0; b < n; ++b)
+        for (int64_t l = 0; l < kLanes && r0 + l < rows; ++l)
+          yd[b * rows + r0 + l] = sd[r0 + l] * acc[b * kLanes + l];
     }
   });
   return y;
@@ -182,23 +283,14 @@ torch::Tensor packed_unpack(torch::Tensor plus, c10::optional<torch::Tensor> neg
   return out;
 }
 
-namespace {
-torch::Tensor padded(const torch::Tensor& x, int64_t words) {
-  auto xp = torch::zeros({x.size(0), words * 32}, x.options());
-  xp.narrow(1, 0, x.size(1)).copy_(x);
-  return xp;
-}
-const uint32_t* words_of(const c10::optional<torch::Tensor>& t) {
-  return t.has_value() ? reinterpret_cast<const uint32_t*>(t->data_ptr<int32_t>()) : nullptr;
-}
-inline double sigmoid(double v) { return 1.0 / (1.0 + std::exp(-v)); }
-}  // namespace
 
 // One whole LSTM step from packed words (the CPU twin of the fused Triton step): for rows
 // j, H + j, 2H + j, 3H + j the gate pre-activations ax * (B_x x) + ah * (B_h h) + shift, then
 // c' = sigmoid(f) c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c'). ax, ah, shift fold the
-// per-row scales, a per-feature affine normalization and the bias. x (B, K), h and c (B, H)
-// float32; planes contiguous int32 (R = 4H rows); returns {h', c'}.
+// per-row scales, a per-feature affine normalization and the bias. Blocks of 8 hidden units:
+// the 4 gates' 8 rows each, then the cell for those units while the gates are in cache (one
+// parallel pass). x (B, K), h and c (B, H) float32; planes contiguous int32 (R = 4H rows);
+// returns {h', c'}.
 std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, torch::Tensor c,
                                             torch::Tensor ih_plus,
                                             c10::optional<torch::Tensor> ih_neg,
@@ -208,45 +300,71 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
                                             torch::Tensor shift) {
   TORCH_CHECK(x.scalar_type() == torch::kFloat32 && h.scalar_type() == torch::kFloat32 &&
               c.scalar_type() == torch::kFloat32, "x, h, c must be float32");
-  const int64_t batch = x.size(0), hidden = h.size(1), rows = 4 * hidden;
-  const int64_t wx = ih_plus.size(1), wh = hh_plus.size(1);
-  TORCH_CHECK(ih_plus.size(0) == rows && hh_plus.size(0) == rows, "planes must have 4H rows");
-  TORCH_CHECK(x.size(1) <= wx * 32 && hidden <= wh * 32, "inputs do not fit the packed words");
-  auto xp = padded(x.contiguous(), wx), hp = padded(h.contiguous(), wh);
-  auto cc = c.contiguous();
-  auto gates = torch::empty({batch, rows}, x.options());
-  const uint32_t* ip = reinterpret_cast<const uint32_t*>(ih_plus.data_ptr<int32_t>());
-  const uint32_t* hp_w = reinterpret_cast<const uint32_t*>(hh_plus.data_ptr<int32_t>());
-  const uint32_t* in_ = words_of(ih_neg);
-  const uint32_t* hn = words_of(hh_neg);
-  const float *axd = ax.data_ptr<float>(), *ahd = ah.data_ptr<float>(),
-              *sd = shift.data_ptr<float>(), *xd = xp.data_ptr<float>(), *hd = hp.data_ptr<float>();
-  float* gd = gates.data_ptr<float>();
-  at::parallel_for(0, rows, 128, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
+  const int64_t batch = x.size(0), inputs = x.size(1), hidden = h.size(1), rows = 4 * hidden;
+  auto ih = planes_of(ih_plus, ih_neg, "packed_lstm_step (ih)");
+  auto hh = planes_of(hh_plus, hh_neg, "packed_lstm_step (hh)");
+  const int64_t wx = ih.first.size(1), wh = hh.first.size(1);
+  TORCH_CHECK(ih.first.size(0) == rows && hh.first.size(0) == rows, "planes must have 4H rows");
+  TORCH_CHECK(inputs <= wx * 32 && hidden <= wh * 32, "inputs do not fit the packed words");
+  TORCH_CHECK(ax.numel() == rows && ah.numel() == rows && shift.numel() == rows,
+              "ax, ah and shift need 4H values");
+  auto xc = x.contiguous(), hc = h.contiguous(), cc = c.contiguous();
+  auto axc = ax.contiguous(), ahc = ah.contiguous(), sc = shift.contiguous();
+  const auto tx = build_tables(xc.data_ptr<float>(), batch, inputs, inputs, wx,
+                               ih.second.has_value());
+  const auto th = build_tables(hc.data_ptr<float>(), batch, hidden, hidden, wh,
+                               hh.second.has_value());
+  const uint32_t* ixp = reinterpret_cast<const uint32_t*>(ih.first.data_ptr<int32_t>());
+  const uint32_t* ixn = words_of(ih.second);
+  const uint32_t* hxp = reinterpret_cast<const uint32_t*>(hh.first.data_ptr<int32_t>());
+  const uint32_t* hxn = words_of(hh.second);
+  const float *axd = axc.data_ptr<float>(), *ahd = ahc.data_ptr<float>(),
+              *sd = sc.data_ptr<float>(), *cd = cc.data_ptr<float>();
+  auto h_out = torch::empty({batch, hidden}, x.options());
+  auto c_out = torch::empty({batch, hidden}, x.options());
+  float *ho = h_out.data_ptr<float>(), *co = c_out.data_ptr<float>();
+  using Vec = nq_native::Vec<float>;
+  static_assert(kLanes % Vec::size() == 0, "a block is a whole number of vectors");
+  const int64_t blocks = (hidden + kLanes - 1) / kLanes;
+  at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
+    std::vector<float> gx(kLanes * batch), gh(kLanes * batch), pre(4 * kLanes * batch);
+    const uint32_t *prow[kLanes], *nrow[kLanes];
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t j0 = blk * kLanes, units = std::min(kLanes, hidden - j0);
+      for (int64_t g = 0; g < 4; ++g) {
+        const int64_t r0 = g * hidden + j0, limit = g * hidden + hidden;
+        block_rows(ixp, wx, r0, limit, prow);
+        if (ixn != nullptr) block_rows(ixn, wx, r0, limit, nrow);
+        rows_dot(prow, ixn == nullptr ? nullptr : nrow, wx, tx.data(), wx * kTableFloats, batch,
+                 gx.data());
+        block_rows(hxp, wh, r0, limit, prow);
+        if (hxn != nullptr) block_rows(hxn, wh, r0, limit, nrow);
+        rows_dot(prow, hxn == nullptr ? nullptr : nrow, wh, th.data(), wh * kTableFloats, batch,
+                 gh.data());
+        for (int64_t b = 0; b < batch; ++b)
+          for (int64_t l = 0; l < kLanes; ++l) {
+            const int64_t r = std::min(r0 + l, limit - 1);
+            pre[(b * 4 + g) * kLanes + l] =
+                axd[r] * gx[b * kLanes + l] + ahd[r] * gh[b * kLanes + l] + sd[r];
+          }
+      }
       for (int64_t b = 0; b < batch; ++b) {
-        const float gx = row_dot(ip + r * wx, in_ == nullptr ? nullptr : in_ + r * wx, wx,
-                                 xd + b * wx * 32);
-        const float gh = row_dot(hp_w + r * wh, hn == nullptr ? nullptr : hn + r * wh, wh,
-                                 hd + b * wh * 32);
-        gd[b * rows + r] = (float)((double)axd[r] * gx + (double)ahd[r] * gh + (double)sd[r]);
+        const float* p = pre.data() + b * 4 * kLanes;
+        alignas(32) float c_prev[kLanes] = {0}, c_new[kLanes], h_new[kLanes];
+        std::copy(cd + b * hidden + j0, cd + b * hidden + j0 + units, c_prev);
+        for (int64_t q = 0; q < kLanes; q += Vec::size()) {
+          const Vec i = nq_native::sigmoid(Vec::loadu(p + q));
+          const Vec f = nq_native::sigmoid(Vec::loadu(p + kLanes + q));
+          const Vec a = nq_native::tanh_fast(Vec::loadu(p + 2 * kLanes + q));
+          const Vec o = nq_native::sigmoid(Vec::loadu(p + 3 * kLanes + q));
+          const Vec cn = f * Vec::loadu(c_prev + q) + i * a;
+          cn.store(c_new + q);
+          (o * nq_native::tanh_fast(cn)).store(h_new + q);
+        }
+        std::copy(c_new, c_new + units, co + b * hidden + j0);
+        std::copy(h_new, h_new + units, ho + b * hidden + j0);
       }
     }
   });
-  auto h_out = torch::empty({batch, hidden}, x.options());
-  auto c_out = torch::empty({batch, hidden}, x.options());
-  const float* cd = cc.data_ptr<float>();
-  float *ho = h_out.data_ptr<float>(), *co = c_out.data_ptr<float>();
-  for (int64_t b = 0; b < batch; ++b) {
-    const float* g = gd + b * rows;
-    for (int64_t j = 0; j < hidden; ++j) {
-      // the few elementwise operations in double: as close to torch's as the products allow
-      const double i = sigmoid(g[j]), f = sigmoid(g[hidden + j]);
-      const double a = std::tanh((double)g[2 * hidden + j]), o = sigmoid(g[3 * hidden + j]);
-      const double cn = f * cd[b * hidden + j] + i * a;
-      co[b * hidden + j] = (float)cn;
-      ho[b * hidden + j] = (float)(o * std::tanh(cn));
-    }
-  }
   return {h_out, c_out};
 }

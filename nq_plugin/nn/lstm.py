@@ -154,8 +154,9 @@ class NQLSTMLayer(nn.Module):
         """Identity and version of every parameter and buffer of the layer: an in-place update
         (optimizer step, ``load_state_dict``'s copy) bumps ``_version``, ``.to()`` makes new
         tensors -- either invalidates the cached weights."""
-        return tuple((t.data_ptr(), t._version, t.dtype, t.device)
-                     for t in list(self.parameters()) + list(self.buffers()))
+        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for m in self.modules()
+                     for tensors in (m._parameters, m._buffers) for t in tensors.values()
+                     if t is not None)
 
     def effective_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Quantized (and, for weight norm, normalized) W_x and W_h used by the forward pass.

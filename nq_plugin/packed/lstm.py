@@ -40,7 +40,8 @@ def buffers_state(module: nn.Module):
     """Changes when any buffer of ``module`` is replaced, moved or written in place (the tensors'
     version counters: ``load_state_dict`` copies in place): the key of what is derived from
     them and kept between calls."""
-    return tuple((b.data_ptr(), b._version) for b in module.buffers())
+    return tuple((b.data_ptr(), b._version) for m in module.modules()
+                 for b in m._buffers.values() if b is not None)
 
 
 @torch.no_grad()
@@ -167,28 +168,52 @@ class PackedNQLSTMLayer(nn.Module):
         return (ax.expand(slots, -1).float().contiguous(), ah.expand(slots, -1).float().contiguous(),
                 shift.float().contiguous())
 
-    def _fused_forward(self, x, h, c, w_ih, w_hh, t0):
+    def _fused_plan(self, device: torch.device):
+        """What every fused step needs, derived once from the buffers: (step, largest batch or
+        None for any, ax, ah, shift) with step(x, h, c, ax, ah, shift, h_out) -> (h, c); None
+        where no fused kernel applies (PyTorch kernel chosen, layer norm, a dense matrix)."""
+        w_ih, w_hh = self.matrix("ih"), self.matrix("hh")
+        kernel = select_kernel(w_hh, device, 1)
+        if kernel == "triton":
+            fused = triton_lstm_step()
+            if fused is None:
+                return None
+            ih, hh = (w_ih.planes, w_ih.bits), (w_hh.planes, w_hh.bits)
+
+            def step(x, h, c, ax, ah, shift, h_out=None):
+                return fused(x, h, c, ih, hh, ax, ah, shift, h_out=h_out)
+            largest = None
+        elif kernel == "native":
+            step = native_kernel.lstm_stepper((w_ih.planes, w_ih.bits), (w_hh.planes, w_hh.bits))
+            largest = native_kernel.largest_native_batch()
+        else:
+            return None
+        tables = self._fused_tables(w_ih, w_hh)
+        return None if tables is None else (step, largest, *tables)
+
+    def _fused_forward(self, x, h, c, t0):
         """Every step one fused kernel -- Triton on a GPU, the native extension on the CPU for
         the GEMV's batch sizes: both products from the words, the folded normalization, the
-        bias, the gates and the cell update -- or None when not applicable."""
-        kernel = select_kernel(w_hh, x.device, x.shape[1])
-        step = triton_lstm_step() if kernel == "triton" else \
-            native_kernel.lstm_step if kernel == "native" else None
-        if step is None:
+        bias, the gates and the cell update -- or None when not applicable. The plan (kernel,
+        tables) is kept while the buffers are unchanged: a generation step costs one call."""
+        plan = self._cached("fused", (x.device, native_kernel.kernel_choice()),
+                            lambda: self._fused_plan(x.device))
+        if plan is None:
             return None
-        if kernel == "native" and not self.norm_class.acts_on_activations and \
-                select_kernel(w_hh, x.device, x.shape[0] * x.shape[1]) == "torch":
-            return None  # a whole sequence without statistics: torch's fused LSTM is faster
-        tables = self._cached("fused", None, lambda: self._fused_tables(w_ih, w_hh))
-        if tables is None:
-            return None
-        ax, ah, shift = tables
+        step, largest, ax, ah, shift = plan
+        steps, batch = x.shape[0], x.shape[1]
+        if largest is not None and (batch > largest or (
+                not self.norm_class.acts_on_activations and steps * batch > largest)):
+            return None  # larger batches, or a whole sequence without statistics: torch's LSTM
         last = ax.shape[0] - 1
-        ih, hh = (w_ih.planes, w_ih.bits), (w_hh.planes, w_hh.bits)
-        out = x.new_empty(x.shape[0], x.shape[1], self.hidden_size)
-        for t in range(x.shape[0]):
+        if steps == 1 and not x.is_cuda:  # a generation step on the CPU: no output buffer
+            slot = min(t0, last)
+            h, c = step(x[0], h, c, ax[slot], ah[slot], shift[slot])
+            return h.unsqueeze(0).clone(), (h, c)
+        out = x.new_empty(steps, batch, self.hidden_size)
+        for t in range(steps):
             slot = min(t0 + t, last)
-            h, c = step(x[t], h, c, ih, hh, ax[slot], ah[slot], shift[slot], h_out=out[t])
+            h, c = step(x[t], h, c, ax[slot], ah[slot], shift[slot], h_out=out[t])
         return out, (h, c)
 
     def forward(self, x: torch.Tensor, state=None, t0: int = 0):
@@ -200,10 +225,10 @@ class PackedNQLSTMLayer(nn.Module):
             zeros = x.new_zeros(batch, self.hidden_size)
             state = (zeros, zeros)
         h, c = state
-        w_ih, w_hh = self.matrix("ih"), self.matrix("hh")
-        fused = self._fused_forward(x, h, c, w_ih, w_hh, t0)
+        fused = self._fused_forward(x, h, c, t0)
         if fused is not None:
             return fused
+        w_ih, w_hh = self.matrix("ih"), self.matrix("hh")
         if not self.norm_class.acts_on_activations and not x.is_cuda and \
                 select_kernel(w_hh, x.device, steps * batch) == "torch":
             # both matrices decoded (kept between calls, see _decoded) and torch's fused LSTM

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Optional
+
+import torch
 
 from ...native import build_error, extension
 from ..format import word_planes
@@ -38,14 +41,20 @@ def load():
     return module
 
 
+def largest_native_batch() -> Optional[int]:
+    """The largest batch whose products on the CPU go through the native kernel: None for any
+    (``NQ_PLUGIN_KERNEL=native``), 0 for none (PyTorch chosen, or the extension is unavailable
+    in auto mode)."""
+    choice = kernel_choice()
+    if choice in ("torch", "triton") or load() is None:
+        return 0
+    return None if choice == "native" else MAX_NATIVE_BATCH
+
+
 def use_native(batch: int) -> bool:
     """Whether x W^T for ``batch`` rows on the CPU goes through the native kernel."""
-    choice = kernel_choice()
-    if choice in ("torch", "triton"):
-        return False
-    if choice == "native":
-        return load() is not None
-    return batch <= MAX_NATIVE_BATCH and load() is not None
+    largest = largest_native_batch()
+    return largest is None or batch <= largest
 
 
 def packed_gemv(x, planes, scale, bits: int, columns: int):
@@ -67,12 +76,23 @@ def unpack(planes, bits: int, columns: int, scale=None):
     return module.packed_unpack(first, neg, None if scale is None else scale.float(), columns)
 
 
-def lstm_step(x, h, c, ih, hh, ax, ah, shift, h_out=None):
+def lstm_stepper(ih, hh):
     """One fused LSTM step from the packed words on the CPU (``packed_lstm_step`` of the
-    extension; same arguments as the Triton step): ``ih`` / ``hh`` are (planes, bits), gates =
-    ax * (B_x x) + ah * (B_h h) + shift. Returns the new (h, c); ``h_out`` receives h."""
-    h_new, c_new = load().packed_lstm_step(x.float(), h.float(), c.float(), *word_planes(*ih),
-                                           *word_planes(*hh), ax, ah, shift)
-    if h_out is not None:
-        h_out.copy_(h_new)
-    return h_new.to(x.dtype), c_new.to(x.dtype)
+    extension; the Triton step's arithmetic) for fixed matrices ``ih`` / ``hh`` ((planes, bits)),
+    their words resolved once: step(x, h, c, ax, ah, shift, h_out=None) -> (h, c) with gates =
+    ax * (B_x x) + ah * (B_h h) + shift; ``h_out`` receives h. A generation step is one call."""
+    fused = load().packed_lstm_step
+    ih_plus, ih_neg = word_planes(*ih)
+    hh_plus, hh_neg = word_planes(*hh)
+
+    def step(x, h, c, ax, ah, shift, h_out=None):
+        dtype = x.dtype
+        if dtype != torch.float32:
+            x, h, c = x.float(), h.float(), c.float()
+        h_new, c_new = fused(x, h, c, ih_plus, ih_neg, hh_plus, hh_neg, ax, ah, shift)
+        if h_out is not None:
+            h_out.copy_(h_new)
+        if dtype != torch.float32:
+            return h_new.to(dtype), c_new.to(dtype)
+        return h_new, c_new
+    return step

@@ -40,9 +40,12 @@ def test_native_decode_equals_the_pytorch_decode(built, monkeypatch, bits, rows,
 
 
 @pytest.mark.parametrize("bits", [1, 2])
-@pytest.mark.parametrize("rows,cols", [(8, 5), (64, 53), (40, 96), (2048, 512)])
+@pytest.mark.parametrize("rows,cols", [(8, 5), (64, 53), (40, 96), (2048, 512), (37, 300)])
 @pytest.mark.parametrize("batch", [1, 3, 8])
 def test_kernel_equals_unpacked_product(built, bits, rows, cols, batch):
+    """Every shape the lookup kernel treats apart: fewer than 8 words (zero-padded lanes), a
+    multiple of 8, more than 8 and not a multiple (the last block overlaps the one before),
+    rows not a multiple of 8 (the last block's lanes repeat the last row)."""
     torch.manual_seed(rows + cols + batch)
     codes = torch.randint(-1, 2, (rows, cols)).float()
     if bits == 1:
@@ -55,6 +58,37 @@ def test_kernel_equals_unpacked_product(built, bits, rows, cols, batch):
     bound = 1e-6 * float(ref.abs().max()) + 1e-6  # fp32 summation over the row, as a GEMM's
     for got in (native.packed_gemv(x, planes, scale, bits, cols), m.matmul(x)):
         assert float((got.double() - ref).abs().max()) <= bound
+
+
+@pytest.mark.parametrize("bits_x,bits_h", [(1, 1), (2, 2), (1, 2)])
+@pytest.mark.parametrize("inputs,hidden,batch", [(27, 13, 1), (5, 300, 3), (53, 512, 2)])
+def test_fused_step_equals_the_step_in_fp64(built, bits_x, bits_h, inputs, hidden, batch):
+    """packed_lstm_step (both products from the words, the folded coefficients, the gates and
+    the cell in blocks of 8 hidden units) against the same step in fp64: hidden sizes that are
+    not a multiple of 8, words below, at and above 8, binary and ternary in one step."""
+    torch.manual_seed(inputs + hidden + batch)
+
+    def matrix(bits, cols):
+        codes = torch.randint(-1, 2, (4 * hidden, cols)).double()
+        if bits == 1:
+            codes = torch.where(codes >= 0, 1.0, -1.0).double()
+        return pack_matrix(codes.float(), bits), codes
+
+    (ih, bx), (hh, bh) = matrix(bits_x, inputs), matrix(bits_h, hidden)
+    x, h, c = torch.randn(batch, inputs), torch.randn(batch, hidden), torch.randn(batch, hidden)
+    ax, ah = torch.rand(4 * hidden) * 0.2, torch.rand(4 * hidden) * 0.1
+    shift = torch.randn(4 * hidden)
+    step = native.lstm_stepper((ih, bits_x), (hh, bits_h))
+    h2, c2 = step(x, h, c, ax, ah, shift)
+    g = ax.double() * (x.double() @ bx.t()) + ah.double() * (h.double() @ bh.t()) + shift.double()
+    i, f, a, o = g.chunk(4, dim=1)
+    c_ref = f.sigmoid() * c.double() + i.sigmoid() * a.tanh()
+    h_ref = o.sigmoid() * c_ref.tanh()
+    torch.testing.assert_close(c2.double(), c_ref, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(h2.double(), h_ref, atol=2e-5, rtol=1e-5)
+    out = torch.empty(batch, hidden)
+    step(x.half(), h.half(), c.half(), ax, ah, shift, h_out=out)  # other dtypes: converted
+    torch.testing.assert_close(out.double(), h_ref, atol=5e-3, rtol=5e-3)
 
 
 @pytest.mark.parametrize("quantizer", ["bc", "tc", "bwn", "twn", "fp"])

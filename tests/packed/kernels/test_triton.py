@@ -86,8 +86,7 @@ FUSED_CHECK = textwrap.dedent("""
                 for t0 in ((0, 2) if stats == "separate" else (0,)):  # slots 0..2, clamped
                     layer = packed.layers[0]
                     h, c = torch.randn(3, 24), torch.randn(3, 24)
-                    w_ih, w_hh = layer.matrix("ih"), layer.matrix("hh")
-                    fused = layer._fused_forward(x, h, c, w_ih, w_hh, t0)
+                    fused = layer._fused_forward(x, h, c, t0)
                     if norm == "layer":  # not a per-feature affine map: the per-op path
                         assert fused is None
                         continue

@@ -1,0 +1,38 @@
+// The extension's functions (defined in packed_gemv.cpp and recurrence.cpp, bound to Python in
+// bindings.cpp): one declaration each, included by the definitions so that they cannot drift.
+#pragma once
+#include <torch/extension.h>
+#include <vector>
+
+torch::Tensor packed_gemv(torch::Tensor x, torch::Tensor plus, c10::optional<torch::Tensor> neg,
+                          torch::Tensor scale, int64_t columns);
+std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, torch::Tensor c,
+                                            torch::Tensor ih_plus,
+                                            c10::optional<torch::Tensor> ih_neg,
+                                            torch::Tensor hh_plus,
+                                            c10::optional<torch::Tensor> hh_neg,
+                                            torch::Tensor ax, torch::Tensor ah,
+                                            torch::Tensor shift);
+torch::Tensor packed_unpack(torch::Tensor plus, c10::optional<torch::Tensor> neg,
+                            c10::optional<torch::Tensor> scale, int64_t columns);
+
+std::vector<at::Tensor> recurrence_forward(
+    at::Tensor px, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor shift,
+    c10::optional<at::Tensor> gain_x, c10::optional<at::Tensor> gain_h,
+    int64_t op_x, double eps_x, c10::optional<at::Tensor> first_x,
+    c10::optional<at::Tensor> second_x, double momentum_x,
+    int64_t op_h, double eps_h, c10::optional<at::Tensor> first_h,
+    c10::optional<at::Tensor> second_h, double momentum_h, int64_t t0, bool keep,
+    c10::optional<at::Tensor> w_packed, c10::optional<at::Tensor> accum_x,
+    c10::optional<at::Tensor> accum_h);
+
+std::vector<at::Tensor> recurrence_backward(
+    c10::optional<at::Tensor> grad_out, c10::optional<at::Tensor> grad_h,
+    c10::optional<at::Tensor> grad_c, at::Tensor px, at::Tensor h0, at::Tensor c0,
+    at::Tensor out, at::Tensor c_all, std::vector<at::Tensor> acts,
+    std::vector<at::Tensor> z_hat, at::Tensor stats_x, at::Tensor stats_h, at::Tensor w_hh, c10::optional<at::Tensor> gain_x,
+    c10::optional<at::Tensor> gain_h, int64_t op_x, c10::optional<at::Tensor> first_x,
+    c10::optional<at::Tensor> second_x, int64_t op_h, c10::optional<at::Tensor> second_h,
+    int64_t t0, c10::optional<at::Tensor> w_packed_t, c10::optional<at::Tensor> nu_x,
+    c10::optional<at::Tensor> accum_backward_x, c10::optional<at::Tensor> nu_h,
+    c10::optional<at::Tensor> accum_backward_h);
