@@ -80,10 +80,11 @@ def main():
 
         variants = {"NQLSTM bc+weight (cached)": step_of(nq), "packed bc+weight": step_of(packed),
                     "packed tc+weight": step_of(ternary), "nn.LSTM fp32": step_of(ref)}
-        # weight memory: fp32 matrices (NQLSTM: the latent weights and the cached quantized
-        # copy); the packed words; int8's one byte per weight
+        # weight memory: fp32 matrices (NQLSTM: the latent weights, the cached quantized copy
+        # and W_h's kept oneDNN layout); the packed words; int8's one byte per weight
         matrices = 4 * hidden * (inp + hidden)
-        memory = {"NQLSTM bc+weight (cached)": 8 * matrices, "nn.LSTM fp32": 4 * matrices,
+        memory = {"NQLSTM bc+weight (cached)": 4 * (2 * matrices + 4 * hidden * hidden),
+                  "nn.LSTM fp32": 4 * matrices,
                   "packed bc+weight": word_bytes(packed), "packed tc+weight": word_bytes(ternary),
                   "int8 dynamic LSTM": matrices}
         if int8 is None:

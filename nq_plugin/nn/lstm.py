@@ -27,7 +27,7 @@ from torch import nn
 from ..norm import NormOptions, build_normalization
 from ..quant import build_quantizer
 from .cell import lstm_cell
-from .recurrence import recurrence
+from .recurrence import native_loop_available, prepacked, recurrence
 
 State = Tuple[torch.Tensor, torch.Tensor]
 #: ``observer(t, z, h, c)``: called at every step of an observed forward with the step index
@@ -63,6 +63,13 @@ class NQLSTMLayer(nn.Module):
     :func:`nq_plugin.nn.cell.lstm_cell`: torch's fused kernel (none / weight norm), the loop with
     the hand-written backward (:mod:`nq_plugin.nn.recurrence`), or the autograd loop (reference;
     used when a step observer is given)."""
+
+    # Eval without autograd, none / weight norm: single steps (generation) and calls of at most
+    # this many (step, row) pairs take the native loop with W_h kept in oneDNN's layout (with
+    # the cached weights) instead of torch's fused LSTM, which reorders its weights every call
+    # (H=512: 0.20 vs 0.48 ms a step; H=2000: 2.6 vs 36 ms). Longer sequences stay with torch's
+    # LSTM (T=100 x 8 rows: 17 vs 22 ms). Measured with benchmarks/inference_step.py.
+    EVAL_LOOP_ROWS = 8
 
     def __init__(self, input_size: int, hidden_size: int, quantizer: str = "fp",
                  norm: str = "none", quantize_input: bool = True,
@@ -100,6 +107,13 @@ class NQLSTMLayer(nn.Module):
         for weight, q in ((self.weight_ih, self.ih_quantizer), (self.weight_hh, self.hh_quantizer)):
             weight.nq_latent_scale = q.latent_lr_scale(self.hidden_size)
             weight.nq_layer = LayerRef(self)
+
+    def __getstate__(self):
+        # the cached eval weights are derived (and oneDNN's layout cannot be copied): copies
+        # and pickles recompute them
+        state = self.__dict__.copy()
+        state["_weight_cache"] = None
+        return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -169,9 +183,22 @@ class NQLSTMLayer(nn.Module):
         key = self._weights_key()
         cache = getattr(self, "_weight_cache", None)
         if cache is None or cache[0] != key:
-            cache = (key, self._compute_effective_weights())
+            cache = (key, self._compute_effective_weights(), {})
             self._weight_cache = cache
         return cache[1]
+
+    def _recurrent_layout(self, w_hh: torch.Tensor, batch: int) -> Optional[torch.Tensor]:
+        """The cached eval W_h in oneDNN's layout for ``batch`` rows (the native loop's step
+        product), kept with the cached weights for the last batch size asked; None where
+        nothing is cached (training, autograd) or oneDNN cannot."""
+        cache = getattr(self, "_weight_cache", None)
+        if cache is None or cache[1][1] is not w_hh:
+            return None
+        layouts = cache[2]
+        if batch not in layouts:
+            layouts.clear()  # one batch size at a time: a copy of W_h each
+            layouts[batch] = prepacked(w_hh, batch)
+        return layouts[batch]
 
     def quantized_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Quantized W_x and W_h before normalization (what the packer encodes)."""
@@ -205,8 +232,16 @@ class NQLSTMLayer(nn.Module):
         w_ih, w_hh = self.effective_weights()
         if observer is not None or (self.uses_loop and self.loop_impl == "autograd"):
             return self._loop_autograd(x, state, w_ih, w_hh, t0, observer)
+        # eval without autograd: W_h's oneDNN layout kept with the cached weights
+        inference = not self.training and not torch.is_grad_enabled()
         if self.uses_loop:
-            return self._loop(x, state, w_ih, w_hh, t0)
+            layout = self._recurrent_layout(w_hh, x.shape[1]) if inference else None
+            return self._loop(x, state, w_ih, w_hh, t0, layout)
+        short = x.shape[0] == 1 or x.shape[0] * x.shape[1] <= self.EVAL_LOOP_ROWS
+        if inference and short and native_loop_available(x, self.ih_norm, self.hh_norm):
+            layout = self._recurrent_layout(w_hh, x.shape[1])
+            if layout is not None:
+                return self._loop(x, state, w_ih, w_hh, t0, layout)
         return self._fused(x, state, w_ih, w_hh)
 
     def _fused(self, x, state, w_ih, w_hh):
@@ -216,7 +251,7 @@ class NQLSTMLayer(nn.Module):
                                    self.training, False, False)
         return out, (h.squeeze(0), c.squeeze(0))
 
-    def _loop(self, x, state, w_ih, w_hh, t0):
+    def _loop(self, x, state, w_ih, w_hh, t0, layout=None):
         h0, c0 = state
         gain_x, shift_x = self.ih_norm.affine()
         gain_h, shift_h = self.hh_norm.affine()
@@ -225,7 +260,7 @@ class NQLSTMLayer(nn.Module):
             if s is not None:
                 shift = shift + s
         out, h, c = recurrence(F.linear(x, w_ih), h0, c0, w_hh, shift, gain_x, gain_h,
-                               self.ih_norm, self.hh_norm, t0)
+                               self.ih_norm, self.hh_norm, t0, layout)
         return out, (h, c)
 
     def _loop_autograd(self, x, state, w_ih, w_hh, t0, observer=None):

@@ -219,9 +219,20 @@ def _native_forms(px, norm_x, norm_h):
     return forms
 
 
-def native_inference(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0=0):
+def native_loop_available(x: torch.Tensor, norm_x, norm_h) -> bool:
+    """Whether the native loop runs a call without autograd on ``x`` (T, B, F) with these
+    normalizations -- checked quietly, for callers with another fast path (torch's LSTM)."""
+    return (recurrence_choice() != "python" and x.device.type == "cpu"
+            and x.dtype == torch.float32 and native_extension() is not None
+            and norm_x.native_form(x.shape[1]) is not None
+            and norm_h.native_form(x.shape[1]) is not None)
+
+
+def native_inference(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0=0,
+                     layout=None):
     """The native loop's forward without autograd for given native forms (a packed model's
-    folded normalizations), or None when the native loop is not to run here."""
+    folded normalizations), or None when the native loop is not to run here. ``layout``: W_h
+    already in oneDNN's layout (:func:`prepacked`) for px's batch, kept by the caller."""
     choice = recurrence_choice()
     if choice == "python" or px.device.type != "cpu" or px.dtype != torch.float32:
         return None
@@ -230,24 +241,29 @@ def native_inference(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0
             raise RuntimeError(f"NQ_PLUGIN_RECURRENCE=native, but the native extension did "
                                f"not build ({native_build_error()})")
         return None
-    return _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0)
+    return _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0, layout)
 
 
-def _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0):
-    """The native forward without autograd (keeps nothing for a backward)."""
+def _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0, layout=None):
+    """The native forward without autograd (keeps nothing for a backward). W_h is reordered
+    into oneDNN's layout for this call unless the caller keeps it (``layout``): at H=2000 the
+    reorder of a 64 MB W_h costs more than a step."""
     with torch.no_grad():
         out, h, c = native_extension().recurrence_forward(
             px, h0, c0, w_hh, shift, gain_x, gain_h, *_args(form_x), *_args(form_h), t0, False,
-            prepacked(w_hh, px.shape[1]), form_x.accum_forward, form_h.accum_forward)
+            prepacked(w_hh, px.shape[1]) if layout is None else layout,
+            form_x.accum_forward, form_h.accum_forward)
     return out, h, c
 
 
 def recurrence(px: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor,
                shift: torch.Tensor, gain_x: Optional[torch.Tensor],
-               gain_h: Optional[torch.Tensor], norm_x, norm_h, t0: int = 0
+               gain_h: Optional[torch.Tensor], norm_x, norm_h, t0: int = 0,
+               layout: Optional[torch.Tensor] = None
                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the loop; returns (outputs (T, B, H), h_T, c_T). Differentiable w.r.t. px, h0, c0,
     w_hh, shift and the gains (hand-written backward); without autograd it keeps nothing.
+    ``layout``: W_h in oneDNN's layout for px's batch, kept by an eval-mode caller.
     Native (C++) where it builds and both normalizations have a native form
     (:meth:`nq_plugin.norm.Normalization.native_form`), else the Python loop."""
     tensors = (px, h0, c0, w_hh, shift, gain_x, gain_h)
@@ -257,7 +273,7 @@ def recurrence(px: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch
     if forms is not None:
         if needs_grad:
             return _NativeRecurrence.apply(px, h0, c0, w_hh, shift, gain_x, gain_h, *forms, t0)
-        return _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, *forms, t0)
+        return _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, *forms, t0, layout)
     if needs_grad:
         return _Recurrence.apply(px, h0, c0, w_hh, shift, gain_x, gain_h, norm_x, norm_h, t0)
     out, h, c, _ = _forward(px, h0, c0, w_hh, shift, gain_x, gain_h, norm_x, norm_h, t0,

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..nn.cell import lstm_cell
 from ..nn.lstm import NQLSTM, NQLSTMLayer
-from ..nn.recurrence import native_inference
+from ..nn.recurrence import native_inference, prepacked
 from ..norm import NativeForm, normalization_class
 from .format import (PRODUCTS, PackedFormatError, layer_shapes, pack_matrix, plane_names,
                      split_codes, tensor_dtype)
@@ -114,6 +114,13 @@ class PackedNQLSTMLayer(nn.Module):
         """The normalization's folded tensors of product ``name`` (ih or hh)."""
         return {key: getattr(self, f"{name}_{key}") for key in self.folded_keys}
 
+    def __getstate__(self):
+        # what _cached keeps is derived (and oneDNN's layout cannot be copied): copies and
+        # pickles rebuild it
+        state = self.__dict__.copy()
+        state.pop("_cache", None)
+        return state
+
     def _cached(self, name: str, key, build):
         """``build()``, kept under ``name`` while ``key`` and the buffers are unchanged."""
         key = (buffers_state(self), key)
@@ -139,10 +146,13 @@ class PackedNQLSTMLayer(nn.Module):
         for s in (shift_x, shift_h):
             if s is not None:
                 shift = shift + s
-        return native_inference(px.contiguous(), h.contiguous(), c.contiguous(),
-                                self._decoded(w_hh, "hh", px.dtype), shift, gain_x, gain_h,
-                                form_x, form_h,
-                                t0)
+        w = self._decoded(w_hh, "hh", px.dtype)
+        # W_h in oneDNN's layout for this batch, kept like the decoded matrix (a call made one
+        # anyway)
+        layout = self._cached("hh_layout", (px.dtype, px.shape[1]),
+                              lambda: prepacked(w, px.shape[1]))
+        return native_inference(px.contiguous(), h.contiguous(), c.contiguous(), w, shift,
+                                gain_x, gain_h, form_x, form_h, t0, layout)
 
     def _fused_tables(self, w_ih: PackedMatrix, w_hh: PackedMatrix):
         """(ax, ah, shift), each (S, 4H), for the fused step -- gates = ax * (B_x x) +

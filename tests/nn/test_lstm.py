@@ -1,8 +1,10 @@
 """NQLSTM against torch.nn.LSTM, fused path against loop path, gradients, bad input."""
+import copy
+
 import pytest
 import torch
 
-from nq_plugin.nn import NQLSTM
+from nq_plugin.nn import NQLSTM, NQLSTMLayer
 from nq_plugin.quant import QUANTIZERS
 from nq_plugin.norm import NORMALIZATIONS
 
@@ -256,6 +258,42 @@ def test_eval_mode_caches_weights_and_invalidates_them(norm, monkeypatch):
         assert len(calls) == n + 3 and not torch.equal(d, e)
     lstm(x)  # grad enabled: never cached, gradients reach the weights
     assert len(calls) == n + 4
+
+
+@pytest.mark.parametrize("steps,batch", [(1, 1), (1, 16), (4, 2), (12, 3)])
+def test_eval_keeps_the_recurrent_layout_and_matches_torch_lstm(steps, batch, monkeypatch):
+    """Eval without autograd: W_h's oneDNN layout is made once and kept with the cached weights
+    (single steps and short calls run the native loop with it, instead of torch's fused LSTM
+    reordering its weights every call; longer calls keep torch's LSTM and make none); results
+    equal torch.nn.LSTM's, step by step with the state carried, and a weight change makes a
+    new layout."""
+    import nq_plugin.nn.lstm as lstm_module
+    from nq_plugin.nn.recurrence import prepacked
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(7, 16).eval()
+    nq = NQLSTM(7, 16).eval()
+    copy_from_torch(nq, ref)
+    reorders = []
+    monkeypatch.setattr(lstm_module, "prepacked",
+                        lambda w, b: reorders.append(b) or prepacked(w, b))
+    x = torch.randn(3, steps, batch, 7)
+    state, ref_state = None, None
+    with torch.no_grad():
+        for chunk in x:  # three calls, the state carried
+            out, state = nq(chunk, state)
+            ref_out, ref_state = ref(chunk, ref_state)
+            torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=0)
+            torch.testing.assert_close(state[1], ref_state[1], atol=1e-5, rtol=0)
+        short = steps == 1 or steps * batch <= NQLSTMLayer.EVAL_LOOP_ROWS
+        kept = [batch] if short else []
+        assert reorders == kept  # one layout for the three calls
+        nq.layers[0].weight_hh.mul_(-1)
+        ref.weight_hh_l0.mul_(-1)
+        torch.testing.assert_close(nq(x[0])[0], ref(x[0])[0], atol=1e-5, rtol=0)
+    assert reorders == kept * 2
+    twin = copy.deepcopy(nq)  # a model holding a layout (an opaque oneDNN tensor) copies
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x[0])[0], nq(x[0])[0], atol=0, rtol=0)
 
 
 def test_a_misspelt_normalization_option_is_an_error_naming_the_valid_ones():
