@@ -12,7 +12,10 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
                                             torch::Tensor hh_plus,
                                             c10::optional<torch::Tensor> hh_neg,
                                             torch::Tensor ax, torch::Tensor ah,
-                                            torch::Tensor shift);
+                                            torch::Tensor shift,
+                                            c10::optional<torch::Tensor> pre_x,
+                                            c10::optional<torch::Tensor> pre_h, double eps_x,
+                                            double eps_h);
 torch::Tensor packed_unpack(torch::Tensor plus, c10::optional<torch::Tensor> neg,
                             c10::optional<torch::Tensor> scale, int64_t columns);
 

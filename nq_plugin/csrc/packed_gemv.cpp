@@ -285,19 +285,25 @@ torch::Tensor packed_unpack(torch::Tensor plus, c10::optional<torch::Tensor> neg
 
 
 // One whole LSTM step from packed words (the CPU twin of the fused Triton step): for rows
-// j, H + j, 2H + j, 3H + j the gate pre-activations ax * (B_x x) + ah * (B_h h) + shift, then
-// c' = sigmoid(f) c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c'). ax, ah, shift fold the
-// per-row scales, a per-feature affine normalization and the bias. Blocks of 8 hidden units:
-// the 4 gates' 8 rows each, then the cell for those units while the gates are in cache (one
-// parallel pass). x (B, K), h and c (B, H) float32; planes contiguous int32 (R = 4H rows);
-// returns {h', c'}.
+// j, H + j, 2H + j, 3H + j the gate pre-activations ax * N_x(B_x x) + ah * N_h(B_h h) + shift,
+// then c' = sigmoid(f) c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c'). ax, ah, shift fold the
+// per-row scales, a per-feature affine normalization and the bias (N = identity); a term given
+// `pre` (pre_x / pre_h) is layer-normalized instead: N(y) = standardize(pre * y) over each of
+// its 4 gate blocks (mean and biased variance over the block, + eps), as the native recurrence's
+// ROW_BLOCKS, with ax / ah the layer norm's gain. Blocks of 8 hidden units: the 4 gates' 8 rows
+// each, then the cell for those units while the gates are in cache; a layer-normalized term
+// needs all 4H rows first (a pass before). x (B, K), h and c (B, H) float32; planes contiguous
+// int32 (R = 4H rows); returns {h', c'}.
 std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, torch::Tensor c,
                                             torch::Tensor ih_plus,
                                             c10::optional<torch::Tensor> ih_neg,
                                             torch::Tensor hh_plus,
                                             c10::optional<torch::Tensor> hh_neg,
                                             torch::Tensor ax, torch::Tensor ah,
-                                            torch::Tensor shift) {
+                                            torch::Tensor shift,
+                                            c10::optional<torch::Tensor> pre_x,
+                                            c10::optional<torch::Tensor> pre_h, double eps_x,
+                                            double eps_h) {
   TORCH_CHECK(x.scalar_type() == torch::kFloat32 && h.scalar_type() == torch::kFloat32 &&
               c.scalar_type() == torch::kFloat32, "x, h, c must be float32");
   const int64_t batch = x.size(0), inputs = x.size(1), hidden = h.size(1), rows = 4 * hidden;
@@ -314,10 +320,61 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
                                ih.second.has_value());
   const auto th = build_tables(hc.data_ptr<float>(), batch, hidden, hidden, wh,
                                hh.second.has_value());
-  const uint32_t* ixp = reinterpret_cast<const uint32_t*>(ih.first.data_ptr<int32_t>());
-  const uint32_t* ixn = words_of(ih.second);
-  const uint32_t* hxp = reinterpret_cast<const uint32_t*>(hh.first.data_ptr<int32_t>());
-  const uint32_t* hxn = words_of(hh.second);
+  // the two products: plane pointers, tables, words, and the layer norm's per-row scale
+  struct Term {
+    const uint32_t *plus, *neg;
+    const float* tables;
+    int64_t words;
+    torch::Tensor pre;
+    double eps;
+  };
+  Term terms[2] = {
+      {reinterpret_cast<const uint32_t*>(ih.first.data_ptr<int32_t>()), words_of(ih.second),
+       tx.data(), wx, pre_x.has_value() ? pre_x->contiguous().to(torch::kFloat32) : torch::Tensor(),
+       eps_x},
+      {reinterpret_cast<const uint32_t*>(hh.first.data_ptr<int32_t>()), words_of(hh.second),
+       th.data(), wh, pre_h.has_value() ? pre_h->contiguous().to(torch::kFloat32) : torch::Tensor(),
+       eps_h}};
+  for (const Term& term : terms)
+    TORCH_CHECK(!term.pre.defined() || term.pre.numel() == rows, "pre needs 4H values");
+  // dots of rows first..first+7 (clamped to the gate's rows) with every activation row
+  auto dots = [&](const Term& term, int64_t first, int64_t limit, float* out) {
+    const uint32_t *prow[kLanes], *nrow[kLanes];
+    block_rows(term.plus, term.words, first, limit, prow);
+    if (term.neg != nullptr) block_rows(term.neg, term.words, first, limit, nrow);
+    rows_dot(prow, term.neg == nullptr ? nullptr : nrow, term.words, term.tables,
+             term.words * kTableFloats, batch, out);
+  };
+  // layer-normalized terms: pre * (B y) for all rows, then each gate block standardized in place
+  std::vector<float> normalized[2];
+  for (int t = 0; t < 2; ++t) {
+    const Term& term = terms[t];
+    if (!term.pre.defined()) continue;
+    std::vector<float>& y = normalized[t];
+    y.resize(batch * rows);
+    const float* pre = term.pre.data_ptr<float>();
+    at::parallel_for(0, (rows + kLanes - 1) / kLanes, 16, [&](int64_t begin, int64_t end) {
+      std::vector<float> acc(kLanes * batch);
+      for (int64_t blk = begin; blk < end; ++blk) {
+        const int64_t r0 = blk * kLanes;
+        dots(term, r0, rows, acc.data());
+        for (int64_t b = 0; b < batch; ++b)
+          for (int64_t l = 0; l < kLanes && r0 + l < rows; ++l)
+            y[b * rows + r0 + l] = pre[r0 + l] * acc[b * kLanes + l];
+      }
+    });
+    at::parallel_for(0, batch * 4, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t q = begin; q < end; ++q) {
+        float* v = y.data() + (q / 4) * rows + (q % 4) * hidden;
+        double mean = 0.0, var = 0.0;
+        for (int64_t j = 0; j < hidden; ++j) mean += v[j];
+        mean /= (double)hidden;
+        for (int64_t j = 0; j < hidden; ++j) var += (v[j] - mean) * (v[j] - mean);
+        const double rstd = 1.0 / std::sqrt(var / (double)hidden + term.eps);
+        for (int64_t j = 0; j < hidden; ++j) v[j] = (float)((v[j] - mean) * rstd);
+      }
+    });
+  }
   const float *axd = axc.data_ptr<float>(), *ahd = ahc.data_ptr<float>(),
               *sd = sc.data_ptr<float>(), *cd = cc.data_ptr<float>();
   auto h_out = torch::empty({batch, hidden}, x.options());
@@ -327,25 +384,27 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
   static_assert(kLanes % Vec::size() == 0, "a block is a whole number of vectors");
   const int64_t blocks = (hidden + kLanes - 1) / kLanes;
   at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
-    std::vector<float> gx(kLanes * batch), gh(kLanes * batch), pre(4 * kLanes * batch);
-    const uint32_t *prow[kLanes], *nrow[kLanes];
+    std::vector<float> g2[2] = {std::vector<float>(kLanes * batch),
+                                std::vector<float>(kLanes * batch)};
+    std::vector<float> pre(4 * kLanes * batch);
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t j0 = blk * kLanes, units = std::min(kLanes, hidden - j0);
       for (int64_t g = 0; g < 4; ++g) {
         const int64_t r0 = g * hidden + j0, limit = g * hidden + hidden;
-        block_rows(ixp, wx, r0, limit, prow);
-        if (ixn != nullptr) block_rows(ixn, wx, r0, limit, nrow);
-        rows_dot(prow, ixn == nullptr ? nullptr : nrow, wx, tx.data(), wx * kTableFloats, batch,
-                 gx.data());
-        block_rows(hxp, wh, r0, limit, prow);
-        if (hxn != nullptr) block_rows(hxn, wh, r0, limit, nrow);
-        rows_dot(prow, hxn == nullptr ? nullptr : nrow, wh, th.data(), wh * kTableFloats, batch,
-                 gh.data());
+        for (int t = 0; t < 2; ++t) {
+          if (terms[t].pre.defined()) {
+            for (int64_t b = 0; b < batch; ++b)
+              for (int64_t l = 0; l < kLanes; ++l)
+                g2[t][b * kLanes + l] = normalized[t][b * rows + std::min(r0 + l, limit - 1)];
+          } else {
+            dots(terms[t], r0, limit, g2[t].data());
+          }
+        }
         for (int64_t b = 0; b < batch; ++b)
           for (int64_t l = 0; l < kLanes; ++l) {
             const int64_t r = std::min(r0 + l, limit - 1);
             pre[(b * 4 + g) * kLanes + l] =
-                axd[r] * gx[b * kLanes + l] + ahd[r] * gh[b * kLanes + l] + sd[r];
+                axd[r] * g2[0][b * kLanes + l] + ahd[r] * g2[1][b * kLanes + l] + sd[r];
           }
       }
       for (int64_t b = 0; b < batch; ++b) {

@@ -154,52 +154,68 @@ class PackedNQLSTMLayer(nn.Module):
         return native_inference(px.contiguous(), h.contiguous(), c.contiguous(), w, shift,
                                 gain_x, gain_h, form_x, form_h, t0, layout)
 
-    def _fused_tables(self, w_ih: PackedMatrix, w_hh: PackedMatrix):
-        """(ax, ah, shift), each (S, 4H), for the fused step -- gates = ax * (B_x x) +
-        ah * (B_h h) + shift at statistics slot S' = min(t, S - 1) -- or None when the folded
-        normalization is not a per-feature affine map (layer norm) or a matrix is dense."""
+    def _fused_tables(self, w_ih: PackedMatrix, w_hh: PackedMatrix, layer_norm: bool):
+        """(ax, ah, shift, ln_x, ln_h) for the fused step -- gates = ax * N_x(B_x x) +
+        ah * N_h(B_h h) + shift at statistics slot S' = min(t, S - 1), ax, ah, shift (S, 4H) --
+        or None when a matrix is dense or the folded normalization is neither a per-feature
+        affine map (N: identity, ln None) nor, where ``layer_norm`` (the native step), a layer
+        norm (ln = (per-row scale, eps): N standardizes scale * B y per gate block, ax / ah are
+        its gain)."""
         if w_ih.bits == 32 or w_hh.bits == 32:
             return None
         tables = []
         for name, matrix in (("ih", w_ih), ("hh", w_hh)):
             native = self.norm_class.native_folded(self.folded(name))
-            if native is None or native[1] is not None or native[2] is not None:
+            if native is None:
                 return None
-            form = native[0]
-            if form.op == NativeForm.AFFINE:
-                tables.append((form.first * matrix.scale, form.second))
+            form, gain, shift = native
+            if form.op == NativeForm.ROW_BLOCKS and layer_norm and gain is not None and \
+                    shift is not None:
+                tables.append((gain.float()[None], shift.float()[None],
+                               (matrix.scale.float().contiguous(), float(form.eps))))
+            elif gain is not None or shift is not None:
+                return None
+            elif form.op == NativeForm.AFFINE:
+                tables.append((form.first * matrix.scale, form.second, None))
             elif form.op == NativeForm.IDENTITY:
-                tables.append((matrix.scale[None], torch.zeros_like(matrix.scale)[None]))
+                tables.append((matrix.scale[None], torch.zeros_like(matrix.scale)[None], None))
             else:
                 return None
-        (ax, shift_x), (ah, shift_h) = tables
+        (ax, shift_x, ln_x), (ah, shift_h, ln_h) = tables
         slots = max(ax.shape[0], ah.shape[0])
         shift = (self.bias + shift_x + shift_h).expand(slots, -1)
         return (ax.expand(slots, -1).float().contiguous(), ah.expand(slots, -1).float().contiguous(),
-                shift.float().contiguous())
+                shift.float().contiguous(), ln_x, ln_h)
 
     def _fused_plan(self, device: torch.device):
         """What every fused step needs, derived once from the buffers: (step, largest batch or
-        None for any, ax, ah, shift) with step(x, h, c, ax, ah, shift, h_out) -> (h, c); None
-        where no fused kernel applies (PyTorch kernel chosen, layer norm, a dense matrix)."""
+        None for any, whole sequences too, ax, ah, shift) with step(x, h, c, ax, ah, shift,
+        h_out) -> (h, c); None where no fused kernel applies (PyTorch kernel chosen, a dense
+        matrix, layer norm on the GPU)."""
         w_ih, w_hh = self.matrix("ih"), self.matrix("hh")
         kernel = select_kernel(w_hh, device, 1)
+        if kernel not in ("triton", "native"):
+            return None
+        tables = self._fused_tables(w_ih, w_hh, layer_norm=kernel == "native")
+        if tables is None:
+            return None
+        ax, ah, shift, ln_x, ln_h = tables
+        ih, hh = (w_ih.planes, w_ih.bits), (w_hh.planes, w_hh.bits)
         if kernel == "triton":
             fused = triton_lstm_step()
             if fused is None:
                 return None
-            ih, hh = (w_ih.planes, w_ih.bits), (w_hh.planes, w_hh.bits)
 
             def step(x, h, c, ax, ah, shift, h_out=None):
                 return fused(x, h, c, ih, hh, ax, ah, shift, h_out=h_out)
             largest = None
-        elif kernel == "native":
-            step = native_kernel.lstm_stepper((w_ih.planes, w_ih.bits), (w_hh.planes, w_hh.bits))
-            largest = native_kernel.largest_native_batch()
         else:
-            return None
-        tables = self._fused_tables(w_ih, w_hh)
-        return None if tables is None else (step, largest, *tables)
+            step = native_kernel.lstm_stepper(ih, hh, ln_x, ln_h)
+            largest = native_kernel.largest_native_batch()
+        # sequences beyond the GEMV's rows: torch's fused LSTM (none / weight) and the native
+        # loop on the decoded matrix (layer norm) are faster than a step per time step
+        sequences = self.norm_class.acts_on_activations and ln_x is None and ln_h is None
+        return step, largest, sequences, ax, ah, shift
 
     def _fused_forward(self, x, h, c, t0):
         """Every step one fused kernel -- Triton on a GPU, the native extension on the CPU for
@@ -210,11 +226,11 @@ class PackedNQLSTMLayer(nn.Module):
                             lambda: self._fused_plan(x.device))
         if plan is None:
             return None
-        step, largest, ax, ah, shift = plan
+        step, largest, sequences, ax, ah, shift = plan
         steps, batch = x.shape[0], x.shape[1]
         if largest is not None and (batch > largest or (
-                not self.norm_class.acts_on_activations and steps * batch > largest)):
-            return None  # larger batches, or a whole sequence without statistics: torch's LSTM
+                not sequences and steps * batch > largest)):
+            return None  # larger batches, or a sequence with a faster path (see _fused_plan)
         last = ax.shape[0] - 1
         if steps == 1 and not x.is_cuda:  # a generation step on the CPU: no output buffer
             slot = min(t0, last)

@@ -76,20 +76,25 @@ def unpack(planes, bits: int, columns: int, scale=None):
     return module.packed_unpack(first, neg, None if scale is None else scale.float(), columns)
 
 
-def lstm_stepper(ih, hh):
+def lstm_stepper(ih, hh, layer_norm_x=None, layer_norm_h=None):
     """One fused LSTM step from the packed words on the CPU (``packed_lstm_step`` of the
     extension; the Triton step's arithmetic) for fixed matrices ``ih`` / ``hh`` ((planes, bits)),
     their words resolved once: step(x, h, c, ax, ah, shift, h_out=None) -> (h, c) with gates =
-    ax * (B_x x) + ah * (B_h h) + shift; ``h_out`` receives h. A generation step is one call."""
+    ax * N_x(B_x x) + ah * N_h(B_h h) + shift; ``h_out`` receives h. N is the identity, or for a
+    term given ``layer_norm_*`` = (per-row scale, eps) the layer norm of scale * B y over each
+    gate block (ax / ah then being its gain). A generation step is one call."""
     fused = load().packed_lstm_step
     ih_plus, ih_neg = word_planes(*ih)
     hh_plus, hh_neg = word_planes(*hh)
+    pre_x, eps_x = layer_norm_x if layer_norm_x is not None else (None, 0.0)
+    pre_h, eps_h = layer_norm_h if layer_norm_h is not None else (None, 0.0)
 
     def step(x, h, c, ax, ah, shift, h_out=None):
         dtype = x.dtype
         if dtype != torch.float32:
             x, h, c = x.float(), h.float(), c.float()
-        h_new, c_new = fused(x, h, c, ih_plus, ih_neg, hh_plus, hh_neg, ax, ah, shift)
+        h_new, c_new = fused(x, h, c, ih_plus, ih_neg, hh_plus, hh_neg, ax, ah, shift, pre_x,
+                             pre_h, eps_x, eps_h)
         if h_out is not None:
             h_out.copy_(h_new)
         if dtype != torch.float32:

@@ -62,10 +62,13 @@ def test_kernel_equals_unpacked_product(built, bits, rows, cols, batch):
 
 @pytest.mark.parametrize("bits_x,bits_h", [(1, 1), (2, 2), (1, 2)])
 @pytest.mark.parametrize("inputs,hidden,batch", [(27, 13, 1), (5, 300, 3), (53, 512, 2)])
-def test_fused_step_equals_the_step_in_fp64(built, bits_x, bits_h, inputs, hidden, batch):
+@pytest.mark.parametrize("layer_norm", ["", "h", "xh"])
+def test_fused_step_equals_the_step_in_fp64(built, bits_x, bits_h, inputs, hidden, batch,
+                                            layer_norm):
     """packed_lstm_step (both products from the words, the folded coefficients, the gates and
     the cell in blocks of 8 hidden units) against the same step in fp64: hidden sizes that are
-    not a multiple of 8, words below, at and above 8, binary and ternary in one step."""
+    not a multiple of 8, words below, at and above 8, binary and ternary in one step, and
+    layer-normalized terms (standardized per gate block after a per-row scale)."""
     torch.manual_seed(inputs + hidden + batch)
 
     def matrix(bits, cols):
@@ -78,9 +81,24 @@ def test_fused_step_equals_the_step_in_fp64(built, bits_x, bits_h, inputs, hidde
     x, h, c = torch.randn(batch, inputs), torch.randn(batch, hidden), torch.randn(batch, hidden)
     ax, ah = torch.rand(4 * hidden) * 0.2, torch.rand(4 * hidden) * 0.1
     shift = torch.randn(4 * hidden)
-    step = native.lstm_stepper((ih, bits_x), (hh, bits_h))
+    scale_x, scale_h = torch.rand(4 * hidden) + 0.5, torch.rand(4 * hidden) + 0.5
+    eps = 1e-5
+    ln = {t: (scale, eps) if t in layer_norm else None
+          for t, scale in (("x", scale_x), ("h", scale_h))}
+    step = native.lstm_stepper((ih, bits_x), (hh, bits_h), ln["x"], ln["h"])
     h2, c2 = step(x, h, c, ax, ah, shift)
-    g = ax.double() * (x.double() @ bx.t()) + ah.double() * (h.double() @ bh.t()) + shift.double()
+
+    def term(t, y, codes, scale):
+        y = y.double() @ codes.t()
+        if ln[t] is None:
+            return y
+        blocks = (scale.double() * y).reshape(batch, 4, hidden)
+        mean = blocks.mean(-1, keepdim=True)
+        var = blocks.var(-1, unbiased=False, keepdim=True)
+        return ((blocks - mean) / (var + eps).sqrt()).reshape(batch, 4 * hidden)
+
+    g = ax.double() * term("x", x, bx, scale_x) + ah.double() * term("h", h, bh, scale_h) + \
+        shift.double()
     i, f, a, o = g.chunk(4, dim=1)
     c_ref = f.sigmoid() * c.double() + i.sigmoid() * a.tanh()
     h_ref = o.sigmoid() * c_ref.tanh()
