@@ -64,12 +64,14 @@ class NQLSTMLayer(nn.Module):
     the hand-written backward (:mod:`nq_plugin.nn.recurrence`), or the autograd loop (reference;
     used when a step observer is given)."""
 
-    # Eval without autograd, none / weight norm: single steps (generation) and calls of at most
-    # this many (step, row) pairs take the native loop with W_h kept in oneDNN's layout (with
-    # the cached weights) instead of torch's fused LSTM, which reorders its weights every call
-    # (H=512: 0.20 vs 0.48 ms a step; H=2000: 2.6 vs 36 ms). Longer sequences stay with torch's
-    # LSTM (T=100 x 8 rows: 17 vs 22 ms). Measured with benchmarks/inference_step.py.
-    EVAL_LOOP_ROWS = 8
+    # Eval without autograd, none / weight norm: single steps (generation, streaming) take the
+    # native loop with W_h kept in oneDNN's layout (with the cached weights) instead of torch's
+    # fused LSTM, which reorders its weights every call (H=512: 0.20 vs 0.48 ms a step; H=2000:
+    # 2.6 vs 36 ms; benchmarks/inference_step.py). Longer calls stay with torch's LSTM: faster
+    # for sequences (T=100 x 8 rows, H=512: 17 vs 22 ms), and the same arithmetic whatever the
+    # segment length -- an unnormalized binary LSTM amplifies a rounding difference ~2.5x per
+    # step, so eval-lm in segments of 7 steps vs one pass differed by 2e-3 in loss when short
+    # segments took the loop.
 
     def __init__(self, input_size: int, hidden_size: int, quantizer: str = "fp",
                  norm: str = "none", quantize_input: bool = True,
@@ -237,8 +239,7 @@ class NQLSTMLayer(nn.Module):
         if self.uses_loop:
             layout = self._recurrent_layout(w_hh, x.shape[1]) if inference else None
             return self._loop(x, state, w_ih, w_hh, t0, layout)
-        short = x.shape[0] == 1 or x.shape[0] * x.shape[1] <= self.EVAL_LOOP_ROWS
-        if inference and short and native_loop_available(x, self.ih_norm, self.hh_norm):
+        if inference and x.shape[0] == 1 and native_loop_available(x, self.ih_norm, self.hh_norm):
             layout = self._recurrent_layout(w_hh, x.shape[1])
             if layout is not None:
                 return self._loop(x, state, w_ih, w_hh, t0, layout)

@@ -13,8 +13,8 @@ The products B x come from :mod:`nq_plugin.packed.kernels` (the kernel is chosen
 :func:`~nq_plugin.packed.kernels.select_kernel`). Normalizations that do not act on the
 activations (none, weight) run torch's fused LSTM kernel on CPU for whole sequences (the
 matrices decoded once and kept while the buffers are unchanged); generation steps and short
-calls compute from the words (one fused kernel per step on GPU and CPU where the folded
-normalization is a per-feature affine map).
+calls compute from the words: one fused kernel per step, on the GPU where the folded
+normalization is a per-feature affine map, on the CPU for layer norm too.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 
-from nq_plugin.nn import NQLSTM, NQLSTMLayer
+from nq_plugin.nn import NQLSTM
 from nq_plugin.quant import QUANTIZERS
 from nq_plugin.norm import NORMALIZATIONS
 
@@ -263,8 +263,8 @@ def test_eval_mode_caches_weights_and_invalidates_them(norm, monkeypatch):
 @pytest.mark.parametrize("steps,batch", [(1, 1), (1, 16), (4, 2), (12, 3)])
 def test_eval_keeps_the_recurrent_layout_and_matches_torch_lstm(steps, batch, monkeypatch):
     """Eval without autograd: W_h's oneDNN layout is made once and kept with the cached weights
-    (single steps and short calls run the native loop with it, instead of torch's fused LSTM
-    reordering its weights every call; longer calls keep torch's LSTM and make none); results
+    (single steps run the native loop with it, instead of torch's fused LSTM reordering its
+    weights every call; longer calls keep torch's LSTM and make none); results
     equal torch.nn.LSTM's, step by step with the state carried, and a weight change makes a
     new layout."""
     import nq_plugin.nn.lstm as lstm_module
@@ -284,8 +284,7 @@ def test_eval_keeps_the_recurrent_layout_and_matches_torch_lstm(steps, batch, mo
             ref_out, ref_state = ref(chunk, ref_state)
             torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=0)
             torch.testing.assert_close(state[1], ref_state[1], atol=1e-5, rtol=0)
-        short = steps == 1 or steps * batch <= NQLSTMLayer.EVAL_LOOP_ROWS
-        kept = [batch] if short else []
+        kept = [batch] if steps == 1 else []
         assert reorders == kept  # one layout for the three calls
         nq.layers[0].weight_hh.mul_(-1)
         ref.weight_hh_l0.mul_(-1)
