@@ -366,12 +366,7 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
     at::parallel_for(0, batch * 4, 1, [&](int64_t begin, int64_t end) {
       for (int64_t q = begin; q < end; ++q) {
         float* v = y.data() + (q / 4) * rows + (q % 4) * hidden;
-        double mean = 0.0, var = 0.0;
-        for (int64_t j = 0; j < hidden; ++j) mean += v[j];
-        mean /= (double)hidden;
-        for (int64_t j = 0; j < hidden; ++j) var += (v[j] - mean) * (v[j] - mean);
-        const double rstd = 1.0 / std::sqrt(var / (double)hidden + term.eps);
-        for (int64_t j = 0; j < hidden; ++j) v[j] = (float)((v[j] - mean) * rstd);
+        nq_native::standardize(v, v, hidden, term.eps);  // as the native recurrence
       }
     });
   }

@@ -77,17 +77,10 @@ void normalize_row(int64_t op, const T* in, T* out, int64_t features, double eps
   } else if (op == ROW_BLOCKS) {
     const int64_t n = features / kBlocks;
     for (int64_t k = 0; k < kBlocks; ++k) {
-      const T* x = in + k * n;
-      const T mean = sum(x, n) / T(n);
-      const T var = at::vec::map_reduce_all<T>(
-                        [mean](Vec<T> v) { auto d = v - Vec<T>(mean); return d * d; },
-                        [](Vec<T> a, Vec<T> b) { return a + b; }, x, n) / T(n);
-      const T rstd = T(1) / std::sqrt(var + T(eps));
-      at::vec::map<T>([mean, rstd](Vec<T> v) { return (v - Vec<T>(mean)) * Vec<T>(rstd); },
-                      out + k * n, x, n);
+      const auto stats = nq_native::standardize(in + k * n, out + k * n, n, eps);
       if (row_stats != nullptr) {
-        row_stats[k] = mean;
-        row_stats[kBlocks + k] = rstd;
+        row_stats[k] = stats.first;
+        row_stats[kBlocks + k] = stats.second;
       }
     }
   } else if (op == AFFINE) {

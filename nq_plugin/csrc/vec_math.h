@@ -1,7 +1,12 @@
 // Vectorized gate activations shared by the extension's sources (at::vec; AVX2 code where the
 // extension is built with CPU_CAPABILITY_AVX2, nq_plugin/native.py).
 #pragma once
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
+
+#include <cmath>
+#include <cstdint>
+#include <utility>
 
 namespace nq_native {
 
@@ -20,6 +25,22 @@ template <typename T>
 inline Vec<T> tanh_fast(const Vec<T>& x) {
   const Vec<T> one(T(1));
   return one - Vec<T>(T(2)) * (one + (x + x).exp_u20()).reciprocal();
+}
+
+// out[0..n) = (x - mean) / sqrt(var + eps) with x's mean and biased variance: layer norm's
+// statistics over one gate block (Ba et al. 2016; the paper's layer-normalized LSTM), for the
+// native recurrence (recurrence.cpp, ROW_BLOCKS) and the packed fused step (packed_gemv.cpp)
+// alike. out may be x. Returns {mean, rstd} (the backward's saved statistics).
+template <typename T>
+inline std::pair<T, T> standardize(const T* x, T* out, int64_t n, double eps) {
+  const T mean = at::vec::reduce_all<T>([](Vec<T>& a, Vec<T>& b) { return a + b; }, x, n) / T(n);
+  const T var = at::vec::map_reduce_all<T>(
+                    [mean](Vec<T> v) { auto d = v - Vec<T>(mean); return d * d; },
+                    [](Vec<T> a, Vec<T> b) { return a + b; }, x, n) / T(n);
+  const T rstd = T(1) / std::sqrt(var + T(eps));
+  at::vec::map<T>([mean, rstd](Vec<T> v) { return (v - Vec<T>(mean)) * Vec<T>(rstd); }, out, x,
+                  n);
+  return {mean, rstd};
 }
 
 }  // namespace nq_native
