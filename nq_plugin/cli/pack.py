@@ -123,9 +123,19 @@ def pack_checkpoint(checkpoint: str, outdir: str, dictionary: Optional[str] = No
     metas, norm_steps = packed.lstm.metas, packed.lstm.norm_steps
     prefix = "decoder." if dict_path is not None else ""
     tensors = {prefix + k: v for k, v in packed.state_dict().items() if torch.is_tensor(v)}
+    # weights outside the LSTM the checkpoint stored in fp16 (nq-zoo add --half-embeddings)
+    # stay fp16: the model loads them into fp32 parameters, so the round trip is exact
+    source = state.get("model") or {}
+    half = sorted(k for k, v in tensors.items() if not k.startswith(prefix + "lstm.")
+                  and torch.is_tensor(source.get(k)) and source[k].dtype == torch.float16
+                  and v.is_floating_point())
+    for k in half:
+        tensors[k] = tensors[k].half()
+    other = "fp32" if not half else "fp16: " + ", ".join(half) + "; the rest fp32"
 
     os.makedirs(outdir, exist_ok=True)
-    config = {"model": packed_cfg, "quantization_config": quantization_config(metas, norm_steps),
+    config = {"model": packed_cfg,
+              "quantization_config": quantization_config(metas, norm_steps, other),
               "source_checkpoint": os.path.basename(checkpoint)}
     save_packed(outdir, tensors, config)
     fairseq_state = {k: v for k, v in state.items() if k not in ("last_optimizer_state",)}
@@ -138,7 +148,8 @@ def pack_checkpoint(checkpoint: str, outdir: str, dictionary: Optional[str] = No
         fairseq_state["model"]["decoder._extra_state"] = {"carried": {}}
     fairseq_state["last_optimizer_state"] = None
     with atomic_path(os.path.join(outdir, "checkpoint.pt")) as tmp:
-        torch.save(fairseq_state, tmp)
+        with open(tmp, "wb") as f:  # a file object: torch names the archive after a path's
+            torch.save(fairseq_state, f)  # stem, and the temporary name differs every run
 
     words = sum(v.numel() * v.element_size() for k, v in tensors.items()
                 if k.startswith(prefix + "lstm.") and k.endswith(("_plus", "_nonzero",

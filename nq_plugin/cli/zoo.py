@@ -116,13 +116,21 @@ def parse_validate(output: str) -> float:
     return float(m.group(1))
 
 
-def evaluate(entry: ZooEntry, folder: str, data: Optional[str], packed: bool = False) -> dict:
+def checkpoint_path(entry: ZooEntry, folder: str, packed: bool = False,
+                    cache_dir: Optional[str] = None) -> str:
+    """The model's checkpoint in its verified ``folder``, or its packed copy's (rebuilt and
+    verified first where the bundle leaves it out: zoo/derive.py)."""
+    if not packed:
+        return os.path.join(folder, entry.checkpoint)
+    from ..zoo.derive import packed_folder
+    return os.path.join(packed_folder(entry, folder, cache_dir), "checkpoint.pt")
+
+
+def evaluate(entry: ZooEntry, folder: str, data: Optional[str], packed: bool = False,
+             cache_dir: Optional[str] = None) -> dict:
     """Run fairseq-eval-lm (fairseq-validate for sMNIST) on the model; returns the metric."""
     from ..files import sha256_file
-    ckpt = os.path.join(folder, "packed", "checkpoint.pt") if packed else \
-        os.path.join(folder, entry.checkpoint)
-    if packed and not os.path.isfile(ckpt):
-        raise ZooError(f"{entry.name} has no packed copy in the zoo; pack it with nq-pack")
+    ckpt = checkpoint_path(entry, folder, packed, cache_dir)
     if entry.task == "sequential_mnist":
         if not data:
             raise ZooError(f"{entry.name}: pass --data with the MNIST folder of "
@@ -153,7 +161,7 @@ def evaluate(entry: ZooEntry, folder: str, data: Optional[str], packed: bool = F
 def cmd_eval(args) -> int:
     entry = Manifest.load().get(args.name)
     folder = _folder(args, entry)
-    r = evaluate(entry, folder, args.data, args.packed)
+    r = evaluate(entry, folder, args.data, args.packed, args.cache_dir)
     s = entry.sizes
     label = {"bpc": "bits per character", "perplexity": "perplexity",
              "accuracy": "test accuracy (%)"}[r["name"]]
@@ -168,7 +176,7 @@ def cmd_eval(args) -> int:
           f"whole model {s['total_kb']:.1f} KB")
     if entry.task == "bptt_lm" and not args.no_sample:
         from ..zoo import load
-        lm = load(folder, packed=args.packed)
+        lm = load(checkpoint_path(entry, folder, args.packed, args.cache_dir))
         lm.text_format = entry.text_format
         prompt = "the company said"
         print(f"sample  {lm.sample(prompt, length=120, temperature=0.8, seed=0)!r}")
@@ -181,7 +189,7 @@ def cmd_sample(args) -> int:
     if entry.task != "bptt_lm":
         raise ZooError(f"{entry.name} is a classifier; sample needs a language model")
     folder = _folder(args, entry)
-    lm = load(folder, packed=args.packed)
+    lm = load(checkpoint_path(entry, folder, args.packed, args.cache_dir))
     lm.text_format = entry.text_format
     print(lm.sample(args.prompt, length=args.length, temperature=args.temperature,
                     seed=args.seed))
@@ -235,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     def fetch_opts(s):
         s.add_argument("name")
         s.add_argument("--revision", help="a Hub commit (default: the manifest's pinned one)")
-        s.add_argument("--cache-dir", help="Hugging Face cache folder")
+        s.add_argument("--cache-dir", help="Hugging Face cache folder (also where a packed copy "
+                       "left out of the bundle is rebuilt; default $NQ_ZOO_CACHE or "
+                       "~/.cache/nq_plugin/zoo)")
         s.add_argument("--endpoint", help="Hub endpoint (default: HF_ENDPOINT or the Hub)")
         s.add_argument("--no-bundled", action="store_true",
                        help="ignore the copy bundled in the repository")

@@ -55,6 +55,11 @@ def add_parser(sub) -> None:
     s.add_argument("name")
     s.add_argument("--data", required=True, help="the data folder the model is evaluated on")
     s.add_argument("--force", action="store_true", help="pack and evaluate it again")
+    s.add_argument("--unbundled", action="store_true",
+                   help="list the packed files (for the Hub) but leave them out of the bundled "
+                        "copy: nq-zoo rebuilds them from model.pt on first use and checks them "
+                        "against their sha256 (for models whose packed copy is too large to "
+                        "bundle)")
     s.set_defaults(func=cmd_add_packed)
 
 
@@ -113,11 +118,14 @@ def cmd_add_packed(args) -> int:
     files = {f.path: f for f in entry.files}
     for rel in written:
         path = os.path.join(folder, rel)
-        files[rel] = ZooFile(rel, sha256_file(path), os.path.getsize(path))
+        files[rel] = ZooFile(rel, sha256_file(path), os.path.getsize(path),
+                             bundled=not (args.unbundled and rel.startswith("packed/")))
     entry.files = [files[k] for k in sorted(files)]
     entry.notes = (entry.notes + "\n\n" + note).strip()
     manifest.put(entry)
     manifest.save()
+    if args.unbundled:  # listed with their sha256; the bundle leaves them out
+        shutil.rmtree(os.path.join(folder, "packed"))
     atomic_write_text(os.path.join(folder, "README.md"), str(model_card(entry)))
     print(f"{entry.name}: {note}")
     return 0

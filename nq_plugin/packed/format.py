@@ -169,8 +169,11 @@ def layer_shapes(meta: Dict[str, object], norm_steps: int) -> Dict[str, Tuple[in
     return shapes
 
 
-def quantization_config(metas, norm_steps: int) -> Dict[str, object]:
-    """The versioned ``quantization_config`` of a packed model's config.json."""
+def quantization_config(metas, norm_steps: int, other_weights: str = "fp32"
+                        ) -> Dict[str, object]:
+    """The versioned ``quantization_config`` of a packed model's config.json.
+    ``other_weights``: how the non-LSTM weights are stored ("fp32", or "fp16 ..." when the
+    source checkpoint stored some in fp16; they are loaded into fp32 parameters either way)."""
     return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "word_bits": WORD_BITS,
             "pack_order": PACK_ORDER, "padding": PADDING, "scale": "fp32, one per row (folded)",
-            "other_weights": "fp32", "norm_steps": norm_steps, "layers": list(metas)}
+            "other_weights": other_weights, "norm_steps": norm_steps, "layers": list(metas)}

@@ -20,14 +20,33 @@ from .format import (FORMAT_NAME, FORMAT_VERSION, PackedFormatError, layer_shape
 __all__ = ["quantization_config", "save_packed", "check_tensors", "load_packed"]
 
 
-def save_packed(outdir: str, tensors: Dict[str, torch.Tensor], config: Dict[str, object]) -> None:
-    """Write both files, each to a temporary name renamed into place."""
-    from safetensors.torch import save_file
+def safetensors_bytes(tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> bytes:
+    """The safetensors serialization with its header's ``__metadata__`` keys in sorted order:
+    the library writes them in hash-map order, which differs between runs, so the same tensors
+    gave files with different SHA-256 (the zoo verifies packed copies it rebuilds by SHA-256).
+    Only the order of keys inside the JSON header changes; its length and the data do not."""
+    from safetensors.torch import save
 
+    raw = save({k: v.detach().contiguous().clone() for k, v in tensors.items()},
+               metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:  # cannot happen: same keys and values
+        raise AssertionError("safetensors header grew when its metadata was sorted")
+    return raw[:8] + text + b" " * (n - len(text)) + raw[8 + n:]
+
+
+def save_packed(outdir: str, tensors: Dict[str, torch.Tensor], config: Dict[str, object]) -> None:
+    """Write both files, each to a temporary name renamed into place; the same tensors and
+    configuration give byte-identical files."""
     from ..files import atomic_path, atomic_write_text
+    data = safetensors_bytes(tensors, {"format": FORMAT_NAME,
+                                       "format_version": str(FORMAT_VERSION)})
     with atomic_path(os.path.join(outdir, "model.safetensors")) as tmp:
-        save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, tmp,
-                  metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
+        with open(tmp, "wb") as f:
+            f.write(data)
     atomic_write_text(os.path.join(outdir, "config.json"),
                       json.dumps(config, indent=2, sort_keys=True))
 

@@ -37,8 +37,8 @@ def load(name_or_path: str, packed: bool = False, revision: Optional[str] = None
     folder = download(entry, revision=revision, cache_dir=cache_dir, endpoint=endpoint)
     fmt = entry.text_format
     if packed:
-        if not any(f.path.startswith("packed/") for f in entry.files):
-            raise ZooError(f"{entry.name} has no packed copy in the zoo; pack it with nq-pack")
-        return ZooLM.from_checkpoint(os.path.join(folder, "packed", "checkpoint.pt"),
-                                     text_format=fmt)
+        from .derive import packed_folder
+        return ZooLM.from_checkpoint(
+            os.path.join(packed_folder(entry, folder, cache_dir), "checkpoint.pt"),
+            text_format=fmt)
     return ZooLM.from_checkpoint(os.path.join(folder, entry.checkpoint), text_format=fmt)

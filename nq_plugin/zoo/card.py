@@ -27,6 +27,19 @@ def _fmt(value) -> str:
     return "—" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
 
 
+def _packed_sentence(entry: ZooEntry) -> str:
+    if not any(f.path.startswith("packed/") for f in entry.files):
+        return ("No bit-packed copy is bundled (for a language model `nq-pack` makes one from "
+                "model.pt).")
+    sentence = ("The bit-packed copy in `packed/` stores the LSTM weights at 1 (binary) or 2 "
+                "(ternary) bits each.")
+    if entry.unbundled():
+        sentence += (" The nq_plugin repository's bundled copy leaves `packed/` out (its size); "
+                     "`--packed` rebuilds it from model.pt with nq-pack on first use and uses "
+                     "it only if every file matches the sha256 below.")
+    return sentence
+
+
 def card_body(entry: ZooEntry) -> str:
     m, s = entry.metric, entry.sizes
     q = QUANTIZER_NAMES.get(entry.quantizer, entry.quantizer)
@@ -62,11 +75,7 @@ def card_body(entry: ZooEntry) -> str:
         f"{s['total_fp32_kb']:.1f} | |",
         "",
         f"Paper: {'—' if s.get('paper_kb') is None else format(s['paper_kb'], 'g')} KB for the "
-        "LSTM. " + ("The bit-packed copy in `packed/` stores the LSTM weights at 1 (binary) or "
-                    "2 (ternary) bits each." if any(f.path.startswith("packed/")
-                                                     for f in entry.files)
-                    else "No bit-packed copy is bundled (for a language model `nq-pack` makes one "
-                          "from model.pt)."),
+        "LSTM. " + _packed_sentence(entry),
         "",
         "## Files",
         "",

@@ -16,10 +16,15 @@ from .manifest import ZooEntry, ZooError, zoo_root
 logger = logging.getLogger(__name__)
 
 
-def verify_folder(entry: ZooEntry, folder: str) -> List[str]:
-    """Problems with ``folder`` as a copy of the entry's files (empty: all present and intact)."""
+def verify_folder(entry: ZooEntry, folder: str, bundled_copy: bool = False) -> List[str]:
+    """Problems with ``folder`` as a copy of the entry's files (empty: all present and intact).
+    A bundled copy may leave out the files the manifest marks ``bundled: false`` (zoo/derive.py
+    rebuilds them), but those it holds must be intact."""
     problems = []
     for f in entry.files:
+        if bundled_copy and not f.bundled and \
+                not os.path.exists(os.path.join(folder, *f.path.split("/"))):
+            continue
         path = os.path.join(folder, *f.path.split("/"))
         if not os.path.isfile(path):
             problems.append(f"{f.path}: missing")
@@ -72,7 +77,7 @@ def download(entry: ZooEntry, revision: Optional[str] = None, cache_dir: Optiona
     if use_bundled and revision in (None, entry.revision):
         folder = bundled_folder(entry)
         if folder is not None:
-            problems = verify_folder(entry, folder)
+            problems = verify_folder(entry, folder, bundled_copy=True)
             if not problems:
                 return folder
             logger.warning("bundled copy of %s in %s is damaged (%s); trying the Hub",

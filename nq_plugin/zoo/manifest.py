@@ -39,6 +39,10 @@ class ZooFile:
     path: str      # inside the model's repository, "/"-separated
     sha256: str
     size: int
+    # False: on the Hub but not in this repository's bundled copy, because it is large and
+    # derived from the bundled files (a packed copy: nq-pack of model.pt, byte-reproducible);
+    # nq-zoo rebuilds it on first use and checks it against ``sha256`` (zoo/fetch.py)
+    bundled: bool = True
 
 
 @dataclass
@@ -83,7 +87,15 @@ class ZooEntry:
     notes: str = ""
 
     def to_json(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        for f in data["files"]:
+            if f["bundled"]:
+                del f["bundled"]  # the default: manifests stay as they were
+        return data
+
+    def unbundled(self) -> List[ZooFile]:
+        """The files the bundled copy leaves out (rebuilt on first use)."""
+        return [f for f in self.files if not f.bundled]
 
     @classmethod
     def from_json(cls, data: Dict[str, Any]) -> "ZooEntry":
@@ -107,6 +119,10 @@ class ZooEntry:
             if not HEX64.match(f.sha256) or f.size < 0 or f.path.startswith(("/", "..")) \
                     or "/../" in f.path:
                 raise ZooError(f"{self.name}: bad file record {f}")
+        for f in self.files:
+            if not f.bundled and not f.path.startswith("packed/"):
+                raise ZooError(f"{self.name}: {f.path} is marked bundled: false, but only the "
+                               "packed copy (packed/...) can be rebuilt from the bundled files")
         roots = [f.path for f in self.files if f.path.endswith(".pt") and "/" not in f.path]
         if roots != [self.checkpoint]:
             raise ZooError(f"{self.name}: the repository root must hold exactly one .pt "

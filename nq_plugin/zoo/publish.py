@@ -12,6 +12,7 @@ from typing import List, Optional
 from .. import __version__
 from ..files import atomic_write_text
 from .card import model_card
+from .derive import PACKED, packed_folder
 from .fetch import verify_folder
 from .manifest import Manifest, ZooEntry, ZooError
 
@@ -19,17 +20,23 @@ from .manifest import Manifest, ZooEntry, ZooError
 def stage(entry: ZooEntry, folder: str, repo_id: str, out: str) -> List[str]:
     """Write into the new folder ``out`` exactly what is uploaded: the entry's verified files
     and its card for ``repo_id``. Returns the repository paths."""
-    problems = verify_folder(entry, folder)
+    problems = verify_folder(entry, folder, bundled_copy=True)
     if problems:
         raise ZooError(f"{folder} does not match the manifest entry {entry.name}: "
                        + "; ".join(problems) + " -- rebuild it with nq-zoo add")
     if os.path.exists(out) and os.listdir(out):
         raise ZooError(f"{out} exists and is not empty; choose a new folder")
+    sources = {f.path: os.path.join(folder, *f.path.split("/")) for f in entry.files}
+    missing = [f for f in entry.files if not os.path.isfile(sources[f.path])]
+    if missing:  # left out of the bundle: rebuilt and verified (zoo/derive.py)
+        packed = packed_folder(entry, folder)
+        for f in missing:
+            sources[f.path] = os.path.join(packed, *f.path[len(PACKED):].split("/"))
     files = [f.path for f in entry.files]
     for rel in files:
         dst = os.path.join(out, *rel.split("/"))
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        shutil.copyfile(os.path.join(folder, *rel.split("/")), dst)
+        shutil.copyfile(sources[rel], dst)
     staged = dataclasses.replace(entry, repo_id=repo_id)
     atomic_write_text(os.path.join(out, "README.md"), str(model_card(staged)))
     return sorted(files + ["README.md"])

@@ -170,3 +170,39 @@ def test_sequence_classifier_packs_and_validates_to_the_same_accuracy(tmp_path):
         assert line, res.stdout[-2000:] + res.stderr[-2000:]
         results.append(line.groups())
     assert results[0] == results[1]
+
+
+def test_packing_is_byte_reproducible(packed_dir, tmp_path):
+    """The same checkpoint packs to the same bytes (the zoo rebuilds packed copies it leaves
+    out of the bundle and checks them by SHA-256): safetensors' metadata comes out sorted, and
+    checkpoint.pt's archive is not named after the temporary file."""
+    first, ckpt = packed_dir
+    assert pack_main([str(ckpt), str(tmp_path / "again")]) == 0
+    for name in ("model.safetensors", "config.json", "checkpoint.pt", "dict.txt"):
+        assert (first / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
+    from safetensors import safe_open
+    with safe_open(str(first / "model.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert list(meta) == sorted(meta) and meta["format"] == "nq-packed"
+
+
+def test_fp16_weights_outside_the_lstm_stay_fp16(demo_char_data, tmp_path):
+    """A checkpoint storing its softmax in fp16 (nq-zoo add --half-embeddings) packs with it in
+    fp16 -- half the bytes, the same numbers: the model loads it into fp32 either way."""
+    ckpt = train(demo_char_data, tmp_path / "ck", *TINY, "--quantizer", "tc", "--norm", "weight")
+    state = torch.load(ckpt, weights_only=False)
+    key = "decoder.output_projection.weight"
+    state["model"][key] = state["model"][key].half()
+    half = tmp_path / "half.pt"
+    torch.save(state, half)
+    assert pack_main([str(half), str(tmp_path / "packed"), "--dict",
+                      str(demo_char_data / "dict.txt")]) == 0
+    tensors, config = load_packed(str(tmp_path / "packed"))
+    assert tensors[key].dtype == torch.float16
+    assert torch.equal(tensors[key], state["model"][key])
+    assert tensors["decoder.lstm.layers.0.bias"].dtype == torch.float32
+    assert key in config["quantization_config"]["other_weights"]
+    packed = eval_lm(demo_char_data, tmp_path / "packed" / "checkpoint.pt",
+                     "--tokens-per-sample", "16")
+    unpacked = eval_lm(demo_char_data, half, "--tokens-per-sample", "16")
+    assert math.isclose(packed["loss"], unpacked["loss"], abs_tol=1e-5)

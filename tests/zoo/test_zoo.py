@@ -246,3 +246,86 @@ def test_add_packed_bundles_a_packed_copy_for_a_model_without_one(tiny_zoo, demo
     assert value(packed) == pytest.approx(value(unpacked), abs=1e-3)
     again = console("nq-zoo", "add-packed", NAME, "--data", demo_char_data, env=env, check=False)
     assert again.returncode != 0 and "--force" in again.stderr
+
+
+def unbundled_zoo(tmp_path, tiny_zoo):
+    """A private zoo whose manifest lists the packed copy with ``bundled: false`` and whose
+    bundled folder leaves it out (as the word model's)."""
+    root, entry, env = tiny_zoo
+    zoo = tmp_path / "zoo"
+    shutil.copytree(root, zoo)
+    data = json.loads((zoo / "manifest.json").read_text())
+    for f in data["models"][0]["files"]:
+        if f["path"].startswith("packed/"):
+            f["bundled"] = False
+    (zoo / "manifest.json").write_text(json.dumps(data))
+    shutil.rmtree(zoo / entry["bundled"] / "packed")
+    entry = Manifest.load(str(zoo / "manifest.json")).get(NAME)
+    return zoo, entry, dict(env, NQ_ZOO_DIR=str(zoo), NQ_ZOO_CACHE=str(tmp_path / "cache"))
+
+
+def test_unbundled_packed_copy_is_rebuilt_verified_and_cached(tmp_path, tiny_zoo, monkeypatch):
+    from nq_plugin.files import sha256_file
+    from nq_plugin.zoo.derive import packed_folder
+    zoo, entry, env = unbundled_zoo(tmp_path, tiny_zoo)
+    assert {f.path for f in entry.unbundled()} == {
+        "packed/checkpoint.pt", "packed/config.json", "packed/dict.txt",
+        "packed/model.safetensors"}
+    listed = entry.to_json()["files"]  # the default (bundled) is not written out
+    assert all(("bundled" in f) == f["path"].startswith("packed/") for f in listed)
+    monkeypatch.setenv("NQ_ZOO_DIR", str(zoo))
+    folder = download(entry)  # the bundle without packed/ is a complete, verified copy
+    assert folder == str(zoo / entry.bundled) and not os.path.exists(os.path.join(folder, "packed"))
+    # the command rebuilds the copy into NQ_ZOO_CACHE; its files are the published bytes, so
+    # it evaluates as the bundled copy did (test_eval_sample_and_list_commands)
+    packed = console("nq-zoo", "eval", NAME, "--packed", "--no-sample", env=env).stdout
+    assert "(packed)" in packed and "bits per character: " in packed
+    cached = packed_folder(entry, folder, str(tmp_path / "cache"))
+    assert cached.startswith(str(tmp_path / "cache"))
+    for f in entry.unbundled():
+        assert sha256_file(os.path.join(cached, f.path[len("packed/"):])) == f.sha256
+    import nq_plugin.cli.pack as pack  # a verified cached copy is used as it is
+
+    def no_packing(*args, **kwargs):
+        raise AssertionError("packed again")
+    monkeypatch.setattr(pack, "pack_checkpoint", no_packing)
+    assert packed_folder(entry, folder, str(tmp_path / "cache")) == cached
+    out = tmp_path / "dry"  # publishing uploads the rebuilt files like any other
+    console("nq-zoo", "publish", zoo / entry.bundled, "--repo-id", "org/x", "--dry-run", out,
+            env=env)
+    for f in entry.files:
+        assert sha256_file(str(out / f.path)) == f.sha256
+
+
+def test_rebuilt_packed_copy_that_differs_is_refused_and_removed(tmp_path, tiny_zoo):
+    from nq_plugin.zoo.derive import packed_folder
+    zoo, entry, env = unbundled_zoo(tmp_path, tiny_zoo)
+    entry.file("packed/model.safetensors").sha256 = "0" * 64  # as if nq-pack had changed
+    cache = tmp_path / "cache"
+    with pytest.raises(ZooError, match="differs from the published one.*model.safetensors"):
+        packed_folder(entry, str(zoo / entry.bundled), str(cache))
+    assert [p for p in cache.rglob("*") if p.is_file()] == []  # nothing half-made is left
+    data = json.loads((zoo / "manifest.json").read_text())
+    data["models"][0]["files"][0]["bundled"] = False  # only packed/ files can be rebuilt
+    assert not data["models"][0]["files"][0]["path"].startswith("packed/")
+    (zoo / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ZooError, match="only the packed copy"):
+        Manifest.load(str(zoo / "manifest.json"))
+
+
+def test_bundled_word_model_packed_copy_rebuilds_to_the_published_bytes(tmp_path):
+    """The real zoo: ptb-word-tc-weight's packed copy is not bundled (24 MB); rebuilt here it
+    matches every published sha256 (checked inside packed_folder), and scores as the unpacked
+    model."""
+    from nq_plugin.zoo import load
+    from nq_plugin.zoo.derive import packed_folder
+    entry = Manifest.load().get("ptb-word-tc-weight")
+    assert entry.unbundled(), "the word model's packed copy is expected to be left out"
+    folder = download(entry)
+    cached = packed_folder(entry, folder, str(tmp_path))
+    assert os.path.isfile(os.path.join(cached, "checkpoint.pt"))
+    text = "the company said it expects to report a loss"
+    packed = load("ptb-word-tc-weight", packed=True, cache_dir=str(tmp_path))
+    unpacked = load("ptb-word-tc-weight")
+    assert packed.score(text)["bits_per_symbol"] == pytest.approx(
+        unpacked.score(text)["bits_per_symbol"], abs=1e-4)

@@ -1,0 +1,89 @@
+"""Packed copies the bundled zoo leaves out, rebuilt on first use and verified.
+
+A model's ``packed/`` folder is ``nq-pack`` of its ``model.pt`` -- byte-reproducible (same
+nq_plugin packed format, same tensors: same bytes). Where bundling it would make this repository
+too large (the word model: 24 MB of fp16 embedding and softmax, twice), the manifest lists its
+files with ``bundled: false`` and their SHA-256 as published. :func:`packed_folder` returns the
+packed copy beside the model when it is there (a Hub download, or a bundled one), else packs the
+verified ``model.pt`` into a cache folder, checks every file against the manifest and only then
+moves the folder into place: a copy that differs is never used, and the error says so.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import List, Optional
+
+from .manifest import ZooEntry, ZooError
+
+PACKED = "packed/"
+
+
+def cache_root(cache_dir: Optional[str] = None) -> str:
+    """Where rebuilt packed copies live: ``cache_dir``, else ``$NQ_ZOO_CACHE``, else
+    ``~/.cache/nq_plugin/zoo``."""
+    return os.path.abspath(cache_dir or os.environ.get("NQ_ZOO_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "nq_plugin", "zoo"))
+
+
+def _mismatches(entry: ZooEntry, folder: str) -> List[str]:
+    """The packed files of ``folder`` (the packed folder itself) that differ from the manifest."""
+    from ..files import sha256_file
+    problems = []
+    for f in entry.files:
+        if not f.path.startswith(PACKED):
+            continue
+        path = os.path.join(folder, *f.path[len(PACKED):].split("/"))
+        if not os.path.isfile(path):
+            problems.append(f"{f.path}: missing")
+        elif os.path.getsize(path) != f.size or sha256_file(path) != f.sha256:
+            problems.append(f"{f.path}: {os.path.getsize(path)} bytes, sha256 "
+                            f"{sha256_file(path)[:12]}.. (manifest: {f.size} bytes, "
+                            f"{f.sha256[:12]}..)")
+    return problems
+
+
+def packed_folder(entry: ZooEntry, folder: str, cache_dir: Optional[str] = None) -> str:
+    """The folder holding ``entry``'s packed copy, verified: ``folder/packed`` when the model's
+    folder has it, else a copy rebuilt from ``folder/model.pt`` in :func:`cache_root`."""
+    packed = [f for f in entry.files if f.path.startswith(PACKED)]
+    if not packed:
+        raise ZooError(f"{entry.name} has no packed copy in the zoo; make one with "
+                       f"`nq-pack {entry.checkpoint} OUTDIR`")
+    beside = os.path.join(folder, "packed")
+    if all(os.path.isfile(os.path.join(folder, *f.path.split("/"))) for f in packed):
+        return beside  # the download verified these files
+    model = entry.file(entry.checkpoint)
+    target = os.path.join(cache_root(cache_dir), f"{entry.name}-{model.sha256[:12]}", "packed")
+    if os.path.isdir(target):
+        if not _mismatches(entry, target):
+            return target
+        shutil.rmtree(target)  # our own cache's damaged copy: rebuilt below
+    _rebuild(entry, folder, target)
+    return target
+
+
+def _rebuild(entry: ZooEntry, folder: str, target: str) -> None:
+    from ..cli.pack import pack_checkpoint
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".packed.", dir=parent)
+    try:
+        dictionary = os.path.join(folder, "dict.txt")
+        pack_checkpoint(os.path.join(folder, entry.checkpoint), tmp,
+                        dictionary if os.path.isfile(dictionary) else None, force=True)
+        problems = _mismatches(entry, tmp)
+        if problems:
+            made = entry.versions.get("nq_plugin", "?")
+            raise ZooError(
+                f"{entry.name}: the packed copy nq-pack rebuilt from {entry.checkpoint} differs "
+                f"from the published one ({'; '.join(problems)}). It was not used. The "
+                f"published copy was made by nq_plugin {made}; this nq_plugin packs "
+                "differently. Use the unpacked model (drop --packed), or download the published "
+                "packed files from the Hub once it is reachable")
+        if not os.path.isdir(target):  # (another process may have finished first)
+            os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
