@@ -66,12 +66,12 @@ class NQLSTMLayer(nn.Module):
 
     # Eval without autograd, none / weight norm: single steps (generation, streaming) take the
     # native loop with W_h kept in oneDNN's layout (with the cached weights) instead of torch's
-    # fused LSTM, which reorders its weights every call (H=512: 0.20 vs 0.48 ms a step; H=2000:
-    # 2.6 vs 36 ms; benchmarks/inference_step.py). Longer calls stay with torch's LSTM: faster
-    # for sequences (T=100 x 8 rows, H=512: 17 vs 22 ms), and the same arithmetic whatever the
-    # segment length -- an unnormalized binary LSTM amplifies a rounding difference ~2.5x per
-    # step, so eval-lm in segments of 7 steps vs one pass differed by 2e-3 in loss when short
-    # segments took the loop.
+    # fused LSTM, which reorders its weights every call (bc + weight, one step: H=512 0.23 vs
+    # 0.44 ms; H=2000 4.1 vs 32 ms; benchmarks/eval_paths.py). Longer calls stay with torch's
+    # LSTM: faster for sequences (T=100 x 8 rows, H=512: 15 vs 19 ms), and the same arithmetic
+    # whatever the segment length -- an unnormalized binary LSTM amplifies a rounding
+    # difference ~2.5x per step, so eval-lm in segments of 7 steps vs one pass differed by 2e-3
+    # in loss when short segments took the loop.
 
     def __init__(self, input_size: int, hidden_size: int, quantizer: str = "fp",
                  norm: str = "none", quantize_input: bool = True,
