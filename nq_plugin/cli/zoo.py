@@ -74,7 +74,11 @@ def _folder(args, entry: ZooEntry) -> str:
 def cmd_download(args) -> int:
     entry = Manifest.load().get(args.name)
     folder = _folder(args, entry)
-    print(f"{entry.name}: {len(entry.files)} files verified (sha256) in {folder}")
+    left_out = [f for f in entry.unbundled()
+                if not os.path.isfile(os.path.join(folder, *f.path.split("/")))]
+    print(f"{entry.name}: {len(entry.files) - len(left_out)} files verified (sha256) in {folder}"
+          + (f"; {len(left_out)} packed files are not bundled (--packed rebuilds them from "
+             f"{entry.checkpoint} and checks their sha256)" if left_out else ""))
     return 0
 
 

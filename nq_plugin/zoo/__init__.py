@@ -26,6 +26,10 @@ def load(name_or_path: str, packed: bool = False, revision: Optional[str] = None
         if os.path.isdir(path):
             pts = sorted(f for f in os.listdir(path) if f.endswith(".pt"))
             if packed:
+                if not os.path.isfile(os.path.join(path, "packed", "checkpoint.pt")):
+                    raise ZooError(f"{name_or_path} has no packed copy (packed/checkpoint.pt): "
+                                   "load the model by its zoo name (its packed copy is then "
+                                   "rebuilt and verified), or make one with nq-pack")
                 path, pts = os.path.join(path, "packed"), ["checkpoint.pt"]
             if len(pts) != 1:
                 raise ZooError(f"{name_or_path} must hold exactly one .pt, found {pts}")

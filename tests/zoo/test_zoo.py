@@ -276,6 +276,11 @@ def test_unbundled_packed_copy_is_rebuilt_verified_and_cached(tmp_path, tiny_zoo
     monkeypatch.setenv("NQ_ZOO_DIR", str(zoo))
     folder = download(entry)  # the bundle without packed/ is a complete, verified copy
     assert folder == str(zoo / entry.bundled) and not os.path.exists(os.path.join(folder, "packed"))
+    from nq_plugin.zoo import load
+    with pytest.raises(ZooError, match="no packed copy.*zoo name"):
+        load(folder, packed=True)  # a folder path: nothing to rebuild from a manifest
+    res = console("nq-zoo", "download", NAME, env=env).stdout
+    assert f"{len(entry.files) - 4} files verified" in res and "4 packed files are not bundled" in res
     # the command rebuilds the copy into NQ_ZOO_CACHE; its files are the published bytes, so
     # it evaluates as the bundled copy did (test_eval_sample_and_list_commands)
     packed = console("nq-zoo", "eval", NAME, "--packed", "--no-sample", env=env).stdout
