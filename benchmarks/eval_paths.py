@@ -1,8 +1,9 @@
 """The pieces under the token-by-token step, timed side by side in one run (eval mode, no grad):
 
 1. One matrix-vector product of the recurrent shape (4H x H, one activation row): the packed
-   kernel from the 1-bit and the 2-bit words (``packed_gemv``, lookup tables over pairs of
-   inputs), against torch's int8 dynamic linear and fp32 ``F.linear`` on the same matrix.
+   kernel from the 1-bit and the 2-bit words (``packed_gemv``, fp32 lookup tables over pairs of
+   inputs; ``packed_gemv_q8``, the optional int8-activation mode's vpshufb tables over groups of
+   4), against torch's int8 dynamic linear and fp32 ``F.linear`` on the same matrix.
 2. The unpacked layer's two eval executors on its cached weights: the native loop with W_h kept
    in oneDNN's layout (``NQLSTMLayer._loop`` + ``_recurrent_layout``) and torch's fused LSTM
    (``_fused``), for single steps (T=1, B=1) and eval-lm's sequences (T=100, B=8) -- the
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from nq_plugin import native
 from nq_plugin.nn.lstm import NQLSTMLayer
 from nq_plugin.packed.format import pack_matrix, word_planes
+from nq_plugin.packed.kernels import native as native_kernel
 
 
 def timed(fn, repeat):
@@ -50,6 +52,8 @@ def product_cases(hidden):
     ext = native.extension()
     planes_b = word_planes(pack_matrix(codes_b, 1), 1)
     planes_t = word_planes(pack_matrix(codes_t, 2), 2)
+    q8_b = native_kernel.q8_layout(pack_matrix(codes_b, 1), 1)
+    q8_t = native_kernel.q8_layout(pack_matrix(codes_t, 2), 2)
     dense = codes_t * scale[:, None]
     int8 = torch.ao.nn.quantized.dynamic.Linear(cols, rows, bias_=False)
     int8.set_weight_bias(torch.quantize_per_channel(
@@ -61,9 +65,12 @@ def product_cases(hidden):
     return {
         "packed 1-bit": lambda: ext.packed_gemv(x, planes_b[0], None, scale, cols),
         "packed 2-bit": lambda: ext.packed_gemv(x, planes_t[0], planes_t[1], scale, cols),
+        "packed 1-bit q8": lambda: ext.packed_gemv_q8(x, q8_b[0], None, scale, rows, cols),
+        "packed 2-bit q8": lambda: ext.packed_gemv_q8(x, q8_t[0], q8_t[1], scale, rows, cols),
         "int8 dynamic": lambda: int8(x),
         "fp32 linear": lambda: F.linear(x, dense),
     }, {"packed 1-bit": rows * cols / 8, "packed 2-bit": rows * cols / 4,
+        "packed 1-bit q8": rows * cols / 8, "packed 2-bit q8": rows * cols / 4,
         "int8 dynamic": rows * cols, "fp32 linear": 4 * rows * cols}
 
 
@@ -96,7 +103,7 @@ def main():
             med = interleaved(cases, args.rounds, 200 if h <= 512 else 50)
             base = med["int8 dynamic"]
             for name, s in med.items():
-                print(f"H={h:5d}  {name:14s} {1e3 * s:8.3f} ms  {nbytes[name] / 2**20:7.2f} MiB  "
+                print(f"H={h:5d}  {name:16s} {1e3 * s:8.3f} ms  {nbytes[name] / 2**20:7.2f} MiB  "
                       f"int8 / this {base / s:5.2f}x")
         print("\n2. unpacked layer (bc + weight), eval executors on the cached weights (ms a call)")
         for h in args.hidden:

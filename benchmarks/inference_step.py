@@ -1,7 +1,8 @@
 """One token at a time (batch 1, T=1, state carried, eval mode, no grad) -- what generation and
 streaming scoring do -- for NQLSTM (BinaryConnect + weight norm, cached eval weights), the packed
-models (binary and ternary), torch.nn.LSTM fp32 and torch's int8 dynamic LSTM, side by side in
-one run, with each one's weight memory (the matrices' bytes; biases and scales aside).
+models (binary and ternary; exact, and with the optional int8 activations of the recurrent
+product, ``set_activations("int8")``), torch.nn.LSTM fp32 and torch's int8 dynamic LSTM, side by
+side in one run, with each one's weight memory (the matrices' bytes; biases and scales aside).
 
     python benchmarks/inference_step.py [--hidden 512 2000] [--steps 200] [--rounds 5]
 
@@ -9,6 +10,7 @@ Prints the median time per step of each, the ratio to nn.LSTM fp32 and to int8. 
 machine: other jobs on the cores make the numbers meaningless.
 """
 import argparse
+import copy
 import statistics
 import time
 
@@ -78,14 +80,22 @@ def main():
                 return model(x, state)[1]
             return step
 
+        # the optional inexact mode: h quantized to int8 for the recurrent product
+        packed_q8 = copy.deepcopy(packed).set_activations("int8")
+        ternary_q8 = copy.deepcopy(ternary).set_activations("int8")
         variants = {"NQLSTM bc+weight (cached)": step_of(nq), "packed bc+weight": step_of(packed),
-                    "packed tc+weight": step_of(ternary), "nn.LSTM fp32": step_of(ref)}
+                    "packed tc+weight": step_of(ternary),
+                    "packed bc+weight, int8 h": step_of(packed_q8),
+                    "packed tc+weight, int8 h": step_of(ternary_q8), "nn.LSTM fp32": step_of(ref)}
         # weight memory: fp32 matrices (NQLSTM: the latent weights, the cached quantized copy
         # and W_h's kept oneDNN layout); the packed words; int8's one byte per weight
         matrices = 4 * hidden * (inp + hidden)
         memory = {"NQLSTM bc+weight (cached)": 4 * (2 * matrices + 4 * hidden * hidden),
                   "nn.LSTM fp32": 4 * matrices,
                   "packed bc+weight": word_bytes(packed), "packed tc+weight": word_bytes(ternary),
+                  # the words and W_h's nibble layout (as many bytes as its planes)
+                  "packed bc+weight, int8 h": word_bytes(packed) + 4 * hidden * hidden // 8,
+                  "packed tc+weight, int8 h": word_bytes(ternary) + 4 * hidden * hidden // 4,
                   "int8 dynamic LSTM": matrices}
         if int8 is None:
             print(f"(torch {torch.__version__} has no int8 dynamic LSTM: no int8 row)")

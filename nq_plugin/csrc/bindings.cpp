@@ -8,6 +8,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("packed_gemv", &packed_gemv, "x W^T from packed 1/2-bit words (fp32 activations)");
   m.def("packed_lstm_step", &packed_lstm_step,
         "one LSTM step from packed 1/2-bit words (gates, cell), fp32");
+  m.def("packed_gemv_q8", &packed_gemv_q8,
+        "x W^T from the nibble layout of packed 1/2-bit words, int8 activations (inexact mode)");
   m.def("packed_unpack", &packed_unpack, "diag(scale) B from packed 1/2-bit words, dense fp32");
   m.def("recurrence_forward", &recurrence_forward,
         "normalized LSTM time loop, forward (nq_plugin/nn/recurrence.py)");

@@ -15,7 +15,11 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
                                             torch::Tensor shift,
                                             c10::optional<torch::Tensor> pre_x,
                                             c10::optional<torch::Tensor> pre_h, double eps_x,
-                                            double eps_h);
+                                            double eps_h,
+                                            c10::optional<torch::Tensor> hh_q8_add,
+                                            c10::optional<torch::Tensor> hh_q8_sub);
+torch::Tensor packed_gemv_q8(torch::Tensor x, torch::Tensor add, c10::optional<torch::Tensor> sub,
+                             torch::Tensor scale, int64_t rows, int64_t columns);
 torch::Tensor packed_unpack(torch::Tensor plus, c10::optional<torch::Tensor> neg,
                             c10::optional<torch::Tensor> scale, int64_t columns);
 

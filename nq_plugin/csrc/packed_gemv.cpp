@@ -24,6 +24,7 @@
 #endif
 
 #include "native.h"
+#include "q8_lookup.h"
 #include "vec_math.h"
 
 namespace {
@@ -193,7 +194,64 @@ std::pair<torch::Tensor, c10::optional<torch::Tensor>> planes_of(
   return {plus.contiguous(), n};
 }
 
+// the nibble layout's tensors (blocks, steps, 32) uint8, checked against rows x columns
+void check_q8(const torch::Tensor& add, const c10::optional<torch::Tensor>& sub, int64_t rows,
+              int64_t columns) {
+  TORCH_CHECK(add.dim() == 3 && add.scalar_type() == torch::kUInt8 &&
+                  add.size(0) == (rows + nq_q8::kRows - 1) / nq_q8::kRows &&
+                  add.size(2) == nq_q8::kRows && add.size(1) * 8 >= columns &&
+                  add.size(1) % 4 == 0 && add.is_contiguous(),
+              "int8-activation layout: (ceil(rows / 32), words * 4, 32) contiguous uint8 expected");
+  TORCH_CHECK(!sub.has_value() || (sub->sizes() == add.sizes() &&
+                                   sub->scalar_type() == torch::kUInt8 && sub->is_contiguous()),
+              "int8-activation layout: the subtract plane differs from the add plane");
+}
+
+// y[b, r] = s_b (B q_b)_r for every row r of the nibble layout (`rows` rows), n activation rows
+// of `columns` floats (row stride `stride`); the blocks of 32 rows in parallel.
+void q8_product(const float* x, int64_t n, int64_t stride, int64_t columns, const uint8_t* add,
+                const uint8_t* sub, int64_t rows, int64_t steps, float* y, int64_t y_stride,
+                const float* row_scale) {
+  std::vector<int8_t> q;
+  std::vector<float> s;
+  const int64_t padded = steps * 8;
+  nq_q8::quantize_rows(x, n, stride, columns, padded, q, s);
+  const auto tables = nq_q8::build_tables(q, n, padded, sub != nullptr);
+  const int64_t blocks = (rows + nq_q8::kRows - 1) / nq_q8::kRows;
+  const int64_t block_bytes = steps * nq_q8::kRows;
+  at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
+    int32_t acc[nq_q8::kRows];
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t r0 = blk * nq_q8::kRows, count = std::min(nq_q8::kRows, rows - r0);
+      for (int64_t b = 0; b < n; ++b) {
+        nq_q8::block_dot(add + blk * block_bytes, sub ? sub + blk * block_bytes : nullptr, steps,
+                         tables.data() + b * (padded / 4) * nq_q8::kTableBytes, acc);
+        for (int64_t l = 0; l < count; ++l)
+          y[b * y_stride + r0 + l] =
+              s[b] * (float)acc[l] * (row_scale != nullptr ? row_scale[r0 + l] : 1.f);
+      }
+    }
+  });
+}
+
 }  // namespace
+
+// x: (N, columns) float32; add (and sub for 2 bits): the nibble layout of (rows, words) planes;
+// scale: (rows,) float32. The int8-activation product (q8_lookup.h): s_b diag(scale) B q_b.
+torch::Tensor packed_gemv_q8(torch::Tensor x, torch::Tensor add, c10::optional<torch::Tensor> sub,
+                             torch::Tensor scale, int64_t rows, int64_t columns) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.size(1) == columns,
+              "x must be (N, columns) float32");
+  check_q8(add, sub, rows, columns);
+  auto xc = x.contiguous();
+  auto scale_c = scale.contiguous().to(torch::kFloat32);
+  TORCH_CHECK(scale_c.numel() == rows, "one scale per row");
+  auto y = torch::empty({x.size(0), rows}, x.options());
+  q8_product(xc.data_ptr<float>(), x.size(0), columns, columns, add.data_ptr<uint8_t>(),
+             sub.has_value() ? sub->data_ptr<uint8_t>() : nullptr, rows, add.size(1),
+             y.data_ptr<float>(), rows, scale_c.data_ptr<float>());
+  return y;
+}
 
 // x: (N, columns) float32; plus (and neg for 2 bits): (R, words) int32; scale: (R,) float32.
 torch::Tensor packed_gemv(torch::Tensor x, torch::Tensor plus, c10::optional<torch::Tensor> neg,
@@ -303,7 +361,9 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
                                             torch::Tensor shift,
                                             c10::optional<torch::Tensor> pre_x,
                                             c10::optional<torch::Tensor> pre_h, double eps_x,
-                                            double eps_h) {
+                                            double eps_h,
+                                            c10::optional<torch::Tensor> hh_q8_add,
+                                            c10::optional<torch::Tensor> hh_q8_sub) {
   TORCH_CHECK(x.scalar_type() == torch::kFloat32 && h.scalar_type() == torch::kFloat32 &&
               c.scalar_type() == torch::kFloat32, "x, h, c must be float32");
   const int64_t batch = x.size(0), inputs = x.size(1), hidden = h.size(1), rows = 4 * hidden;
@@ -318,8 +378,15 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
   auto axc = ax.contiguous(), ahc = ah.contiguous(), sc = shift.contiguous();
   const auto tx = build_tables(xc.data_ptr<float>(), batch, inputs, inputs, wx,
                                ih.second.has_value());
-  const auto th = build_tables(hc.data_ptr<float>(), batch, hidden, hidden, wh,
-                               hh.second.has_value());
+  // int8 activations for the recurrent product (the optional inexact mode): its nibble layout
+  const bool q8 = hh_q8_add.has_value();
+  if (q8) {
+    check_q8(*hh_q8_add, hh_q8_sub, rows, hidden);
+    TORCH_CHECK(hh_q8_sub.has_value() == hh.second.has_value(),
+                "int8-activation layout: a subtract plane goes with 2-bit W_h only");
+  }
+  const auto th = q8 ? std::vector<float>() : build_tables(hc.data_ptr<float>(), batch, hidden,
+                                                            hidden, wh, hh.second.has_value());
   // the two products: plane pointers, tables, words, and the layer norm's per-row scale
   struct Term {
     const uint32_t *plus, *neg;
@@ -345,24 +412,33 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
     rows_dot(prow, term.neg == nullptr ? nullptr : nrow, term.words, term.tables,
              term.words * kTableFloats, batch, out);
   };
-  // layer-normalized terms: pre * (B y) for all rows, then each gate block standardized in place
+  // terms computed for all rows first -- layer-normalized ones (pre * (B y), then each gate
+  // block standardized in place) and the int8-activation product -- read by the cell pass
   std::vector<float> normalized[2];
+  const bool whole[2] = {terms[0].pre.defined(), terms[1].pre.defined() || q8};
   for (int t = 0; t < 2; ++t) {
     const Term& term = terms[t];
-    if (!term.pre.defined()) continue;
+    if (!whole[t]) continue;
     std::vector<float>& y = normalized[t];
     y.resize(batch * rows);
-    const float* pre = term.pre.data_ptr<float>();
-    at::parallel_for(0, (rows + kLanes - 1) / kLanes, 16, [&](int64_t begin, int64_t end) {
-      std::vector<float> acc(kLanes * batch);
-      for (int64_t blk = begin; blk < end; ++blk) {
-        const int64_t r0 = blk * kLanes;
-        dots(term, r0, rows, acc.data());
-        for (int64_t b = 0; b < batch; ++b)
-          for (int64_t l = 0; l < kLanes && r0 + l < rows; ++l)
-            y[b * rows + r0 + l] = pre[r0 + l] * acc[b * kLanes + l];
-      }
-    });
+    const float* pre = term.pre.defined() ? term.pre.data_ptr<float>() : nullptr;
+    if (t == 1 && q8) {
+      q8_product(hc.data_ptr<float>(), batch, hidden, hidden, hh_q8_add->data_ptr<uint8_t>(),
+                 hh_q8_sub.has_value() ? hh_q8_sub->data_ptr<uint8_t>() : nullptr, rows,
+                 hh_q8_add->size(1), y.data(), rows, pre);
+    } else {
+      at::parallel_for(0, (rows + kLanes - 1) / kLanes, 16, [&](int64_t begin, int64_t end) {
+        std::vector<float> acc(kLanes * batch);
+        for (int64_t blk = begin; blk < end; ++blk) {
+          const int64_t r0 = blk * kLanes;
+          dots(term, r0, rows, acc.data());
+          for (int64_t b = 0; b < batch; ++b)
+            for (int64_t l = 0; l < kLanes && r0 + l < rows; ++l)
+              y[b * rows + r0 + l] = pre[r0 + l] * acc[b * kLanes + l];
+        }
+      });
+    }
+    if (pre == nullptr) continue;  // not layer-normalized
     at::parallel_for(0, batch * 4, 1, [&](int64_t begin, int64_t end) {
       for (int64_t q = begin; q < end; ++q) {
         float* v = y.data() + (q / 4) * rows + (q % 4) * hidden;
@@ -387,7 +463,7 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
       for (int64_t g = 0; g < 4; ++g) {
         const int64_t r0 = g * hidden + j0, limit = g * hidden + hidden;
         for (int t = 0; t < 2; ++t) {
-          if (terms[t].pre.defined()) {
+          if (whole[t]) {
             for (int64_t b = 0; b < batch; ++b)
               for (int64_t l = 0; l < kLanes; ++l)
                 g2[t][b * kLanes + l] = normalized[t][b * rows + std::min(r0 + l, limit - 1)];

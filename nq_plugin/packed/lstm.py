@@ -90,7 +90,11 @@ def pack_layer(layer: NQLSTMLayer) -> Tuple[Dict[str, torch.Tensor], Dict[str, o
 
 
 class PackedNQLSTMLayer(nn.Module):
-    """One packed LSTM layer; buffers as produced by :func:`pack_layer`."""
+    """One packed LSTM layer; buffers as produced by :func:`pack_layer`. ``activations``: the
+    token-by-token CPU step's recurrent activations, "fp32" (exact) or "int8" (faster, inexact;
+    :mod:`nq_plugin.packed.kernels.native`), None for ``NQ_PLUGIN_ACTIVATIONS``."""
+
+    activations: Optional[str] = None
 
     def __init__(self, meta: Dict[str, object], norm_steps: int = 1):
         super().__init__()
@@ -187,7 +191,7 @@ class PackedNQLSTMLayer(nn.Module):
         return (ax.expand(slots, -1).float().contiguous(), ah.expand(slots, -1).float().contiguous(),
                 shift.float().contiguous(), ln_x, ln_h)
 
-    def _fused_plan(self, device: torch.device):
+    def _fused_plan(self, device: torch.device, activations: str = "fp32"):
         """What every fused step needs, derived once from the buffers: (step, largest batch or
         None for any, whole sequences too, ax, ah, shift) with step(x, h, c, ax, ah, shift,
         h_out) -> (h, c); None where no fused kernel applies (PyTorch kernel chosen, a dense
@@ -210,7 +214,8 @@ class PackedNQLSTMLayer(nn.Module):
                 return fused(x, h, c, ih, hh, ax, ah, shift, h_out=h_out)
             largest = None
         else:
-            step = native_kernel.lstm_stepper(ih, hh, ln_x, ln_h)
+            q8 = native_kernel.q8_layout(*hh) if activations == "int8" else None
+            step = native_kernel.lstm_stepper(ih, hh, ln_x, ln_h, q8)
             largest = native_kernel.largest_native_batch()
         # sequences beyond the GEMV's rows: torch's fused LSTM (none / weight) and the native
         # loop on the decoded matrix (layer norm) are faster than a step per time step
@@ -222,8 +227,9 @@ class PackedNQLSTMLayer(nn.Module):
         the GEMV's batch sizes: both products from the words, the folded normalization, the
         bias, the gates and the cell update -- or None when not applicable. The plan (kernel,
         tables) is kept while the buffers are unchanged: a generation step costs one call."""
-        plan = self._cached("fused", (x.device, native_kernel.kernel_choice()),
-                            lambda: self._fused_plan(x.device))
+        mode = self.activations or native_kernel.activation_mode()
+        plan = self._cached("fused", (x.device, native_kernel.kernel_choice(), mode),
+                            lambda: self._fused_plan(x.device, mode))
         if plan is None:
             return None
         step, largest, sequences, ax, ah, shift = plan
@@ -301,6 +307,15 @@ class PackedNQLSTM(nn.Module):
     @property
     def metas(self) -> List[Dict[str, object]]:
         return [layer.meta for layer in self.layers]
+
+    def set_activations(self, mode: Optional[str]) -> "PackedNQLSTM":
+        """Every layer's token-by-token CPU step with ``mode`` activations: "fp32" (exact),
+        "int8" (faster, inexact), or None to follow ``NQ_PLUGIN_ACTIVATIONS``."""
+        if mode is not None:
+            native_kernel.check_activation_mode(mode, "activations")
+        for layer in self.layers:
+            layer.activations = mode
+        return self
 
     @classmethod
     def from_lstm(cls, lstm: NQLSTM) -> "PackedNQLSTM":

@@ -8,20 +8,48 @@ kernel for small batches when it builds, else PyTorch; on GPU Triton when it imp
 PyTorch), ``native`` (CPU: native for every batch, or an error), ``triton`` (GPU: Triton or an
 error) or ``torch`` (the exact PyTorch path everywhere). Without a compiler ``auto`` falls back to
 PyTorch and says so once in the log.
+
+``NQ_PLUGIN_ACTIVATIONS`` chooses the activations of the fused CPU step's recurrent product:
+``fp32`` (default: exact) or ``int8`` -- h quantized per row to int8 (q = round(h / s),
+s = max|h| / 127) and B q computed exactly in integers with vpshufb lookup tables over groups
+of 4 inputs (``csrc/q8_lookup.h``): faster, and no longer equal to the unpacked model (its
+effect on a zoo model's BPC is in benchmarks/README.md). It applies where the fused native step
+runs (token-by-token steps of at most ``MAX_NATIVE_BATCH`` rows); sequences and the GPU stay
+exact.
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
+import sys
+from typing import Optional, Tuple
 
 import torch
 
+from ...logs import LogOnce
 from ...native import build_error, extension
 from ..format import word_planes
 
 logger = logging.getLogger(__name__)
+_log_once = LogOnce(logger)
 MAX_NATIVE_BATCH = 8  # beyond this, unpacking once and one GEMM is faster
+Q8_ROWS = 32  # rows per block of the int8-activation layout (csrc/q8_lookup.h)
+
+
+ACTIVATION_MODES = ("fp32", "int8")
+
+
+def check_activation_mode(mode: str, source: str) -> str:
+    if mode not in ACTIVATION_MODES:
+        raise ValueError(f"{source}={mode!r}: use fp32 (exact, the default) or int8 (quantized "
+                         "activations in token-by-token CPU steps, faster, inexact)")
+    return mode
+
+
+def activation_mode() -> str:
+    """``NQ_PLUGIN_ACTIVATIONS``: ``fp32`` (exact, default) or ``int8`` (see the module doc)."""
+    return check_activation_mode(os.environ.get("NQ_PLUGIN_ACTIVATIONS", "fp32").lower(),
+                                 "NQ_PLUGIN_ACTIVATIONS")
 
 
 def kernel_choice() -> str:
@@ -76,14 +104,47 @@ def unpack(planes, bits: int, columns: int, scale=None):
     return module.packed_unpack(first, neg, None if scale is None else scale.float(), columns)
 
 
-def lstm_stepper(ih, hh, layer_norm_x=None, layer_norm_h=None):
+def q8_layout(planes, bits: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The nibble layout the int8-activation product reads (``csrc/q8_lookup.h``): for the adds
+    (binary: the sign bits; ternary: nonzero and not negative) and, ternary, the subtracts, a
+    (ceil(R / 32), words * 4, 32) uint8 tensor whose [k, m, r] is byte m of row 32k + r's packed
+    words (its 8 code bits for inputs 8m..8m+7) -- the words' bytes transposed per 32 rows, as
+    many bytes as the plane."""
+    if sys.byteorder != "little":
+        raise RuntimeError("the int8-activation layout reads the packed words' bytes in "
+                           "little-endian order")
+    first, neg = word_planes(planes, bits)
+    add, sub = (first, None) if neg is None else (first & ~neg, first & neg)
+
+    def transposed(words):
+        rows, count = words.shape
+        data = words.contiguous().view(torch.uint8).reshape(rows, 4 * count)
+        pad = (-rows) % Q8_ROWS
+        if pad:
+            data = torch.cat([data, data.new_zeros(pad, 4 * count)])
+        return data.reshape(-1, Q8_ROWS, 4 * count).transpose(1, 2).contiguous()
+    return transposed(add), None if sub is None else transposed(sub)
+
+
+def packed_gemv_q8(x, layout, scale, rows: int, columns: int):
+    """s_b diag(scale) B q_b for the rows x_b of ``x`` (int8 activations, see the module doc)."""
+    return load().packed_gemv_q8(x.contiguous().float(), layout[0], layout[1], scale.float(),
+                                 rows, columns)
+
+
+def lstm_stepper(ih, hh, layer_norm_x=None, layer_norm_h=None, q8_hh=None):
     """One fused LSTM step from the packed words on the CPU (``packed_lstm_step`` of the
     extension; the Triton step's arithmetic) for fixed matrices ``ih`` / ``hh`` ((planes, bits)),
     their words resolved once: step(x, h, c, ax, ah, shift, h_out=None) -> (h, c) with gates =
     ax * N_x(B_x x) + ah * N_h(B_h h) + shift; ``h_out`` receives h. N is the identity, or for a
     term given ``layer_norm_*`` = (per-row scale, eps) the layer norm of scale * B y over each
-    gate block (ax / ah then being its gain). A generation step is one call."""
+    gate block (ax / ah then being its gain). ``q8_hh``: W_h's :func:`q8_layout`, for int8
+    activations in the recurrent product (inexact mode). A generation step is one call."""
     fused = load().packed_lstm_step
+    q8_add, q8_sub = q8_hh if q8_hh is not None else (None, None)
+    if q8_hh is not None:
+        _log_once("int8", "nq_plugin: token-by-token CPU steps quantize h to int8 for the "
+                  "recurrent product (NQ_PLUGIN_ACTIVATIONS=int8): faster, not exact")
     ih_plus, ih_neg = word_planes(*ih)
     hh_plus, hh_neg = word_planes(*hh)
     pre_x, eps_x = layer_norm_x if layer_norm_x is not None else (None, 0.0)
@@ -94,7 +155,7 @@ def lstm_stepper(ih, hh, layer_norm_x=None, layer_norm_h=None):
         if dtype != torch.float32:
             x, h, c = x.float(), h.float(), c.float()
         h_new, c_new = fused(x, h, c, ih_plus, ih_neg, hh_plus, hh_neg, ax, ah, shift, pre_x,
-                             pre_h, eps_x, eps_h)
+                             pre_h, eps_x, eps_h, q8_add, q8_sub)
         if h_out is not None:
             h_out.copy_(h_new)
         if dtype != torch.float32:

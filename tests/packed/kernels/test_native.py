@@ -154,3 +154,108 @@ def test_a_failed_build_falls_back_in_auto_and_fails_loudly_when_forced(monkeypa
     monkeypatch.setenv("NQ_PLUGIN_KERNEL", "native")
     with pytest.raises(RuntimeError, match="failed to build"):
         native.use_native(1)
+
+
+def quantized(x):
+    """The int8-activation mode's quantization of each row: s * q, q = round(x / s) in
+    [-127, 127], s = max|x| / 127 (csrc/q8_lookup.h)."""
+    s = x.abs().amax(-1, keepdim=True) / 127
+    q = torch.clamp(torch.round(x / torch.where(s > 0, s, 1)), -127, 127)
+    return s, q
+
+
+@pytest.mark.parametrize("bits", [1, 2])
+@pytest.mark.parametrize("rows,cols,batch", [(8000, 2000, 1), (100, 53, 3), (40, 300, 8),
+                                             (32, 32, 1), (37, 5, 2)])
+def test_int8_activation_product_is_exact_in_integers(built, bits, rows, cols, batch):
+    """packed_gemv_q8: the vpshufb tables over groups of 4 inputs, int16 sums widened every 60
+    groups, the nibble layout's row blocks of 32 and padding -- equal to s * (B q) computed in
+    fp64 up to the final fp32 product, and within the quantization's own bound of x W^T:
+    |B (x - s q)| <= s / 2 * (number of nonzero codes in the row)."""
+    torch.manual_seed(rows + cols + batch)
+    codes = torch.randint(-1, 2, (rows, cols)).float()
+    if bits == 1:
+        codes = torch.where(codes >= 0, 1.0, -1.0)
+    scale = torch.rand(rows) + 0.5
+    x = torch.randn(batch, cols)
+    x[0, 0] = 40.0  # large activations: the int16 sums' range
+    y = native.packed_gemv_q8(x, native.q8_layout(pack_matrix(codes, bits), bits), scale, rows,
+                              cols)
+    s, q = quantized(x)
+    ref = (q.double() @ codes.double().t()) * s.double() * scale.double()
+    torch.testing.assert_close(y.double(), ref, atol=1e-6 * ref.abs().max().item(), rtol=1e-6)
+    exact = (x.double() @ codes.double().t()) * scale.double()
+    bound = s.double() / 2 * codes.abs().sum(1).double() * scale.double()
+    assert ((y.double() - exact).abs() <= bound * (1 + 1e-5) + 1e-4).all()
+    zero = native.packed_gemv_q8(torch.zeros(1, cols), native.q8_layout(
+        pack_matrix(codes, bits), bits), scale, rows, cols)
+    assert torch.equal(zero, torch.zeros(1, rows))  # s = 0: no division by zero
+
+
+@pytest.mark.parametrize("bits_h", [1, 2])
+@pytest.mark.parametrize("hidden,batch", [(13, 1), (300, 3), (512, 2)])
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_int8_step_is_the_step_with_quantized_h(built, bits_h, hidden, batch, layer_norm):
+    """The fused step with NQ_PLUGIN_ACTIVATIONS=int8's recurrent product equals the fp64 step
+    whose h term uses s * q (the input term stays exact), layer norm on h included."""
+    torch.manual_seed(hidden + batch)
+    inputs = 27
+    codes_x = torch.randint(-1, 2, (4 * hidden, inputs)).float()
+    codes_h = torch.randint(-1, 2, (4 * hidden, hidden)).float()
+    if bits_h == 1:
+        codes_h = torch.where(codes_h >= 0, 1.0, -1.0)
+    ih, hh = pack_matrix(codes_x, 2), pack_matrix(codes_h, bits_h)
+    x, h, c = torch.randn(batch, inputs), torch.rand(batch, hidden) * 2 - 1, torch.randn(batch,
+                                                                                         hidden)
+    ax, ah = torch.rand(4 * hidden) * 0.2, torch.rand(4 * hidden) * 0.1
+    shift, scale_h, eps = torch.randn(4 * hidden), torch.rand(4 * hidden) + 0.5, 1e-5
+    ln_h = (scale_h, eps) if layer_norm else None
+    step = native.lstm_stepper((ih, 2), (hh, bits_h), None, ln_h, native.q8_layout(hh, bits_h))
+    h2, c2 = step(x, h, c, ax, ah, shift)
+    s, q = quantized(h)
+    y = (s * q).double() @ codes_h.double().t()
+    if layer_norm:
+        blocks = (scale_h.double() * y).reshape(batch, 4, hidden)
+        y = ((blocks - blocks.mean(-1, keepdim=True)) /
+             (blocks.var(-1, unbiased=False, keepdim=True) + eps).sqrt()).reshape(batch, -1)
+    g = ax.double() * (x.double() @ codes_x.double().t()) + ah.double() * y + shift.double()
+    i, f, a, o = g.chunk(4, dim=1)
+    c_ref = f.sigmoid() * c.double() + i.sigmoid() * a.tanh()
+    torch.testing.assert_close(c2.double(), c_ref, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(h2.double(), o.sigmoid() * c_ref.tanh(), atol=2e-5, rtol=1e-5)
+
+
+def test_activation_mode_is_explicit_and_switches_the_kept_plan(built, monkeypatch):
+    """NQ_PLUGIN_ACTIVATIONS: fp32 (default, exact) or int8 (close, not equal); anything else is
+    an error naming both; the layer's kept plan follows the setting."""
+    from tests.packed.test_packed_lstm import trained
+    from nq_plugin.packed import PackedNQLSTM
+    m = trained("tc", "weight", "shared")
+    packed = PackedNQLSTM.from_lstm(m)
+    state, differs = None, []
+    with torch.no_grad():
+        for _ in range(4):  # from the second step on h != 0
+            x = torch.randn(1, 1, 37)
+            monkeypatch.setenv("NQ_PLUGIN_ACTIVATIONS", "int8")
+            fast, _ = packed(x, state)
+            monkeypatch.setenv("NQ_PLUGIN_ACTIVATIONS", "fp32")
+            again, _ = packed(x, state)
+            exact, state = m(x, state)
+            torch.testing.assert_close(again, exact, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(fast, exact, atol=2e-2, rtol=0)
+            differs.append(not torch.equal(fast, again))
+    assert differs[1:] == [True] * 3
+    import copy
+    chosen = copy.deepcopy(packed).set_activations("int8")  # the per-model setting wins
+    with torch.no_grad():
+        monkeypatch.setenv("NQ_PLUGIN_ACTIVATIONS", "int8")
+        by_env, _ = packed(x, state)
+        monkeypatch.setenv("NQ_PLUGIN_ACTIVATIONS", "fp32")
+        by_attribute, _ = chosen(x, state)
+    assert torch.equal(by_env, by_attribute)
+    with pytest.raises(ValueError, match="activations='int4'"):
+        chosen.set_activations("int4")
+    monkeypatch.setenv("NQ_PLUGIN_ACTIVATIONS", "int4")
+    with pytest.raises(ValueError, match="fp32.*int8"):
+        with torch.no_grad():
+            packed(x, state)
