@@ -90,7 +90,7 @@ def main():
     p.add_argument("--dataset", default="ptb_char")
     p.add_argument("--batch-size", type=int, nargs="+", default=[16])
     a = p.parse_args()
-    manifest = json.load(open(os.path.join(ROOT, "zoo", "manifest.json")))
+    manifest = json.load(open(os.path.join(ROOT, "nq_plugin", "zoo", "manifest.json")))
     print("| model | batch | unpacked tokens/s | packed tokens/s | packed / unpacked | BPC (both) |")
     print("|---|---|---|---|---|---|")
     for m in manifest["models"]:

@@ -8,10 +8,29 @@ from .sizes import summary
 
 __version__ = "0.1.0"
 
-try:
-    import fairseq  # noqa: F401
-except ImportError:  # the core works without fairseq
-    fairseq = None
+
+def _import_fairseq():
+    """fairseq, imported without letting its text_to_speech tasks configure the root logger
+    (they call ``logging.basicConfig(level=DEBUG)`` on import, which would print every
+    library's DEBUG lines in the importing program, e.g. the HTTP client's during a download).
+    A root logger someone configured (fairseq's own commands do) is left as it is."""
+    import logging
+    root = logging.getLogger()
+    guard = logging.NullHandler() if not root.handlers else None
+    if guard is not None:
+        root.addHandler(guard)  # basicConfig does nothing while the root has a handler
+    try:
+        import fairseq
+        import fairseq.tasks  # noqa: F401  (imports every task module)
+        return fairseq
+    except ImportError:  # the core works without fairseq
+        return None
+    finally:
+        if guard is not None:
+            root.removeHandler(guard)
+
+
+fairseq = _import_fairseq()
 
 if fairseq is not None:
     from .compat import patch_numpy_for_fairseq

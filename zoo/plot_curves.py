@@ -26,7 +26,7 @@ def curve(log):
 
 
 def main():
-    manifest = json.load(open(os.path.join(HERE, "manifest.json")))
+    manifest = json.load(open(os.path.join(os.path.dirname(HERE), "nq_plugin", "zoo", "manifest.json")))
     for dataset, ylabel in (("ptb_char", "validation BPC"),
                             ("ptb_word", "validation loss (bits per word)")):
         entries = [m for m in manifest["models"] if m["dataset"] == dataset]

@@ -20,6 +20,7 @@ import re
 import sys
 from typing import Dict, List, Optional
 
+from . import add_verbosity, configure_logging
 from ..diagnostics.record import GATES, GradNormRecord
 from ..errors import UserError
 
@@ -217,7 +218,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("runs", nargs="+", help="save directories, grad_norms.jsonl or fairseq logs")
     p.add_argument("--out", required=True, help="directory for the PNG files")
     p.add_argument("--force", action="store_true", help="replace existing plots in --out")
+    add_verbosity(p)
     args = p.parse_args(argv)
+    configure_logging(args.verbose)
     try:
         runs = [load_run(path) for path in args.runs]
         written = plot_all(runs, args.out, force=args.force)

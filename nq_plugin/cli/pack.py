@@ -22,6 +22,7 @@ from typing import List, Optional
 
 import torch
 
+from . import add_verbosity, configure_logging
 from ..checkpoint import CheckpointError, load_checkpoint, model_config
 from ..files import atomic_copy, atomic_path
 from ..norm import FoldingNotSupported
@@ -161,7 +162,10 @@ def pack_checkpoint(checkpoint: str, outdir: str, dictionary: Optional[str] = No
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    add_verbosity(parser)
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
     try:
         info = pack_checkpoint(args.checkpoint, args.outdir, args.dict, args.force)
     except (CheckpointError, PackedFormatError, FoldingNotSupported, FileNotFoundError,

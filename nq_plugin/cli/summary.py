@@ -18,6 +18,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
+from . import add_verbosity, configure_logging
 from ..checkpoint import CheckpointError, load_checkpoint, model_config
 from ..nn import NQLSTM
 from ..nn.options import LSTMOptions
@@ -74,7 +75,10 @@ def model_from_checkpoint(path: str) -> nn.Module:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    add_verbosity(parser)
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
     try:
         if args.checkpoint:
             model = model_from_checkpoint(args.checkpoint)

@@ -22,7 +22,8 @@ import sys
 import tempfile
 from typing import List, Optional
 
-from ..zoo.manifest import Manifest, ZooEntry, ZooError
+from ..zoo.manifest import Manifest, ZooEntry, ZooError, zoo_root
+from . import add_verbosity, configure_logging
 
 METRIC_LABEL = {"bpc": "BPC", "perplexity": "PPL", "accuracy": "acc %"}
 
@@ -208,7 +209,7 @@ def cmd_publish(args) -> int:
         entry = manifest.get(args.name)
     else:
         found = [e for e in manifest.models.values() if e.bundled and
-                 os.path.abspath(os.path.join(os.path.dirname(manifest.path), e.bundled)) == folder]
+                 os.path.abspath(os.path.join(zoo_root(), e.bundled)) == folder]
         if not found:
             raise ZooError(f"{args.dir} is not a zoo model folder of the manifest; pass --name")
         entry = found[0]
@@ -226,7 +227,7 @@ def cmd_cards(args) -> int:
     from ..files import atomic_write_text
     from ..zoo.card import model_card
     manifest = Manifest.load()
-    root = os.path.dirname(manifest.path)
+    root = zoo_root()
     for entry in manifest.models.values():
         if entry.bundled and os.path.isdir(os.path.join(root, entry.bundled)):
             atomic_write_text(os.path.join(root, entry.bundled, "README.md"),
@@ -238,6 +239,7 @@ def cmd_cards(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nq-zoo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_verbosity(p)
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the zoo's models").set_defaults(func=cmd_list)
     s = sub.add_parser("info", help="a model's card")
@@ -288,9 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    import logging
-    for name in ("fairseq", "nq_plugin"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    configure_logging(args.verbose)
     try:
         return args.func(args)
     except (ZooError, FileNotFoundError, ValueError) as err:

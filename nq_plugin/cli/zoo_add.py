@@ -5,11 +5,12 @@ Writes ``zoo/models/NAME/`` in the layout of its Hub repository -- ``model.pt`` 
 training logs given and the evaluation log written here), ``eval/eval.txt`` (evaluation text
 in plain English that we wrote, bundled because the treebank is licensed), ``README.md`` (the
 card) -- runs the test-split evaluation itself (``fairseq-eval-lm`` / ``fairseq-validate``),
-and records everything in ``zoo/manifest.json``. The folder is built beside its final place and
+and records everything in the zoo's manifest. The folder is built beside its final place and
 renamed into it; ``--force`` replaces only a folder the manifest already lists.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -49,6 +50,12 @@ def add_parser(sub) -> None:
                         "evaluation below measures the model as stored)")
     s.add_argument("--no-packed", action="store_true", help="bundle no packed copy")
     s.add_argument("--notes", default="", help="limitations paragraph of the card")
+    s.add_argument("--training-json",
+                   help="what a resume needs, as JSON (schedule, epochs, lr, best_valid, run): "
+                        "recorded in the manifest and shown on the card")
+    s.add_argument("--unbundled-packed", action="store_true",
+                   help="list the packed copy (for the Hub) but leave it out of the bundled "
+                        "folder, as add-packed --unbundled does")
     s.add_argument("--force", action="store_true", help="replace this model's zoo folder")
     s.set_defaults(func=cmd_add)
     s = sub.add_parser("add-packed", help="(maintainers) bundle a packed copy of a zoo model")
@@ -106,7 +113,7 @@ def cmd_add_packed(args) -> int:
     entry = manifest.get(args.name)
     if not entry.bundled:
         raise ZooError(f"{entry.name} is not bundled in this checkout")
-    folder = os.path.join(os.path.dirname(manifest.path), entry.bundled)
+    folder = os.path.join(zoo_root(), entry.bundled)
     if any(f.path.startswith("packed/") for f in entry.files) and not args.force:
         raise ZooError(f"{entry.name} has a packed copy already; --force packs it again")
     if os.path.exists(os.path.join(folder, "packed")) and not args.force:
@@ -147,6 +154,15 @@ def cmd_add(args) -> int:
         if not (args.force and listed):
             raise ZooError(f"{final} exists; pass --force to rebuild a model the manifest lists "
                            "(nothing else is overwritten)")
+    training = None
+    if args.training_json:
+        try:
+            training = json.loads(args.training_json)
+        except json.JSONDecodeError as err:
+            raise ZooError(f"--training-json is not valid JSON ({err})") from None
+        if not isinstance(training, dict):
+            raise ZooError("--training-json must be a JSON object, e.g. "
+                           "'{\"schedule\": \"...\", \"epochs\": 12}'")
     state = load_checkpoint(args.checkpoint)
     cfg = model_config(state)
     os.makedirs(os.path.dirname(final), exist_ok=True)
@@ -195,8 +211,12 @@ def cmd_add(args) -> int:
                 path = os.path.join(root, n)
                 rel = os.path.relpath(path, tmp).replace(os.sep, "/")
                 if rel != "README.md":
-                    files.append(ZooFile(rel, sha256_file(path), os.path.getsize(path)))
+                    files.append(ZooFile(rel, sha256_file(path), os.path.getsize(path),
+                                         bundled=not (args.unbundled_packed
+                                                      and rel.startswith("packed/"))))
         files.sort(key=lambda f: f.path)
+        if args.unbundled_packed and os.path.isdir(os.path.join(tmp, "packed")):
+            shutil.rmtree(os.path.join(tmp, "packed"))  # listed with their sha256, rebuilt
         entry = ZooEntry(
             name=args.name, repo_id=args.repo_id, revision=None,
             task=str(state["cfg"]["task"]["_name"]), arch=str(cfg.get("_name")),
@@ -209,7 +229,7 @@ def cmd_add(args) -> int:
             dictionary_sha256=sha256_file(os.path.join(tmp, "dict.txt")) if has_dict else None,
             format_version=FORMAT_VERSION, versions=_versions(),
             bundled=f"models/{args.name}", eval_text="eval/eval.txt" if args.eval_text else None,
-            text_format=args.text_format, notes=notes.strip())
+            text_format=args.text_format, notes=notes.strip(), training=training)
         atomic_write_text(os.path.join(tmp, "README.md"), str(model_card(entry)))
         if os.path.exists(final):
             old = final + ".old"

@@ -15,9 +15,12 @@ from .manifest import Manifest, ZooEntry, ZooError, zoo_root  # noqa: F401
 
 
 def load(name_or_path: str, packed: bool = False, revision: Optional[str] = None,
-         cache_dir: Optional[str] = None, endpoint: Optional[str] = None):
+         cache_dir: Optional[str] = None, endpoint: Optional[str] = None,
+         bundled: bool = True):
     """A :class:`nq_plugin.zoo.lm.ZooLM` (``score``, ``sample``; ``.models``, ``.task``) for a
-    zoo model name (downloaded and verified first) or a local model folder / checkpoint."""
+    zoo model name (downloaded and verified first) or a local model folder / checkpoint.
+    ``bundled=False`` ignores the copy a checkout bundles and takes the Hub's (as
+    ``nq-zoo --no-bundled``)."""
     from .fetch import download
     from .lm import ZooLM
     text_format = "ptb_char"
@@ -38,7 +41,8 @@ def load(name_or_path: str, packed: bool = False, revision: Optional[str] = None
     entry = Manifest.load().get(name_or_path)
     if entry.task != "bptt_lm":
         raise ZooError(f"{entry.name} is a {entry.task} model; load() gives language models")
-    folder = download(entry, revision=revision, cache_dir=cache_dir, endpoint=endpoint)
+    folder = download(entry, revision=revision, cache_dir=cache_dir, endpoint=endpoint,
+                      use_bundled=bundled)
     fmt = entry.text_format
     if packed:
         from .derive import packed_folder

@@ -40,12 +40,25 @@ def _packed_sentence(entry: ZooEntry) -> str:
     return sentence
 
 
+def _schedule_lines(entry: ZooEntry):
+    """The last training phase's schedule and where it left off (recipes/zoo/campaign.py)."""
+    t = entry.training
+    if not t:
+        return []
+    lines = [f"Last phase ({t.get('run', 'campaign run')}): {t.get('schedule', '')}".rstrip()]
+    reached = [f"{k} {t[k]:g}" if isinstance(t[k], float) else f"{k} {t[k]}"
+               for k in ("epochs", "lr", "best_valid") if t.get(k) is not None]
+    if reached:
+        lines[0] += f" Where it left off: {', '.join(reached)}."
+    return lines + [""]
+
+
 def card_body(entry: ZooEntry) -> str:
     m, s = entry.metric, entry.sizes
     q = QUANTIZER_NAMES.get(entry.quantizer, entry.quantizer)
     norm = entry.norm + "".join(f", {k}={v}" for k, v in sorted(entry.norm_options.items()))
     gap = "" if m.paper is None else f"{m.value - m.paper:+.3f}"
-    hub = (f"`{entry.repo_id}` (nq_plugin's `zoo/manifest.json` pins the commit and every "
+    hub = (f"`{entry.repo_id}` (nq_plugin's zoo manifest pins the commit and every "
            f"file's sha256; the files are also bundled in the nq_plugin repository under "
            f"`zoo/{entry.bundled}`)")
     files = "\n".join(f"| `{f.path}` | {f.size:,} | `{f.sha256}` |" for f in entry.files)
@@ -117,6 +130,7 @@ def card_body(entry: ZooEntry) -> str:
         entry.train_command,
         "```",
         "",
+        *_schedule_lines(entry),
         "Logs: `logs/`.",
         "",
         "## Limitations",

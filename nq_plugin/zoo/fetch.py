@@ -42,6 +42,39 @@ def bundled_folder(entry: ZooEntry) -> Optional[str]:
     return folder if os.path.isdir(folder) else None
 
 
+def hub_endpoint(endpoint: Optional[str] = None) -> str:
+    from huggingface_hub import constants
+    return (endpoint or constants.ENDPOINT).rstrip("/")
+
+
+def check_reachable(endpoint: Optional[str] = None, timeout: float = 5.0) -> None:
+    """One bounded attempt to reach the Hub (the client alone retries a failed connection with
+    back-off for about two minutes before it says so)."""
+    import socket
+    from urllib.parse import urlparse
+    url = urlparse(hub_endpoint(endpoint))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        raise ZooError(f"the Hub at {url.scheme}://{url.netloc} cannot be reached ({err}): "
+                       "offline? Connect, or set HF_HUB_OFFLINE=1 to use what the cache "
+                       "holds") from None
+
+
+def http_status_error(err: Exception, repo_id: str, revision: Optional[str]) -> Optional[str]:
+    """A one-line reason for the Hub's HTTP errors that the user can act on, else None."""
+    response = getattr(err, "response", None)
+    status = getattr(response, "status_code", None)
+    if status in (401, 403):
+        return (f"the Hub refused the request for {repo_id} (HTTP {status}): the token is "
+                "missing or has no write access -- `hf auth login`, or set HF_TOKEN")
+    if status == 404:
+        return (f"the Hub has no {repo_id}" + (f" at revision {revision}" if revision else "")
+                + " (HTTP 404): check the repository id and the revision")
+    return None
+
+
 def _hub_error(entry: ZooEntry, path: str, revision: str, err: Exception) -> ZooError:
     from huggingface_hub import errors
     name = type(err).__name__
@@ -56,7 +89,11 @@ def _hub_error(entry: ZooEntry, path: str, revision: str, err: Exception) -> Zoo
                         "manifest pins the published commit -- omit --revision to use it")
     if isinstance(err, errors.EntryNotFoundError):
         return ZooError(f"{entry.name}: {path} not found in {entry.repo_id} at {revision[:12]}")
-    return ZooError(f"{entry.name}: downloading {path} failed ({name}: {err})")
+    reason = http_status_error(err, entry.repo_id, revision)
+    if reason:
+        return ZooError(f"{entry.name}: {reason}")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return ZooError(f"{entry.name}: downloading {path} failed ({name}: {first})")
 
 
 def _remove_cached(path: str) -> None:
@@ -84,10 +121,21 @@ def download(entry: ZooEntry, revision: Optional[str] = None, cache_dir: Optiona
                            entry.name, folder, "; ".join(problems))
     revision = revision or entry.revision
     if revision is None:
-        raise ZooError(f"{entry.name} is not published on the Hub yet and has no intact bundled "
-                       f"copy (zoo/{entry.bundled}): restore it with `git checkout zoo/`")
-    from huggingface_hub import hf_hub_download
+        if use_bundled and entry.bundled and os.path.isdir(os.path.join(zoo_root(),
+                                                                        entry.bundled)):
+            raise ZooError(f"{entry.name} is not published on the Hub yet and its bundled copy "
+                           f"(zoo/{entry.bundled}) is damaged: restore it with "
+                           "`git checkout zoo/`")
+        raise ZooError(f"{entry.name} is not published on the Hub yet (the manifest pins no "
+                       "revision): only a checkout of the nq_plugin repository, which bundles "
+                       "it under zoo/, has it")
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
     verify = revision == entry.revision
+    cached = all(isinstance(try_to_load_from_cache(entry.repo_id, f.path, cache_dir=cache_dir,
+                                                   revision=revision), str)
+                 for f in entry.files)
+    if not cached and not constants.HF_HUB_OFFLINE:
+        check_reachable(endpoint)
     if not verify:
         logger.warning("revision %s is not the manifest's pinned %s: sha256 cannot be checked",
                        revision, entry.revision)
@@ -103,10 +151,12 @@ def download(entry: ZooEntry, revision: Optional[str] = None, cache_dir: Optiona
             digest = sha256_file(local)
             if size != f.size or digest != f.sha256:
                 _remove_cached(local)
+                how = ("same size, different bytes" if size == f.size else
+                       f"{size} bytes, expected {f.size}")
                 raise ZooError(
-                    f"{entry.name}: downloaded {f.path} does not match the manifest (size {size} "
-                    f"vs {f.size}, sha256 {digest[:12]}.. vs {f.sha256[:12]}..); the bad copy was "
-                    "removed from the cache. Download again; if it persists the Hub copy differs "
-                    "from the published one -- report it")
+                    f"{entry.name}: downloaded {f.path} does not match the manifest ({how}: "
+                    f"sha256 {digest[:12]}.. vs {f.sha256[:12]}..); the bad copy was removed "
+                    "from the cache. Download again; if it persists the Hub copy differs from "
+                    "the published one -- report it")
         snapshot = local[: len(local) - len(f.path)].rstrip("/" + os.sep)
     return snapshot

@@ -1,8 +1,8 @@
-"""The zoo's manifest (``zoo/manifest.json``): the single source of truth about every published
-model -- where it lives on the Hugging Face Hub (repository and pinned 40-hex commit), what it is
-(task, architecture, quantizer, normalization), its size as the paper counts it, its measured
-metric next to the paper's, and every file with its SHA-256 and size (the Hub client checks only
-sizes, so these are verified after every download)."""
+"""The zoo's manifest (``nq_plugin/zoo/manifest.json``, package data): the single source of
+truth about every published model -- where it lives on the Hugging Face Hub (repository and
+pinned 40-hex commit), what it is (task, architecture, quantizer, normalization), its size as the
+paper counts it, its measured metric next to the paper's, and every file with its SHA-256 and
+size (the Hub client checks only sizes, so these are verified after every download)."""
 from __future__ import annotations
 
 import dataclasses
@@ -24,14 +24,26 @@ class ZooError(UserError):
     """A zoo problem the user can act on; the message says which file or model and what to do."""
 
 
+# the manifest ships inside the package (package data): a wheel install lists the zoo and
+# downloads from the Hub; a checkout also has the bundled copies under zoo/
+PACKAGE_MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "manifest.json")
+
+
 def zoo_root() -> str:
-    """The zoo folder: ``$NQ_ZOO_DIR`` or ``zoo/`` of the repository nq_plugin is installed from
-    (``pip install -e .``)."""
+    """The folder of the bundled copies (``models/NAME``): ``$NQ_ZOO_DIR``, or ``zoo/`` of the
+    checkout nq_plugin runs from (``pip install -e .``). From a wheel there is none on disk
+    (the path does not exist) and every model comes from the Hub."""
     env = os.environ.get("NQ_ZOO_DIR")
     if env:
         return os.path.abspath(env)
     return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__)))), "zoo")
+
+
+def manifest_path() -> str:
+    """``$NQ_ZOO_DIR/manifest.json`` (a zoo of one's own, e.g. the tests'), else the package's."""
+    env = os.environ.get("NQ_ZOO_DIR")
+    return os.path.join(os.path.abspath(env), "manifest.json") if env else PACKAGE_MANIFEST
 
 
 @dataclass
@@ -85,9 +97,15 @@ class ZooEntry:
     eval_text: Optional[str] = None  # repository path of plain evaluation text we wrote
     text_format: str = "ptb_char"    # how symbols map to text (zoo/text_formats.py)
     notes: str = ""
+    # what a resume needs when the run folder is gone (recipes/zoo/campaign.py): the schedule
+    # followed, epochs done, the learning rate the schedule reached, the best validation loss,
+    # the campaign run that produced these weights; None for entries made by hand
+    training: Optional[Dict[str, Any]] = None
 
     def to_json(self) -> Dict[str, Any]:
         data = dataclasses.asdict(self)
+        if data["training"] is None:
+            del data["training"]  # entries made by hand stay as they were
         for f in data["files"]:
             if f["bundled"]:
                 del f["bundled"]  # the default: manifests stay as they were
@@ -143,16 +161,16 @@ class Manifest:
 
     @classmethod
     def load(cls, path: Optional[str] = None) -> "Manifest":
-        path = path or os.path.join(zoo_root(), "manifest.json")
+        path = path or manifest_path()
         if not os.path.isfile(path):
-            raise ZooError(f"zoo manifest not found: {path} (set NQ_ZOO_DIR to the zoo folder of "
-                           "an nq_plugin checkout)")
+            raise ZooError(f"zoo manifest not found: {path} (NQ_ZOO_DIR must name a folder with "
+                           "a manifest.json; unset it to use the zoo nq_plugin ships)")
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
         except json.JSONDecodeError as err:
-            raise ZooError(f"{path} is not valid JSON ({err}); restore it with git "
-                           "checkout zoo/manifest.json") from None
+            raise ZooError(f"{path} is not valid JSON ({err}); restore it (git checkout, or "
+                           "reinstall nq_plugin)") from None
         if not isinstance(data, dict) or data.get("manifest_version") != MANIFEST_VERSION:
             raise ZooError(f"{path}: manifest_version {data.get('manifest_version')!r}, this "
                            f"nq_plugin reads version {MANIFEST_VERSION}")
@@ -173,7 +191,7 @@ class Manifest:
         self.models[entry.name] = entry
 
     def save(self, path: Optional[str] = None) -> None:
-        path = path or self.path or os.path.join(zoo_root(), "manifest.json")
+        path = path or self.path or manifest_path()
         data = {"manifest_version": MANIFEST_VERSION,
                 "models": [self.models[k].to_json() for k in sorted(self.models)]}
         atomic_write_text(path, json.dumps(data, indent=2) + "\n")

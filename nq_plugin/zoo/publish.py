@@ -13,7 +13,7 @@ from .. import __version__
 from ..files import atomic_write_text
 from .card import model_card
 from .derive import PACKED, packed_folder
-from .fetch import verify_folder
+from .fetch import check_reachable, http_status_error, verify_folder
 from .manifest import Manifest, ZooEntry, ZooError
 
 
@@ -54,15 +54,23 @@ def publish(entry: ZooEntry, folder: str, repo_id: str, manifest: Optional[Manif
     with tempfile.TemporaryDirectory() as tmp:
         staged = os.path.join(tmp, "repo")
         files = stage(entry, folder, repo_id, staged)
+        check_reachable(endpoint)
         api = HfApi(endpoint=endpoint, token=token)
-        api.create_repo(repo_id, exist_ok=True)
         ops = [CommitOperationAdd(path_in_repo=rel,
                                   path_or_fileobj=os.path.join(staged, *rel.split("/")))
                for rel in files]
-        info = api.create_commit(repo_id, ops,
-                                 commit_message=f"{entry.name} (nq_plugin {__version__})")
-    commit = info.oid
-    api.create_tag(repo_id, tag=f"nq_plugin-{__version__}-{commit[:8]}", revision=commit)
+        try:
+            api.create_repo(repo_id, exist_ok=True)
+            info = api.create_commit(repo_id, ops,
+                                     commit_message=f"{entry.name} (nq_plugin {__version__})")
+            commit = info.oid
+            api.create_tag(repo_id, tag=f"nq_plugin-{__version__}-{commit[:8]}",
+                           revision=commit)
+        except Exception as err:  # the client's errors, as one line the user can act on
+            reason = http_status_error(err, repo_id, None)
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise ZooError(f"publishing {entry.name}: " + (
+                reason or f"{type(err).__name__}: {first}")) from None
     if manifest is not None:
         manifest.put(dataclasses.replace(entry, repo_id=repo_id, revision=commit))
         manifest.save()

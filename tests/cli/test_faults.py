@@ -173,7 +173,7 @@ def zoo_copy(tmp_path):
     (dst / "models").mkdir(parents=True)
     shutil.copytree(ROOT / "zoo" / "models" / "ptb-char-bc-weight",
                     dst / "models" / "ptb-char-bc-weight")
-    data = json.loads((ROOT / "zoo" / "manifest.json").read_text())
+    data = json.loads((ROOT / "nq_plugin" / "zoo" / "manifest.json").read_text())
     data["models"] = [m for m in data["models"] if m["name"] == "ptb-char-bc-weight"]
     (dst / "manifest.json").write_text(json.dumps(data))
     import os

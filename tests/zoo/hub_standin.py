@@ -19,6 +19,7 @@ class HubStandIn:
         self.requests = []
         self.tags = []
         self.tamper: Dict[str, bytes] = {}  # path -> bytes served instead (same headers logic)
+        self.require_token = False  # True: writes without "Authorization: Bearer" get HTTP 401
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -127,6 +128,9 @@ class HubStandIn:
                 path = unquote(urlparse(self.path).path)
                 hub.requests.append(("POST", path))
                 body = self._body()
+                if hub.require_token and not (self.headers.get("Authorization") or "") \
+                        .startswith("Bearer "):
+                    return self._error(401, "Invalid credentials in Authorization header")
                 if path == "/api/repos/create":
                     req = json.loads(body)
                     repo_id = f"{req['organization']}/{req['name']}" if req.get("organization") \

@@ -63,8 +63,9 @@ def test_damaged_download_is_rejected_and_removed_from_cache(
     else:
         bad = bad[: len(bad) // 2]
     hub.tamper["model.pt"] = bytes(bad)
-    with pytest.raises(ZooError, match="model.pt does not match the manifest"):
+    with pytest.raises(ZooError, match="model.pt does not match the manifest") as err:
         download(entry, cache_dir=tmp_path / "cache", endpoint=hub.endpoint, use_bundled=False)
+    assert ("same size, different bytes" in str(err.value)) == (damage == "same_size")
     cached = [p for p in (tmp_path / "cache").rglob("model.pt")]
     assert cached == []  # the bad copy is gone, nothing else was touched
     assert (root / entry.bundled / "model.pt").read_bytes() == good
@@ -95,6 +96,33 @@ def test_server_down_with_warm_cache_still_works(tmp_path, tiny_zoo, published, 
                     use_bundled=False) == folder
 
 
+def test_unreachable_hub_is_reported_after_one_bounded_attempt(tmp_path, tiny_zoo, online):
+    import socket
+    import time
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    _, entry = zoo_copy(tmp_path, tiny_zoo, "a" * 40)
+    start = time.monotonic()
+    with pytest.raises(ZooError, match="cannot be reached .*offline"):
+        download(entry, cache_dir=tmp_path / "cache", endpoint=endpoint, use_bundled=False)
+    assert time.monotonic() - start < 10  # the client alone retries for about two minutes
+
+
+def test_publish_without_a_token_is_one_line_and_exit_2(tmp_path, tiny_zoo, hub):
+    root, entry = zoo_copy(tmp_path, tiny_zoo, None)
+    hub.require_token = True
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(NQ_ZOO_DIR=str(root), HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="0",
+               HF_HUB_DISABLE_TELEMETRY="1")
+    res = console("nq-zoo", "publish", root / entry.bundled, "--repo-id", "org/x",
+                  "--endpoint", hub.endpoint, env=env, check=False)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "token" in lines[0] and "Traceback" not in res.stderr, lines
+    assert Manifest.load(str(root / "manifest.json")).get(NAME).revision is None
+
+
 def test_wrong_revision_is_a_clear_error(tmp_path, tiny_zoo, published, online):
     hub, commit = published
     _, entry = zoo_copy(tmp_path, tiny_zoo, commit)
@@ -113,7 +141,7 @@ def test_bundled_model_needs_no_server(tiny_zoo):
 def test_damaged_bundled_copy_of_unpublished_model_is_a_clear_error(tmp_path, tiny_zoo):
     root, entry = zoo_copy(tmp_path, tiny_zoo, None)
     (root / entry.bundled / "dict.txt").write_text("tampered\n")
-    with pytest.raises(ZooError, match="git checkout zoo/"):
+    with pytest.raises(ZooError, match="not published on the Hub yet"):
         download(entry)  # NQ_ZOO_DIR is not set: the bundled folder is resolved from manifest
 
 

@@ -1,0 +1,126 @@
+"""recipes/zoo/campaign.py on tiny data: a run from scratch enters the zoo, a run resumes from
+its folder's checkpoint_last.pt, a run starts from the zoo's bundled weights, an entry is
+replaced only when the test number improves, a failed update leaves nothing behind, and a new
+entry that would overfill the tracked tree is not added."""
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+from tests.fairseq_utils import DEMO_TEXT, ROOT
+
+pytestmark = pytest.mark.slow
+DRIVER = ROOT / "recipes" / "zoo" / "campaign.py"
+TINY = ["--hidden-size", "24", "--batch-size", "4", "--tokens-per-sample", "16",
+        "--log-interval", "10"]
+
+
+def run_plan(c, zoo, runs, *extra):
+    tmp = c.tmp
+    plan = tmp / f"plan_{len(list(tmp.glob('plan_*')))}.json"
+    plan.write_text(json.dumps({"datasets": c.datasets, "runs": runs}))
+    env = dict(os.environ, NQ_ZOO_DIR=str(zoo), HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, str(DRIVER), "--plan", str(plan), "--hours", "0.2",
+                           "--data-root", str(c.data_root), "--runs-dir", str(tmp / "runs"),
+                           *extra], capture_output=True, text=True, env=env, timeout=900)
+
+
+def run(id, entry="demo-char", epochs=1, args=(), from_zoo=False, dataset="demo"):
+    return {"id": id, "entry": entry, "dataset": dataset, "quantizer": "bc", "norm": "weight",
+            "epochs": epochs, "paper": None, "paper_kb": None, "schedule": f"test schedule {id}",
+            "args": [*TINY, *args], "from_zoo": from_zoo}
+
+
+def manifest(zoo):
+    return json.loads((zoo / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory, demo_char_data):
+    tmp = tmp_path_factory.mktemp("campaign")
+    zoo = tmp / "zoo"
+    zoo.mkdir()
+    (zoo / "manifest.json").write_text('{"manifest_version": 1, "models": []}\n')
+    plain = tmp / "eval_plain.txt"
+    plain.write_text("".join(line.replace(" ", "").replace("_", " ").strip() + "\n"
+                             for line in (DEMO_TEXT / "valid.txt").read_text().splitlines()))
+    data = {"recipe": "recipes/ptb_char/train.sh", "folder": os.path.basename(demo_char_data),
+            "metric": "bpc", "eval_args": ["--task", "bptt_lm", "--gen-subset", "test",
+                                           "--tokens-per-sample", "16", "--cpu"],
+            "text_format": "ptb_char", "eval_text": str(plain)}
+    return types.SimpleNamespace(
+        tmp=tmp, zoo=zoo, data_root=os.path.dirname(demo_char_data),
+        datasets={"demo": data, "broken": dict(data, eval_text=str(tmp / "missing.txt"))})
+
+
+def test_scratch_then_resume_then_zoo(campaign):
+    c, tmp, zoo = campaign, campaign.tmp, campaign.zoo
+    res = run_plan(c, zoo, [run("demo.a", epochs=1)])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "[demo.a] scratch:" in res.stdout and "zoo updated: None ->" in res.stdout
+    entry = manifest(zoo)["models"][0]
+    assert entry["name"] == "demo-char" and entry["epochs"] == 1.0
+    assert entry["training"]["run"] == "demo.a" and entry["training"]["started"] == "scratch"
+    assert entry["training"]["lr"] == pytest.approx(0.002)
+    folder = zoo / "models" / "demo-char"
+    assert (folder / "logs" / "train_demo_a.log").is_file()
+    assert "Where it left off: epochs 1" in (folder / "README.md").read_text()
+    assert any(f["path"] == "packed/checkpoint.pt" for f in entry["files"])
+
+    # the same run with a longer plan resumes from its own checkpoint_last.pt
+    res = run_plan(c, zoo, [run("demo.a", epochs=2)])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "[demo.a] resume:" in res.stdout
+    log = (tmp / "runs" / "demo.a" / "train.log").read_text()
+    assert "checkpoint_last.pt (epoch 2 @" in log
+    last = torch.load(tmp / "runs" / "demo.a" / "checkpoint_last.pt", weights_only=True)
+    assert last["extra_state"]["train_iterator"]["epoch"] == 3
+    state = json.loads((tmp / "runs" / "demo.a" / "state.json").read_text())
+    assert state["done"] and state["considered"]["test"] > 0
+    before = (zoo / "manifest.json").read_bytes()
+
+    # a new run from the zoo's bundled weights, with a learning rate too small to change them:
+    # it starts from model.pt with a fresh optimizer, and the entry is kept (no improvement)
+    entry = manifest(zoo)["models"][0]
+    res = run_plan(c, zoo, [run("demo.b", args=("--lr", "1e-12"), from_zoo=True)])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "[demo.b] zoo:" in res.stdout and "--reset-optimizer" in res.stdout
+    assert f"Loaded checkpoint {folder / 'model.pt'}" in \
+        (tmp / "runs" / "demo.b" / "train.log").read_text()
+    assert "[demo.b] kept the zoo's" in res.stdout
+    assert (zoo / "manifest.json").read_bytes() == before
+    state = json.loads((tmp / "runs" / "demo.b" / "state.json").read_text())
+    assert state["base_epochs"] == entry["epochs"] and state["base_logs"]
+    # a second campaign does not evaluate the same checkpoint again
+    res = run_plan(c, zoo, [run("demo.b", args=("--lr", "1e-12"), from_zoo=True)])
+    assert res.returncode == 0 and "fairseq-eval-lm" not in res.stdout + res.stderr
+    assert (zoo / "manifest.json").read_bytes() == before
+
+
+def test_failed_update_leaves_nothing(campaign):
+    c, tmp, zoo = campaign, campaign.tmp, campaign.zoo
+    before = (zoo / "manifest.json").read_bytes()
+    res = run_plan(c, zoo, [run("demo.c", entry="demo-broken", dataset="broken")])
+    assert res.returncode == 1
+    assert "[demo.c] zoo update failed, the zoo is unchanged" in res.stdout
+    assert (zoo / "manifest.json").read_bytes() == before
+    assert sorted(os.listdir(zoo / "models")) == \
+        sorted(m["name"] for m in manifest(zoo)["models"])  # no half-made folder
+    assert "considered" not in json.loads((tmp / "runs" / "demo.c" / "state.json").read_text())
+
+
+def test_new_entry_must_fit_the_tree(campaign):
+    c, tmp, zoo = campaign, campaign.tmp, campaign.zoo
+    subprocess.run(["git", "init", "-q", str(zoo)], check=True)
+    subprocess.run(["git", "-C", str(zoo), "add", "manifest.json"], check=True)
+    before = (zoo / "manifest.json").read_bytes()
+    res = run_plan(c, zoo, [run("demo.d", entry="demo-big")], "--tree-limit-mib", "0.01")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "[demo.d]" in res.stdout and "not added: a new entry would take the tracked tree " \
+        "past 0.01 MiB" in res.stdout
+    assert (zoo / "manifest.json").read_bytes() == before
+    assert not (zoo / "models" / "demo-big").exists()
