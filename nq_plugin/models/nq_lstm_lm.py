@@ -191,10 +191,11 @@ class NQLSTMDecoder(FairseqIncrementalDecoder):
 class NQLSTMLanguageModel(CheckedLoading, FairseqLanguageModel):
     """Normalized, quantized LSTM language model (Hou et al., NeurIPS 2019): logits =
     softmax(W_o NQLSTM(E x)) with the LSTM of :class:`nq_plugin.nn.NQLSTM`."""
+    dictionary_tensor = "decoder.output_projection.weight"
 
     @classmethod
     def build_model(cls, cfg: NQLSTMLMConfig, task):
-        return cls(NQLSTMDecoder(cfg, task.target_dictionary))
+        return cls.remember_dictionary(cls(NQLSTMDecoder(cfg, task.target_dictionary)), task)
 
     def forward(self, src_tokens, **kwargs):
         return self.decoder(src_tokens, **kwargs)

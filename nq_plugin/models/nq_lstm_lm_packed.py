@@ -64,4 +64,5 @@ class NQLSTMPackedLanguageModel(NQLSTMLanguageModel):
 
     @classmethod
     def build_model(cls, cfg, task):
-        return cls(PackedNQLSTMDecoder(cfg, task.target_dictionary))
+        return cls.remember_dictionary(cls(PackedNQLSTMDecoder(cfg, task.target_dictionary)),
+                                       task)

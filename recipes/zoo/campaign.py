@@ -84,6 +84,8 @@ class Dataset:
     half_embeddings: bool = False
     packed: str = "bundled"     # bundled | unbundled (listed, rebuilt on first use)
     save_every: int = 0         # updates between mid-epoch checkpoints (0: at epoch ends)
+    paper_epochs: int = 200     # the paper's schedule length, for the card
+    note: str = ""              # what the card says of every model of the dataset
 
 
 DATASETS: Dict[str, Dataset] = {
@@ -96,7 +98,10 @@ DATASETS: Dict[str, Dataset] = {
         "recipes/ptb_word/train.sh", "ptb_word", "perplexity",
         ("--task", "bptt_lm", "--gen-subset", "test", "--tokens-per-sample", "35",
          "--batch-size", "16", "--cpu"), "words", "zoo/eval_text/news_en.txt",
-        half_embeddings=True, packed="unbundled", save_every=700),
+        half_embeddings=True, packed="unbundled", save_every=700, paper_epochs=40,
+        note="The embedding and softmax weights are stored in fp16 to keep the repository "
+             "small (the LSTM's latent weights stay fp32); the packed copy is listed for the "
+             "Hub but rebuilt from model.pt on first use (2 x 12 MB)."),
     "warpeace": Dataset(
         "recipes/warpeace/train.sh", "warpeace", "bpc",
         ("--task", "bptt_lm", "--gen-subset", "test", "--tokens-per-sample", "100",
@@ -206,6 +211,14 @@ def log_facts(log: str) -> dict:
 
 # -- training ---------------------------------------------------------------------------------
 
+def save_args(run: Run) -> List[str]:
+    """Mid-epoch checkpoints (each validated, so checkpoint_best may fall mid-epoch): a stopped
+    campaign loses at most ``save_every`` updates."""
+    if not run.data.save_every:
+        return []
+    return ["--save-interval-updates", str(run.data.save_every), "--keep-interval-updates", "1"]
+
+
 def train_command(run: Run, folder: str, data_root: str, seconds_budget: float,
                   zoo_model: Optional[str]) -> Tuple[List[str], str, float]:
     """The recipe's command for this run, how it starts (resume | zoo | scratch) and the
@@ -214,9 +227,7 @@ def train_command(run: Run, folder: str, data_root: str, seconds_budget: float,
     cmd = ["bash", os.path.join(ROOT, run.data.recipe), os.path.join(data_root, run.data.folder),
            folder, run.quantizer, run.norm, *run.args, "--max-epoch", str(run.epochs),
            "--seed", "1"]
-    if run.data.save_every:  # a stopped campaign loses at most this many updates
-        cmd += ["--save-interval-updates", str(run.data.save_every), "--keep-interval-updates",
-                "1"]
+    cmd += save_args(run)
     if os.path.isfile(last):
         start, held = "resume", checkpoint_progress(last)["seconds"]
     elif zoo_model is not None:
@@ -370,7 +381,7 @@ def consider(run: Run, folder: str, data_root: str, tree_limit_mib: float, log=p
         decision = (f"{value:.4f} not added: a new entry would take the tracked tree past "
                     f"{tree_limit_mib} MiB (the checkpoint stays in {folder})")
     else:
-        add(run, folder, data_root, best, state)
+        add(run, folder, data_root, best, state, value)
         decision = f"zoo updated: {old if old is None else format(old, '.4f')} -> {value:.4f}"
     state["considered"] = {"sha256": digest, "test": value, "decision": decision}
     write_state(folder, state)
@@ -393,7 +404,7 @@ def fits(run: Run, folder: str, tree_limit_mib: float) -> bool:
     return now + model + packed < tree_limit_mib * 2 ** 20
 
 
-def add(run: Run, folder: str, data_root: str, best: str, state: dict) -> None:
+def add(run: Run, folder: str, data_root: str, best: str, state: dict, value: float) -> None:
     """``nq-zoo add --force`` with the run's logs, schedule and what a resume needs."""
     progress = checkpoint_progress(best)
     facts = log_facts(os.path.join(folder, "train.log"))
@@ -406,7 +417,8 @@ def add(run: Run, folder: str, data_root: str, best: str, state: dict) -> None:
     trained_on = (state["base_trained_on"] + "; then " + here) if state.get("base_trained_on") \
         else here
     command = " ".join([f"bash {run.data.recipe} DATA_BIN RUN_DIR {run.quantizer} {run.norm}",
-                        *map(shlex.quote, run.args), "--max-epoch", str(run.epochs), "--seed", "1"])
+                        *map(shlex.quote, run.args), "--max-epoch", str(run.epochs), "--seed", "1",
+                        *save_args(run)])
     if state.get("started") == "zoo":
         command += " --restore-file model.pt " + " ".join(RESETS)
     train_cmd = (state["base_train_command"] + "\n" + command).strip()
@@ -421,7 +433,7 @@ def add(run: Run, folder: str, data_root: str, best: str, state: dict) -> None:
                 "--trained-on", trained_on, "--train-command", train_cmd,
                 "--logs", *logs, this, "--eval-text", os.path.join(ROOT, run.data.eval_text),
                 "--text-format", run.data.text_format, "--training-json", json.dumps(training),
-                "--force"]
+                "--notes", card_notes(run, value, epochs), "--force"]
         if run.paper is not None:
             argv += ["--paper-metric", str(run.paper)]
         if run.paper_kb is not None:
@@ -433,6 +445,43 @@ def add(run: Run, folder: str, data_root: str, best: str, state: dict) -> None:
         res = subprocess.run(argv, capture_output=True, text=True)
         if res.returncode != 0:
             raise RuntimeError(f"nq-zoo add {run.entry} failed:\n{(res.stderr or res.stdout)[-3000:]}")
+
+
+TOLERANCE = {"bpc": "0.05 BPC", "perplexity": "5 % PPL", "accuracy": "1 point"}
+
+
+def card_notes(run: Run, value: float, epochs: float) -> str:
+    """The card's limitations paragraph: where the model stands against the paper's row."""
+    metric = run.data.metric
+    if run.paper is None:
+        text = f"Trained {epochs:g} epochs ({run.schedule})"
+    elif within_row(metric, value, run.paper):
+        text = (f"Within the paper's tolerance ({TOLERANCE[metric]}) after {epochs:g} epochs "
+                f"(the paper trains up to {run.data.paper_epochs}). Last phase: {run.schedule}")
+    else:
+        text = (f"{abs(value - run.paper):.3g} from the paper's {run.paper:g} after {epochs:g} "
+                f"of the paper's up to {run.data.paper_epochs} epochs; the training campaign "
+                f"(recipes/zoo/campaign.py) continues it. Last phase: {run.schedule}")
+    return (text + (" " + run.data.note if run.data.note else "")).strip()
+
+
+def refresh_notes(plan: List[Run], log=print) -> None:
+    """Rewrite the limitations paragraph and the card of every entry a plan's run made (the
+    packed copy's sentence that nq-zoo add measured is kept)."""
+    from nq_plugin.zoo.card import model_card
+    manifest = Manifest.load()
+    for run in plan:
+        entry = manifest.models.get(run.entry)
+        if not (entry and entry.training and entry.training.get("run") == run.id):
+            continue
+        kept = [p for p in entry.notes.split("\n\n") if p.startswith("The bit-packed copy")]
+        entry.notes = "\n\n".join([card_notes(run, entry.metric.value, entry.epochs), *kept])
+        manifest.put(entry)
+        if entry.bundled and os.path.isdir(os.path.join(zoo_root(), entry.bundled)):
+            atomic_write_text(os.path.join(zoo_root(), entry.bundled, "README.md"),
+                              str(model_card(entry)))
+        log(f"[{run.id}] notes of {entry.name} rewritten")
+    manifest.save()
 
 
 def _cpu_name() -> str:
@@ -484,6 +533,8 @@ def main(argv=None) -> int:
     p.add_argument("--min-minutes", type=float, default=3.0,
                    help="do not start a run with less time than this left")
     p.add_argument("--status", action="store_true", help="print where every run stands")
+    p.add_argument("--refresh-notes", action="store_true",
+                   help="rewrite the card notes of the entries the plan's runs made")
     args = p.parse_args(argv)
     plan = load_plan(args.plan)
     if args.only:
@@ -493,6 +544,9 @@ def main(argv=None) -> int:
         plan = [r for r in plan if r.id in args.only]
     if args.status:
         status(plan, args.runs_dir)
+        return 0
+    if args.refresh_notes:
+        refresh_notes(plan)
         return 0
     if args.hours is None:
         p.error("--hours is required (the time budget), or --status")

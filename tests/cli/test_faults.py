@@ -270,3 +270,25 @@ def test_damaged_data_directory_under_fairseq_eval_lm(made, tmp_path, fault):
     out = res.stdout + res.stderr
     assert res.returncode != 0 and "Traceback" not in out and shown in out, out[-2000:]
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_data_of_another_dictionary_under_fairseq_eval_lm(made, tmp_path, packed):
+    """A model evaluated on data binarized with another dictionary: named as a dictionary
+    mismatch (the model's symbols vs the data's dict.txt), not as a damaged checkpoint."""
+    from tests.fairseq_utils import preprocess
+    root, ckpt, _ = made
+    text = tmp_path / "digits.txt"
+    text.write_text("".join(" ".join(str((i * 7 + j) % 10) for j in range(30)) + "\n"
+                            for i in range(40)))
+    other = preprocess(text, text, tmp_path / "other", testpref=text)
+    path = root / "packed" / "checkpoint.pt" if packed else ckpt
+    before = path.read_bytes()
+    res = console("fairseq-eval-lm", other, "--user-dir", ROOT / "nq_plugin", "--task",
+                  "bptt_lm", "--path", path, "--cpu", "--gen-subset", "valid",
+                  "--tokens-per-sample", "16", "--num-workers", "0", check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "Traceback" not in out, out[-2000:]
+    assert "not the model's dictionary" in out and str(other / "dict.txt") in out, out[-2000:]
+    assert "damaged" not in out
+    assert path.read_bytes() == before
