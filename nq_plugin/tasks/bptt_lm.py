@@ -109,6 +109,53 @@ _MMAP_MAGIC = b"MMIDIDX\x00\x00"
 _DTYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 8, 7: 8, 8: 2}  # fairseq's dtype codes
 
 
+class InferenceSentences(FairseqDataset):
+    """Sentences given to the hub interface, one sample each: ``src_tokens`` = eos + the
+    sentence (its trailing eos removed), ``target`` = the sentence + eos; right-padded."""
+
+    def __init__(self, src_tokens, src_lengths, dictionary: Dictionary):
+        eos = dictionary.eos()
+        self.items = []
+        for tokens in src_tokens:
+            tokens = torch.as_tensor(tokens, dtype=torch.long)
+            if len(tokens) and int(tokens[-1]) == eos:
+                tokens = tokens[:-1]
+            self.items.append(tokens)
+        self.pad, self.eos = dictionary.pad(), eos
+        self._sizes = np.array([len(t) + 1 for t in self.items])
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return {"id": index, "tokens": self.items[index]}
+
+    @property
+    def sizes(self):
+        return self._sizes
+
+    def num_tokens(self, index):
+        return int(self._sizes[index])
+
+    def size(self, index):
+        return int(self._sizes[index])
+
+    def ordered_indices(self):
+        return np.arange(len(self))
+
+    def collater(self, samples):
+        if not samples:
+            return {}
+        src = [torch.cat([torch.tensor([self.eos]), s["tokens"]]) for s in samples]
+        tgt = [torch.cat([s["tokens"], torch.tensor([self.eos])]) for s in samples]
+        lengths = torch.tensor([len(x) for x in src])
+        return {"id": torch.tensor([s["id"] for s in samples]),
+                "nsentences": len(samples), "ntokens": int(sum(len(x) for x in tgt)),
+                "net_input": {"src_tokens": data_utils.collate_tokens(src, self.pad),
+                              "src_lengths": lengths},
+                "target": data_utils.collate_tokens(tgt, self.pad)}
+
+
 def check_mmap_split(path: str) -> None:
     """Check a fairseq mmap split (PATH.idx + PATH.bin) before fairseq maps it: the index
     header and table are complete and the data file holds exactly the tokens they describe.
@@ -242,8 +289,16 @@ class BPTTLMTask(FairseqTask):
                            num_workers=0, epoch=1, data_buffer_size=0,
                            disable_iterator_cache=False, skip_remainder_batch=False,
                            grouped_shuffling=False, update_epoch_batch_itr=False, **kwargs):
+        if isinstance(dataset, InferenceSentences):  # fairseq's hub interface: sentences
+            return super().get_batch_iterator(
+                dataset, max_tokens=max_tokens, max_sentences=max_sentences,
+                max_positions=max_positions, ignore_invalid_inputs=ignore_invalid_inputs,
+                required_batch_size_multiple=required_batch_size_multiple, seed=seed,
+                num_shards=num_shards, shard_id=shard_id, num_workers=0, epoch=epoch,
+                data_buffer_size=data_buffer_size, disable_iterator_cache=True)
         if not isinstance(dataset, TokenStream):
-            raise TypeError("bptt_lm batches TokenStream datasets (from its load_dataset)")
+            raise TypeError("bptt_lm batches TokenStream datasets (from its load_dataset) and "
+                            "the sentences of build_dataset_for_inference")
         columns = max_sentences
         if columns is None:  # --max-tokens alone: as many columns as fit in that many tokens
             columns = (max_tokens or 0) // self.cfg.tokens_per_sample
@@ -272,6 +327,27 @@ class BPTTLMTask(FairseqTask):
             dataset, max_sentences=batch_size or 1, num_shards=num_shards, shard_id=shard_id,
             num_workers=num_workers, data_buffer_size=data_buffer_size,
         ).next_epoch_itr(shuffle=False)
+
+    def build_dataset_for_inference(self, src_tokens, src_lengths, **kwargs):
+        """Sentences for fairseq's ``GeneratorHubInterface`` (``score``, ``sample``,
+        ``generate``) and ``fairseq-interactive``: each sentence is its own stream from the zero
+        state, input = end-of-sentence + the sentence's symbols, target = the symbols (so
+        ``score`` counts each symbol once, as :meth:`nq_plugin.zoo.lm.ZooLM.score` does)."""
+        return InferenceSentences(src_tokens, src_lengths, self.dictionary)
+
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        """Generation continues each sentence: its symbols are the prefix, conditioned on the
+        end-of-sentence symbol every stream starts with (as fairseq's language_modeling)."""
+        if constraints is not None:
+            raise NotImplementedError("bptt_lm: constrained decoding is not supported")
+        with torch.no_grad():
+            eos = self.dictionary.eos()
+            if prefix_tokens is None and sample["net_input"]["src_tokens"].nelement():
+                prefix_tokens = sample["net_input"]["src_tokens"]
+                if prefix_tokens[:, 0].eq(eos).all():
+                    prefix_tokens = prefix_tokens[:, 1:]
+            return generator.generate(models, sample, prefix_tokens=prefix_tokens,
+                                      bos_token=eos)
 
     @property
     def source_dictionary(self):
