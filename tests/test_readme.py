@@ -76,3 +76,15 @@ def test_readme_main_job_runs_offline_and_prints_what_the_readme_shows():
         got = next(l for l in out.splitlines() if l.startswith(prefix))
         assert got in pasted, f"README shows another {prefix!r} line than the command prints"
     assert "sample  'the company said" in out
+
+
+def test_readme_zoo_table_is_the_manifests():
+    """The README's zoo table is `nq-zoo list --markdown` (generated from the manifest, not
+    typed): a model improved by the campaign shows its new number or this fails."""
+    from nq_plugin.cli.zoo import markdown_table
+    from nq_plugin.zoo.manifest import Manifest
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- zoo-table")[1].split("-->", 1)[1].split("<!-- /zoo-table -->")[0]
+    assert block.strip() == markdown_table(Manifest.load()).strip()
+    out = console("nq-zoo", "list", "--markdown").stdout
+    assert out.strip() == block.strip()

@@ -1,4 +1,4 @@
-"""Size accounting reproduces every size of Hou et al. (NeurIPS 2019) listed in DESIGN.md 3."""
+"""Size accounting reproduces every size of Hou et al. (NeurIPS 2019) listed in docs/design.md section 3."""
 import pytest
 import torch
 

@@ -40,8 +40,35 @@ def user_dir() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+QUANTIZER_SHORT = {"fp": "fp", "bc": "BinaryConnect", "tc": "TerConnect", "bwn": "BWN",
+                   "twn": "TWN", "lab": "LAB", "lat": "LAT"}
+
+
+def markdown_table(manifest: Manifest) -> str:
+    """The README's zoo table, from the manifest (tests/test_readme.py checks they agree)."""
+    rows = ["| model | quantizer + norm | LSTM KB (paper) | test metric (ours) | paper | "
+            "reproduced | epochs |", "|---|---|---|---|---|---|---|"]
+    for e in manifest.models.values():
+        q = QUANTIZER_SHORT.get(e.quantizer, e.quantizer)
+        how = f"{q}, none" if e.norm == "none" else f"{q} + {e.norm}" + (
+            " (per step)" if e.norm_options.get("bn_stats") == "separate" else "")
+        paper_kb = e.sizes.get("paper_kb")
+        m = e.metric
+        value = {"bpc": f"{m.value:.3f} BPC", "perplexity": f"{m.value:.1f} PPL",
+                 "accuracy": f"{m.value:.2f} % test accuracy"}[m.name]
+        ok = {True: "yes", False: "not yet", None: "—"}[m.within_paper()]
+        rows.append(f"| {e.name} | {how} | {e.sizes['lstm_kb']:.1f} "
+                    f"({'—' if paper_kb is None else format(paper_kb, 'g')}) | {value} | "
+                    f"{'—' if m.paper is None else format(m.paper, 'g')} | {ok} | "
+                    f"{e.epochs:g} |")
+    return "\n".join(rows)
+
+
 def cmd_list(args) -> int:
     manifest = Manifest.load()
+    if args.markdown:
+        print(markdown_table(manifest))
+        return 0
     rows = [("name", "task", "quant", "norm", "LSTM KB", "paper KB", "metric", "measured",
              "paper", "epochs", "files")]
     for e in manifest.models.values():
@@ -241,7 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_verbosity(p)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="the zoo's models").set_defaults(func=cmd_list)
+    s = sub.add_parser("list", help="the zoo's models")
+    s.add_argument("--markdown", action="store_true",
+                   help="the README's zoo table (maintainers paste it between its markers)")
+    s.set_defaults(func=cmd_list)
     s = sub.add_parser("info", help="a model's card")
     s.add_argument("name")
     s.set_defaults(func=cmd_info)

@@ -70,6 +70,22 @@ class Metric:
     def better_is_lower(self) -> bool:
         return self.name != "accuracy"
 
+    # how close to the paper's number a reproduction must be (the zoo issue's tolerance)
+    TOLERANCE = {"bpc": 0.05, "perplexity": 0.05, "accuracy": 1.0}  # BPC, relative PPL, points
+
+    def within_paper(self, value: Optional[float] = None) -> Optional[bool]:
+        """Whether ``value`` (default: the measured one) reproduces the paper's number: within
+        0.05 BPC, 5 % perplexity, 1 accuracy point; None when the paper gives no number."""
+        value = self.value if value is None else value
+        if self.paper is None:
+            return None
+        tol = self.TOLERANCE[self.name]
+        if self.name == "perplexity":
+            return value <= self.paper * (1 + tol)
+        if self.name == "accuracy":
+            return value >= self.paper - tol
+        return value <= self.paper + tol
+
 
 @dataclass
 class ZooEntry:

@@ -47,7 +47,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from nq_plugin.files import atomic_write_text, sha256_file  # noqa: E402
-from nq_plugin.zoo.manifest import Manifest, zoo_root  # noqa: E402
+from nq_plugin.zoo.manifest import Manifest, Metric, zoo_root  # noqa: E402
 
 RESETS = ["--reset-optimizer", "--reset-lr-scheduler", "--reset-dataloader", "--reset-meters"]
 # the issue's margins: a new commit of a model's weights, and the paper's tolerance
@@ -55,14 +55,8 @@ MIN_GAIN = {"bpc": 0.01, "perplexity": 1.0, "accuracy": 0.5}
 
 
 def within_row(metric: str, value: float, paper: Optional[float]) -> bool:
-    """Whether ``value`` reproduces the paper's number: 0.05 BPC, 5 % PPL, 1 accuracy point."""
-    if paper is None:
-        return False
-    if metric == "bpc":
-        return value <= paper + 0.05
-    if metric == "perplexity":
-        return value <= paper * 1.05
-    return value >= paper - 1.0
+    """Whether ``value`` reproduces the paper's number (Metric.within_paper's tolerance)."""
+    return bool(Metric(metric, value, "test", "", "", paper).within_paper())
 
 
 def improves(metric: str, new: float, old: Optional[float]) -> bool:

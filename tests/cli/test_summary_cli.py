@@ -1,4 +1,4 @@
-"""nq-summary on a spec: every DESIGN.md section 3 row through the command line."""
+"""nq-summary on a spec: every size row of docs/design.md section 3 through the command line."""
 import json
 import shutil
 import subprocess

@@ -1,4 +1,4 @@
-"""Each normalization against its formula (DESIGN.md section 2)."""
+"""Each normalization against its formula (docs/design.md section 2)."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""Quantizers against the paper's definitions on hand-computed matrices (DESIGN.md section 2)."""
+"""Quantizers against the paper's definitions on hand-computed matrices (docs/design.md section 2)."""
 import pytest
 import torch
 

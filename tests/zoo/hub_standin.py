@@ -1,5 +1,5 @@
 """A local stand-in for the Hugging Face Hub (stdlib ThreadingHTTPServer on 127.0.0.1, port 0),
-answering what ``huggingface_hub`` asks for downloads and publishing (DESIGN.md section 8)."""
+answering what ``huggingface_hub`` asks for downloads and publishing (docs/design.md section 6)."""
 from __future__ import annotations
 
 import base64
