@@ -35,7 +35,8 @@ fairseq = _import_fairseq()
 if fairseq is not None:
     from .compat import patch_numpy_for_fairseq
     patch_numpy_for_fairseq()  # fairseq's stock LM data code with numpy >= 2 (compat.py)
-    from . import checkpoint  # noqa: F401  safe loading of fairseq checkpoints
+    from . import checkpoint  # safe loading of fairseq checkpoints
+    checkpoint.track_fairseq_reads()  # a refused checkpoint is named by its file
     from .distributed import support_torchrun_on_cpu
     from .criterions import sequence_classification  # noqa: F401  sequence_classification
     from .models import nq_lstm_classifier  # noqa: F401  nq_lstm_classifier(_smnist)

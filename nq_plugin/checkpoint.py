@@ -13,6 +13,7 @@ that name the problem (missing, truncated/corrupt, refused code-executing conten
 checkpoint).
 """
 import argparse
+import hashlib
 import os
 import pickle
 import zipfile
@@ -60,7 +61,61 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not a fairseq checkpoint (no 'model' entry)")
     check_finite(state["model"], path)
+    _last_read["path"] = path
     return state
+
+
+# A zoo checkpoint carries the sha256 of its tensors inside its model state (written by nq-zoo
+# add and nq-pack), verified by the model's own load_state_dict on every loading path
+# (fairseq-eval-lm, fairseq's Hub loader, from_pretrained, nq-zoo): the Hub client checks only
+# file sizes, and fairseq's loader reads whatever it downloaded.
+DIGEST_KEY = "nq_plugin.tensor_sha256"
+_last_read = {"path": None}  # the checkpoint fairseq read last, for messages
+
+
+def tensor_digest(weights: Dict[str, Any]) -> str:
+    """sha256 over every tensor of a model state (sorted names, dtype, shape and bytes)."""
+    h = hashlib.sha256()
+    for name in sorted(k for k, v in weights.items() if torch.is_tensor(v)):
+        t = weights[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def seal(state: Dict[str, Any]) -> None:
+    """Write the digest of ``state['model']``'s tensors into it."""
+    state["model"][DIGEST_KEY] = tensor_digest(state["model"])
+
+
+def unseal(weights: Dict[str, Any]) -> Dict[str, Any]:
+    """The model state without its digest, after checking the digest if there is one."""
+    if DIGEST_KEY not in weights:
+        return weights
+    weights = dict(weights)
+    recorded = weights.pop(DIGEST_KEY)
+    if tensor_digest(weights) != recorded:
+        where = _last_read["path"] or "the checkpoint"
+        raise CheckpointError(
+            f"{where}: its tensors do not match the sha256 digest written into it when it was "
+            "published: the file was changed afterwards (tampered with or damaged); download "
+            "it again, or restore the original")
+    return weights
+
+
+def track_fairseq_reads() -> None:
+    """Remember the path of each checkpoint fairseq's own loader reads, so that a refusal in
+    ``load_state_dict`` can name the file."""
+    from fairseq import checkpoint_utils
+    original = checkpoint_utils.load_checkpoint_to_cpu
+    if getattr(original, "nq_plugin_tracked", False):
+        return
+
+    def load_checkpoint_to_cpu(path, *args, **kwargs):
+        _last_read["path"] = str(path)
+        return original(path, *args, **kwargs)
+    load_checkpoint_to_cpu.nq_plugin_tracked = True
+    checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
 
 
 def check_finite(weights: Dict[str, Any], source: str) -> None:

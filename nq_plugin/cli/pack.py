@@ -23,7 +23,7 @@ from typing import List, Optional
 import torch
 
 from . import add_verbosity, configure_logging
-from ..checkpoint import CheckpointError, load_checkpoint, model_config
+from ..checkpoint import DIGEST_KEY, CheckpointError, load_checkpoint, model_config, seal
 from ..files import atomic_copy, atomic_path
 from ..norm import FoldingNotSupported
 from ..packed.format import FORMAT_NAME, PackedFormatError, quantization_config
@@ -148,6 +148,8 @@ def pack_checkpoint(checkpoint: str, outdir: str, dictionary: Optional[str] = No
             atomic_copy(dict_path, dict_out)
         fairseq_state["model"]["decoder._extra_state"] = {"carried": {}}
     fairseq_state["last_optimizer_state"] = None
+    if DIGEST_KEY in source:  # a sealed (zoo) checkpoint's packed copy is sealed too
+        seal(fairseq_state)
     with atomic_path(os.path.join(outdir, "checkpoint.pt")) as tmp:
         with open(tmp, "wb") as f:  # a file object: torch names the archive after a path's
             torch.save(fairseq_state, f)  # stem, and the temporary name differs every run

@@ -19,7 +19,7 @@ import tempfile
 
 import torch
 
-from ..checkpoint import load_checkpoint, model_config
+from ..checkpoint import load_checkpoint, model_config, seal
 from ..files import atomic_copy, atomic_path, atomic_write_text, sha256_file
 from ..zoo.manifest import Manifest, Metric, ZooEntry, ZooError, ZooFile, zoo_root
 
@@ -173,6 +173,7 @@ def cmd_add(args) -> int:
             for k in HALF_KEYS:
                 if k in state["model"]:
                     state["model"][k] = state["model"][k].half()
+        seal(state)  # the digest of its tensors, verified by the model's load_state_dict
         with atomic_path(os.path.join(tmp, "model.pt")) as p:
             torch.save(state, p)
         has_dict = os.path.isfile(os.path.join(args.data, "dict.txt"))  # none for sMNIST

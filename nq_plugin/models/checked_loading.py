@@ -1,11 +1,12 @@
 """``CheckedLoading``: fairseq's ``load_state_dict`` (resume, eval-lm, the Hub loader) with NaN /
-inf parameters refused naming the tensor, a dictionary that is not the model's named as such,
+inf parameters refused naming the tensor, a zoo checkpoint whose tensors differ from the digest
+written into it refused naming the file, a dictionary that is not the model's named as such,
 and tensors that do not fit the configuration (wrong shapes, missing or extra tensors) reported
 as a :class:`nq_plugin.checkpoint.CheckpointError`."""
 import os
 from typing import Optional
 
-from ..checkpoint import CheckpointError, check_finite
+from ..checkpoint import CheckpointError, check_finite, unseal
 
 
 class CheckedLoading:
@@ -39,6 +40,7 @@ class CheckedLoading:
             "--srcdict MODEL_DIR/dict.txt, or the recipe's prepare.sh)")
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        state_dict = unseal(state_dict)  # a zoo checkpoint's digest: verified, then dropped
         check_finite(state_dict, "checkpoint")
         self._check_dictionary(state_dict)
         try:

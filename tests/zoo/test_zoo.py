@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from tests.fairseq_utils import console
+from tests.fairseq_utils import ROOT, console
 from tests.zoo.conftest import NAME, REPO
 
 from nq_plugin.zoo.fetch import download
@@ -362,3 +362,49 @@ def test_bundled_word_model_packed_copy_rebuilds_to_the_published_bytes(tmp_path
     unpacked = load("ptb-word-tc-weight")
     assert packed.score(text)["bits_per_symbol"] == pytest.approx(
         unpacked.score(text)["bits_per_symbol"], abs=1e-4)
+
+
+def _tampered_model(path):
+    """The same checkpoint with one latent weight nudged: same size, valid archive, and
+    fairseq's loader alone would read it without complaint."""
+    state = torch.load(path, weights_only=True)
+    key = next(k for k in state["model"] if k.endswith("weight_hh"))
+    state["model"][key] = state["model"][key].clone()
+    state["model"][key][0, 0] += 1e-3
+    out = path.parent / "tampered.pt"
+    torch.save(state, out)
+    return out
+
+
+def test_zoo_checkpoints_carry_a_digest_that_every_path_verifies(tmp_path, tiny_zoo):
+    from nq_plugin.checkpoint import DIGEST_KEY, tensor_digest
+    from nq_plugin.models.loading import load_model
+    root, entry, env = tiny_zoo
+    folder = root / entry["bundled"]
+    for ckpt in (folder / "model.pt", folder / "packed" / "checkpoint.pt"):
+        weights = torch.load(ckpt, weights_only=True)["model"]
+        assert weights[DIGEST_KEY] == tensor_digest(
+            {k: v for k, v in weights.items() if k != DIGEST_KEY})
+        load_model(str(ckpt))  # verified and loaded
+    bad = _tampered_model(folder / "model.pt")
+    with pytest.raises(Exception, match="tampered.pt: its tensors do not match the sha256"):
+        load_model(str(bad))
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    res = console("fairseq-eval-lm", data, "--user-dir", ROOT / "nq_plugin", "--task", "bptt_lm",
+                  "--path", bad, "--cpu", "--gen-subset", "test", "--tokens-per-sample", "16",
+                  check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "Traceback" not in out and "tampered.pt" in out, out[-2000:]
+    assert "do not match the sha256 digest" in out
+
+
+def test_fairseq_hub_loader_refuses_a_tampered_download(tmp_path, tiny_zoo, published, online):
+    import nq_plugin  # noqa: F401  registers the model
+    from fairseq import checkpoint_utils
+    hub, commit = published
+    root, entry, _ = tiny_zoo
+    hub.tamper["model.pt"] = _tampered_model(root / entry["bundled"] / "model.pt").read_bytes()
+    with pytest.raises(Exception, match=r"model\.pt: its tensors do not match the sha256"):
+        checkpoint_utils.load_model_ensemble_and_task_from_hf_hub(
+            REPO, cache_dir=str(tmp_path / "cache"), revision=commit, endpoint=hub.endpoint)
