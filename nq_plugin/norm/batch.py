@@ -1,12 +1,17 @@
 """Recurrent batch normalization (Cooijmans et al., ICLR 2017) of a gate pre-activation term."""
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import FoldedAffine, NativeForm, Normalization, register_normalization
 from .bounds import per_feature_gate_factors
+from ..logs import LogOnce
+
+_log_once = LogOnce(logging.getLogger(__name__))
 
 
 def ema_update(buffer: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
@@ -64,37 +69,52 @@ class BatchNorm(FoldedAffine, Normalization):
     def slot(self, t: int) -> int:
         return min(t, self.max_steps - 1)
 
-    def check_batch(self, batch: int) -> None:
-        """Batch statistics need more than one sample per step: from one, the variance is 0 and
-        its unbiased estimate (the running variance) NaN, so the model silently evaluates to
-        NaN later. An error in training, with what to do instead."""
-        if self.training and batch < 2:
-            raise ValueError(
-                "batch normalization in training needs at least 2 sequences per batch (got 1): "
-                "the statistics of one sample have zero variance and make the running variance "
-                "NaN. Use --batch-size 2 or more (bptt_lm: columns), or --norm layer / weight, "
-                "which work at batch 1")
+    def batch_statistics(self, batch: int) -> bool:
+        """Whether this call normalizes with the batch's statistics (training) or the running
+        ones. Batch statistics need more than one sample per step: from one, the variance is 0
+        and its unbiased estimate (the running variance) NaN. A batch of one sequence after
+        batches of several (the last, short batch of an epoch under language_modeling's
+        --max-tokens) uses the running statistics, said once in the log, and leaves them as
+        they are; a training run whose batches hold one sequence from the start is refused,
+        with what to do instead."""
+        if not self.training:
+            return False
+        if batch >= 2:
+            self._trained_on_batches = True
+            return True
+        if getattr(self, "_trained_on_batches", False):
+            _log_once("batch-of-one", "nq_plugin: a training batch holds one sequence; batch "
+                      "norm uses its running statistics for it (one sample has no variance)",
+                      logging.WARNING)
+            return False
+        raise ValueError(
+            "batch normalization in training needs at least 2 sequences per batch (got 1): "
+            "the statistics of one sample have zero variance and make the running variance "
+            "NaN. Use --batch-size 2 or more (bptt_lm: columns), or --norm layer / weight, "
+            "which work at batch 1")
 
     def step(self, y, t):
-        self.check_batch(y.shape[0])
+        batch_stats = self.batch_statistics(y.shape[0])
         s = self.slot(t)
         return F.batch_norm(y, self.running_mean[s], self.running_var[s], self.gain,
-                            self.shift, self.training, self.momentum, self.eps)
+                            self.shift, batch_stats, self.momentum, self.eps)
 
     def affine(self):
         return self.gain, self.shift
 
     def step_stats(self, z, t):
-        self.check_batch(z.shape[0])
+        batch_stats = self.batch_statistics(z.shape[0])
         s = self.slot(t)
         z_hat, save_mean, save_invstd = torch.native_batch_norm(
-            z, None, None, self.running_mean[s], self.running_var[s], self.training,
+            z, None, None, self.running_mean[s], self.running_var[s], batch_stats,
             self.momentum, self.eps)
-        return z_hat, (save_mean, save_invstd, self.training)
+        return z_hat, (save_mean, save_invstd, batch_stats)
 
     def native_form(self, batch):
-        self.check_batch(batch)
-        if self.training:
+        batch_stats = self.batch_statistics(batch)
+        if self.training and not batch_stats:
+            return None  # a batch of one in training: the Python loop, running statistics
+        if batch_stats:
             return NativeForm(NativeForm.BATCH, eps=self.eps, first=self.running_mean,
                               second=self.running_var, momentum=self.momentum)
         return NativeForm(NativeForm.FIXED, first=self.running_mean.contiguous(),
@@ -110,9 +130,9 @@ class BatchNorm(FoldedAffine, Normalization):
 
     def sequence(self, y, t0=0):
         steps = y.shape[0]
-        self.check_batch(y.shape[1])
+        batch_stats = self.batch_statistics(y.shape[1])
         slots = torch.clamp(torch.arange(t0, t0 + steps, device=y.device), max=self.max_steps - 1)
-        if self.training:
+        if batch_stats:
             mean = y.mean(1)
             var = y.var(1, unbiased=False)
             with torch.no_grad():

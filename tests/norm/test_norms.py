@@ -198,3 +198,36 @@ def test_batch_norm_refuses_batch_statistics_of_one_sample(stats):
     lstm.eval()
     out, _ = lstm(torch.randn(5, 1, 3))  # inference at batch 1 uses the running statistics
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("stats", ["shared", "separate"])
+@pytest.mark.parametrize("recurrence", ["python", "auto"])
+def test_batch_norm_batch_of_one_after_full_batches_uses_running_statistics(
+        stats, recurrence, monkeypatch, caplog):
+    """The last, short batch of an epoch (one sequence) does not stop a long run: it is
+    normalized with the running statistics (as in eval mode), which it leaves unchanged, and
+    the log says so once; the model still trains (gradients reach the weights)."""
+    import logging
+    from nq_plugin.nn import NQLSTM
+    from nq_plugin.norm import batch
+    monkeypatch.setenv("NQ_PLUGIN_RECURRENCE", recurrence)
+    monkeypatch.setattr(batch._log_once, "seen", set())
+    torch.manual_seed(0)
+    lstm = NQLSTM(3, 4, norm="batch", bn_stats=stats, bn_max_steps=5)
+    lstm(torch.randn(5, 3, 3))  # a full batch first
+    running = {k: v.clone() for k, v in lstm.named_buffers()}
+    x = torch.randn(5, 1, 3)
+    with caplog.at_level(logging.WARNING, logger="nq_plugin.norm.batch"):
+        out, _ = lstm(x)
+        lstm(x)
+    assert torch.isfinite(out).all()
+    said = [r for r in caplog.records if "holds one sequence" in r.getMessage()]
+    assert len(said) == 1  # once per process
+    for k, v in lstm.named_buffers():
+        assert torch.equal(v, running[k]), k  # the batch of one left the statistics alone
+    out.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for p in lstm.parameters() if p.requires_grad)
+    lstm.eval()  # the same numbers as inference with those statistics
+    expected, _ = lstm(x)
+    assert torch.allclose(out, expected, atol=1e-6)
