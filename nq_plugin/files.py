@@ -4,11 +4,43 @@ renamed into place (``os.replace`` is atomic on one file system)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
 import tempfile
-from typing import Iterator
+from typing import Iterator, Optional
+
+from .errors import UserError
+
+
+class OutputError(UserError):
+    """Writing an output failed (no space, no permission, ...); the message names the path and
+    what it needs."""
+
+
+def write_error(err: OSError, path: str, needed: Optional[int] = None) -> OutputError:
+    """One line for an OS error while writing ``path``: the reason and, for a full disk, the
+    space needed beside the space free."""
+    where = os.path.abspath(path)
+    reason = err.strerror or str(err)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        probe = where if os.path.exists(where) else os.path.dirname(where)
+        try:
+            free = shutil.disk_usage(probe).free
+        except OSError:
+            free = None
+        need = f"about {needed / 1e6:.1f} MB" if needed else "more space"
+        have = f", {free / 1e6:.1f} MB are free there" if free is not None else ""
+        message = (f"cannot write {where}: {reason} (it needs {need}{have}); free some space "
+                   "or choose a folder on another disk")
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        message = f"cannot write {where}: {reason}; choose a folder you can write to"
+    else:
+        message = f"cannot write {where}: {reason}"
+    out = OutputError(message)
+    out.os_errno, out.path = err.errno, where
+    return out
 
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:

@@ -14,17 +14,19 @@ Writes into OUTDIR (which must not hold a packed model already, unless --force):
                        --path OUTDIR/checkpoint.pt
 """
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import sys
+import tempfile
 from typing import List, Optional
 
 import torch
 
 from . import add_verbosity, configure_logging
 from ..checkpoint import DIGEST_KEY, CheckpointError, load_checkpoint, model_config, seal
-from ..files import atomic_copy, atomic_path
+from ..files import OutputError, atomic_copy, write_error
 from ..norm import FoldingNotSupported
 from ..packed.format import FORMAT_NAME, PackedFormatError, quantization_config
 from ..packed.io import save_packed
@@ -90,6 +92,30 @@ def check_outdir(outdir: str, inputs: List[str], force: bool) -> None:
                               "nq-pack output. Choose another OUTDIR")
 
 
+@contextlib.contextmanager
+def staged_outputs(outdir: str, needed: int):
+    """Write the outputs into a temporary folder beside OUTDIR, then move each into it: a
+    failed write (a full disk, no permission) leaves OUTDIR as it was, removes an OUTDIR this
+    call created, and is one message naming the path (and the space needed)."""
+    created = not os.path.exists(outdir)
+    parent = os.path.dirname(os.path.abspath(outdir))
+    stage = None
+    try:
+        os.makedirs(parent, exist_ok=True)
+        stage = tempfile.mkdtemp(prefix=".nq-pack.", dir=parent)
+        yield stage
+        os.makedirs(outdir, exist_ok=True)
+        for name in sorted(os.listdir(stage)):
+            os.replace(os.path.join(stage, name), os.path.join(outdir, name))
+    except OSError as err:
+        if created and os.path.isdir(outdir) and not os.listdir(outdir):
+            os.rmdir(outdir)
+        raise write_error(err, outdir, needed) from None
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
 def pack_checkpoint(checkpoint: str, outdir: str, dictionary: Optional[str] = None,
                     force: bool = False) -> dict:
     from fairseq.data import Dictionary
@@ -134,25 +160,26 @@ def pack_checkpoint(checkpoint: str, outdir: str, dictionary: Optional[str] = No
         tensors[k] = tensors[k].half()
     other = "fp32" if not half else "fp16: " + ", ".join(half) + "; the rest fp32"
 
-    os.makedirs(outdir, exist_ok=True)
     config = {"model": packed_cfg,
               "quantization_config": quantization_config(metas, norm_steps, other),
               "source_checkpoint": os.path.basename(checkpoint)}
-    save_packed(outdir, tensors, config)
     fairseq_state = {k: v for k, v in state.items() if k not in ("last_optimizer_state",)}
     fairseq_state["cfg"] = dict(state["cfg"], model=packed_cfg)
     fairseq_state["model"] = dict(tensors)
     if dict_path is not None:
-        dict_out = os.path.join(outdir, "dict.txt")
-        if not (os.path.exists(dict_out) and os.path.samefile(dict_path, dict_out)):
-            atomic_copy(dict_path, dict_out)
         fairseq_state["model"]["decoder._extra_state"] = {"carried": {}}
     fairseq_state["last_optimizer_state"] = None
     if DIGEST_KEY in source:  # a sealed (zoo) checkpoint's packed copy is sealed too
         seal(fairseq_state)
-    with atomic_path(os.path.join(outdir, "checkpoint.pt")) as tmp:
-        with open(tmp, "wb") as f:  # a file object: torch names the archive after a path's
-            torch.save(fairseq_state, f)  # stem, and the temporary name differs every run
+    needed = 2 * sum(v.numel() * v.element_size() for v in tensors.values())  # both files
+    with staged_outputs(outdir, needed) as stage:
+        save_packed(stage, tensors, config)
+        if dict_path is not None:
+            dict_out = os.path.join(outdir, "dict.txt")
+            if not (os.path.exists(dict_out) and os.path.samefile(dict_path, dict_out)):
+                atomic_copy(dict_path, os.path.join(stage, "dict.txt"))
+        with open(os.path.join(stage, "checkpoint.pt"), "wb") as f:  # a file object: torch
+            torch.save(fairseq_state, f)  # names the archive after a path's stem
 
     words = sum(v.numel() * v.element_size() for k, v in tensors.items()
                 if k.startswith(prefix + "lstm.") and k.endswith(("_plus", "_nonzero",
@@ -171,7 +198,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         info = pack_checkpoint(args.checkpoint, args.outdir, args.dict, args.force)
     except (CheckpointError, PackedFormatError, FoldingNotSupported, FileNotFoundError,
-            FileExistsError, shutil.SameFileError) as err:
+            FileExistsError, shutil.SameFileError, OutputError) as err:
         print(f"nq-pack: {err}", file=sys.stderr)
         return 2
     print(f"packed {args.checkpoint} -> {info['outdir']}: LSTM weights "

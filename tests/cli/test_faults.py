@@ -292,3 +292,40 @@ def test_data_of_another_dictionary_under_fairseq_eval_lm(made, tmp_path, packed
     assert "not the model's dictionary" in out and str(other / "dict.txt") in out, out[-2000:]
     assert "damaged" not in out
     assert path.read_bytes() == before
+
+
+@pytest.fixture()
+def small_filesystem(tmp_path):
+    """A 3 MB tmpfs (and a read-only one) at tmp_path: needs mount (root on this project's
+    machines)."""
+    import subprocess
+    full, ro = tmp_path / "full", tmp_path / "ro"
+    full.mkdir()
+    ro.mkdir()
+    for where, opts in ((full, "size=3m"), (ro, "size=1m,ro")):
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.strip()})")
+    yield full, ro
+    for where in (full, ro):
+        subprocess.run(["umount", str(where)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_nq_pack_onto_a_full_or_read_only_filesystem(small_filesystem):
+    """The word model's packed copy (2 x 12 MB) onto 3 MB, and onto a read-only folder: one line
+    naming the path (and the space needed), exit 2, no folder of ours left behind."""
+    full, ro = small_filesystem
+    model = ROOT / "zoo" / "models" / "ptb-word-tc-weight"
+    for where, words in ((full, ("No space left", "it needs about", "MB are free")),
+                         (ro, ("Read-only file system", "choose a folder you can write to"))):
+        res = console("nq-pack", model / "model.pt", where / "packed", "--dict",
+                      model / "dict.txt", check=False)
+        assert res.returncode == 2, res.stdout + res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+        assert str(where / "packed") in lines[0] or str(where) in lines[0], lines[0]
+        for w in words:
+            assert w in lines[0], lines[0]
+        assert list(where.iterdir()) == []  # nothing half-made, no empty folder
