@@ -140,3 +140,27 @@ def test_a_loss_that_only_grows_gets_the_quantized_lstm_hint(demo_char_data, tmp
         train(demo_char_data, tmp_path / "bad", *TINY, "--quantizer", "bc", "--lr", "1e30",
               updates=12)
     assert "training is diverging" in caplog.text and "--norm weight" in caplog.text
+
+
+def test_batch_norm_survives_a_last_batch_of_one_under_language_modeling(tmp_path, caplog,
+                                                                         monkeypatch):
+    """fairseq's stock language_modeling task, one sentence per sample and --batch-size 2 over
+    an odd number of lines: an epoch ends with a batch of one sequence. Batch norm trains
+    through it (running statistics for that batch, said once) instead of stopping the run."""
+    import logging
+    from nq_plugin.norm import batch
+    from tests.fairseq_utils import DEMO_TEXT, preprocess
+    monkeypatch.setattr(batch._log_once, "seen", set())  # said once per process
+    lines = (DEMO_TEXT / "train.txt").read_text().splitlines()[:7]
+    text = tmp_path / "seven.txt"
+    text.write_text("\n".join(lines) + "\n")
+    data = preprocess(text, text, tmp_path / "bin")
+    with caplog.at_level(logging.WARNING, logger="nq_plugin.norm.batch"):
+        ckpt = train(data, tmp_path / "run", "--hidden-size", "16", "--quantizer", "bc",
+                     "--norm", "batch", "--batch-size", "2", "--required-batch-size-multiple",
+                     "1", "--sample-break-mode", "eos", "--tokens-per-sample", "512",
+                     "--bn-max-steps", "16", task="language_modeling", updates=8)
+    state = torch.load(ckpt, weights_only=True)
+    assert state["optimizer_history"][-1]["num_updates"] == 8  # two epochs of 4 batches
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if torch.is_tensor(v))
+    assert any("holds one sequence" in r.getMessage() for r in caplog.records)
