@@ -58,6 +58,10 @@ def add_parser(sub) -> None:
                         "folder, as add-packed --unbundled does")
     s.add_argument("--force", action="store_true", help="replace this model's zoo folder")
     s.set_defaults(func=cmd_add)
+    s = sub.add_parser("add-digest", help="(maintainers) write the tensor digest into a "
+                       "bundled model made before checkpoints carried one")
+    s.add_argument("name")
+    s.set_defaults(func=cmd_add_digest)
     s = sub.add_parser("add-packed", help="(maintainers) bundle a packed copy of a zoo model")
     s.add_argument("name")
     s.add_argument("--data", required=True, help="the data folder the model is evaluated on")
@@ -103,6 +107,58 @@ def pack_and_evaluate(folder: str, data: str, metric: str, eval_args) -> str:
         value = f"{r['bits'] if metric == 'bpc' else r['perplexity']:.4f}"
     return (f"The bit-packed copy (`packed/`) measures {value} on the same split "
             f"(log: `logs/eval_test_packed.log`).")
+
+
+def cmd_add_digest(args) -> int:
+    """Seal a bundled model made before checkpoints carried a digest: model.pt gets the sha256
+    of its tensors (which stay as they are, so the card's number stands), its packed copy is
+    packed again from it, and the manifest's records of the changed files are updated."""
+    from ..checkpoint import DIGEST_KEY
+    from ..files import atomic_write_text
+    from ..zoo.card import model_card
+    from ..zoo.fetch import verify_folder
+    from .pack import pack_checkpoint
+    manifest = Manifest.load()
+    entry = manifest.get(args.name)
+    folder = os.path.join(zoo_root(), entry.bundled or "")
+    if not entry.bundled or not os.path.isdir(folder):
+        raise ZooError(f"{entry.name} is not bundled in this checkout")
+    problems = verify_folder(entry, folder, bundled_copy=True)
+    if problems:
+        raise ZooError(f"{folder} does not match the manifest: {'; '.join(problems)}")
+    model = os.path.join(folder, entry.checkpoint)
+    state = load_checkpoint(model)
+    if DIGEST_KEY in state["model"]:
+        print(f"{entry.name}: {entry.checkpoint} carries its digest already")
+        return 0
+    seal(state)
+    dict_path = os.path.join(folder, "dict.txt")
+    packed_files = [f for f in entry.files if f.path.startswith("packed/")]
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".digest.") as tmp:
+        sealed = os.path.join(tmp, entry.checkpoint)
+        torch.save(state, sealed)
+        load_checkpoint(sealed)
+        from ..models.loading import load_model
+        load_model(sealed)  # the model's own load_state_dict verifies the digest
+        if packed_files:
+            pack_checkpoint(sealed, os.path.join(tmp, "packed"),
+                            dict_path if os.path.isfile(dict_path) else None)
+        made = {entry.checkpoint: sealed}
+        made.update({f.path: os.path.join(tmp, "packed", *f.path[len("packed/"):].split("/"))
+                     for f in packed_files})
+        records = {}
+        for rel, path in made.items():
+            old = entry.file(rel)
+            records[rel] = ZooFile(rel, sha256_file(path), os.path.getsize(path), old.bundled)
+        for rel, path in made.items():  # into place: the bundled files only
+            if records[rel].bundled:
+                os.replace(path, os.path.join(folder, *rel.split("/")))
+    entry.files = [records.get(f.path, f) for f in entry.files]
+    manifest.put(entry)
+    manifest.save()
+    atomic_write_text(os.path.join(folder, "README.md"), str(model_card(entry)))
+    print(f"{entry.name}: sealed {', '.join(sorted(made))}")
+    return 0
 
 
 def cmd_add_packed(args) -> int:

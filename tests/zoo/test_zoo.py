@@ -408,3 +408,32 @@ def test_fairseq_hub_loader_refuses_a_tampered_download(tmp_path, tiny_zoo, publ
     with pytest.raises(Exception, match=r"model\.pt: its tensors do not match the sha256"):
         checkpoint_utils.load_model_ensemble_and_task_from_hf_hub(
             REPO, cache_dir=str(tmp_path / "cache"), revision=commit, endpoint=hub.endpoint)
+
+
+def test_add_digest_seals_an_older_bundled_model(tmp_path, tiny_zoo):
+    """A bundled model from before checkpoints carried a digest: add-digest writes it, its
+    packed copy is sealed too, the tensors and the card's number are unchanged, the manifest's
+    records match the new files."""
+    from nq_plugin.checkpoint import DIGEST_KEY
+    from nq_plugin.zoo.fetch import verify_folder
+    from nq_plugin.files import sha256_file
+    root, entry = zoo_copy(tmp_path, tiny_zoo, None)
+    folder = root / entry.bundled
+    state = torch.load(folder / "model.pt", weights_only=True)
+    del state["model"][DIGEST_KEY]  # as the zoo's older checkpoints are
+    torch.save(state, folder / "model.pt")
+    data = json.loads((root / "manifest.json").read_text())
+    rec = next(f for f in data["models"][0]["files"] if f["path"] == "model.pt")
+    rec.update(sha256=sha256_file(folder / "model.pt"), size=(folder / "model.pt").stat().st_size)
+    (root / "manifest.json").write_text(json.dumps(data))
+    env = dict(os.environ, NQ_ZOO_DIR=str(root), HF_HUB_OFFLINE="1")
+    before = console("nq-zoo", "eval", NAME, "--no-sample", env=env).stdout
+    console("nq-zoo", "add-digest", NAME, env=env)
+    for ckpt in (folder / "model.pt", folder / "packed" / "checkpoint.pt"):
+        assert DIGEST_KEY in torch.load(ckpt, weights_only=True)["model"]
+    sealed = Manifest.load(str(root / "manifest.json")).get(NAME)
+    assert verify_folder(sealed, str(folder)) == []
+    after = console("nq-zoo", "eval", NAME, "--no-sample", env=env).stdout
+    line = lambda out: next(l for l in out.splitlines() if "bits per character" in l)  # noqa
+    assert line(after) == line(before)
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
