@@ -62,6 +62,11 @@ def add_parser(sub) -> None:
                        "bundled model made before checkpoints carried one")
     s.add_argument("name")
     s.set_defaults(func=cmd_add_digest)
+    s = sub.add_parser("unbundle-packed", help="(maintainers) leave a model's packed copy "
+                       "out of the repository (rebuilt byte-identical from model.pt on first "
+                       "use)")
+    s.add_argument("name")
+    s.set_defaults(func=cmd_unbundle_packed)
     s = sub.add_parser("add-packed", help="(maintainers) bundle a packed copy of a zoo model")
     s.add_argument("name")
     s.add_argument("--data", required=True, help="the data folder the model is evaluated on")
@@ -158,6 +163,43 @@ def cmd_add_digest(args) -> int:
     manifest.save()
     atomic_write_text(os.path.join(folder, "README.md"), str(model_card(entry)))
     print(f"{entry.name}: sealed {', '.join(sorted(made))}")
+    return 0
+
+
+def cmd_unbundle_packed(args) -> int:
+    """Leave a bundled model's packed copy out of the repository (listed for the Hub, rebuilt
+    from model.pt on first use): only after nq-pack rebuilds exactly the listed bytes, so what
+    a user rebuilds is what the card measured."""
+    from ..files import atomic_write_text
+    from ..zoo.card import model_card
+    from ..zoo.derive import _mismatches
+    from .pack import pack_checkpoint
+    manifest = Manifest.load()
+    entry = manifest.get(args.name)
+    folder = os.path.join(zoo_root(), entry.bundled or "")
+    packed = [f for f in entry.files if f.path.startswith("packed/")]
+    if not packed:
+        raise ZooError(f"{entry.name} has no packed copy")
+    if all(not f.bundled for f in packed):
+        print(f"{entry.name}: its packed copy is not bundled already")
+        return 0
+    dict_path = os.path.join(folder, "dict.txt")
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".unbundle.") as tmp:
+        pack_checkpoint(os.path.join(folder, entry.checkpoint), os.path.join(tmp, "packed"),
+                        dict_path if os.path.isfile(dict_path) else None)
+        problems = _mismatches(entry, os.path.join(tmp, "packed"))
+    if problems:
+        raise ZooError(f"{entry.name}: nq-pack does not rebuild the listed packed copy "
+                       f"({'; '.join(problems)}); keep it bundled, or pack and measure it again "
+                       "(add-packed --force --unbundled)")
+    for f in packed:
+        f.bundled = False
+    manifest.put(entry)
+    manifest.save()
+    shutil.rmtree(os.path.join(folder, "packed"), ignore_errors=True)
+    atomic_write_text(os.path.join(folder, "README.md"), str(model_card(entry)))
+    print(f"{entry.name}: packed/ left out of the bundle ({len(packed)} files listed, rebuilt "
+          "byte-identical on first use)")
     return 0
 
 

@@ -76,7 +76,7 @@ class Dataset:
     text_format: str
     eval_text: str              # relative to the repository
     half_embeddings: bool = False
-    packed: str = "bundled"     # bundled | unbundled (listed, rebuilt on first use)
+    packed: str = "unbundled"   # unbundled (listed, rebuilt on first use) | bundled
     save_every: int = 0         # updates between mid-epoch checkpoints (0: at epoch ends)
     paper_epochs: int = 200     # the paper's schedule length, for the card
     note: str = ""              # what the card says of every model of the dataset
@@ -92,7 +92,7 @@ DATASETS: Dict[str, Dataset] = {
         "recipes/ptb_word/train.sh", "ptb_word", "perplexity",
         ("--task", "bptt_lm", "--gen-subset", "test", "--tokens-per-sample", "35",
          "--batch-size", "16", "--cpu"), "words", "zoo/eval_text/news_en.txt",
-        half_embeddings=True, packed="unbundled", save_every=700, paper_epochs=40,
+        half_embeddings=True, save_every=700, paper_epochs=40,
         note="The embedding and softmax weights are stored in fp16 to keep the repository "
              "small (the LSTM's latent weights stay fp32); the packed copy is listed for the "
              "Hub but rebuilt from model.pt on first use (2 x 12 MB)."),

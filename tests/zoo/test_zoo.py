@@ -437,3 +437,35 @@ def test_add_digest_seals_an_older_bundled_model(tmp_path, tiny_zoo):
     line = lambda out: next(l for l in out.splitlines() if "bits per character" in l)  # noqa
     assert line(after) == line(before)
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+def test_unbundle_packed_leaves_a_verified_rebuildable_copy(tmp_path, tiny_zoo, monkeypatch):
+    from nq_plugin.zoo.derive import packed_folder
+    from nq_plugin.files import sha256_file
+    root, entry = zoo_copy(tmp_path, tiny_zoo, None)
+    env = dict(os.environ, NQ_ZOO_DIR=str(root), HF_HUB_OFFLINE="1")
+    console("nq-zoo", "unbundle-packed", NAME, env=env)
+    folder = root / entry.bundled
+    assert not (folder / "packed").exists()
+    monkeypatch.setenv("NQ_ZOO_DIR", str(root))
+    listed = Manifest.load(str(root / "manifest.json")).get(NAME)
+    packed = [f for f in listed.files if f.path.startswith("packed/")]
+    assert packed and all(not f.bundled for f in packed)
+    assert download(listed) == str(folder)  # the bundle is complete without packed/
+    rebuilt = packed_folder(listed, str(folder), cache_dir=str(tmp_path / "cache"))
+    for f in packed:
+        assert sha256_file(os.path.join(rebuilt, f.path[len("packed/"):])) == f.sha256
+    # a packed copy nq-pack would not rebuild byte for byte stays bundled
+    root2, entry2 = zoo_copy(tmp_path / "b", tiny_zoo, None)
+    with open(root2 / entry2.bundled / "packed" / "config.json", "a") as fh:
+        fh.write(" ")
+    data = json.loads((root2 / "manifest.json").read_text())
+    for f in data["models"][0]["files"]:
+        if f["path"] == "packed/config.json":
+            p = root2 / entry2.bundled / "packed" / "config.json"
+            f.update(sha256=sha256_file(p), size=p.stat().st_size)
+    (root2 / "manifest.json").write_text(json.dumps(data))
+    res = console("nq-zoo", "unbundle-packed", NAME, env=dict(env, NQ_ZOO_DIR=str(root2)),
+                  check=False)
+    assert res.returncode == 2 and "does not rebuild the listed packed copy" in res.stderr
+    assert (root2 / entry2.bundled / "packed" / "config.json").exists()
