@@ -114,7 +114,7 @@ def test_failed_update_leaves_nothing(campaign):
 
 
 def test_new_entry_must_fit_the_tree(campaign):
-    c, tmp, zoo = campaign, campaign.tmp, campaign.zoo
+    c, zoo = campaign, campaign.zoo
     subprocess.run(["git", "init", "-q", str(zoo)], check=True)
     subprocess.run(["git", "-C", str(zoo), "add", "manifest.json"], check=True)
     before = (zoo / "manifest.json").read_bytes()
