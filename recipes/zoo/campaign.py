@@ -435,7 +435,9 @@ def add(run: Run, folder: str, data_root: str, best: str, state: dict, value: fl
             argv += ["--paper-kb", str(run.paper_kb)]
         if run.data.half_embeddings:
             argv.append("--half-embeddings")
-        if run.data.packed == "unbundled":
+        if run.quantizer == "fp":  # nothing to pack: the packed copy would be fp32 again
+            argv.append("--no-packed")
+        elif run.data.packed == "unbundled":
             argv.append("--unbundled-packed")
         res = subprocess.run(argv, capture_output=True, text=True)
         if res.returncode != 0:
