@@ -214,10 +214,21 @@ def save_args(run: Run) -> List[str]:
     return ["--save-interval-updates", str(run.data.save_every), "--keep-interval-updates", "1"]
 
 
+def own_record(run: Run, manifest: Manifest) -> Optional[dict]:
+    """The zoo entry's training record when the zoo holds this run's own best weights (so a
+    machine without the run folder can go on from them), else None."""
+    entry = manifest.models.get(run.entry)
+    t = entry.training if entry else None
+    return t if t and t.get("run") == run.id else None
+
+
 def train_command(run: Run, folder: str, data_root: str, seconds_budget: float,
-                  zoo_model: Optional[str]) -> Tuple[List[str], str, float]:
+                  zoo_model: Optional[str], record: Optional[dict] = None
+                  ) -> Tuple[List[str], str, float]:
     """The recipe's command for this run, how it starts (resume | zoo | scratch) and the
-    training seconds its starting checkpoint already holds."""
+    training seconds its starting checkpoint already holds. ``record``: the zoo entry's
+    training record of this same run (its folder is gone): the run goes on from the zoo's
+    weights at the learning rate it had reached, for the epochs it had left."""
     last = os.path.join(folder, "checkpoint_last.pt")
     cmd = ["bash", os.path.join(ROOT, run.data.recipe), os.path.join(data_root, run.data.folder),
            folder, run.quantizer, run.norm, *run.args, "--max-epoch", str(run.epochs),
@@ -228,6 +239,11 @@ def train_command(run: Run, folder: str, data_root: str, seconds_budget: float,
     elif zoo_model is not None:
         start, held = "zoo", checkpoint_progress(zoo_model)["seconds"]
         cmd += ["--restore-file", zoo_model, *RESETS]
+        if record:
+            left = max(1, run.epochs - int(record.get("run_epochs") or 0))
+            cmd[cmd.index("--max-epoch") + 1] = str(left)
+            if record.get("lr"):
+                cmd += ["--lr", f"{record['lr']:g}"]
     else:
         start, held = "scratch", 0.0
     cmd += ["--stop-time-hours", f"{(held + seconds_budget) / 3600:.5f}"]
@@ -278,7 +294,8 @@ def train(run: Run, folder: str, data_root: str, seconds: float, log=print) -> d
     if state.get("started") == "zoo" and not os.path.isfile(os.path.join(folder,
                                                                           "checkpoint_last.pt")):
         zoo_model = bundled_model(run, manifest)  # began, but never saved: begin again
-    cmd, start, _ = train_command(run, folder, data_root, seconds, zoo_model)
+    cmd, start, _ = train_command(run, folder, data_root, seconds, zoo_model,
+                                  own_record(run, manifest) if zoo_model else None)
     if not state.get("started"):
         state = begin(run, folder, manifest, start, zoo_model)
     log(f"[{run.id}] {start}: " + " ".join(shlex.quote(c) for c in cmd))
@@ -405,7 +422,9 @@ def add(run: Run, folder: str, data_root: str, best: str, state: dict, value: fl
     facts = log_facts(os.path.join(folder, "train.log"))
     epochs = round(state.get("base_epochs", 0.0) + epochs_done(progress, facts.get("itrs")), 1)
     training = {"run": run.id, "schedule": run.schedule, "epochs": epochs, "lr": facts.get("lr"),
-                "best_valid": progress["best"], "started": state.get("started")}
+                "best_valid": progress["best"], "started": state.get("started"),
+                "run_epochs": round(epochs_done(progress, facts.get("itrs")), 2),
+                "done": bool(state.get("done"))}
     cpu = _cpu_name()
     here = (f"{cpu} ({os.cpu_count()} cores, nice 19, beside other work): {run.id} of the "
             f"campaign (recipes/zoo/campaign.py)")
@@ -419,7 +438,12 @@ def add(run: Run, folder: str, data_root: str, best: str, state: dict, value: fl
     train_cmd = (state["base_train_command"] + "\n" + command).strip()
     with tempfile.TemporaryDirectory() as tmp:
         logs = [os.path.join(folder, "base_logs", n) for n in state.get("base_logs", [])]
-        this = os.path.join(tmp, f"train_{run.id.replace('.', '_')}.log")
+        stem, n = f"train_{run.id.replace('.', '_')}", 1
+        name = f"{stem}.log"
+        while name in state.get("base_logs", []):  # the same run, gone on from the zoo
+            n += 1
+            name = f"{stem}_{n}.log"
+        this = os.path.join(tmp, name)
         shutil.copyfile(os.path.join(folder, "train.log"), this)
         argv = [_console("nq-zoo"), "add", run.entry, "--checkpoint", best,
                 "--data", os.path.join(data_root, run.data.folder), "--dataset", run.dataset,
@@ -587,6 +611,9 @@ def campaign(plan, args, deadline, log, publish) -> int:
         state = read_state(folder)
         if state.get("failed"):
             continue
+        record = own_record(run, Manifest.load())
+        if not state and record and record.get("done"):
+            continue  # finished on another machine: the zoo holds its result
         if is_done(run, folder, state):
             publish(run, folder)
             continue

@@ -124,3 +124,23 @@ def test_new_entry_must_fit_the_tree(campaign):
         "past 0.01 MiB" in res.stdout
     assert (zoo / "manifest.json").read_bytes() == before
     assert not (zoo / "models" / "demo-big").exists()
+
+
+def test_a_run_goes_on_from_the_zoo_when_its_folder_is_gone(tmp_path):
+    """On a machine without the run folder, a run whose own weights are in the zoo starts from
+    them at the learning rate it had reached and for the epochs it had left; a finished one is
+    not run again."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("nq_campaign_under_test", DRIVER)
+    campaign = importlib.util.module_from_spec(spec)
+    sys.modules["nq_campaign_under_test"] = campaign  # dataclasses look their module up
+    spec.loader.exec_module(campaign)
+    run = campaign.PLAN[[r.id for r in campaign.PLAN].index("ptb-word-tc-weight.sgd")]
+    zoo_model = str(ROOT / "zoo" / "models" / "ptb-word-tc-weight" / "model.pt")
+    record = {"run": run.id, "lr": 5.0, "run_epochs": 6.44, "done": False}
+    cmd, start, _ = campaign.train_command(run, str(tmp_path), "data", 3600, zoo_model, record)
+    assert start == "zoo" and "--reset-optimizer" in cmd
+    assert cmd[cmd.index("--max-epoch") + 1] == str(run.epochs - 6)
+    assert cmd[len(cmd) - 1 - cmd[::-1].index("--lr") + 1] == "5"  # the last --lr wins
+    plain, _, _ = campaign.train_command(run, str(tmp_path), "data", 3600, zoo_model, None)
+    assert plain[plain.index("--max-epoch") + 1] == str(run.epochs) and "5" not in plain
