@@ -50,8 +50,8 @@ def markdown_table(manifest: Manifest) -> str:
             "reproduced | epochs |", "|---|---|---|---|---|---|---|"]
     for e in manifest.models.values():
         q = QUANTIZER_SHORT.get(e.quantizer, e.quantizer)
-        how = f"{q}, none" if e.norm == "none" else f"{q} + {e.norm}" + (
-            " (per step)" if e.norm_options.get("bn_stats") == "separate" else "")
+        options = "".join(f", {k}={v}" for k, v in sorted(e.norm_options.items()))
+        how = f"{q} + {e.norm}{options}"
         paper_kb = e.sizes.get("paper_kb")
         m = e.metric
         value = {"bpc": f"{m.value:.3f} BPC", "perplexity": f"{m.value:.1f} PPL",

@@ -134,4 +134,11 @@ def test_generate_and_interactive_commands_packed_equals_unpacked(demo_char_data
         _, score, text = line.split("\t")
         assert math.isfinite(float(score)) and len(text.split()) >= 12, line
     assert beam[0].split("\t")[2].startswith("t h e")
-    assert outputs["packed"] == outputs["unpacked"]
+    # the same hypotheses, token for token; the scores agree to float32 rounding (packed and
+    # unpacked run different kernels: on an AVX-512 CPU a score differed in its 7th digit)
+    for packed, unpacked in zip(outputs["packed"], outputs["unpacked"]):
+        assert len(packed) == len(unpacked)
+        for p, u in zip(packed, unpacked):
+            (pid, pscore, ptext), (uid, uscore, utext) = p.split("\t"), u.split("\t")
+            assert (pid, ptext) == (uid, utext)
+            assert float(pscore) == pytest.approx(float(uscore), rel=1e-5, abs=1e-6)
