@@ -19,6 +19,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from nq_plugin import backend
 from nq_plugin.files import sha256_file
 from nq_plugin.tasks.bptt_lm import BPTTSegments
 from nq_plugin.zoo.derive import packed_folder
@@ -28,10 +29,9 @@ from nq_plugin.zoo.manifest import Manifest
 
 def score(model, task, columns, steps, mode):
     """Mean negative log2-likelihood over the test split's segments of ``columns`` x ``steps``."""
-    os.environ["NQ_PLUGIN_ACTIVATIONS"] = mode
     segments = BPTTSegments(task.dataset("test"), columns, steps)
     nll, count = 0.0, 0
-    with torch.no_grad():
+    with torch.no_grad(), backend.use(activations=mode):
         for k in range(len(segments)):
             batch = segments.collater([segments[k]])
             logits, _ = model(**batch["net_input"])
@@ -75,7 +75,6 @@ def main():
         print(f"| {e.name} | {e.metric.value:.4f} {e.metric.name} | {unit(card):.5f} | "
               f"{unit(exact):.5f} | {unit(fast):.5f} | {unit(fast) - unit(exact):+.5f} |",
               flush=True)
-    os.environ.pop("NQ_PLUGIN_ACTIVATIONS", None)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ H=100, scalar input) with --settings smnist.
 
     python benchmarks/lstm_training_speed.py [--rounds 5] [--steps 5] [--threads 2]
 """
-import os
 import argparse
 import statistics
 import time
@@ -40,15 +39,16 @@ def loop_of(label):
 
 
 def time_steps(model, x, n, loop="auto"):
-    os.environ["NQ_PLUGIN_RECURRENCE"] = loop
+    from nq_plugin import backend
     params = list(model.parameters())
-    start = time.perf_counter()
-    for _ in range(n):
-        out, _ = model(x)
-        out.sum().backward()
-        for p in params:
-            p.grad = None
-    return time.perf_counter() - start
+    with backend.use(recurrence=loop):
+        start = time.perf_counter()
+        for _ in range(n):
+            out, _ = model(x)
+            out.sum().backward()
+            for p in params:
+                p.grad = None
+        return time.perf_counter() - start
 
 
 def main():

@@ -16,19 +16,16 @@ Batch-norm statistics stay per worker (buffers are not broadcast), and each work
 the hidden state of its own columns (``bptt_lm`` shards by columns).
 """
 import logging
-import os
 
 import torch
 
+from .backend import torchrun_launch
+
 logger = logging.getLogger(__name__)
 
-TORCHRUN_KEYS = ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
 def torchrun_world_size() -> int:
-    if not all(k in os.environ for k in TORCHRUN_KEYS):
-        return 1
-    return int(os.environ["WORLD_SIZE"])
+    launch = torchrun_launch()
+    return int(launch["WORLD_SIZE"]) if launch else 1
 
 
 def support_torchrun_on_cpu() -> None:
@@ -43,7 +40,7 @@ def support_torchrun_on_cpu() -> None:
         if world > 1 and cfg.distributed_init_method is None and not torch.cuda.is_available():
             cfg.distributed_init_method = "env://"
             cfg.distributed_world_size = world
-            cfg.distributed_rank = int(os.environ["RANK"])
+            cfg.distributed_rank = int(torchrun_launch()["RANK"])
             cfg.device_id = 0
             cfg.distributed_no_spawn = True
             if cfg.ddp_backend in ("c10d", "pytorch_ddp"):

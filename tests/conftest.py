@@ -1,4 +1,16 @@
+"""Fixtures shared by the suite. Under pytest-xdist (setup.cfg runs one worker per core) each
+worker, and every command it starts, gets its share of the cores as threads: two workers with
+two OpenMP threads each on two cores would wait at barriers for each other."""
+import os
+
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    THREADS = max(1, (os.cpu_count() or 1) // _workers)
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+    import torch
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")
@@ -8,3 +20,25 @@ def demo_char_data(tmp_path_factory):
     dest = tmp_path_factory.mktemp("demo-char-bin")
     return preprocess(DEMO_TEXT / "train.txt", DEMO_TEXT / "valid.txt", dest,
                       testpref=DEMO_TEXT / "valid.txt")
+
+
+@pytest.fixture
+def backend_choice():
+    """``backend_choice(recurrence="python", ...)``: the execution choices for the rest of the
+    test (nq_plugin.backend.use; the latest call wins), restored afterwards."""
+    import contextlib
+
+    from nq_plugin import backend
+    with contextlib.ExitStack() as stack:
+        yield lambda **changes: stack.enter_context(backend.use(**changes))
+
+
+@pytest.fixture
+def two_threads():
+    """Two intra-op threads for the test (the native kernels' parallel paths: split batches,
+    per-thread partial sums), whatever share of the cores the worker has."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)

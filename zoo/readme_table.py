@@ -9,7 +9,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from nq_plugin.cli.zoo import markdown_table  # noqa: E402
+from nq_plugin.zoo.listing import markdown_table  # noqa: E402
 from nq_plugin.files import atomic_write_text  # noqa: E402
 from nq_plugin.zoo.manifest import Manifest  # noqa: E402
 

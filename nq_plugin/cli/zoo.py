@@ -15,69 +15,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
 from typing import List, Optional
 
+from ..zoo.evaluate import checkpoint_path, evaluate
+from ..zoo.listing import list_rows, markdown_table
 from ..zoo.manifest import Manifest, ZooEntry, ZooError, zoo_root
 from . import add_verbosity, configure_logging
-
-METRIC_LABEL = {"bpc": "BPC", "perplexity": "PPL", "accuracy": "acc %"}
-
-
-def _tool(name: str) -> str:
-    exe = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
-    if exe is None:
-        raise ZooError(f"{name} not found: install nq_plugin with its dependencies "
-                       "(pip install -e .)")
-    return exe
-
-
-def user_dir() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-QUANTIZER_SHORT = {"fp": "fp", "bc": "BinaryConnect", "tc": "TerConnect", "bwn": "BWN",
-                   "twn": "TWN", "lab": "LAB", "lat": "LAT"}
-
-
-def markdown_table(manifest: Manifest) -> str:
-    """The README's zoo table, from the manifest (tests/test_readme.py checks they agree)."""
-    rows = ["| model | quantizer + norm | LSTM KB (paper) | test metric (ours) | paper | "
-            "reproduced | epochs |", "|---|---|---|---|---|---|---|"]
-    for e in manifest.models.values():
-        q = QUANTIZER_SHORT.get(e.quantizer, e.quantizer)
-        options = "".join(f", {k}={v}" for k, v in sorted(e.norm_options.items()))
-        how = f"{q} + {e.norm}{options}"
-        paper_kb = e.sizes.get("paper_kb")
-        m = e.metric
-        value = {"bpc": f"{m.value:.3f} BPC", "perplexity": f"{m.value:.1f} PPL",
-                 "accuracy": f"{m.value:.2f} % test accuracy"}[m.name]
-        ok = {True: "yes", False: "not yet", None: "—"}[m.within_paper()]
-        rows.append(f"| {e.name} | {how} | {e.sizes['lstm_kb']:.1f} "
-                    f"({'—' if paper_kb is None else format(paper_kb, 'g')}) | {value} | "
-                    f"{'—' if m.paper is None else format(m.paper, 'g')} | {ok} | "
-                    f"{e.epochs:g} |")
-    return "\n".join(rows)
-
 
 def cmd_list(args) -> int:
     manifest = Manifest.load()
     if args.markdown:
         print(markdown_table(manifest))
         return 0
-    rows = [("name", "task", "quant", "norm", "LSTM KB", "paper KB", "metric", "measured",
-             "paper", "epochs", "files")]
-    for e in manifest.models.values():
-        m = e.metric
-        rows.append((e.name, e.dataset, e.quantizer, e.norm, f"{e.sizes['lstm_kb']:.1f}",
-                     "-" if e.sizes.get("paper_kb") is None else f"{e.sizes['paper_kb']:g}",
-                     f"{METRIC_LABEL[m.name]} ({m.split})", f"{m.value:.3f}",
-                     "-" if m.paper is None else f"{m.paper:g}", f"{e.epochs:g}",
-                     "bundled" if e.bundled else ("hub" if e.revision else "-")))
+    rows = list_rows(manifest)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for k, r in enumerate(rows):
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -108,86 +59,6 @@ def cmd_download(args) -> int:
           + (f"; {len(left_out)} packed files are not bundled (--packed rebuilds them from "
              f"{entry.checkpoint} and checks their sha256)" if left_out else ""))
     return 0
-
-
-def _run(argv: List[str]) -> str:
-    res = subprocess.run(argv, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise ZooError(f"{os.path.basename(argv[0])} failed ({res.returncode}):\n"
-                       + (res.stderr or res.stdout)[-2000:])
-    return res.stdout + res.stderr
-
-
-def binarize_eval_text(entry: ZooEntry, folder: str, out: str) -> str:
-    """The model's bundled evaluation text in its symbol format, binarized with its dict.txt
-    as the ``test`` split of a new data folder ``out``."""
-    from ..zoo.text_formats import encode
-    src = os.path.join(folder, *entry.eval_text.split("/"))
-    lines = [" ".join(encode(entry.text_format, line))
-             for line in open(src, encoding="utf-8").read().splitlines() if line.strip()]
-    raw = os.path.join(out, "eval.txt")
-    with open(raw, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    _run([_tool("fairseq-preprocess"), "--only-source", "--srcdict",
-          os.path.join(folder, "dict.txt"), "--testpref", raw, "--destdir",
-          os.path.join(out, "bin"), "--workers", "1"])
-    return os.path.join(out, "bin")
-
-
-def parse_eval_lm(output: str) -> dict:
-    m = re.search(r"Loss \(base 2\): ([0-9.]+), Perplexity: ([0-9.]+)", output)
-    if not m:
-        raise ZooError("fairseq-eval-lm printed no 'Loss (base 2)' line:\n" + output[-2000:])
-    return {"bits": float(m.group(1)), "perplexity": float(m.group(2))}
-
-
-def parse_validate(output: str) -> float:
-    m = re.search(r"valid on 'test' subset.*?accuracy ([0-9.]+)", output)
-    if not m:
-        raise ZooError("fairseq-validate printed no test accuracy:\n" + output[-2000:])
-    return float(m.group(1))
-
-
-def checkpoint_path(entry: ZooEntry, folder: str, packed: bool = False,
-                    cache_dir: Optional[str] = None) -> str:
-    """The model's checkpoint in its verified ``folder``, or its packed copy's (rebuilt and
-    verified first where the bundle leaves it out: zoo/derive.py)."""
-    if not packed:
-        return os.path.join(folder, entry.checkpoint)
-    from ..zoo.derive import packed_folder
-    return os.path.join(packed_folder(entry, folder, cache_dir), "checkpoint.pt")
-
-
-def evaluate(entry: ZooEntry, folder: str, data: Optional[str], packed: bool = False,
-             cache_dir: Optional[str] = None) -> dict:
-    """Run fairseq-eval-lm (fairseq-validate for sMNIST) on the model; returns the metric."""
-    from ..files import sha256_file
-    ckpt = checkpoint_path(entry, folder, packed, cache_dir)
-    if entry.task == "sequential_mnist":
-        if not data:
-            raise ZooError(f"{entry.name}: pass --data with the MNIST folder of "
-                           "recipes/smnist/prepare.sh (MNIST is not bundled)")
-        out = _run([_tool("fairseq-validate"), data, "--user-dir", user_dir(), "--path", ckpt,
-                    *entry.metric.eval_args])
-        return {"name": "accuracy", "value": parse_validate(out), "data": data}
-    with tempfile.TemporaryDirectory(prefix="nq-zoo-eval-") as tmp:
-        if data:
-            dict_path = os.path.join(data, "dict.txt")
-            if not os.path.isfile(dict_path):
-                raise ZooError(f"--data {data} has no dict.txt: give the binarized folder of the "
-                               "recipe's prepare.sh (e.g. data-bin/ptb_char)")
-            if sha256_file(dict_path) != entry.dictionary_sha256:
-                raise ZooError(f"{dict_path} is not the dictionary {entry.name} was trained with "
-                               "(sha256 differs): binarize the data with the recipe's prepare.sh")
-            data_dir, source = data, f"{data} (test split)"
-        else:
-            data_dir = binarize_eval_text(entry, folder, tmp)
-            source = f"{entry.eval_text} (text shipped with the model, not the paper's test set)"
-        out = _run([_tool("fairseq-eval-lm"), data_dir, "--user-dir", user_dir(), "--path", ckpt,
-                    *entry.metric.eval_args])
-    r = parse_eval_lm(out)
-    value = r["bits"] if entry.metric.name == "bpc" else r["perplexity"]
-    return {"name": entry.metric.name, "value": value, "data": source}
 
 
 def cmd_eval(args) -> int:

@@ -17,6 +17,9 @@ class CheckedLoading:
     (set by ``build_model`` from the task), for the message."""
     dictionary_tensor: Optional[str] = None
     data_dictionary: Optional[str] = None
+    is_packed = False  # the packed inference models (nq-pack's output) say True
+    packed_model: Optional[str] = None  # the registered model nq-pack exports this one to
+    evaluation_tool = "fairseq-eval-lm"  # how the zoo evaluates it (a classifier: validate)
 
     @staticmethod
     def remember_dictionary(model, task):

@@ -33,14 +33,21 @@ def _first_layer_weight(weights: Dict[str, Any], suffix: str):
     return None
 
 
+def model_class(state: Dict[str, Any], source: str = "checkpoint") -> type:
+    """The registered model class of a loaded checkpoint ``state`` (one of the plugin's)."""
+    arch = str(model_config(state).get("_name") or "")
+    model_cls = ARCH_MODEL_REGISTRY.get(arch)
+    if model_cls is None or not issubclass(model_cls, CheckedLoading):
+        raise CheckpointError(f"{source} holds model {arch!r}, not a model of nq_plugin")
+    return model_cls
+
+
 def model_from_state(state: Dict[str, Any], dictionary: Optional[Dictionary] = None,
                      source: str = "checkpoint"):
     """The plugin's fairseq model of a loaded checkpoint ``state``, weights loaded, eval mode."""
     cfg = model_config(state)
     arch = str(cfg.get("_name") or "")
-    model_cls = ARCH_MODEL_REGISTRY.get(arch)
-    if model_cls is None or not issubclass(model_cls, CheckedLoading):
-        raise CheckpointError(f"{source} holds model {arch!r}, not a model of nq_plugin")
+    model_cls = model_class(state, source)
     dataclass = MODEL_DATACLASS_REGISTRY[ARCH_MODEL_NAME_REGISTRY[arch]]
     model_cfg = merge_with_parent(dataclass(), OmegaConf.create(cfg), remove_missing=True)
     weights = state["model"]

@@ -40,6 +40,8 @@ class NQLSTMClassifierConfig(NQLSTMConfigMixin):
 @register_model("nq_lstm_classifier", dataclass=NQLSTMClassifierConfig)
 class NQLSTMClassifier(CheckedLoading, BaseFairseqModel):
     """logits = W_c h_T + b_c with h_T the last hidden state of :class:`NQLSTM`."""
+    evaluation_tool = "fairseq-validate"
+    packed_model = "nq_lstm_classifier_packed"  # the registered model nq-pack exports it to
 
     def __init__(self, cfg, input_size: int):
         super().__init__()

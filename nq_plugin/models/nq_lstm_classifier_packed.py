@@ -10,6 +10,7 @@ from fairseq.models import register_model
 from omegaconf import OmegaConf
 
 from ..diagnostics.log import GradNormLogger
+from ..packed.export import PackedExport
 from ..packed.lstm import PackedNQLSTM
 from .nq_lstm_classifier import NQLSTMClassifier, NQLSTMClassifierConfig
 from .packed_config import PackedConfigMixin, build_packed_lstm, packed_config
@@ -23,6 +24,12 @@ class NQLSTMClassifierPackedConfig(NQLSTMClassifierConfig, PackedConfigMixin):
 @register_model("nq_lstm_classifier_packed", dataclass=NQLSTMClassifierPackedConfig)
 class NQLSTMPackedClassifier(NQLSTMClassifier):
     """Packed (1 or 2 bits per LSTM weight) inference model of :class:`NQLSTMClassifier`."""
+    is_packed = True
+
+    @classmethod
+    def export(cls, model: NQLSTMClassifier, cfg, dictionary=None) -> PackedExport:
+        """nq-pack's export of a trained classifier: the whole model (it has no dictionary)."""
+        return PackedExport(*cls.from_classifier(model, cfg))
 
     def __init__(self, cfg, input_size: int):
         super().__init__(cfg, input_size)

@@ -192,6 +192,7 @@ class NQLSTMLanguageModel(CheckedLoading, FairseqLanguageModel):
     """Normalized, quantized LSTM language model (Hou et al., NeurIPS 2019): logits =
     softmax(W_o NQLSTM(E x)) with the LSTM of :class:`nq_plugin.nn.NQLSTM`."""
     dictionary_tensor = "decoder.output_projection.weight"
+    packed_model = "nq_lstm_lm_packed"  # the registered model nq-pack exports it to
 
     @classmethod
     def build_model(cls, cfg: NQLSTMLMConfig, task):

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from ..diagnostics.log import GradNormLogger
 from ..packed.cuda_graph import CUDAGraphLSTM
+from ..packed.export import PackedExport
 from ..packed.lstm import PackedNQLSTM
 from .nq_lstm_lm import NQLSTMDecoder, NQLSTMLanguageModel, NQLSTMLMConfig
 from .packed_config import PackedConfigMixin, build_packed_lstm, packed_config
@@ -61,6 +62,15 @@ class PackedNQLSTMDecoder(NQLSTMDecoder):
 @register_model("nq_lstm_lm_packed", dataclass=NQLSTMLMPackedConfig)
 class NQLSTMPackedLanguageModel(NQLSTMLanguageModel):
     """Packed (1 or 2 bits per LSTM weight) inference model of :class:`NQLSTMLanguageModel`."""
+    is_packed = True
+
+    @classmethod
+    def export(cls, model: NQLSTMLanguageModel, cfg, dictionary) -> PackedExport:
+        """nq-pack's export of a trained language model: the packed decoder, its tensors under
+        ``decoder.``."""
+        decoder, config = PackedNQLSTMDecoder.from_decoder(model.decoder, cfg, dictionary)
+        return PackedExport(decoder, config, "decoder.",
+                            {"decoder._extra_state": {"carried": {}}})
 
     @classmethod
     def build_model(cls, cfg, task):

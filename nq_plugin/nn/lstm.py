@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..derived import DerivedCache
 from ..norm import NormOptions, build_normalization
 from ..quant import build_quantizer
 from .cell import lstm_cell
@@ -110,12 +111,14 @@ class NQLSTMLayer(nn.Module):
             weight.nq_latent_scale = q.latent_lr_scale(self.hidden_size)
             weight.nq_layer = LayerRef(self)
 
-    def __getstate__(self):
-        # the cached eval weights are derived (and oneDNN's layout cannot be copied): copies
-        # and pickles recompute them
-        state = self.__dict__.copy()
-        state["_weight_cache"] = None
-        return state
+    @property
+    def derived(self) -> DerivedCache:
+        """What the eval-mode forward derives from the parameters and keeps (the quantized
+        weights, W_h in oneDNN's layout): :class:`nq_plugin.derived.DerivedCache`."""
+        cache = self.__dict__.get("_derived")
+        if cache is None:
+            cache = self.__dict__["_derived"] = DerivedCache()
+        return cache
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -164,15 +167,7 @@ class NQLSTMLayer(nn.Module):
         """Drop the cached eval-mode weights. Needed only after changing parameters through
         ``.data`` (which bypasses the version counters the cache checks) while staying in eval
         mode; optimizer steps, ``load_state_dict``, ``.to()`` and mode switches are detected."""
-        self._weight_cache = None
-
-    def _weights_key(self) -> Tuple:
-        """Identity and version of every parameter and buffer of the layer: an in-place update
-        (optimizer step, ``load_state_dict``'s copy) bumps ``_version``, ``.to()`` makes new
-        tensors -- either invalidates the cached weights."""
-        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for m in self.modules()
-                     for tensors in (m._parameters, m._buffers) for t in tensors.values()
-                     if t is not None)
+        self.derived.clear()
 
     def effective_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Quantized (and, for weight norm, normalized) W_x and W_h used by the forward pass.
@@ -180,27 +175,19 @@ class NQLSTMLayer(nn.Module):
         In eval mode without autograd (inference, generation) they are computed once and reused
         until a parameter or buffer changes or the mode does; in training always recomputed."""
         if self.training or torch.is_grad_enabled():
-            self._weight_cache = None
+            self.derived.clear()
             return self._compute_effective_weights()
-        key = self._weights_key()
-        cache = getattr(self, "_weight_cache", None)
-        if cache is None or cache[0] != key:
-            cache = (key, self._compute_effective_weights(), {})
-            self._weight_cache = cache
-        return cache[1]
+        return self.derived.get(self, "weights", None, self._compute_effective_weights)
 
     def _recurrent_layout(self, w_hh: torch.Tensor, batch: int) -> Optional[torch.Tensor]:
         """The cached eval W_h in oneDNN's layout for ``batch`` rows (the native loop's step
         product), kept with the cached weights for the last batch size asked; None where
         nothing is cached (training, autograd) or oneDNN cannot."""
-        cache = getattr(self, "_weight_cache", None)
-        if cache is None or cache[1][1] is not w_hh:
+        weights = self.derived.peek("weights")
+        if weights is None or weights[1] is not w_hh:
             return None
-        layouts = cache[2]
-        if batch not in layouts:
-            layouts.clear()  # one batch size at a time: a copy of W_h each
-            layouts[batch] = prepacked(w_hh, batch)
-        return layouts[batch]
+        # one batch size at a time: a copy of W_h each
+        return self.derived.get(self, "hh_layout", batch, lambda: prepacked(w_hh, batch))
 
     def quantized_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Quantized W_x and W_h before normalization (what the packer encodes)."""

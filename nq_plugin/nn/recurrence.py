@@ -17,11 +17,12 @@ and ``step_backward`` (:mod:`nq_plugin.norm`).
 from __future__ import annotations
 
 import logging
-import os
 from typing import Optional, Tuple
 
 import torch
 
+from .. import backend
+from ..backend import Recurrence
 from ..logs import LogOnce
 from ..native import build_error as native_build_error
 from ..native import extension as native_extension
@@ -182,50 +183,63 @@ def _args(form):
     return form.op, form.eps, form.first, form.second, form.momentum
 
 
-def recurrence_choice() -> str:
-    """``NQ_PLUGIN_RECURRENCE``: ``auto`` (default: the native loop where it builds and both
-    normalizations have a native form, else Python), ``native`` (an error where it cannot run)
-    or ``python``."""
-    choice = os.environ.get("NQ_PLUGIN_RECURRENCE", "auto").lower()
-    if choice not in ("auto", "native", "python"):
-        raise ValueError(f"NQ_PLUGIN_RECURRENCE={choice!r}: use auto, native or python")
-    return choice
-
-
-def _native_forms(px, norm_x, norm_h):
-    """The two normalizations' native forms when the native loop runs this call, else None."""
-    choice = recurrence_choice()
-    if choice == "python":
-        return None
+def native_loop_runs(x: torch.Tensor, forms, dtypes=(torch.float32, torch.float64),
+                     quiet: bool = False) -> bool:
+    """The one decision whether the native loop runs a call on ``x`` (T, B, F) with the two
+    normalizations' native ``forms`` (a form is None where a normalization has none): the
+    backend's ``recurrence`` choice (:mod:`nq_plugin.backend`), then the tensors, the forms and
+    the extension. ``native`` where it cannot run is an error naming why; ``auto`` logs the
+    Python loop's reason once. ``quiet``: only answer (for callers with another fast path)."""
+    chosen = backend.current()
+    if chosen.recurrence is Recurrence.PYTHON:
+        return False
     reason = None
-    if px.device.type != "cpu" or px.dtype not in (torch.float32, torch.float64):
-        reason = f"{px.device.type} {px.dtype} tensors"
-    forms = None
-    if reason is None:
-        forms = (norm_x.native_form(px.shape[1]), norm_h.native_form(px.shape[1]))
-        if forms[0] is None or forms[1] is None:
-            kind = type(norm_x if forms[0] is None else norm_h).__name__
-            mode = "training" if norm_x.training else "eval"
-            reason = f"{kind} has no native form in {mode} mode"
-    if reason is None and native_extension() is None:
+    if x.device.type != "cpu" or x.dtype not in dtypes:
+        reason = f"{x.device.type} {x.dtype} tensors"
+    elif any(f is None or isinstance(f, _Missing) for f in forms):
+        reason = forms_missing(forms)
+    elif not backend.native_available():
         reason = f"the native extension did not build ({native_build_error()})"
+    if quiet:
+        return reason is None
     if reason is not None:
-        if choice == "native":
-            raise RuntimeError(f"NQ_PLUGIN_RECURRENCE=native, but {reason}")
+        if chosen.recurrence is Recurrence.NATIVE:
+            raise RuntimeError(f"{chosen.label('recurrence')}, but {reason}")
         _log_once(f"python:{reason}", f"nq_plugin: the LSTM loop runs in Python ({reason})")
-        return None
+        return False
     _log_once("native", "nq_plugin: the LSTM loop runs natively (nq_plugin/csrc/recurrence.cpp;"
                         " NQ_PLUGIN_RECURRENCE=python for the Python loop)")
+    return True
+
+
+class _Missing:
+    """The reason a normalization has no native form, in place of its form."""
+
+    def __init__(self, norm):
+        self.reason = (f"{type(norm).__name__} has no native form in "
+                       f"{'training' if norm.training else 'eval'} mode")
+
+
+def forms_missing(forms) -> str:
+    """Why the native loop has no forms to run with."""
+    return next(f.reason if isinstance(f, _Missing) else "a normalization has no native form"
+                for f in forms if f is None or isinstance(f, _Missing))
+
+
+def native_forms(batch: int, norm_x, norm_h):
+    """The two normalizations' native forms for ``batch`` rows (a _Missing where one has none)."""
+    forms = []
+    for norm in (norm_x, norm_h):
+        form = norm.native_form(batch)
+        forms.append(form if form is not None else _Missing(norm))
     return forms
 
 
 def native_loop_available(x: torch.Tensor, norm_x, norm_h) -> bool:
     """Whether the native loop runs a call without autograd on ``x`` (T, B, F) with these
     normalizations -- checked quietly, for callers with another fast path (torch's LSTM)."""
-    return (recurrence_choice() != "python" and x.device.type == "cpu"
-            and x.dtype == torch.float32 and native_extension() is not None
-            and norm_x.native_form(x.shape[1]) is not None
-            and norm_h.native_form(x.shape[1]) is not None)
+    return native_loop_runs(x, native_forms(x.shape[1], norm_x, norm_h), (torch.float32,),
+                            quiet=True)
 
 
 def native_inference(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0=0,
@@ -233,13 +247,7 @@ def native_inference(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0
     """The native loop's forward without autograd for given native forms (a packed model's
     folded normalizations), or None when the native loop is not to run here. ``layout``: W_h
     already in oneDNN's layout (:func:`prepacked`) for px's batch, kept by the caller."""
-    choice = recurrence_choice()
-    if choice == "python" or px.device.type != "cpu" or px.dtype != torch.float32:
-        return None
-    if native_extension() is None:
-        if choice == "native":
-            raise RuntimeError(f"NQ_PLUGIN_RECURRENCE=native, but the native extension did "
-                               f"not build ({native_build_error()})")
+    if not native_loop_runs(px, (form_x, form_h), (torch.float32,)):
         return None
     return _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0, layout)
 
@@ -269,8 +277,8 @@ def recurrence(px: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch
     tensors = (px, h0, c0, w_hh, shift, gain_x, gain_h)
     needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad
                                                  for x in tensors)
-    forms = _native_forms(px, norm_x, norm_h)
-    if forms is not None:
+    forms = native_forms(px.shape[1], norm_x, norm_h) if px.device.type == "cpu" else (None, None)
+    if native_loop_runs(px, forms):
         if needs_grad:
             return _NativeRecurrence.apply(px, h0, c0, w_hh, shift, gain_x, gain_h, *forms, t0)
         return _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, *forms, t0, layout)

@@ -15,12 +15,12 @@ version counters), since the module derives cached tables from them.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
-from .lstm import buffers_state
+from ..derived import DerivedCache
 
 State = Optional[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -57,8 +57,9 @@ class CUDAGraphLSTM(nn.Module):
         super().__init__()
         self.module = module
         self.warmup = warmup
-        self._recordings: Dict[tuple, _Recording] = {}
-        self._buffers: tuple = ()
+        # one recording per key (see the module doc), all dropped when the module's tensors
+        # change: nq_plugin.derived, the package's one cache of derived state
+        self._recordings = DerivedCache()
 
     def reset(self):
         """Forget every recording (after the module's weights were replaced)."""
@@ -68,15 +69,7 @@ class CUDAGraphLSTM(nn.Module):
         if not x.is_cuda or torch.is_grad_enabled() and x.requires_grad:
             return self.module(x, state, t0)
         slot = min(t0, max(int(getattr(self.module, "norm_steps", 1)) - 1, 0))
-        # a buffer moved or converted (.to, .half) or written in place (load_state_dict): the
-        # recordings (and the tables the module derived from the buffers) are stale
-        buffers = buffers_state(self.module)
-        if buffers != self._buffers:
-            self._recordings.clear()
-            self._buffers = buffers
         key = (tuple(x.shape), x.dtype, state is None, slot)
-        recording = self._recordings.get(key)
-        if recording is None:
-            recording = _Recording(self.module, x, state, slot, self.warmup)
-            self._recordings[key] = recording
+        recording = self._recordings.get(
+            self.module, key, None, lambda: _Recording(self.module, x, state, slot, self.warmup))
         return recording(x, state)

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from ..derived import DerivedCache
 from ..nn.cell import lstm_cell
 from ..nn.lstm import NQLSTM, NQLSTMLayer
 from ..nn.recurrence import native_inference, prepacked
@@ -34,14 +35,6 @@ from .kernels import PackedMatrix, select_kernel, triton_lstm_step
 from .kernels import native as native_kernel
 
 logger = logging.getLogger(__name__)
-
-
-def buffers_state(module: nn.Module):
-    """Changes when any buffer of ``module`` is replaced, moved or written in place (the tensors'
-    version counters: ``load_state_dict`` copies in place): the key of what is derived from
-    them and kept between calls."""
-    return tuple((b.data_ptr(), b._version) for m in module.modules()
-                 for b in m._buffers.values() if b is not None)
 
 
 @torch.no_grad()
@@ -118,20 +111,18 @@ class PackedNQLSTMLayer(nn.Module):
         """The normalization's folded tensors of product ``name`` (ih or hh)."""
         return {key: getattr(self, f"{name}_{key}") for key in self.folded_keys}
 
-    def __getstate__(self):
-        # what _cached keeps is derived (and oneDNN's layout cannot be copied): copies and
-        # pickles rebuild it
-        state = self.__dict__.copy()
-        state.pop("_cache", None)
-        return state
+    @property
+    def derived(self) -> DerivedCache:
+        """What the layer derives from its buffers and keeps (decoded matrices, oneDNN layouts,
+        the fused step's plan): :class:`nq_plugin.derived.DerivedCache`."""
+        cache = self.__dict__.get("_derived")
+        if cache is None:
+            cache = self.__dict__["_derived"] = DerivedCache()
+        return cache
 
     def _cached(self, name: str, key, build):
         """``build()``, kept under ``name`` while ``key`` and the buffers are unchanged."""
-        key = (buffers_state(self), key)
-        cache = self.__dict__.setdefault("_cache", {})
-        if name not in cache or cache[name][0] != key:
-            cache[name] = (key, build())
-        return cache[name][1]
+        return self.derived.get(self, name, key, build)
 
     def _decoded(self, matrix: PackedMatrix, name: str, dtype) -> torch.Tensor:
         """diag(s) B as a dense matrix for the sequence paths (torch's fused LSTM, the native

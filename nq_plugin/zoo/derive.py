@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from typing import List, Optional
 
+from ..backend import zoo_cache
+from .fetch import verify_folder
 from .manifest import ZooEntry, ZooError
 
 PACKED = "packed/"
@@ -23,25 +25,30 @@ PACKED = "packed/"
 def cache_root(cache_dir: Optional[str] = None) -> str:
     """Where rebuilt packed copies live: ``cache_dir``, else ``$NQ_ZOO_CACHE``, else
     ``~/.cache/nq_plugin/zoo``."""
-    return os.path.abspath(cache_dir or os.environ.get("NQ_ZOO_CACHE") or os.path.join(
+    return os.path.abspath(cache_dir or zoo_cache() or os.path.join(
         os.path.expanduser("~"), ".cache", "nq_plugin", "zoo"))
 
 
-def _mismatches(entry: ZooEntry, folder: str) -> List[str]:
-    """The packed files of ``folder`` (the packed folder itself) that differ from the manifest."""
-    from ..files import sha256_file
-    problems = []
-    for f in entry.files:
-        if not f.path.startswith(PACKED):
-            continue
-        path = os.path.join(folder, *f.path[len(PACKED):].split("/"))
-        if not os.path.isfile(path):
-            problems.append(f"{f.path}: missing")
-        elif os.path.getsize(path) != f.size or sha256_file(path) != f.sha256:
-            problems.append(f"{f.path}: {os.path.getsize(path)} bytes, sha256 "
-                            f"{sha256_file(path)[:12]}.. (manifest: {f.size} bytes, "
-                            f"{f.sha256[:12]}..)")
-    return problems
+def pack_entry(entry: ZooEntry, folder: str, dest: str,
+               checkpoint: Optional[str] = None) -> None:
+    """``nq-pack`` of the model in ``folder`` (its ``checkpoint``, default the entry's) with the
+    folder's dictionary, into the new folder ``dest``."""
+    from ..packed.export import pack_checkpoint
+    dictionary = os.path.join(folder, "dict.txt")
+    pack_checkpoint(checkpoint or os.path.join(folder, entry.checkpoint), dest,
+                    dictionary if os.path.isfile(dictionary) else None, force=True)
+
+
+def packed_mismatches(entry: ZooEntry, packed: str) -> List[str]:
+    """How the packed folder ``packed`` differs from the packed files the manifest lists."""
+    return verify_folder(entry, packed, under=PACKED)
+
+
+def rebuild_problems(entry: ZooEntry, folder: str, dest: str) -> List[str]:
+    """Pack the model in ``folder`` into ``dest`` and compare it with the published packed
+    copy: the one "rebuild and compare" of the zoo (first use, ``nq-zoo unbundle-packed``)."""
+    pack_entry(entry, folder, dest)
+    return packed_mismatches(entry, dest)
 
 
 def packed_folder(entry: ZooEntry, folder: str, cache_dir: Optional[str] = None) -> str:
@@ -57,7 +64,7 @@ def packed_folder(entry: ZooEntry, folder: str, cache_dir: Optional[str] = None)
     model = entry.file(entry.checkpoint)
     target = os.path.join(cache_root(cache_dir), f"{entry.name}-{model.sha256[:12]}", "packed")
     if os.path.isdir(target):
-        if not _mismatches(entry, target):
+        if not packed_mismatches(entry, target):
             return target
         shutil.rmtree(target)  # our own cache's damaged copy: rebuilt below
     _rebuild(entry, folder, target)
@@ -65,15 +72,11 @@ def packed_folder(entry: ZooEntry, folder: str, cache_dir: Optional[str] = None)
 
 
 def _rebuild(entry: ZooEntry, folder: str, target: str) -> None:
-    from ..cli.pack import pack_checkpoint
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".packed.", dir=parent)
     try:
-        dictionary = os.path.join(folder, "dict.txt")
-        pack_checkpoint(os.path.join(folder, entry.checkpoint), tmp,
-                        dictionary if os.path.isfile(dictionary) else None, force=True)
-        problems = _mismatches(entry, tmp)
+        problems = rebuild_problems(entry, folder, tmp)
         if problems:
             made = entry.versions.get("nq_plugin", "?")
             raise ZooError(

@@ -16,22 +16,29 @@ from .manifest import ZooEntry, ZooError, zoo_root
 logger = logging.getLogger(__name__)
 
 
-def verify_folder(entry: ZooEntry, folder: str, bundled_copy: bool = False) -> List[str]:
-    """Problems with ``folder`` as a copy of the entry's files (empty: all present and intact).
-    A bundled copy may leave out the files the manifest marks ``bundled: false`` (zoo/derive.py
-    rebuilds them), but those it holds must be intact."""
+def verify_folder(entry: ZooEntry, folder: str, bundled_copy: bool = False,
+                  under: str = "") -> List[str]:
+    """Problems with ``folder`` as a copy of the entry's files (empty: all present and intact):
+    the one check of a model's files against the manifest (size, then sha256). A bundled copy
+    may leave out the files the manifest marks ``bundled: false`` (zoo/derive.py rebuilds
+    them), but those it holds must be intact. ``under`` (e.g. ``"packed/"``): only the files
+    below that folder of the model, with ``folder`` the copy of that folder itself."""
     problems = []
     for f in entry.files:
-        if bundled_copy and not f.bundled and \
-                not os.path.exists(os.path.join(folder, *f.path.split("/"))):
+        if not f.path.startswith(under):
             continue
-        path = os.path.join(folder, *f.path.split("/"))
+        path = os.path.join(folder, *f.path[len(under):].split("/"))
+        if bundled_copy and not f.bundled and not os.path.exists(path):
+            continue
         if not os.path.isfile(path):
             problems.append(f"{f.path}: missing")
         elif os.path.getsize(path) != f.size:
             problems.append(f"{f.path}: {os.path.getsize(path)} bytes, expected {f.size}")
-        elif sha256_file(path) != f.sha256:
-            problems.append(f"{f.path}: sha256 differs from the manifest's")
+        else:
+            digest = sha256_file(path)
+            if digest != f.sha256:
+                problems.append(f"{f.path}: sha256 {digest[:12]}.. differs from the manifest's "
+                                f"{f.sha256[:12]}..")
     return problems
 
 

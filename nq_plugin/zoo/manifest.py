@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from ..backend import zoo_dir
 from ..files import atomic_write_text
 from ..errors import UserError
 
@@ -33,17 +34,17 @@ def zoo_root() -> str:
     """The folder of the bundled copies (``models/NAME``): ``$NQ_ZOO_DIR``, or ``zoo/`` of the
     checkout nq_plugin runs from (``pip install -e .``). From a wheel there is none on disk
     (the path does not exist) and every model comes from the Hub."""
-    env = os.environ.get("NQ_ZOO_DIR")
-    if env:
-        return os.path.abspath(env)
+    own = zoo_dir()
+    if own:
+        return own
     return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__)))), "zoo")
 
 
 def manifest_path() -> str:
     """``$NQ_ZOO_DIR/manifest.json`` (a zoo of one's own, e.g. the tests'), else the package's."""
-    env = os.environ.get("NQ_ZOO_DIR")
-    return os.path.join(os.path.abspath(env), "manifest.json") if env else PACKAGE_MANIFEST
+    own = zoo_dir()
+    return os.path.join(own, "manifest.json") if own else PACKAGE_MANIFEST
 
 
 @dataclass

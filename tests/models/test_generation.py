@@ -107,7 +107,7 @@ def test_generate_and_interactive_commands_packed_equals_unpacked(demo_char_data
     statistics, generating past T_max (every configuration goes through the same generator in
     test_hub_sample_and_score_packed_equals_unpacked)."""
     quantizer, norm, stats = "tc", "batch", "separate"
-    from nq_plugin.cli.pack import pack_checkpoint
+    from nq_plugin.packed.export import pack_checkpoint
     ckpt = train(demo_char_data, tmp_path / "ckpt", *TINY[:-2], "--bn-max-steps", str(T_MAX),
                  "--quantizer", quantizer, "--norm", norm, "--bn-stats", stats, updates=3)
     pack_checkpoint(str(ckpt), str(tmp_path / "packed"),

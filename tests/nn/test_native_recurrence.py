@@ -25,8 +25,8 @@ def built():
     return module
 
 
-def run(model, x, state, t0, loop, monkeypatch):
-    monkeypatch.setenv("NQ_PLUGIN_RECURRENCE", loop)
+def run(model, x, state, t0, loop, backend_choice):
+    backend_choice(recurrence=loop)
     model = copy.deepcopy(model)
     torch.manual_seed(5)  # the same dropout masks on both paths
     x = x.clone().requires_grad_()
@@ -54,7 +54,7 @@ def close(a, b, scaled=None, **kw):
 @pytest.mark.parametrize("norm,opts", NORMS, ids=lambda v: str(v))
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("training", [True, False])
-def test_native_equals_python(built, monkeypatch, quantizer, norm, opts, layers, training):
+def test_native_equals_python(built, quantizer, norm, opts, layers, training, backend_choice):
     torch.manual_seed(0)
     model = NQLSTM(5, 8, layers, dropout=0.3 if layers == 2 else 0.0, quantizer=quantizer,
                    norm=norm, **opts)
@@ -71,8 +71,8 @@ def test_native_equals_python(built, monkeypatch, quantizer, norm, opts, layers,
     x = torch.randn(6, 4, 5)
     state = (torch.randn(layers, 4, 8), torch.randn(layers, 4, 8))
     t0 = 2  # steps 2..7: beyond T_max = 4 of the separate statistics
-    py = run(model, x, state, t0, "python", monkeypatch)
-    nat = run(model, x, state, t0, "native", monkeypatch)
+    py = run(model, x, state, t0, "python", backend_choice)
+    nat = run(model, x, state, t0, "native", backend_choice)
     tol = dict(scaled=1e-5)
     for a, b in zip(py[:6], nat[:6]):
         close(b, a, **tol)
@@ -83,15 +83,17 @@ def test_native_equals_python(built, monkeypatch, quantizer, norm, opts, layers,
 
 
 @pytest.mark.parametrize("norm,opts", NORMS[:5], ids=lambda v: str(v))
-def test_native_equals_python_in_double_to_rounding(built, monkeypatch, norm, opts):
+def test_native_equals_python_in_double_to_rounding(built, norm, opts, backend_choice,
+                                                     two_threads):
     """The same arithmetic: in float64 the two paths agree to ~1e-12 over 37 steps (more than
-    the backward's chunk of 16 steps)."""
+    the backward's chunk of 16 steps), on two threads (the batch split between them and the
+    backward's per-thread partial sums)."""
     torch.manual_seed(1)
     model = NQLSTM(5, 8, 1, quantizer="tc", norm=norm, **opts).double()
     x = torch.randn(37, 3, 5, dtype=torch.float64)
     state = (torch.randn(1, 3, 8, dtype=torch.float64), torch.randn(1, 3, 8, dtype=torch.float64))
-    py = run(model, x, state, 0, "python", monkeypatch)
-    nat = run(model, x, state, 0, "native", monkeypatch)
+    py = run(model, x, state, 0, "python", backend_choice)
+    nat = run(model, x, state, 0, "native", backend_choice)
     for a, b in zip(py[:6], nat[:6]):
         close(b, a, atol=1e-10, rtol=1e-9)
     for name, g in py[6].items():
@@ -100,10 +102,10 @@ def test_native_equals_python_in_double_to_rounding(built, monkeypatch, norm, op
 
 @pytest.mark.parametrize("norm,opts", [("layer", {}), ("batch", {"bn_stats": "separate",
                                                                   "bn_max_steps": 2})])
-def test_gradcheck_of_the_native_loop(built, monkeypatch, norm, opts):
+def test_gradcheck_of_the_native_loop(built, norm, opts, backend_choice):
     from nq_plugin.nn.recurrence import recurrence
     from nq_plugin.norm import build_normalization
-    monkeypatch.setenv("NQ_PLUGIN_RECURRENCE", "native")
+    backend_choice(recurrence="native")
     torch.manual_seed(2)
     hidden, batch, steps = 3, 3, 4
     nx = build_normalization(norm, 4 * hidden, **opts).double()
@@ -120,33 +122,36 @@ def test_gradcheck_of_the_native_loop(built, monkeypatch, norm, opts):
     assert torch.autograd.gradcheck(f, (px, h0, c0, w, shift, gx, gh), eps=1e-6, atol=1e-6)
 
 
-def test_without_the_extension_auto_falls_back_and_native_fails_loudly(monkeypatch, caplog):
+def test_without_the_extension_auto_falls_back_and_native_fails_loudly(monkeypatch, caplog,
+        backend_choice):
     from nq_plugin.nn import recurrence as rec
     monkeypatch.setattr(loader, "_module", None)
     monkeypatch.setattr(loader, "_failed", "simulated: no compiler")
     monkeypatch.setattr(rec, "_log_once", LogOnce(rec.logger))
     model = NQLSTM(3, 4, quantizer="bc", norm="layer")
     x = torch.randn(5, 2, 3)
-    monkeypatch.setenv("NQ_PLUGIN_RECURRENCE", "auto")
+    backend_choice(recurrence="auto")
     with caplog.at_level(logging.INFO, logger="nq_plugin.nn.recurrence"):
         out, _ = model(x)
         model(x)
     messages = [r.getMessage() for r in caplog.records if "LSTM loop" in r.getMessage()]
     assert len(messages) == 1 and "runs in Python" in messages[0] and "simulated" in messages[0]
-    monkeypatch.setenv("NQ_PLUGIN_RECURRENCE", "python")
+    backend_choice(recurrence="python")
     torch.testing.assert_close(model(x)[0], out)
-    monkeypatch.setenv("NQ_PLUGIN_RECURRENCE", "native")
+    backend_choice(recurrence="native")
     with pytest.raises(RuntimeError, match="NQ_PLUGIN_RECURRENCE=native.*simulated"):
         model(x)
-    monkeypatch.setenv("NQ_PLUGIN_RECURRENCE", "fastest")
     with pytest.raises(ValueError, match="auto, native or python"):
-        model(x)
+        backend_choice(recurrence="fastest")
+    from nq_plugin.backend import Backend
+    with pytest.raises(ValueError, match="NQ_PLUGIN_RECURRENCE='fastest': use auto, native or"):
+        Backend.from_environ({"NQ_PLUGIN_RECURRENCE": "fastest"})
 
 
-def test_the_native_choice_is_logged_once(built, monkeypatch, caplog):
+def test_the_native_choice_is_logged_once(built, monkeypatch, caplog, backend_choice):
     from nq_plugin.nn import recurrence as rec
     monkeypatch.setattr(rec, "_log_once", LogOnce(rec.logger))
-    monkeypatch.setenv("NQ_PLUGIN_RECURRENCE", "auto")
+    backend_choice(recurrence="auto")
     model = NQLSTM(3, 4, quantizer="bc", norm="batch")
     with caplog.at_level(logging.INFO, logger="nq_plugin.nn.recurrence"):
         for _ in range(3):
@@ -156,15 +161,15 @@ def test_the_native_choice_is_logged_once(built, monkeypatch, caplog):
                         " NQ_PLUGIN_RECURRENCE=python for the Python loop)"]
 
 
-def test_batch_norm_with_one_sequence_is_refused_on_the_native_path_too(built, monkeypatch):
-    monkeypatch.setenv("NQ_PLUGIN_RECURRENCE", "native")
+def test_batch_norm_with_one_sequence_is_refused_on_the_native_path_too(built, backend_choice):
+    backend_choice(recurrence="native")
     model = NQLSTM(3, 4, quantizer="bc", norm="batch")
     with pytest.raises(ValueError, match="at least 2 sequences"):
         model(torch.randn(5, 1, 3))
 
 
 @pytest.mark.parametrize("warmup", [0, 2])
-def test_power_norm_trains_the_same_over_iterations(built, monkeypatch, warmup):
+def test_power_norm_trains_the_same_over_iterations(built, warmup, backend_choice):
     """PowerNorm's statistics carry over iterations (psi^2, nu, the accumulators): four SGD
     steps across its warmup and running phases give the same model on both loops (fp64)."""
     torch.manual_seed(3)
@@ -172,7 +177,7 @@ def test_power_norm_trains_the_same_over_iterations(built, monkeypatch, warmup):
     x = torch.randn(7, 4, 5, dtype=torch.float64)
     models = {}
     for loop in ("python", "native"):
-        monkeypatch.setenv("NQ_PLUGIN_RECURRENCE", loop)
+        backend_choice(recurrence=loop)
         model = copy.deepcopy(base)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         for _ in range(4):

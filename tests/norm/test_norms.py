@@ -202,15 +202,15 @@ def test_batch_norm_refuses_batch_statistics_of_one_sample(stats):
 
 @pytest.mark.parametrize("stats", ["shared", "separate"])
 @pytest.mark.parametrize("recurrence", ["python", "auto"])
-def test_batch_norm_batch_of_one_after_full_batches_uses_running_statistics(
-        stats, recurrence, monkeypatch, caplog):
+def test_batch_norm_batch_of_one_after_full_batches_uses_running_statistics(stats, recurrence,
+        monkeypatch, caplog, backend_choice):
     """The last, short batch of an epoch (one sequence) does not stop a long run: it is
     normalized with the running statistics (as in eval mode), which it leaves unchanged, and
     the log says so once; the model still trains (gradients reach the weights)."""
     import logging
     from nq_plugin.nn import NQLSTM
     from nq_plugin.norm import batch
-    monkeypatch.setenv("NQ_PLUGIN_RECURRENCE", recurrence)
+    backend_choice(recurrence=recurrence)
     monkeypatch.setattr(batch._log_once, "seen", set())
     torch.manual_seed(0)
     lstm = NQLSTM(3, 4, norm="batch", bn_stats=stats, bn_max_steps=5)

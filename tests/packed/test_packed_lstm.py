@@ -80,7 +80,7 @@ def test_binary_512_weights_take_at_most_a_thirtieth():
 @pytest.mark.parametrize("norm,opts", [("layer", {}), ("batch", {"bn_stats": "separate",
                                                                   "bn_max_steps": 4}),
                                        ("batch", {}), ("power", {})], ids=str)
-def test_packed_batches_run_the_native_loop_with_the_folded_norms(monkeypatch, norm, opts):
+def test_packed_batches_run_the_native_loop_with_the_folded_norms(norm, opts, backend_choice):
     """Batches above the native GEMV's 8 rows: the packed layer unpacks W_h once and runs the
     native recurrence with its folded normalization (AFFINE / ROW_BLOCKS); same outputs as the
     Python loop and as the unpacked model, carried state and steps beyond T_max included."""
@@ -99,7 +99,7 @@ def test_packed_batches_run_the_native_loop_with_the_folded_norms(monkeypatch, n
         ref, (h, c) = model(x, state, t0=2)
         outs = {}
         for loop in ("native", "python"):
-            monkeypatch.setenv("NQ_PLUGIN_RECURRENCE", loop)
+            backend_choice(recurrence=loop)
             outs[loop] = packed(x, state, t0=2)
     for out, (ph, pc) in outs.values():
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

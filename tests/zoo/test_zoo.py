@@ -317,7 +317,7 @@ def test_unbundled_packed_copy_is_rebuilt_verified_and_cached(tmp_path, tiny_zoo
     assert cached.startswith(str(tmp_path / "cache"))
     for f in entry.unbundled():
         assert sha256_file(os.path.join(cached, f.path[len("packed/"):])) == f.sha256
-    import nq_plugin.cli.pack as pack  # a verified cached copy is used as it is
+    import nq_plugin.packed.export as pack  # a verified cached copy is used as it is
 
     def no_packing(*args, **kwargs):
         raise AssertionError("packed again")

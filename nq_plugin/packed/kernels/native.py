@@ -20,12 +20,12 @@ exact.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import Optional, Tuple
 
 import torch
 
+from ... import backend
 from ...logs import LogOnce
 from ...native import build_error, extension
 from ..format import word_planes
@@ -36,27 +36,19 @@ MAX_NATIVE_BATCH = 8  # beyond this, unpacking once and one GEMM is faster
 Q8_ROWS = 32  # rows per block of the int8-activation layout (csrc/q8_lookup.h)
 
 
-ACTIVATION_MODES = ("fp32", "int8")
-
-
 def check_activation_mode(mode: str, source: str) -> str:
-    if mode not in ACTIVATION_MODES:
-        raise ValueError(f"{source}={mode!r}: use fp32 (exact, the default) or int8 (quantized "
-                         "activations in token-by-token CPU steps, faster, inexact)")
-    return mode
+    """``mode`` as an activation mode (fp32 | int8), or an error naming ``source``."""
+    return backend.parse("activations", mode, source).value
 
 
 def activation_mode() -> str:
-    """``NQ_PLUGIN_ACTIVATIONS``: ``fp32`` (exact, default) or ``int8`` (see the module doc)."""
-    return check_activation_mode(os.environ.get("NQ_PLUGIN_ACTIVATIONS", "fp32").lower(),
-                                 "NQ_PLUGIN_ACTIVATIONS")
+    """The backend's ``activations`` (``NQ_PLUGIN_ACTIVATIONS``; see the module doc)."""
+    return backend.current().activations.value
 
 
 def kernel_choice() -> str:
-    choice = os.environ.get("NQ_PLUGIN_KERNEL", "auto").lower()
-    if choice not in ("auto", "native", "triton", "torch"):
-        raise ValueError(f"NQ_PLUGIN_KERNEL={choice!r}: use auto, native, triton or torch")
-    return choice
+    """The backend's ``packed_kernel`` (``NQ_PLUGIN_KERNEL``; see the module doc)."""
+    return backend.current().packed_kernel.value
 
 
 def load():

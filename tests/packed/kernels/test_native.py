@@ -22,7 +22,7 @@ def built():
 
 @pytest.mark.parametrize("bits", [1, 2])
 @pytest.mark.parametrize("rows,cols", [(8, 5), (64, 53), (40, 96), (3, 32), (2048, 512)])
-def test_native_decode_equals_the_pytorch_decode(built, monkeypatch, bits, rows, cols):
+def test_native_decode_equals_the_pytorch_decode(built, bits, rows, cols, backend_choice):
     """The dense diag(s) B that batches above the GEMV's rows multiply with: decoded natively
     (one pass over the words) it is bit-identical to PyTorch's table decode."""
     torch.manual_seed(rows * cols)
@@ -34,7 +34,7 @@ def test_native_decode_equals_the_pytorch_decode(built, monkeypatch, bits, rows,
     decoded = native.unpack(planes, bits, cols, scale)
     assert torch.equal(decoded, unpack_matrix(planes, bits, cols) * scale[:, None])
     assert torch.equal(PackedMatrix(planes, scale, bits, cols).unpacked(), decoded)
-    monkeypatch.setenv("NQ_PLUGIN_KERNEL", "torch")  # the exact PyTorch path, as chosen
+    backend_choice(packed_kernel="torch")  # the exact PyTorch path, as chosen
     assert native.unpack(planes, bits, cols, scale) is None
     assert torch.equal(PackedMatrix(planes, scale, bits, cols).unpacked(), decoded)
 
@@ -42,10 +42,11 @@ def test_native_decode_equals_the_pytorch_decode(built, monkeypatch, bits, rows,
 @pytest.mark.parametrize("bits", [1, 2])
 @pytest.mark.parametrize("rows,cols", [(8, 5), (64, 53), (40, 96), (2048, 512), (37, 300)])
 @pytest.mark.parametrize("batch", [1, 3, 8])
-def test_kernel_equals_unpacked_product(built, bits, rows, cols, batch):
+def test_kernel_equals_unpacked_product(built, bits, rows, cols, batch, two_threads):
     """Every shape the lookup kernel treats apart: fewer than 8 words (zero-padded lanes), a
     multiple of 8, more than 8 and not a multiple (the last block overlaps the one before),
-    rows not a multiple of 8 (the last block's lanes repeat the last row)."""
+    rows not a multiple of 8 (the last block's lanes repeat the last row); on two threads (the
+    rows split between them)."""
     torch.manual_seed(rows + cols + batch)
     codes = torch.randint(-1, 2, (rows, cols)).float()
     if bits == 1:
@@ -64,7 +65,7 @@ def test_kernel_equals_unpacked_product(built, bits, rows, cols, batch):
 @pytest.mark.parametrize("inputs,hidden,batch", [(27, 13, 1), (5, 300, 3), (53, 512, 2)])
 @pytest.mark.parametrize("layer_norm", ["", "h", "xh"])
 def test_fused_step_equals_the_step_in_fp64(built, bits_x, bits_h, inputs, hidden, batch,
-                                            layer_norm):
+        layer_norm, two_threads):
     """packed_lstm_step (both products from the words, the folded coefficients, the gates and
     the cell in blocks of 8 hidden units) against the same step in fp64: hidden sizes that are
     not a multiple of 8, words below, at and above 8, binary and ternary in one step, and
@@ -130,28 +131,31 @@ def test_token_by_token_packed_equals_unpacked(built, quantizer, norm, stats):
             torch.testing.assert_close(sb[1], state[1], atol=1e-5, rtol=1e-5)
 
 
-def test_kernel_choice_is_explicit(built, monkeypatch):
-    monkeypatch.setenv("NQ_PLUGIN_KERNEL", "torch")
+def test_kernel_choice_is_explicit(built, backend_choice):
+    backend_choice(packed_kernel="torch")
     assert not native.use_native(1)
-    monkeypatch.setenv("NQ_PLUGIN_KERNEL", "auto")
+    backend_choice(packed_kernel="auto")
     assert native.use_native(1) and not native.use_native(native.MAX_NATIVE_BATCH + 1)
-    monkeypatch.setenv("NQ_PLUGIN_KERNEL", "native")
+    backend_choice(packed_kernel="native")
     assert native.use_native(1000)
-    monkeypatch.setenv("NQ_PLUGIN_KERNEL", "triton")  # a GPU choice: CPU products use PyTorch
+    backend_choice(packed_kernel="triton")  # a GPU choice: CPU products use PyTorch
     assert not native.use_native(1)
-    monkeypatch.setenv("NQ_PLUGIN_KERNEL", "fastest")
     with pytest.raises(ValueError, match="auto, native, triton or torch"):
-        native.use_native(1)
+        backend_choice(packed_kernel="fastest")
+    from nq_plugin.backend import Backend
+    with pytest.raises(ValueError, match="NQ_PLUGIN_KERNEL='fastest'"):
+        Backend.from_environ({"NQ_PLUGIN_KERNEL": "fastest"})
 
 
-def test_a_failed_build_falls_back_in_auto_and_fails_loudly_when_forced(monkeypatch):
+def test_a_failed_build_falls_back_in_auto_and_fails_loudly_when_forced(monkeypatch,
+        backend_choice):
     monkeypatch.setattr(loader, "_module", None)
     monkeypatch.setattr(loader, "_failed", "simulated: no compiler")
-    monkeypatch.setenv("NQ_PLUGIN_KERNEL", "auto")
+    backend_choice(packed_kernel="auto")
     assert not native.use_native(1)
     m = PackedMatrix(pack_matrix(torch.ones(4, 8), 1), torch.ones(4), 1, 8)
     torch.testing.assert_close(m.matmul(torch.ones(1, 8)), torch.full((1, 4), 8.0))
-    monkeypatch.setenv("NQ_PLUGIN_KERNEL", "native")
+    backend_choice(packed_kernel="native")
     with pytest.raises(RuntimeError, match="failed to build"):
         native.use_native(1)
 
@@ -225,7 +229,7 @@ def test_int8_step_is_the_step_with_quantized_h(built, bits_h, hidden, batch, la
     torch.testing.assert_close(h2.double(), o.sigmoid() * c_ref.tanh(), atol=2e-5, rtol=1e-5)
 
 
-def test_activation_mode_is_explicit_and_switches_the_kept_plan(built, monkeypatch):
+def test_activation_mode_is_explicit_and_switches_the_kept_plan(built, backend_choice):
     """NQ_PLUGIN_ACTIVATIONS: fp32 (default, exact) or int8 (close, not equal); anything else is
     an error naming both; the layer's kept plan follows the setting."""
     from tests.packed.test_packed_lstm import trained
@@ -236,9 +240,9 @@ def test_activation_mode_is_explicit_and_switches_the_kept_plan(built, monkeypat
     with torch.no_grad():
         for _ in range(4):  # from the second step on h != 0
             x = torch.randn(1, 1, 37)
-            monkeypatch.setenv("NQ_PLUGIN_ACTIVATIONS", "int8")
+            backend_choice(activations="int8")
             fast, _ = packed(x, state)
-            monkeypatch.setenv("NQ_PLUGIN_ACTIVATIONS", "fp32")
+            backend_choice(activations="fp32")
             again, _ = packed(x, state)
             exact, state = m(x, state)
             torch.testing.assert_close(again, exact, atol=1e-5, rtol=1e-5)
@@ -248,14 +252,15 @@ def test_activation_mode_is_explicit_and_switches_the_kept_plan(built, monkeypat
     import copy
     chosen = copy.deepcopy(packed).set_activations("int8")  # the per-model setting wins
     with torch.no_grad():
-        monkeypatch.setenv("NQ_PLUGIN_ACTIVATIONS", "int8")
+        backend_choice(activations="int8")
         by_env, _ = packed(x, state)
-        monkeypatch.setenv("NQ_PLUGIN_ACTIVATIONS", "fp32")
+        backend_choice(activations="fp32")
         by_attribute, _ = chosen(x, state)
     assert torch.equal(by_env, by_attribute)
     with pytest.raises(ValueError, match="activations='int4'"):
         chosen.set_activations("int4")
-    monkeypatch.setenv("NQ_PLUGIN_ACTIVATIONS", "int4")
     with pytest.raises(ValueError, match="fp32.*int8"):
-        with torch.no_grad():
-            packed(x, state)
+        backend_choice(activations="int4")
+    from nq_plugin.backend import Backend
+    with pytest.raises(ValueError, match="NQ_PLUGIN_ACTIVATIONS='int4': use fp32 or int8"):
+        Backend.from_environ({"NQ_PLUGIN_ACTIVATIONS": "int4"})

@@ -1,0 +1,171 @@
+"""Execution choices, made in one place: how the LSTM loop runs, which kernel multiplies packed
+weights, and the activations of the fused CPU step -- an enum each, held by one frozen
+:class:`Backend`.
+
+The choices come from the environment, read once (on first use) by :func:`current`::
+
+    NQ_PLUGIN_RECURRENCE=python fairseq-train ...
+
+and can be set in code for a block, which wins over the environment::
+
+    from nq_plugin import backend
+    with backend.use(recurrence="python", packed_kernel="torch"):
+        model(x)
+
+Every environment variable the package reads is listed in :data:`ENVIRONMENT` (and in
+docs/environment.md); nothing outside this module and the console commands reads the
+environment. The paths (:func:`zoo_dir`, :func:`zoo_cache`) and the torchrun launch facts are
+read when used, so one process may point at another zoo.
+
+The choices only say what is wanted: whether the native extension builds
+(:func:`native_available`) and whether a normalization has a native form decide the rest, in
+nq_plugin/nn/recurrence.py and nq_plugin/packed/kernels/.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from dataclasses import dataclass
+from enum import Enum
+from typing import Iterator, List, Mapping, NamedTuple, Optional
+
+
+class Recurrence(str, Enum):
+    """How the LSTM's loop over time steps runs (nq_plugin/nn/recurrence.py)."""
+    AUTO = "auto"      # the native loop where it builds and both normalizations have a native
+    #                    form, else Python
+    NATIVE = "native"  # the native loop, or an error saying why it cannot run
+    PYTHON = "python"  # the Python loop (autograd through every step)
+
+
+class PackedKernel(str, Enum):
+    """The kernel of products with packed weights (nq_plugin/packed/kernels/)."""
+    AUTO = "auto"      # CPU: native for small batches when it builds, else PyTorch;
+    #                    GPU: Triton when it imports, else PyTorch
+    NATIVE = "native"  # CPU: native for every batch, or an error
+    TRITON = "triton"  # GPU: Triton, or an error
+    TORCH = "torch"    # the exact PyTorch path everywhere
+
+
+class Activations(str, Enum):
+    """The activations of the fused CPU step's recurrent product (packed models)."""
+    FP32 = "fp32"  # exact
+    INT8 = "int8"  # h quantized per row to int8: faster, inexact
+
+
+class EnvironmentVariable(NamedTuple):
+    name: str
+    default: str
+    meaning: str
+
+
+ENVIRONMENT: List[EnvironmentVariable] = [
+    EnvironmentVariable("NQ_PLUGIN_RECURRENCE", "auto",
+                        "the LSTM loop: auto | native | python (Backend.recurrence)"),
+    EnvironmentVariable("NQ_PLUGIN_KERNEL", "auto",
+                        "packed products: auto | native | triton | torch "
+                        "(Backend.packed_kernel)"),
+    EnvironmentVariable("NQ_PLUGIN_ACTIVATIONS", "fp32",
+                        "the fused CPU step of packed models: fp32 (exact) | int8 (faster, "
+                        "inexact) (Backend.activations)"),
+    EnvironmentVariable("NQ_ZOO_DIR", "the zoo nq_plugin ships",
+                        "a zoo of one's own: a folder with manifest.json and models/NAME"),
+    EnvironmentVariable("NQ_ZOO_CACHE", "~/.cache/nq_plugin/zoo",
+                        "where packed copies the bundle leaves out are rebuilt"),
+    EnvironmentVariable("WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT", "unset",
+                        "set by torchrun: CPU data-parallel training (nq_plugin/distributed.py)"),
+]
+
+_FIELDS = {"recurrence": ("NQ_PLUGIN_RECURRENCE", Recurrence),
+           "packed_kernel": ("NQ_PLUGIN_KERNEL", PackedKernel),
+           "activations": ("NQ_PLUGIN_ACTIVATIONS", Activations)}
+
+
+def parse(field: str, value, source: Optional[str] = None) -> Enum:
+    """``value`` (a string or the enum) as the enum of ``field``; a clear error otherwise."""
+    name, kind = _FIELDS[field]
+    if isinstance(value, kind):
+        return value
+    try:
+        return kind(str(value).lower())
+    except ValueError:
+        values = [k.value for k in kind]
+        choices = ", ".join(values[:-1]) + " or " + values[-1]
+        raise ValueError(f"{source or name}={value!r}: use {choices}") from None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The execution choices (see the module doc). Strings are accepted and checked."""
+    recurrence: Recurrence = Recurrence.AUTO
+    packed_kernel: PackedKernel = PackedKernel.AUTO
+    activations: Activations = Activations.FP32
+
+    def __post_init__(self):
+        for f in _FIELDS:
+            object.__setattr__(self, f, parse(f, getattr(self, f), f))
+
+    @classmethod
+    def from_environ(cls, environ: Optional[Mapping[str, str]] = None) -> "Backend":
+        environ = os.environ if environ is None else environ
+        return cls(**{f: parse(f, environ[name], name) for f, (name, _) in _FIELDS.items()
+                      if environ.get(name)})
+
+    def label(self, field: str) -> str:
+        """``NAME=value`` of one choice, for messages."""
+        return f"{_FIELDS[field][0]}={getattr(self, field).value}"
+
+
+_environment: Optional[Backend] = None
+_overrides: List[Backend] = []
+
+
+def current() -> Backend:
+    """The choices in force: the innermost :func:`use` block's, else the environment's (read
+    on the first call; an invalid value raises here, naming the variable)."""
+    global _environment
+    if _overrides:
+        return _overrides[-1]
+    if _environment is None:
+        _environment = Backend.from_environ()
+    return _environment
+
+
+@contextlib.contextmanager
+def use(backend: Optional[Backend] = None, **changes) -> Iterator[Backend]:
+    """Run a block with ``backend`` (default: the current one) changed by ``changes``
+    (``recurrence=``, ``packed_kernel=``, ``activations=``, strings or enums)."""
+    chosen = dataclasses.replace(backend or current(), **changes)
+    _overrides.append(chosen)
+    try:
+        yield chosen
+    finally:
+        _overrides.remove(chosen)
+
+
+def native_available() -> bool:
+    """Whether the native extension (nq_plugin/csrc) builds and loads on this machine."""
+    from .native import extension
+    return extension() is not None
+
+
+def zoo_dir() -> Optional[str]:
+    """``$NQ_ZOO_DIR`` (a zoo of one's own), or None."""
+    value = os.environ.get("NQ_ZOO_DIR")
+    return os.path.abspath(value) if value else None
+
+
+def zoo_cache() -> Optional[str]:
+    """``$NQ_ZOO_CACHE``, or None."""
+    return os.environ.get("NQ_ZOO_CACHE") or None
+
+
+TORCHRUN_KEYS = ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def torchrun_launch() -> Optional[dict]:
+    """torchrun's variables when this process was launched by it (all set), else None."""
+    if not all(k in os.environ for k in TORCHRUN_KEYS):
+        return None
+    return {k: os.environ[k] for k in TORCHRUN_KEYS}
