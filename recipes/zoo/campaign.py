@@ -223,16 +223,17 @@ def own_record(run: Run, manifest: Manifest) -> Optional[dict]:
 
 
 def train_command(run: Run, folder: str, data_root: str, seconds_budget: float,
-                  zoo_model: Optional[str], record: Optional[dict] = None
-                  ) -> Tuple[List[str], str, float]:
+                  zoo_model: Optional[str], record: Optional[dict] = None,
+                  max_epoch: Optional[int] = None) -> Tuple[List[str], str, float]:
     """The recipe's command for this run, how it starts (resume | zoo | scratch) and the
     training seconds its starting checkpoint already holds. ``record``: the zoo entry's
     training record of this same run (its folder is gone): the run goes on from the zoo's
-    weights at the learning rate it had reached, for the epochs it had left."""
+    weights at the learning rate it had reached, for the epochs it had left. ``max_epoch``:
+    the run folder's own (its state's), kept when it resumes."""
     last = os.path.join(folder, "checkpoint_last.pt")
     cmd = ["bash", os.path.join(ROOT, run.data.recipe), os.path.join(data_root, run.data.folder),
-           folder, run.quantizer, run.norm, *run.args, "--max-epoch", str(run.epochs),
-           "--seed", "1"]
+           folder, run.quantizer, run.norm, *run.args, "--max-epoch",
+           str(max_epoch or run.epochs), "--seed", "1"]
     cmd += save_args(run)
     if os.path.isfile(last):
         start, held = "resume", checkpoint_progress(last)["seconds"]
@@ -285,6 +286,19 @@ def begin(run: Run, folder: str, manifest: Manifest, start: str,
     return state
 
 
+def same_priority_group(pid: int) -> None:
+    """Give a new session the driver's nice for its whole scheduling group. On Linux with
+    autogroups (``/proc/sys/kernel/sched_autogroup_enabled``) each session is a group that
+    competes with the others as an equal whatever its processes' nice: fairseq-train, started
+    in its own session, took half the cores from the user's tests at ``nice -n 19``. Writing
+    the nice into ``/proc/PID/autogroup`` lowers the group itself (no-op elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as f:
+            f.write(str(os.nice(0)))
+    except OSError:
+        pass
+
+
 def train(run: Run, folder: str, data_root: str, seconds: float, log=print) -> dict:
     """Train one run for at most ``seconds``; returns its updated state."""
     os.makedirs(folder, exist_ok=True)
@@ -294,15 +308,21 @@ def train(run: Run, folder: str, data_root: str, seconds: float, log=print) -> d
     if state.get("started") == "zoo" and not os.path.isfile(os.path.join(folder,
                                                                           "checkpoint_last.pt")):
         zoo_model = bundled_model(run, manifest)  # began, but never saved: begin again
-    cmd, start, _ = train_command(run, folder, data_root, seconds, zoo_model,
-                                  own_record(run, manifest) if zoo_model else None)
+    record = own_record(run, manifest) if zoo_model else None
+    cmd, start, _ = train_command(run, folder, data_root, seconds, zoo_model, record,
+                                  folder_epochs(run, state))
     if not state.get("started"):
         state = begin(run, folder, manifest, start, zoo_model)
+        # the epochs the run had done before this folder (it went on from the zoo): a later
+        # resume of the folder trains only the rest, and the zoo's record counts both
+        state["prior_run_epochs"] = int((record or {}).get("run_epochs") or 0)
+        write_state(folder, state)
     log(f"[{run.id}] {start}: " + " ".join(shlex.quote(c) for c in cmd))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(os.path.join(folder, "driver.out"), "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
+        same_priority_group(proc.pid)
         try:
             rc = proc.wait()
         except BaseException:  # the driver is stopped: fairseq keeps its last checkpoint
@@ -319,20 +339,28 @@ def train(run: Run, folder: str, data_root: str, seconds: float, log=print) -> d
         progress = checkpoint_progress(last)
         state["epochs_run"] = epochs_done(progress, log_facts(os.path.join(folder,
                                                                             "train.log")).get("itrs"))
-        state["done"] = finished(progress, run)
+        state["done"] = finished(progress, run, state)
     write_state(folder, state)
     return state
 
 
-def finished(progress: dict, run: Run) -> bool:
-    return progress["epoch"] > run.epochs and progress["iterations"] == 0
+def folder_epochs(run: Run, state: dict) -> int:
+    """The epochs of the run folder's own schedule: the plan's, less those the run had done
+    before the folder began (a run gone on from the zoo); a plan that gives the run more
+    epochs later lengthens it."""
+    return max(1, run.epochs - int(state.get("prior_run_epochs") or 0))
+
+
+def finished(progress: dict, run: Run, state: dict) -> bool:
+    """Whether the folder's checkpoint is past the last epoch of its schedule."""
+    return progress["epoch"] > folder_epochs(run, state) and progress["iterations"] == 0
 
 
 def is_done(run: Run, folder: str, state: dict) -> bool:
     """Done by the plan as it is now (a plan may give a run more epochs later)."""
     last = os.path.join(folder, "checkpoint_last.pt")
     return bool(state.get("done")) and os.path.isfile(last) and \
-        finished(checkpoint_progress(last), run)
+        finished(checkpoint_progress(last), run, state)
 
 
 # -- the zoo entry ----------------------------------------------------------------------------
@@ -346,14 +374,13 @@ def _console(name: str) -> str:
 
 def test_metric(run: Run, checkpoint: str, data_root: str) -> float:
     """The checkpoint's number as its card measures it (fairseq-eval-lm, the card's options)."""
-    from nq_plugin.cli.zoo import parse_eval_lm, user_dir
-    res = subprocess.run([_console("fairseq-eval-lm"), os.path.join(data_root, run.data.folder),
-                          "--user-dir", user_dir(), "--path", checkpoint, *run.data.eval_args],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"fairseq-eval-lm failed on {checkpoint}:\n{res.stderr[-2000:]}")
-    r = parse_eval_lm(res.stdout + res.stderr)
-    return r["bits"] if run.data.metric == "bpc" else r["perplexity"]
+    from nq_plugin.zoo.evaluate import evaluate_checkpoint
+    from nq_plugin.zoo.manifest import ZooError
+    try:
+        return evaluate_checkpoint(checkpoint, os.path.join(data_root, run.data.folder),
+                                   run.data.metric, run.data.eval_args).value
+    except ZooError as err:
+        raise RuntimeError(f"evaluating {checkpoint} failed: {err}") from None
 
 
 def tracked_bytes(root: str) -> Optional[int]:
@@ -423,7 +450,8 @@ def add(run: Run, folder: str, data_root: str, best: str, state: dict, value: fl
     epochs = round(state.get("base_epochs", 0.0) + epochs_done(progress, facts.get("itrs")), 1)
     training = {"run": run.id, "schedule": run.schedule, "epochs": epochs, "lr": facts.get("lr"),
                 "best_valid": progress["best"], "started": state.get("started"),
-                "run_epochs": round(epochs_done(progress, facts.get("itrs")), 2),
+                "run_epochs": round(state.get("prior_run_epochs", 0)
+                                    + epochs_done(progress, facts.get("itrs")), 2),
                 "done": bool(state.get("done"))}
     cpu = _cpu_name()
     here = (f"{cpu} ({os.cpu_count()} cores, nice 19, beside other work): {run.id} of the "

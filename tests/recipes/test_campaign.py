@@ -144,3 +144,26 @@ def test_a_run_goes_on_from_the_zoo_when_its_folder_is_gone(tmp_path):
     assert cmd[len(cmd) - 1 - cmd[::-1].index("--lr") + 1] == "5"  # the last --lr wins
     plain, _, _ = campaign.train_command(run, str(tmp_path), "data", 3600, zoo_model, None)
     assert plain[plain.index("--max-epoch") + 1] == str(run.epochs) and "5" not in plain
+
+
+def test_a_run_gone_on_from_the_zoo_keeps_its_schedule_when_it_resumes(tmp_path):
+    """A run that went on from the zoo for the epochs it had left resumes from its folder with
+    that same --max-epoch (not the plan's whole run), is done after it, and its zoo record
+    counts the epochs it had done before."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("nq_campaign_under_test2", DRIVER)
+    campaign = importlib.util.module_from_spec(spec)
+    sys.modules["nq_campaign_under_test2"] = campaign
+    spec.loader.exec_module(campaign)
+    run = campaign.PLAN[[r.id for r in campaign.PLAN].index("ptb-word-tc-weight.sgd")]
+    last = tmp_path / "checkpoint_last.pt"
+    torch.save({"extra_state": {"train_iterator": {"epoch": 5, "iterations_in_epoch": 0},
+                                "previous_training_time": 60.0}}, last)
+    state = {"started": "zoo", "prior_run_epochs": 6}
+    cmd, start, held = campaign.train_command(run, str(tmp_path), "data", 3600, None, None,
+                                              campaign.folder_epochs(run, state))
+    assert start == "resume" and held == 60.0
+    assert cmd[cmd.index("--max-epoch") + 1] == str(run.epochs - 6)
+    at_end = {"epoch": run.epochs - 6 + 1, "iterations": 0}
+    assert campaign.finished(at_end, run, state)
+    assert not campaign.finished(at_end, run, {})  # the plan's whole run is longer
