@@ -2,7 +2,21 @@
 // inference kernel and the normalized LSTM recurrence.
 #include <torch/extension.h>
 
+#include <map>
+#include <string>
+
 #include "native.h"
+#include "native_ops.h"
+
+namespace {
+std::map<std::string, int64_t> native_ops() {
+  std::map<std::string, int64_t> ops;
+#define NQ_OP(name, value) ops[#name] = value;
+  NQ_NATIVE_OPS(NQ_OP)
+#undef NQ_OP
+  return ops;
+}
+}  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("packed_gemv", &packed_gemv, "x W^T from packed 1/2-bit words (fp32 activations)");
@@ -13,6 +27,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("packed_unpack", &packed_unpack, "diag(scale) B from packed 1/2-bit words, dense fp32");
   m.def("recurrence_forward", &recurrence_forward,
         "normalized LSTM time loop, forward (nq_plugin/nn/recurrence.py)");
+  m.def("native_ops", &native_ops,
+        "the recurrence's operations by name (native_ops.h): what NativeForm.op names");
   m.def("recurrence_backward", &recurrence_backward,
         "normalized LSTM time loop, backward (nq_plugin/nn/recurrence.py)");
 }

@@ -6,7 +6,7 @@
 //   c_t = sigma(i) * tanh(a) + sigma(f) * c_{t-1},   h_t = sigma(o) * tanh(c_t)
 //
 // Each normalization hands over its "native form" (nq_plugin/norm/base.py, NativeForm): one of
-// four operations on a step's (B, F) term, without gain and shift:
+// the seven operations of native_ops.h on a step's (B, F) term, without gain and shift:
 //   IDENTITY    y_hat = y
 //   ROW_BLOCKS  standardize each row's 4 gate blocks (layer norm)
 //   BATCH       standardize each column over the batch, and update the running mean and
@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "native.h"
+#include "native_ops.h"
 #include "vec_math.h"
 
 using at::Tensor;
@@ -42,8 +43,9 @@ using at::Tensor;
 namespace {
 
 enum Op : int64_t {
-  IDENTITY = 0, ROW_BLOCKS = 1, BATCH = 2, FIXED = 3, POWER_RUNNING = 4, POWER_WARMUP = 5,
-  AFFINE = 6
+#define NQ_OP(name, value) name = value,
+  NQ_NATIVE_OPS(NQ_OP)
+#undef NQ_OP
 };
 // ops whose backward needs column sums over the batch (all rows' y_hat)
 inline bool by_columns(int64_t op) {

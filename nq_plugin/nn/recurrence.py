@@ -170,7 +170,8 @@ class _NativeRecurrence(torch.autograd.Function):
         form_x, form_h = ctx.forms
         grads = native_extension().recurrence_backward(
             grad_out, grad_h, grad_c, px, h0, c0, out, c_all, acts, z_hat, stats_x, stats_h,
-            w_hh, gain_x, gain_h, form_x.op, form_x.first, form_x.second, form_h.op,
+            w_hh, gain_x, gain_h, native_op(form_x.op), form_x.first, form_x.second,
+            native_op(form_h.op),
             form_h.second, ctx.t0, prepacked(w_hh.t(), out.shape[1]), form_x.nu,
             form_x.accum_backward, form_h.nu, form_h.accum_backward)
         grad_px, dh0, dc0, grad_w, grad_shift, grad_gain_x, grad_gain_h = grads
@@ -179,8 +180,24 @@ class _NativeRecurrence(torch.autograd.Function):
                 None if gain_h is None else grad_gain_h, None, None, None)
 
 
+def native_op(name: str) -> int:
+    """The number of the native operation ``name`` (NativeForm.op), as the extension defines
+    it (nq_plugin/csrc/native_ops.h, bound as ``native_ops()``)."""
+    global _NATIVE_OPS
+    if _NATIVE_OPS is None:
+        _NATIVE_OPS = dict(native_extension().native_ops())
+    try:
+        return _NATIVE_OPS[name]
+    except KeyError:
+        raise ValueError(f"the native recurrence has no operation {name!r}; it has "
+                         f"{sorted(_NATIVE_OPS)}") from None
+
+
+_NATIVE_OPS = None
+
+
 def _args(form):
-    return form.op, form.eps, form.first, form.second, form.momentum
+    return native_op(form.op), form.eps, form.first, form.second, form.momentum
 
 
 def native_loop_runs(x: torch.Tensor, forms, dtypes=(torch.float32, torch.float64),

@@ -54,10 +54,14 @@ class NativeForm:
       statistics added to ``accum_forward`` (PowerNorm's warmup);
     * ``AFFINE``: y_hat = y * first[slot] + second[slot] (a folded form at inference, no
       backward).
+
+    ``op`` is the operation's name; its number comes from the extension itself
+    (``native_ops()``, from ``nq_plugin/csrc/native_ops.h``), looked up where it is called.
     """
 
-    IDENTITY, ROW_BLOCKS, BATCH, FIXED, POWER_RUNNING, POWER_WARMUP, AFFINE = 0, 1, 2, 3, 4, 5, 6
-    op: int
+    IDENTITY, ROW_BLOCKS, BATCH, FIXED = "IDENTITY", "ROW_BLOCKS", "BATCH", "FIXED"
+    POWER_RUNNING, POWER_WARMUP, AFFINE = "POWER_RUNNING", "POWER_WARMUP", "AFFINE"
+    op: str
     eps: float = 0.0
     first: Optional[torch.Tensor] = None
     second: Optional[torch.Tensor] = None
@@ -189,6 +193,16 @@ class Normalization(nn.Module):
         packed model then steps in Python)."""
         return None
 
+    @classmethod
+    def fused_step_terms(cls, folded: Folded, row_scale: torch.Tensor, layer_norm: bool):
+        """The folded form as the fused packed step's coefficients (nq_plugin/packed: gates =
+        a_x * N_x(B_x x) + a_h * N_h(B_h h) + shift, B the packed codes, ``row_scale`` their
+        per-row scale): (a (S, F), shift (S, F), layer_norm) with ``layer_norm`` None or
+        (row_scale, eps) for N the standardization of each gate block of row_scale * B y;
+        None where the fused step cannot apply it (``layer_norm``: whether the kernel at hand
+        standardizes blocks; the default, a kind the fused step does not know)."""
+        return None
+
     # -- diagnostics (Hou et al., Propositions 1-4) ----------------------------------------------
     def gate_bound_factors(self, w_q: torch.Tensor, gate_norms: Dict[str, float],
                            block_sigmas: List[float]) -> Dict[str, float]:
@@ -227,6 +241,10 @@ class IdentityOnActivations:
     def native_folded(cls, folded):
         return NativeForm(NativeForm.IDENTITY), None, None
 
+    @classmethod
+    def fused_step_terms(cls, folded, row_scale, layer_norm):
+        return row_scale[None], torch.zeros_like(row_scale)[None], None
+
 
 class FoldedAffine:
     """Inference folding into a per-feature affine map y -> scale[slot] * y + shift[slot]
@@ -247,6 +265,10 @@ class FoldedAffine:
     def native_folded(cls, folded):
         return (NativeForm(NativeForm.AFFINE, first=folded["affine_scale"].contiguous(),
                            second=folded["affine_shift"].contiguous()), None, None)
+
+    @classmethod
+    def fused_step_terms(cls, folded, row_scale, layer_norm):
+        return folded["affine_scale"] * row_scale, folded["affine_shift"], None
 
 
 class NoNormalization(IdentityOnActivations, Normalization):

@@ -89,6 +89,13 @@ class LayerNorm(Normalization):
         return (NativeForm(NativeForm.ROW_BLOCKS, eps=cls.eps), folded["ln_gain"],
                 folded["ln_shift"])
 
+    @classmethod
+    def fused_step_terms(cls, folded, row_scale, layer_norm):
+        if not layer_norm:
+            return None
+        return (folded["ln_gain"].float()[None], folded["ln_shift"].float()[None],
+                (row_scale.float().contiguous(), float(cls.eps)))
+
     def gate_bound_factors(self, w_q, gate_norms, block_sigmas):
         """Proposition 3: (g_* / sigma_*) ||W_h*||_2, sigma_* the mean (over batch and steps)
         standard deviation of the block's pre-activations, g_* its largest gain."""

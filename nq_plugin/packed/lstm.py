@@ -28,7 +28,7 @@ from ..derived import DerivedCache
 from ..nn.cell import lstm_cell
 from ..nn.lstm import NQLSTM, NQLSTMLayer
 from ..nn.recurrence import native_inference, prepacked
-from ..norm import NativeForm, normalization_class
+from ..norm import normalization_class
 from .format import (PRODUCTS, PackedFormatError, layer_shapes, pack_matrix, plane_names,
                      split_codes, tensor_dtype)
 from .kernels import PackedMatrix, select_kernel, triton_lstm_step
@@ -160,22 +160,10 @@ class PackedNQLSTMLayer(nn.Module):
             return None
         tables = []
         for name, matrix in (("ih", w_ih), ("hh", w_hh)):
-            native = self.norm_class.native_folded(self.folded(name))
-            if native is None:
+            terms = self.norm_class.fused_step_terms(self.folded(name), matrix.scale, layer_norm)
+            if terms is None:
                 return None
-            form, gain, shift = native
-            if form.op == NativeForm.ROW_BLOCKS and layer_norm and gain is not None and \
-                    shift is not None:
-                tables.append((gain.float()[None], shift.float()[None],
-                               (matrix.scale.float().contiguous(), float(form.eps))))
-            elif gain is not None or shift is not None:
-                return None
-            elif form.op == NativeForm.AFFINE:
-                tables.append((form.first * matrix.scale, form.second, None))
-            elif form.op == NativeForm.IDENTITY:
-                tables.append((matrix.scale[None], torch.zeros_like(matrix.scale)[None], None))
-            else:
-                return None
+            tables.append(terms)
         (ax, shift_x, ln_x), (ah, shift_h, ln_h) = tables
         slots = max(ax.shape[0], ah.shape[0])
         shift = (self.bias + shift_x + shift_h).expand(slots, -1)

@@ -1,6 +1,8 @@
 """The core (quant, norm, nn, packed, sizes) is plain PyTorch: it imports with fairseq absent, and
 nn/ imports nothing from diagnostics/."""
 import subprocess
+
+import pytest
 import sys
 import textwrap
 
@@ -67,3 +69,44 @@ def test_no_code_outside_quant_and_norm_compares_kind_names():
                                           for w in ("norm", "quant", "kind", "stats")):
                 offenders.append(f"{rel}:{node.lineno}: {ast.unparse(node)}")
     assert not offenders, "\n".join(offenders)
+
+
+NATIVE_OPS = {"IDENTITY", "ROW_BLOCKS", "BATCH", "FIXED", "POWER_RUNNING", "POWER_WARMUP",
+              "AFFINE"}
+
+
+def test_no_code_outside_norm_branches_on_native_operations():
+    """What a normalization's native form is (nq_plugin/csrc/native_ops.h) is the kind's own
+    business: no ``form.op == NativeForm.AFFINE`` outside nq_plugin/norm (the packed step asks
+    the kind, ``fused_step_terms``), and the C++ list is the only one with the numbers."""
+    import ast
+    offenders = []
+    for path in sorted((ROOT / "nq_plugin").rglob("*.py")):
+        rel = path.relative_to(ROOT / "nq_plugin").as_posix()
+        if rel.startswith("norm/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                if any(isinstance(n, ast.Attribute) and n.attr in NATIVE_OPS
+                       for side in sides for n in ast.walk(side)) or \
+                        any(c in NATIVE_OPS for side in sides for c in _string_constants(side)):
+                    offenders.append(f"{rel}:{node.lineno}: {ast.unparse(node)}")
+    assert not offenders, "\n".join(offenders)
+    header = (ROOT / "nq_plugin" / "csrc" / "native_ops.h").read_text()
+    assert all(f"X({op}," in header for op in NATIVE_OPS)
+    cpp = (ROOT / "nq_plugin" / "csrc" / "recurrence.cpp").read_text()
+    assert "NQ_NATIVE_OPS(NQ_OP)" in cpp and "AFFINE = 6" not in cpp
+
+
+def test_native_operation_numbers_come_from_the_extension():
+    from nq_plugin import native
+    from nq_plugin.nn.recurrence import native_op
+    module = native.extension()
+    if module is None:
+        pytest.skip(f"the native extension does not build here: {native.build_error()}")
+    ops = module.native_ops()
+    assert set(ops) == NATIVE_OPS and len(set(ops.values())) == len(ops)
+    assert all(native_op(name) == number for name, number in ops.items())
+    with pytest.raises(ValueError, match="no operation 'SOFTMAX'"):
+        native_op("SOFTMAX")
