@@ -84,6 +84,17 @@ def run(data, path, batch, tokens, int8=False):
     return float(speed.group(3)), float(loss.group(1))
 
 
+def packed_checkpoint(name, folder):
+    """The packed copy's checkpoint: bundled, or rebuilt from model.pt and verified against the
+    manifest (the zoo's first use, nq_plugin/zoo/derive.py); None for a model without one."""
+    from nq_plugin.zoo.derive import packed_folder
+    from nq_plugin.zoo.manifest import Manifest, ZooError
+    try:
+        return os.path.join(packed_folder(Manifest.load().get(name), folder), "checkpoint.pt")
+    except ZooError:  # no packed copy (the fp model)
+        return None
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=os.path.join(ROOT, "data-bin", "ptb_char"))
@@ -97,10 +108,10 @@ def main():
         if m["dataset"] != a.dataset or m["task"] != "bptt_lm":
             continue
         folder = os.path.join(ROOT, "zoo", m["bundled"])
-        packed = os.path.join(folder, "packed", "checkpoint.pt")
+        packed = packed_checkpoint(m["name"], folder)
         for batch in a.batch_size:
             u, lu = run(a.data, os.path.join(folder, m["checkpoint"]), batch, 100)
-            if os.path.isfile(packed):
+            if packed is not None:
                 q, lq = run(a.data, packed, batch, 100)
                 assert abs(lq - lu) < 1e-3, (m["name"], lu, lq)
                 print(f"| {m['name']} | {batch} | {u:,.0f} | {q:,.0f} | {q / u:.2f}x | {lu:.4f} |")
