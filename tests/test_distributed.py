@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.fairseq_utils import DEMO_TEXT, console
@@ -22,6 +23,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one_process_with_both_shards(tmp_path):
     console("fairseq-preprocess", "--only-source", "--trainpref", DEMO_TEXT / "train.txt",
             "--validpref", DEMO_TEXT / "valid.txt", "--testpref", DEMO_TEXT / "valid.txt",

@@ -61,6 +61,7 @@ def stand_in(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_readme_commands_run_as_written(stand_in):
     for argv in readme_commands():
         argv = [a.replace("data-bin/", f"{stand_in}/data-bin/")
@@ -79,6 +80,7 @@ def test_readme_commands_run_as_written(stand_in):
             assert "x smaller" in out.stdout
 
 
+@pytest.mark.slow
 def test_readme_main_job_runs_offline_and_prints_what_the_readme_shows():
     """The first set-up command's main job (after the install, which CI runs): nq-zoo eval on
     the bundled zoo model with HF_HUB_OFFLINE=1; its metric and size lines are as pasted."""

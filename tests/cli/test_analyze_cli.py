@@ -1,4 +1,6 @@
 """nq-analyze: errors on malformed logs, no overwriting without --force, old logs still read."""
+import pytest
+
 from tests.fairseq_utils import ROOT, console
 
 
@@ -12,6 +14,7 @@ def test_nq_analyze_fails_clearly_on_malformed_log(tmp_path):
     assert res.returncode == 2 and "line 1: not JSON" in res.stderr
 
 
+@pytest.mark.slow
 def test_nq_analyze_does_not_overwrite_plots_without_force(tmp_path):
     """Regression: nq-analyze replaced existing PNGs in --out without asking."""
     run = ROOT / "zoo" / "failures" / "ptb-char-bc-none" / "grad_norms.jsonl"

@@ -3,6 +3,8 @@ nq-summary on the checkpoint."""
 import json
 import re
 
+import pytest
+
 from tests.fairseq_utils import DEMO_TEXT, console
 
 ARGS = ["--hidden-size", "32", "--batch-size", "4", "--tokens-per-sample", "25",
@@ -24,6 +26,7 @@ def _ppl(output):
     return float(match.group(1)), float(match.group(2))
 
 
+@pytest.mark.slow
 def test_bptt_char_pipeline_and_summary(tmp_path):
     data = _preprocess(tmp_path)
     console("fairseq-train", data, "--user-dir", "nq_plugin", "--task", "bptt_lm", "--arch",
@@ -42,6 +45,7 @@ def test_bptt_char_pipeline_and_summary(tmp_path):
     assert summary["compression"] > 10
 
 
+@pytest.mark.slow
 def test_language_modeling_task_pipeline(tmp_path):
     data = _preprocess(tmp_path)
     console("fairseq-train", data, "--user-dir", "nq_plugin", "--task", "language_modeling",

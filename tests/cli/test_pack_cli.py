@@ -133,6 +133,7 @@ def test_packed_checkpoint_checks_its_own_format_version(packed_dir, demo_char_d
         eval_lm(demo_char_data, outdir / "checkpoint.pt", "--tokens-per-sample", "16")
 
 
+@pytest.mark.slow
 def test_sequence_classifier_packs_and_validates_to_the_same_accuracy(tmp_path):
     """nq-pack on an nq_lstm_classifier checkpoint (sequential MNIST, 28 pixels per step, 2-bit
     weights, per-step statistics): the packed model's logits equal the unpacked model's, and

@@ -101,6 +101,7 @@ def _hypotheses(stdout):
     return sorted(line for line in stdout.splitlines() if line.startswith("H-"))
 
 
+@pytest.mark.slow
 def test_generate_and_interactive_commands_packed_equals_unpacked(demo_char_data, prompt_data,
                                                                   tmp_path):
     """The real commands on the hardest case: TerConnect (2-bit) with per-step batch-norm

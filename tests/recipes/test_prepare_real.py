@@ -11,6 +11,7 @@ PTB = SHARED_DATA / "ptb"
 MNIST = SHARED_DATA / "mnist"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not PTB.is_dir(), reason="../shared/data/ptb is not present")
 def test_ptb_preparation_verifies_and_binarizes(tmp_path):
     res = run(RECIPES / "ptb_char" / "prepare.sh", tmp_path / "bin", PTB)

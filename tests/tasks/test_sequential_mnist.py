@@ -25,6 +25,7 @@ def small_mnist(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_train_then_validate_on_test_split(small_mnist, tmp_path):
     common = ["--user-dir", "nq_plugin", "--task", "sequential_mnist", "--pixels-per-step", "28",
               "--valid-size", "500", "--criterion", "sequence_classification", "--cpu"]

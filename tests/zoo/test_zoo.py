@@ -217,6 +217,7 @@ def test_fairseq_hub_loader_on_the_stand_in(tmp_path, published, online):
     assert len(task.target_dictionary) == len(task.source_dictionary) > 4
 
 
+@pytest.mark.slow
 def test_eval_sample_and_list_commands(tiny_zoo):
     root, entry, env = tiny_zoo
     res = console("nq-zoo", "eval", NAME, env=env)
@@ -246,6 +247,7 @@ def test_score_and_sample_api_match_for_packed_and_unpacked(tiny_zoo):
     assert lm.sample("the", length=30, seed=3) == packed.sample("the", length=30, seed=3)
 
 
+@pytest.mark.slow
 def test_add_packed_bundles_a_packed_copy_for_a_model_without_one(tiny_zoo, demo_char_data,
                                                                   tmp_path):
     """nq-zoo add-packed: packs model.pt, evaluates the copy, lists its files (checksums) and
@@ -292,6 +294,7 @@ def unbundled_zoo(tmp_path, tiny_zoo):
     return zoo, entry, dict(env, NQ_ZOO_DIR=str(zoo), NQ_ZOO_CACHE=str(tmp_path / "cache"))
 
 
+@pytest.mark.slow
 def test_unbundled_packed_copy_is_rebuilt_verified_and_cached(tmp_path, tiny_zoo, monkeypatch):
     from nq_plugin.files import sha256_file
     from nq_plugin.zoo.derive import packed_folder
@@ -410,6 +413,7 @@ def test_fairseq_hub_loader_refuses_a_tampered_download(tmp_path, tiny_zoo, publ
             REPO, cache_dir=str(tmp_path / "cache"), revision=commit, endpoint=hub.endpoint)
 
 
+@pytest.mark.slow
 def test_add_digest_seals_an_older_bundled_model(tmp_path, tiny_zoo):
     """A bundled model from before checkpoints carried a digest: add-digest writes it, its
     packed copy is sealed too, the tensors and the card's number are unchanged, the manifest's
@@ -439,6 +443,7 @@ def test_add_digest_seals_an_older_bundled_model(tmp_path, tiny_zoo):
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.slow
 def test_unbundle_packed_leaves_a_verified_rebuildable_copy(tmp_path, tiny_zoo, monkeypatch):
     from nq_plugin.zoo.derive import packed_folder
     from nq_plugin.files import sha256_file

@@ -99,6 +99,7 @@ FUSED_CHECK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_fused_step_matches_the_unpacked_layer_under_interpreter():
     """The fused GPU step (both products from the words, the folded normalization, gates, cell)
     equals the unpacked layer for every quantizer x per-feature-affine normalization."""
