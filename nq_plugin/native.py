@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 _module = None
 _failed: Optional[str] = None
-SOURCES = ("bindings.cpp", "packed_gemv.cpp", "recurrence.cpp")
+SOURCES = ("bindings.cpp", "packed_gemv.cpp", "packed_step.cpp", "recurrence.cpp")
 NAME = "nq_plugin_native_v19"  # bump when the sources' interface changes
 
 

@@ -1,5 +1,6 @@
-// The extension's functions (defined in packed_gemv.cpp and recurrence.cpp, bound to Python in
-// bindings.cpp): one declaration each, included by the definitions so that they cannot drift.
+// The extension's functions (defined in packed_gemv.cpp, packed_step.cpp and recurrence.cpp,
+// bound to Python in bindings.cpp): one declaration each, included by the definitions so that
+// they cannot drift.
 #pragma once
 #include <torch/extension.h>
 #include <vector>

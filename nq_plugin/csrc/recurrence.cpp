@@ -417,17 +417,16 @@ void forward_impl(const Tensor& px, const Tensor& h0, const Tensor& c0, const Te
                    Vec<T>::loadu(gx + o, n) * Vec<T>::loadu(xr + o, n) +
                    Vec<T>::loadu(gh + o, n) * Vec<T>::loadu(zr + o, n);
           }
-          const Vec<T> i = sigmoid(g[0]), f = sigmoid(g[1]), a = tanh_fast(g[2]);
-          const Vec<T> o = sigmoid(g[3]);
-          const Vec<T> c_new = f * Vec<T>::loadu(c_prev_p + q + j, n) + i * a;
-          (o * tanh_fast(c_new)).store(h_p + q + j, n);
-          c_new.store(c_p + q + j, n);
+          const auto cell = nq_native::lstm_cell<T>(g[0], g[1], g[2], g[3],
+                                                   Vec<T>::loadu(c_prev_p + q + j, n));
+          cell.h.store(h_p + q + j, n);
+          cell.c.store(c_p + q + j, n);
           if (acts_p != nullptr) {
             T* ar = acts_p + r;
-            i.store(ar + j, n);
-            f.store(ar + hidden + j, n);
-            a.store(ar + 2 * hidden + j, n);
-            o.store(ar + 3 * hidden + j, n);
+            cell.i.store(ar + j, n);
+            cell.f.store(ar + hidden + j, n);
+            cell.a.store(ar + 2 * hidden + j, n);
+            cell.o.store(ar + 3 * hidden + j, n);
           }
         }
       }

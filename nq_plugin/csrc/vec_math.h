@@ -1,4 +1,5 @@
-// Vectorized gate activations shared by the extension's sources (at::vec; AVX2 code where the
+// Vectorized gate activations, the LSTM cell and layer norm's block statistics, shared by the
+// extension's sources (at::vec; AVX2 code where the
 // extension is built with CPU_CAPABILITY_AVX2, nq_plugin/native.py).
 #pragma once
 #include <ATen/cpu/vec/functional.h>
@@ -27,9 +28,31 @@ inline Vec<T> tanh_fast(const Vec<T>& x) {
   return one - Vec<T>(T(2)) * (one + (x + x).exp_u20()).reciprocal();
 }
 
+// One vector of the LSTM cell (gate order i, f, a, o as nq_plugin/nn/cell.py): from the gates'
+// pre-activations and c_{t-1}, the activations and c_t = sigma(f) c_{t-1} + sigma(i) tanh(a),
+// h_t = sigma(o) tanh(c_t) -- the one cell of the native recurrence (recurrence.cpp, which
+// keeps the activations for its backward) and of the packed fused step (packed_step.cpp).
+template <typename T>
+struct CellVec {
+  Vec<T> i, f, a, o, c, h;
+};
+
+template <typename T>
+inline CellVec<T> lstm_cell(const Vec<T>& gi, const Vec<T>& gf, const Vec<T>& ga,
+                            const Vec<T>& go, const Vec<T>& c_prev) {
+  CellVec<T> r;
+  r.i = sigmoid(gi);
+  r.f = sigmoid(gf);
+  r.a = tanh_fast(ga);
+  r.o = sigmoid(go);
+  r.c = r.f * c_prev + r.i * r.a;
+  r.h = r.o * tanh_fast(r.c);
+  return r;
+}
+
 // out[0..n) = (x - mean) / sqrt(var + eps) with x's mean and biased variance: layer norm's
 // statistics over one gate block (Ba et al. 2016; the paper's layer-normalized LSTM), for the
-// native recurrence (recurrence.cpp, ROW_BLOCKS) and the packed fused step (packed_gemv.cpp)
+// native recurrence (recurrence.cpp, ROW_BLOCKS) and the packed fused step (packed_step.cpp)
 // alike. out may be x. Returns {mean, rstd} (the backward's saved statistics).
 template <typename T>
 inline std::pair<T, T> standardize(const T* x, T* out, int64_t n, double eps) {

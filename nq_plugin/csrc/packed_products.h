@@ -1,0 +1,37 @@
+// The lookup-table products from packed words that packed_gemv.cpp defines and the fused LSTM
+// step (packed_step.cpp) reuses: one declaration each (what they compute: packed_gemv.cpp).
+#pragma once
+#include <torch/extension.h>
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+namespace nq_packed {
+
+constexpr int64_t kLanes = 8;          // rows per block
+constexpr int64_t kTableFloats = 128;  // per 32-input word: 16 pairs x 4 entries x 2 halves
+
+// the tables of n activation rows for `words` words: (n, words * kTableFloats) floats
+std::vector<float> build_tables(const float* x, int64_t n, int64_t stride, int64_t columns,
+                                int64_t words, bool ternary);
+// out[b * kLanes + l] = B_{rows[l]} . x_b for kLanes rows and n activation rows (their tables);
+// neg null for binary
+void rows_dot(const uint32_t* const* plus, const uint32_t* const* neg, int64_t words,
+              const float* tables, int64_t table_stride, int64_t n, float* out);
+// row pointers of one block: rows first..first+7 of a plane, clamped to row limit - 1
+void block_rows(const uint32_t* plane, int64_t words, int64_t first, int64_t limit,
+                const uint32_t* rows[kLanes]);
+const uint32_t* words_of(const c10::optional<torch::Tensor>& t);
+// contiguous int32 planes of one product, checked: {plus, neg or undefined}
+std::pair<torch::Tensor, c10::optional<torch::Tensor>> planes_of(
+    const torch::Tensor& plus, const c10::optional<torch::Tensor>& neg, const char* what);
+// the nibble layout's tensors (blocks, steps, 32) uint8, checked against rows x columns
+void check_q8(const torch::Tensor& add, const c10::optional<torch::Tensor>& sub, int64_t rows,
+              int64_t columns);
+// y[b, r] = s_b (B q_b)_r (int8 activations, q8_lookup.h), the blocks of 32 rows in parallel
+void q8_product(const float* x, int64_t n, int64_t stride, int64_t columns, const uint8_t* add,
+                const uint8_t* sub, int64_t rows, int64_t steps, float* y, int64_t y_stride,
+                const float* row_scale);
+
+}  // namespace nq_packed

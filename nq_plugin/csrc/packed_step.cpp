@@ -1,0 +1,170 @@
+// One LSTM step computed from packed 1/2-bit words on the CPU (packed_lstm_step): both products
+// with the lookup kernel of packed_gemv.cpp (packed_products.h), the folded normalization, the
+// gates and the cell (vec_math.h's lstm_cell, the native recurrence's own) in one call -- a
+// generation step of a packed model (nq_plugin/packed/kernels/native.py, lstm_stepper).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "native.h"
+#include "packed_products.h"
+#include "vec_math.h"
+
+using namespace nq_packed;
+
+// One whole LSTM step from packed words (the CPU twin of the fused Triton step): for rows
+// j, H + j, 2H + j, 3H + j the gate pre-activations ax * N_x(B_x x) + ah * N_h(B_h h) + shift,
+// then c' = sigmoid(f) c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c'). ax, ah, shift fold the
+// per-row scales, a per-feature affine normalization and the bias (N = identity); a term given
+// `pre` (pre_x / pre_h) is layer-normalized instead: N(y) = standardize(pre * y) over each of
+// its 4 gate blocks (mean and biased variance over the block, + eps), as the native recurrence's
+// ROW_BLOCKS, with ax / ah the layer norm's gain. Blocks of 8 hidden units: the 4 gates' 8 rows
+// each, then the cell for those units while the gates are in cache; a layer-normalized term
+// needs all 4H rows first (a pass before). x (B, K), h and c (B, H) float32; planes contiguous
+// int32 (R = 4H rows); returns {h', c'}.
+std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, torch::Tensor c,
+                                            torch::Tensor ih_plus,
+                                            c10::optional<torch::Tensor> ih_neg,
+                                            torch::Tensor hh_plus,
+                                            c10::optional<torch::Tensor> hh_neg,
+                                            torch::Tensor ax, torch::Tensor ah,
+                                            torch::Tensor shift,
+                                            c10::optional<torch::Tensor> pre_x,
+                                            c10::optional<torch::Tensor> pre_h, double eps_x,
+                                            double eps_h,
+                                            c10::optional<torch::Tensor> hh_q8_add,
+                                            c10::optional<torch::Tensor> hh_q8_sub) {
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32 && h.scalar_type() == torch::kFloat32 &&
+              c.scalar_type() == torch::kFloat32, "x, h, c must be float32");
+  const int64_t batch = x.size(0), inputs = x.size(1), hidden = h.size(1), rows = 4 * hidden;
+  auto ih = planes_of(ih_plus, ih_neg, "packed_lstm_step (ih)");
+  auto hh = planes_of(hh_plus, hh_neg, "packed_lstm_step (hh)");
+  const int64_t wx = ih.first.size(1), wh = hh.first.size(1);
+  TORCH_CHECK(ih.first.size(0) == rows && hh.first.size(0) == rows, "planes must have 4H rows");
+  TORCH_CHECK(inputs <= wx * 32 && hidden <= wh * 32, "inputs do not fit the packed words");
+  TORCH_CHECK(ax.numel() == rows && ah.numel() == rows && shift.numel() == rows,
+              "ax, ah and shift need 4H values");
+  auto xc = x.contiguous(), hc = h.contiguous(), cc = c.contiguous();
+  auto axc = ax.contiguous(), ahc = ah.contiguous(), sc = shift.contiguous();
+  const auto tx = build_tables(xc.data_ptr<float>(), batch, inputs, inputs, wx,
+                               ih.second.has_value());
+  // int8 activations for the recurrent product (the optional inexact mode): its nibble layout
+  const bool q8 = hh_q8_add.has_value();
+  if (q8) {
+    check_q8(*hh_q8_add, hh_q8_sub, rows, hidden);
+    TORCH_CHECK(hh_q8_sub.has_value() == hh.second.has_value(),
+                "int8-activation layout: a subtract plane goes with 2-bit W_h only");
+  }
+  const auto th = q8 ? std::vector<float>() : build_tables(hc.data_ptr<float>(), batch, hidden,
+                                                            hidden, wh, hh.second.has_value());
+  // the two products: plane pointers, tables, words, and the layer norm's per-row scale
+  struct Term {
+    const uint32_t *plus, *neg;
+    const float* tables;
+    int64_t words;
+    torch::Tensor pre;
+    double eps;
+  };
+  Term terms[2] = {
+      {reinterpret_cast<const uint32_t*>(ih.first.data_ptr<int32_t>()), words_of(ih.second),
+       tx.data(), wx, pre_x.has_value() ? pre_x->contiguous().to(torch::kFloat32) : torch::Tensor(),
+       eps_x},
+      {reinterpret_cast<const uint32_t*>(hh.first.data_ptr<int32_t>()), words_of(hh.second),
+       th.data(), wh, pre_h.has_value() ? pre_h->contiguous().to(torch::kFloat32) : torch::Tensor(),
+       eps_h}};
+  for (const Term& term : terms)
+    TORCH_CHECK(!term.pre.defined() || term.pre.numel() == rows, "pre needs 4H values");
+  // dots of rows first..first+7 (clamped to the gate's rows) with every activation row
+  auto dots = [&](const Term& term, int64_t first, int64_t limit, float* out) {
+    const uint32_t *prow[kLanes], *nrow[kLanes];
+    block_rows(term.plus, term.words, first, limit, prow);
+    if (term.neg != nullptr) block_rows(term.neg, term.words, first, limit, nrow);
+    rows_dot(prow, term.neg == nullptr ? nullptr : nrow, term.words, term.tables,
+             term.words * kTableFloats, batch, out);
+  };
+  // terms computed for all rows first -- layer-normalized ones (pre * (B y), then each gate
+  // block standardized in place) and the int8-activation product -- read by the cell pass
+  std::vector<float> normalized[2];
+  const bool whole[2] = {terms[0].pre.defined(), terms[1].pre.defined() || q8};
+  for (int t = 0; t < 2; ++t) {
+    const Term& term = terms[t];
+    if (!whole[t]) continue;
+    std::vector<float>& y = normalized[t];
+    y.resize(batch * rows);
+    const float* pre = term.pre.defined() ? term.pre.data_ptr<float>() : nullptr;
+    if (t == 1 && q8) {
+      q8_product(hc.data_ptr<float>(), batch, hidden, hidden, hh_q8_add->data_ptr<uint8_t>(),
+                 hh_q8_sub.has_value() ? hh_q8_sub->data_ptr<uint8_t>() : nullptr, rows,
+                 hh_q8_add->size(1), y.data(), rows, pre);
+    } else {
+      at::parallel_for(0, (rows + kLanes - 1) / kLanes, 16, [&](int64_t begin, int64_t end) {
+        std::vector<float> acc(kLanes * batch);
+        for (int64_t blk = begin; blk < end; ++blk) {
+          const int64_t r0 = blk * kLanes;
+          dots(term, r0, rows, acc.data());
+          for (int64_t b = 0; b < batch; ++b)
+            for (int64_t l = 0; l < kLanes && r0 + l < rows; ++l)
+              y[b * rows + r0 + l] = pre[r0 + l] * acc[b * kLanes + l];
+        }
+      });
+    }
+    if (pre == nullptr) continue;  // not layer-normalized
+    at::parallel_for(0, batch * 4, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t q = begin; q < end; ++q) {
+        float* v = y.data() + (q / 4) * rows + (q % 4) * hidden;
+        nq_native::standardize(v, v, hidden, term.eps);  // as the native recurrence
+      }
+    });
+  }
+  const float *axd = axc.data_ptr<float>(), *ahd = ahc.data_ptr<float>(),
+              *sd = sc.data_ptr<float>(), *cd = cc.data_ptr<float>();
+  auto h_out = torch::empty({batch, hidden}, x.options());
+  auto c_out = torch::empty({batch, hidden}, x.options());
+  float *ho = h_out.data_ptr<float>(), *co = c_out.data_ptr<float>();
+  using Vec = nq_native::Vec<float>;
+  static_assert(kLanes % Vec::size() == 0, "a block is a whole number of vectors");
+  const int64_t blocks = (hidden + kLanes - 1) / kLanes;
+  at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
+    std::vector<float> g2[2] = {std::vector<float>(kLanes * batch),
+                                std::vector<float>(kLanes * batch)};
+    std::vector<float> pre(4 * kLanes * batch);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t j0 = blk * kLanes, units = std::min(kLanes, hidden - j0);
+      for (int64_t g = 0; g < 4; ++g) {
+        const int64_t r0 = g * hidden + j0, limit = g * hidden + hidden;
+        for (int t = 0; t < 2; ++t) {
+          if (whole[t]) {
+            for (int64_t b = 0; b < batch; ++b)
+              for (int64_t l = 0; l < kLanes; ++l)
+                g2[t][b * kLanes + l] = normalized[t][b * rows + std::min(r0 + l, limit - 1)];
+          } else {
+            dots(terms[t], r0, limit, g2[t].data());
+          }
+        }
+        for (int64_t b = 0; b < batch; ++b)
+          for (int64_t l = 0; l < kLanes; ++l) {
+            const int64_t r = std::min(r0 + l, limit - 1);
+            pre[(b * 4 + g) * kLanes + l] =
+                axd[r] * g2[0][b * kLanes + l] + ahd[r] * g2[1][b * kLanes + l] + sd[r];
+          }
+      }
+      for (int64_t b = 0; b < batch; ++b) {
+        const float* p = pre.data() + b * 4 * kLanes;
+        alignas(32) float c_prev[kLanes] = {0}, c_new[kLanes], h_new[kLanes];
+        std::copy(cd + b * hidden + j0, cd + b * hidden + j0 + units, c_prev);
+        for (int64_t q = 0; q < kLanes; q += Vec::size()) {
+          const auto cell = nq_native::lstm_cell<float>(
+              Vec::loadu(p + q), Vec::loadu(p + kLanes + q), Vec::loadu(p + 2 * kLanes + q),
+              Vec::loadu(p + 3 * kLanes + q), Vec::loadu(c_prev + q));
+          cell.c.store(c_new + q);
+          cell.h.store(h_new + q);
+        }
+        std::copy(c_new, c_new + units, co + b * hidden + j0);
+        std::copy(h_new, h_new + units, ho + b * hidden + j0);
+      }
+    }
+  });
+  return {h_out, c_out};
+}
