@@ -25,7 +25,7 @@ import torch
 from ..checkpoint import DIGEST_KEY, load_checkpoint, model_config, seal
 from ..files import atomic_copy, atomic_path, atomic_write_text, sha256_file
 from .card import model_card
-from .derive import pack_entry, packed_mismatches
+from .derive import pack_entry, rebuild_problems
 from .evaluate import evaluate_checkpoint
 from .fetch import verify_folder
 from .manifest import Manifest, Metric, ZooEntry, ZooError, ZooFile, zoo_root
@@ -156,7 +156,6 @@ def unbundle_packed(name: str) -> int:
     if all(not f.bundled for f in packed):
         return 0
     with tempfile.TemporaryDirectory(dir=folder, prefix=".unbundle.") as tmp:
-        from .derive import rebuild_problems
         problems = rebuild_problems(entry, folder, os.path.join(tmp, "packed"))
     if problems:
         raise ZooError(f"{entry.name}: nq-pack does not rebuild the listed packed copy "
