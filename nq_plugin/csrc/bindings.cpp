@@ -27,6 +27,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("packed_unpack", &packed_unpack, "diag(scale) B from packed 1/2-bit words, dense fp32");
   m.def("recurrence_forward", &recurrence_forward,
         "normalized LSTM time loop, forward (nq_plugin/nn/recurrence.py)");
+  py::class_<NormTerm>(m, "NormTerm",
+                       "one normalization's native form for the recurrence (NativeForm)")
+      .def(py::init<>())
+      .def_readwrite("op", &NormTerm::op)
+      .def_readwrite("eps", &NormTerm::eps)
+      .def_readwrite("first", &NormTerm::first)
+      .def_readwrite("second", &NormTerm::second)
+      .def_readwrite("momentum", &NormTerm::momentum)
+      .def_readwrite("accum_forward", &NormTerm::accum_forward)
+      .def_readwrite("accum_backward", &NormTerm::accum_backward)
+      .def_readwrite("nu", &NormTerm::nu);
   m.def("native_ops", &native_ops,
         "the recurrence's operations by name (native_ops.h): what NativeForm.op names");
   m.def("recurrence_backward", &recurrence_backward,

@@ -24,23 +24,26 @@ torch::Tensor packed_gemv_q8(torch::Tensor x, torch::Tensor add, c10::optional<t
 torch::Tensor packed_unpack(torch::Tensor plus, c10::optional<torch::Tensor> neg,
                             c10::optional<torch::Tensor> scale, int64_t columns);
 
+// One normalization's native form (nq_plugin/norm/base.py, NativeForm) as the recurrence takes
+// it, for either term: the operation's number (native_ops.h), eps, its two (S, F) tensors, the
+// running statistics' momentum, PowerNorm's forward / backward accumulators and its nu.
+struct NormTerm {
+  int64_t op = 0;
+  double eps = 0.0;
+  c10::optional<at::Tensor> first, second;
+  double momentum = 0.0;
+  c10::optional<at::Tensor> accum_forward, accum_backward, nu;
+};
+
 std::vector<at::Tensor> recurrence_forward(
     at::Tensor px, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor shift,
-    c10::optional<at::Tensor> gain_x, c10::optional<at::Tensor> gain_h,
-    int64_t op_x, double eps_x, c10::optional<at::Tensor> first_x,
-    c10::optional<at::Tensor> second_x, double momentum_x,
-    int64_t op_h, double eps_h, c10::optional<at::Tensor> first_h,
-    c10::optional<at::Tensor> second_h, double momentum_h, int64_t t0, bool keep,
-    c10::optional<at::Tensor> w_packed, c10::optional<at::Tensor> accum_x,
-    c10::optional<at::Tensor> accum_h);
+    c10::optional<at::Tensor> gain_x, c10::optional<at::Tensor> gain_h, const NormTerm& x,
+    const NormTerm& h, int64_t t0, bool keep, c10::optional<at::Tensor> w_packed);
 
 std::vector<at::Tensor> recurrence_backward(
     c10::optional<at::Tensor> grad_out, c10::optional<at::Tensor> grad_h,
     c10::optional<at::Tensor> grad_c, at::Tensor px, at::Tensor h0, at::Tensor c0,
     at::Tensor out, at::Tensor c_all, std::vector<at::Tensor> acts,
-    std::vector<at::Tensor> z_hat, at::Tensor stats_x, at::Tensor stats_h, at::Tensor w_hh, c10::optional<at::Tensor> gain_x,
-    c10::optional<at::Tensor> gain_h, int64_t op_x, c10::optional<at::Tensor> first_x,
-    c10::optional<at::Tensor> second_x, int64_t op_h, c10::optional<at::Tensor> second_h,
-    int64_t t0, c10::optional<at::Tensor> w_packed_t, c10::optional<at::Tensor> nu_x,
-    c10::optional<at::Tensor> accum_backward_x, c10::optional<at::Tensor> nu_h,
-    c10::optional<at::Tensor> accum_backward_h);
+    std::vector<at::Tensor> z_hat, at::Tensor stats_x, at::Tensor stats_h, at::Tensor w_hh,
+    c10::optional<at::Tensor> gain_x, c10::optional<at::Tensor> gain_h, const NormTerm& x,
+    const NormTerm& h, int64_t t0, c10::optional<at::Tensor> w_packed_t);

@@ -588,18 +588,16 @@ Tensor gain_or_ones(const c10::optional<Tensor>& gain, const Tensor& like, int64
 
 std::vector<Tensor> recurrence_forward(
     Tensor px, Tensor h0, Tensor c0, Tensor w_hh, Tensor shift,
-    c10::optional<Tensor> gain_x, c10::optional<Tensor> gain_h,
-    int64_t op_x, double eps_x, c10::optional<Tensor> first_x, c10::optional<Tensor> second_x,
-    double momentum_x, int64_t op_h, double eps_h, c10::optional<Tensor> first_h,
-    c10::optional<Tensor> second_h, double momentum_h, int64_t t0, bool keep,
-    c10::optional<Tensor> w_packed, c10::optional<Tensor> accum_x,
-    c10::optional<Tensor> accum_h) {
+    c10::optional<Tensor> gain_x, c10::optional<Tensor> gain_h, const NormTerm& x,
+    const NormTerm& h, int64_t t0, bool keep, c10::optional<Tensor> w_packed) {
   TORCH_CHECK(px.dim() == 3 && px.size(2) % kBlocks == 0, "px must be (T, B, 4H)");
   TORCH_CHECK(px.size(0) > 0, "the recurrence needs at least one step");
   const int64_t features = px.size(2);
   px = px.contiguous();
-  const Norm nx = make_norm(op_x, eps_x, first_x, second_x, momentum_x, accum_x, features);
-  const Norm nh = make_norm(op_h, eps_h, first_h, second_h, momentum_h, accum_h, features);
+  const Norm nx = make_norm(x.op, x.eps, x.first, x.second, x.momentum, x.accum_forward,
+                            features);
+  const Norm nh = make_norm(h.op, h.eps, h.first, h.second, h.momentum, h.accum_forward,
+                            features);
   const Tensor gx = gain_or_ones(gain_x, px, features), gh = gain_or_ones(gain_h, px, features);
   std::vector<Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(px.scalar_type(), "nq_recurrence_forward", [&] {
@@ -612,12 +610,10 @@ std::vector<Tensor> recurrence_forward(
 std::vector<Tensor> recurrence_backward(
     c10::optional<Tensor> grad_out, c10::optional<Tensor> grad_h, c10::optional<Tensor> grad_c,
     Tensor px, Tensor h0, Tensor c0, Tensor out, Tensor c_all, std::vector<Tensor> acts,
-    std::vector<Tensor> z_hat, Tensor stats_x, Tensor stats_h, Tensor w_hh, c10::optional<Tensor> gain_x,
-    c10::optional<Tensor> gain_h, int64_t op_x, c10::optional<Tensor> first_x,
-    c10::optional<Tensor> second_x, int64_t op_h, c10::optional<Tensor> second_h, int64_t t0,
-    c10::optional<Tensor> w_packed_t, c10::optional<Tensor> nu_x,
-    c10::optional<Tensor> accum_backward_x, c10::optional<Tensor> nu_h,
-    c10::optional<Tensor> accum_backward_h) {
+    std::vector<Tensor> z_hat, Tensor stats_x, Tensor stats_h, Tensor w_hh,
+    c10::optional<Tensor> gain_x, c10::optional<Tensor> gain_h, const NormTerm& x,
+    const NormTerm& h, int64_t t0, c10::optional<Tensor> w_packed_t) {
+  const int64_t op_x = x.op, op_h = h.op;
   const int64_t batch = out.size(1), hidden = out.size(2), features = kBlocks * hidden;
   TORCH_CHECK(op_x != AFFINE && op_h != AFFINE, "the AFFINE op is for inference only");
   Tensor go = grad_out.has_value() && grad_out->defined() ? grad_out->contiguous() : Tensor();
@@ -633,9 +629,9 @@ std::vector<Tensor> recurrence_backward(
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "nq_recurrence_backward", [&] {
     backward_impl<scalar_t>(go, dh, dc, px.contiguous(), h0.contiguous(), c0.contiguous(), out,
                             c_all, acts, z_hat, stats_x, stats_h, w_hh, gx, gh, op_x,
-                            opt(first_x), opt(second_x), op_h, opt(second_h), t0,
-                            opt(w_packed_t), opt(nu_x), opt(accum_backward_x), opt(nu_h),
-                            opt(accum_backward_h), result);
+                            opt(x.first), opt(x.second), op_h, opt(h.second), t0,
+                            opt(w_packed_t), opt(x.nu), opt(x.accum_backward), opt(h.nu),
+                            opt(h.accum_backward), result);
   });
   return result;
 }

@@ -153,9 +153,9 @@ class _NativeRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0):
         module = native_extension()
-        res = module.recurrence_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, *_args(form_x),
-                                        *_args(form_h), t0, True, prepacked(w_hh, px.shape[1]),
-                                        form_x.accum_forward, form_h.accum_forward)
+        res = module.recurrence_forward(px, h0, c0, w_hh, shift, gain_x, gain_h,
+                                        native_term(form_x), native_term(form_h), t0, True,
+                                        prepacked(w_hh, px.shape[1]))
         out, h, c = res[:3]  # then c_all, stats_x, stats_h, T z_hat and T activations
         ctx.forms, ctx.t0 = (form_x, form_h), t0
         ctx.save_for_backward(px, h0, c0, out, w_hh, gain_x, gain_h, *res[3:])
@@ -170,10 +170,8 @@ class _NativeRecurrence(torch.autograd.Function):
         form_x, form_h = ctx.forms
         grads = native_extension().recurrence_backward(
             grad_out, grad_h, grad_c, px, h0, c0, out, c_all, acts, z_hat, stats_x, stats_h,
-            w_hh, gain_x, gain_h, native_op(form_x.op), form_x.first, form_x.second,
-            native_op(form_h.op),
-            form_h.second, ctx.t0, prepacked(w_hh.t(), out.shape[1]), form_x.nu,
-            form_x.accum_backward, form_h.nu, form_h.accum_backward)
+            w_hh, gain_x, gain_h, native_term(form_x), native_term(form_h), ctx.t0,
+            prepacked(w_hh.t(), out.shape[1]))
         grad_px, dh0, dc0, grad_w, grad_shift, grad_gain_x, grad_gain_h = grads
         return (grad_px, dh0, dc0, grad_w, grad_shift,
                 None if gain_x is None else grad_gain_x,
@@ -196,8 +194,14 @@ def native_op(name: str) -> int:
 _NATIVE_OPS = None
 
 
-def _args(form):
-    return native_op(form.op), form.eps, form.first, form.second, form.momentum
+def native_term(form):
+    """A NativeForm as the extension's NormTerm (nq_plugin/csrc/native.h): what the
+    recurrence's entry points take for each term."""
+    term = native_extension().NormTerm()
+    term.op, term.eps, term.momentum = native_op(form.op), float(form.eps), float(form.momentum)
+    term.first, term.second, term.nu = form.first, form.second, form.nu
+    term.accum_forward, term.accum_backward = form.accum_forward, form.accum_backward
+    return term
 
 
 def native_loop_runs(x: torch.Tensor, forms, dtypes=(torch.float32, torch.float64),
@@ -275,9 +279,8 @@ def _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0,
     reorder of a 64 MB W_h costs more than a step."""
     with torch.no_grad():
         out, h, c = native_extension().recurrence_forward(
-            px, h0, c0, w_hh, shift, gain_x, gain_h, *_args(form_x), *_args(form_h), t0, False,
-            prepacked(w_hh, px.shape[1]) if layout is None else layout,
-            form_x.accum_forward, form_h.accum_forward)
+            px, h0, c0, w_hh, shift, gain_x, gain_h, native_term(form_x), native_term(form_h),
+            t0, False, prepacked(w_hh, px.shape[1]) if layout is None else layout)
     return out, h, c
 
 
