@@ -7,6 +7,7 @@ import shlex
 
 from ..zoo.build import EntrySpec, add_digest, add_entry, add_packed, unbundle_packed
 from ..zoo.manifest import ZooError
+from ..zoo.text_formats import TEXT_FORMATS
 
 
 def add_parser(sub) -> None:
@@ -27,7 +28,7 @@ def add_parser(sub) -> None:
     s.add_argument("--train-command", required=True, help="the training command(s)")
     s.add_argument("--logs", nargs="+", default=[], help="training logs to bundle")
     s.add_argument("--eval-text", help="plain-text evaluation file to bundle")
-    s.add_argument("--text-format", default="ptb_char", choices=["ptb_char", "words"])
+    s.add_argument("--text-format", default="ptb_char", choices=sorted(TEXT_FORMATS))
     s.add_argument("--half-embeddings", action="store_true",
                    help="store embedding and softmax weights in fp16 in model.pt (the "
                         "evaluation below measures the model as stored)")

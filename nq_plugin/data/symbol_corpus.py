@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import zipfile
 from typing import Dict, IO, Iterator, List, Optional, Sequence, Tuple
 
@@ -90,25 +91,53 @@ def split_bounds(size: int, fractions: Sequence[float] = (), sizes: Sequence[int
     return out
 
 
-def _write_splits(path, member, bounds, d, table, out_dir, split_sizes) -> None:
+def write_items(items: Iterator[np.ndarray], vocab_size: int, prefix: str) -> None:
+    """Write arrays of symbol ids as the items of fairseq's mmap indexed dataset ``prefix``
+    (.bin/.idx), adding nothing (fairseq-preprocess would append end-of-sentence to each)."""
     from fairseq.data import indexed_dataset
+    builder = indexed_dataset.make_builder(indexed_dataset.data_file_path(prefix), "mmap",
+                                           vocab_size=vocab_size)
+    for ids in items:
+        builder.add_item(torch.from_numpy(np.asarray(ids, dtype=np.int64)))
+    builder.finalize(indexed_dataset.index_file_path(prefix))
+
+
+def _split_items(path, member, start, end, table) -> Iterator[np.ndarray]:
+    f, _ = _open(path, member)
+    with f:
+        if member is not None and start:  # zip members cannot seek cheaply: skip forward
+            for _ in _chunks(f, 0, start):
+                pass
+            start_in = 0
+        else:
+            start_in = start
+        for block in _chunks(f, start_in, start_in + (end - start)):
+            yield table[np.frombuffer(block, dtype=np.uint8)]
+
+
+def _write_splits(path, member, bounds, d, table, out_dir, split_sizes) -> None:
     for name, start, end in bounds:
-        prefix = os.path.join(out_dir, name)
-        builder = indexed_dataset.make_builder(indexed_dataset.data_file_path(prefix), "mmap",
-                                               vocab_size=len(d))
-        f, _ = _open(path, member)
-        with f:
-            if member is not None and start:  # zip members cannot seek cheaply: skip forward
-                for _ in _chunks(f, 0, start):
-                    pass
-                start_in = 0
-            else:
-                start_in = start
-            for block in _chunks(f, start_in, start_in + (end - start)):
-                ids = table[np.frombuffer(block, dtype=np.uint8)]
-                builder.add_item(torch.from_numpy(ids))
-        builder.finalize(indexed_dataset.index_file_path(prefix))
+        write_items(_split_items(path, member, start, end, table), len(d),
+                    os.path.join(out_dir, name))
         split_sizes[name] = end - start
+
+
+def binarize_with_dictionary(path: str, dict_path: str, out_dir: str, split: str = "test"
+                             ) -> int:
+    """Binarize a whole file byte by byte with an existing byte dictionary (a zoo model's
+    dict.txt) as the ``split`` of a new data folder ``out_dir`` (its dict.txt copied beside);
+    a byte the dictionary lacks becomes ``<unk>``. Returns the number of symbols."""
+    from fairseq.data import Dictionary
+
+    d = Dictionary.load(dict_path)
+    table = np.full(256, d.unk(), dtype=np.int64)
+    for b in range(256):
+        table[b] = d.index(byte_symbol(b))
+    size = os.path.getsize(path)
+    with atomic_folder(out_dir) as tmp:
+        write_items(_split_items(path, None, 0, size, table), len(d), os.path.join(tmp, split))
+        shutil.copyfile(dict_path, os.path.join(tmp, "dict.txt"))
+    return size
 
 
 def prepare(path: str, out_dir: str, fractions: Sequence[float] = (0.8, 0.1, 0.1),

@@ -40,17 +40,22 @@ def run_tool(argv: List[str]) -> str:
 
 def binarize_eval_text(entry: ZooEntry, folder: str, out: str) -> str:
     """The model's bundled evaluation text in its symbol format, binarized with its dict.txt
-    as the ``test`` split of a new data folder ``out``."""
-    from .text_formats import encode
+    as the ``test`` split of a new data folder under ``out`` (returned): with
+    fairseq-preprocess for a line format, byte by byte for a stream format (``bytes``)."""
+    from .text_formats import encode, text_format
     src = os.path.join(folder, *entry.eval_text.split("/"))
+    dict_path = os.path.join(folder, "dict.txt")
+    if not text_format(entry.text_format).lines:
+        from ..data.symbol_corpus import binarize_with_dictionary
+        binarize_with_dictionary(src, dict_path, os.path.join(out, "bin"))
+        return os.path.join(out, "bin")
     lines = [" ".join(encode(entry.text_format, line))
              for line in open(src, encoding="utf-8").read().splitlines() if line.strip()]
     raw = os.path.join(out, "eval.txt")
     with open(raw, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
-    run_tool([tool("fairseq-preprocess"), "--only-source", "--srcdict",
-              os.path.join(folder, "dict.txt"), "--testpref", raw, "--destdir",
-              os.path.join(out, "bin"), "--workers", "1"])
+    run_tool([tool("fairseq-preprocess"), "--only-source", "--srcdict", dict_path,
+              "--testpref", raw, "--destdir", os.path.join(out, "bin"), "--workers", "1"])
     return os.path.join(out, "bin")
 
 

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 import torch
 
 from ..checkpoint import load_checkpoint
-from .text_formats import decode, encode
+from .text_formats import decode, encode, symbol_ids, text_format
 
 
 class ZooLM(torch.nn.Module):
@@ -65,12 +65,7 @@ class ZooLM(torch.nn.Module):
         return next(self.models[0].buffers()).device
 
     def _ids(self, text: str) -> List[int]:
-        ids: List[int] = []
-        for line in text.split("\n"):
-            if line.strip():
-                ids += [self.dictionary.index(s) for s in encode(self.text_format, line)]
-                ids.append(self.dictionary.eos())
-        return ids
+        return symbol_ids(self.text_format, self.dictionary, text)
 
     @torch.no_grad()
     def score(self, text: str) -> Dict[str, float]:
@@ -93,7 +88,7 @@ class ZooLM(torch.nn.Module):
             raise ValueError("temperature must be > 0")
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         d = self.dictionary
-        banned = [d.pad(), d.bos()] + ([d.unk()] if self.text_format != "words" else [])
+        banned = text_format(self.text_format).banned(d)
         prompt_symbols = encode(self.text_format, prompt)
         ids = [d.eos()] + [d.index(s) for s in prompt_symbols]
         state: Dict = {}

@@ -96,13 +96,12 @@ DATASETS: Dict[str, Dataset] = {
         note="The embedding and softmax weights are stored in fp16 to keep the repository "
              "small (the LSTM's latent weights stay fp32); the packed copy is listed for the "
              "Hub but rebuilt from model.pt on first use (2 x 12 MB)."),
-    # TODO before the first War and Peace entry: its symbols are bytes (<0x20> for the space,
-    # nq_plugin/data/symbol_corpus.py), so the shipped evaluation text needs a "bytes" text
-    # format binarized without fairseq-preprocess's end-of-line symbols; "ptb_char" is wrong
+    # its symbols are bytes (<0x20> for the space): the bundled evaluation text is binarized
+    # byte by byte, without fairseq-preprocess's end-of-line symbols (text format "bytes")
     "warpeace": Dataset(
         "recipes/warpeace/train.sh", "warpeace", "bpc",
         ("--task", "bptt_lm", "--gen-subset", "test", "--tokens-per-sample", "100",
-         "--batch-size", "16", "--cpu"), "ptb_char", "zoo/eval_text/news_en.txt",
+         "--batch-size", "16", "--cpu"), "bytes", "zoo/eval_text/news_en.txt",
         save_every=400),
 }
 

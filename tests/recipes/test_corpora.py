@@ -55,6 +55,18 @@ def test_warpeace_preparation_keeps_every_byte(tmp_path):
         assert d.index(s) != d.unk()
     ckpt = train(out, tmp_path / "ckpt", *TINY, arch="nq_lstm_lm_warpeace", updates=2)
     assert ckpt.exists()
+    # a zoo card's evaluation text (format "bytes") binarized for it; fairseq-eval-lm scores
+    # every byte of it (none added: no end-of-sentence symbols, as in training)
+    from types import SimpleNamespace
+    from nq_plugin.zoo.evaluate import binarize_eval_text
+    (out / "eval").mkdir()
+    (out / "eval" / "eval.txt").write_text(text[:2000].replace("«", "\""), encoding="utf-8")
+    bin_dir = binarize_eval_text(SimpleNamespace(eval_text="eval/eval.txt", text_format="bytes"),
+                                 str(out), str(tmp_path / "work"))
+    r = eval_lm(bin_dir, ckpt, "--gen-subset", "test", "--tokens-per-sample", "50")
+    assert 0 < r["loss"] < 20
+    assert stream(tmp_path / "work" / "bin", "test")[0] == text[:2000].replace(
+        "«", "\"").encode("utf-8")
     # the real file's checksum is enforced by default
     bad = run(RECIPES / "warpeace" / "prepare.sh", tmp_path / "out2", src, check=False)
     assert bad.returncode != 0 and "not the original file" in bad.stderr
