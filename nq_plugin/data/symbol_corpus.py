@@ -91,6 +91,11 @@ def split_bounds(size: int, fractions: Sequence[float] = (), sizes: Sequence[int
     return out
 
 
+def byte_table(d) -> np.ndarray:
+    """Byte value -> dictionary id (``<unk>`` for a byte the dictionary lacks)."""
+    return np.array([d.index(byte_symbol(b)) for b in range(256)], dtype=np.int64)
+
+
 def write_items(items: Iterator[np.ndarray], vocab_size: int, prefix: str) -> None:
     """Write arrays of symbol ids as the items of fairseq's mmap indexed dataset ``prefix``
     (.bin/.idx), adding nothing (fairseq-preprocess would append end-of-sentence to each)."""
@@ -130,9 +135,7 @@ def binarize_with_dictionary(path: str, dict_path: str, out_dir: str, split: str
     from fairseq.data import Dictionary
 
     d = Dictionary.load(dict_path)
-    table = np.full(256, d.unk(), dtype=np.int64)
-    for b in range(256):
-        table[b] = d.index(byte_symbol(b))
+    table = byte_table(d)
     size = os.path.getsize(path)
     with atomic_folder(out_dir) as tmp:
         write_items(_split_items(path, None, 0, size, table), len(d), os.path.join(tmp, split))
@@ -174,9 +177,7 @@ def prepare(path: str, out_dir: str, fractions: Sequence[float] = (0.8, 0.1, 0.1
     d = Dictionary()
     for b in present:
         d.add_symbol(byte_symbol(b), n=int(train_counts[b]))
-    table = np.full(256, d.unk(), dtype=np.int64)
-    for b in present:
-        table[b] = d.index(byte_symbol(b))
+    table = byte_table(d)
     split_sizes = {}
     with atomic_folder(out_dir) as tmp:  # an interrupted run leaves no half-written corpus
         _write_splits(path, member, bounds, d, table, tmp, split_sizes)

@@ -158,13 +158,13 @@ PLAN: List[Run] = [
         190, "From the bundled weights (epoch 7) with a fresh schedule: " + WORD_TEXT
         + ", until the plateaus brought the learning rate below 0.1.", from_zoo=True),
     Run("ptb-word-bc-layer", "ptb-word-bc-layer", "ptb_word", "bc", "layer", 40, 89.4, None,
-        WORD_TEXT.capitalize() + ", 40 epochs."),
+        WORD_TEXT[0].upper() + WORD_TEXT[1:] + ", 40 epochs."),
     Run("ptb-word-tc-layer", "ptb-word-tc-layer", "ptb_word", "tc", "layer", 40, 88.2, None,
-        WORD_TEXT.capitalize() + ", 40 epochs."),
+        WORD_TEXT[0].upper() + WORD_TEXT[1:] + ", 40 epochs."),
     Run("ptb-word-bc-weight", "ptb-word-bc-weight", "ptb_word", "bc", "weight", 40, 87.6, None,
-        WORD_TEXT.capitalize() + ", 40 epochs."),
+        WORD_TEXT[0].upper() + WORD_TEXT[1:] + ", 40 epochs."),
     Run("ptb-word-fp", "ptb-word-fp", "ptb_word", "fp", "none", 40, 91.5, None,
-        WORD_TEXT.capitalize() + ", 40 epochs."),
+        WORD_TEXT[0].upper() + WORD_TEXT[1:] + ", 40 epochs."),
     # War and Peace from scratch, then the char rows the zoo lacks: the paper's optimizer and
     # clipping with a shorter anneal (the bundled char models gained most in their anneal)
     Run("warpeace-tc-layer", "warpeace-tc-layer", "warpeace", "tc", "layer", SHORT_EPOCHS, 1.67,
