@@ -1,11 +1,13 @@
-"""``nq-zoo add``, ``add-packed``, ``add-digest``, ``unbundle-packed`` (for maintainers): argument
-parsing and printing over the library in nq_plugin/zoo/build.py."""
+"""``nq-zoo add``, ``compact``, ``add-packed``, ``add-digest``, ``unbundle-packed`` (for
+maintainers): argument parsing and printing over the library in nq_plugin/zoo/build.py."""
 from __future__ import annotations
 
 import json
 import shlex
 
-from ..zoo.build import EntrySpec, add_digest, add_entry, add_packed, unbundle_packed
+from ..storage import LOSSY_CHOICES
+from ..zoo.build import (EntrySpec, add_digest, add_entry, add_packed, compact_entry,
+                          unbundle_packed)
 from ..zoo.manifest import ZooError
 from ..zoo.text_formats import TEXT_FORMATS
 
@@ -29,9 +31,7 @@ def add_parser(sub) -> None:
     s.add_argument("--logs", nargs="+", default=[], help="training logs to bundle")
     s.add_argument("--eval-text", help="plain-text evaluation file to bundle")
     s.add_argument("--text-format", default="ptb_char", choices=sorted(TEXT_FORMATS))
-    s.add_argument("--half-embeddings", action="store_true",
-                   help="store embedding and softmax weights in fp16 in model.pt (the "
-                        "evaluation below measures the model as stored)")
+    add_storage_options(s)
     s.add_argument("--no-packed", action="store_true", help="bundle no packed copy")
     s.add_argument("--notes", default="", help="limitations paragraph of the card")
     s.add_argument("--training-json",
@@ -42,6 +42,13 @@ def add_parser(sub) -> None:
                         "folder, as add-packed --unbundled does")
     s.add_argument("--force", action="store_true", help="replace this model's zoo folder")
     s.set_defaults(func=cmd_add)
+    s = sub.add_parser("compact", help="(maintainers) store a bundled model's model.pt "
+                       "compactly (nq_plugin/storage.py), evaluate it again, rebuild its packed "
+                       "copy and card")
+    s.add_argument("name")
+    s.add_argument("--data", required=True, help="binarized data folder with the test split")
+    add_storage_options(s)
+    s.set_defaults(func=cmd_compact)
     s = sub.add_parser("add-digest", help="(maintainers) write the tensor digest into a "
                        "bundled model made before checkpoints carried one")
     s.add_argument("name")
@@ -61,6 +68,27 @@ def add_parser(sub) -> None:
                         "against their sha256 (for models whose packed copy is too large to "
                         "bundle)")
     s.set_defaults(func=cmd_add_packed)
+
+
+def add_storage_options(s) -> None:
+    s.add_argument("--floats", default="fp32", choices=LOSSY_CHOICES,
+                   help="encoding of the large floating-point tensors that are not quantized "
+                        "weights (embedding, softmax, a full-precision LSTM): lossy, so the "
+                        "test split is also evaluated before it and the card states both "
+                        "(default fp32: kept)")
+    s.add_argument("--no-compact", action="store_true",
+                   help="keep the quantized LSTM's latent weights in fp32 (by default they are "
+                        "stored in the smallest encoding that keeps their quantized weights "
+                        "bit-identical: int8 per row, else bfloat16)")
+
+
+def cmd_compact(args) -> int:
+    entry = compact_entry(args.name, args.data, floats=args.floats,
+                          compact=not args.no_compact)
+    size = entry.file(entry.checkpoint).size
+    print(f"{entry.name}: {entry.checkpoint} {size / 2**20:.2f} MiB, {entry.metric.name} "
+          f"{entry.metric.value:.4f}")
+    return 0
 
 
 def cmd_add_digest(args) -> int:
@@ -104,7 +132,7 @@ def cmd_add(args) -> int:
         epochs=args.epochs, trained_on=args.trained_on, train_command=args.train_command,
         paper_metric=args.paper_metric, paper_kb=args.paper_kb, logs=list(args.logs),
         eval_text=args.eval_text, text_format=args.text_format,
-        half_embeddings=args.half_embeddings, packed=not args.no_packed,
+        floats=args.floats, compact=not args.no_compact, packed=not args.no_packed,
         unbundled_packed=args.unbundled_packed, notes=args.notes, training=training,
         force=args.force)
     entry = add_entry(spec)

@@ -1,12 +1,14 @@
 """``CheckedLoading``: fairseq's ``load_state_dict`` (resume, eval-lm, the Hub loader) with NaN /
 inf parameters refused naming the tensor, a zoo checkpoint whose tensors differ from the digest
-written into it refused naming the file, a dictionary that is not the model's named as such,
+written into it refused naming the file, tensors stored compactly (:mod:`nq_plugin.storage`)
+decoded to fp32, a dictionary that is not the model's named as such,
 and tensors that do not fit the configuration (wrong shapes, missing or extra tensors) reported
 as a :class:`nq_plugin.checkpoint.CheckpointError`."""
 import os
 from typing import Optional
 
 from ..checkpoint import CheckpointError, check_finite, unseal
+from ..storage import StorageError, decode_state
 
 
 class CheckedLoading:
@@ -44,6 +46,10 @@ class CheckedLoading:
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         state_dict = unseal(state_dict)  # a zoo checkpoint's digest: verified, then dropped
+        try:
+            state_dict = decode_state(state_dict)  # compact storage (a zoo model.pt) -> fp32
+        except StorageError as err:
+            raise CheckpointError(str(err)) from None
         check_finite(state_dict, "checkpoint")
         self._check_dictionary(state_dict)
         try:

@@ -107,9 +107,15 @@ class NQLSTMLayer(nn.Module):
         latent weights that the quantizer declares (the paper's 2/a = 2 sqrt(H) for
         BinaryConnect/TerConnect), and the owning layer. Re-applied after unpickling and
         ``copy.deepcopy`` (which drops a Parameter's attributes)."""
-        for weight, q in ((self.weight_ih, self.ih_quantizer), (self.weight_hh, self.hh_quantizer)):
+        for _, weight, q in self.latent_weights():
             weight.nq_latent_scale = q.latent_lr_scale(self.hidden_size)
             weight.nq_layer = LayerRef(self)
+
+    def latent_weights(self):
+        """(name, latent weight, its quantizer) of the layer's two quantized weights: what the
+        optimizers' tags and the compact storage (:mod:`nq_plugin.storage`) pair up."""
+        return (("weight_ih", self.weight_ih, self.ih_quantizer),
+                ("weight_hh", self.weight_hh, self.hh_quantizer))
 
     @property
     def derived(self) -> DerivedCache:

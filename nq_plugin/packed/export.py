@@ -27,6 +27,7 @@ from ..checkpoint import DIGEST_KEY, CheckpointError, load_checkpoint, model_con
 from ..files import atomic_copy, write_error
 from .format import FORMAT_NAME, quantization_config
 from .io import save_packed
+from ..storage import STORAGE_KEY, Stored, encode_state, stored_tensors
 
 
 @dataclass
@@ -148,15 +149,25 @@ def pack_checkpoint(checkpoint: str, outdir: str, dictionary: Optional[str] = No
     lstm = next(m for m in model.modules() if isinstance(m, NQLSTM))
     prefix = export.prefix
     tensors = {prefix + k: v for k, v in export.module.state_dict().items() if torch.is_tensor(v)}
-    # weights outside the LSTM the checkpoint stored in fp16 (nq-zoo add --half-embeddings)
-    # stay fp16: the model loads them into fp32 parameters, so the round trip is exact
+    # weights outside the LSTM that the checkpoint stores compactly (the zoo's int8 embedding
+    # and softmax, nq_plugin/storage.py) are carried as stored: the model decoded them into
+    # its parameters, so the packed copy decodes to the same values; legacy fp16 ones too
     source = state.get("model") or {}
-    half = sorted(k for k, v in tensors.items() if not k.startswith(prefix + "lstm.")
-                  and torch.is_tensor(source.get(k)) and source[k].dtype == torch.float16
-                  and v.is_floating_point())
-    for k in half:
-        tensors[k] = tensors[k].half()
-    other = "fp32" if not half else "fp16: " + ", ".join(half) + "; the rest fp32"
+    carried = {}
+    for name, stored in stored_tensors(source):
+        if name in tensors and not name.startswith(prefix + "lstm."):
+            if not torch.equal(stored.decode(), tensors[name].float()):
+                raise CheckpointError(f"{checkpoint}: {name} as stored does not decode to the "
+                                      "model's tensor; the file is damaged")
+            carried[name] = stored
+    for k, v in list(tensors.items()):
+        if k not in carried and not k.startswith(prefix + "lstm.") and torch.is_tensor(
+                source.get(k)) and source[k].dtype == torch.float16 and v.is_floating_point():
+            carried[k] = Stored("float16", {"": v.half()})
+    tensors = encode_state(tensors, carried)
+    record = tensors.pop(STORAGE_KEY, None)
+    other = "fp32" if not carried else "; ".join(
+        f"{stored.encoding}: {k}" for k, stored in sorted(carried.items())) + "; the rest fp32"
     packed_lstm = export.module.lstm
     config = {"model": export.config,
               "quantization_config": quantization_config(packed_lstm.metas,
@@ -165,6 +176,8 @@ def pack_checkpoint(checkpoint: str, outdir: str, dictionary: Optional[str] = No
     fairseq_state = {k: v for k, v in state.items() if k not in ("last_optimizer_state",)}
     fairseq_state["cfg"] = dict(state["cfg"], model=export.config)
     fairseq_state["model"] = dict(tensors, **export.extra_state)
+    if record is not None:
+        fairseq_state["model"][STORAGE_KEY] = record
     fairseq_state["last_optimizer_state"] = None
     if DIGEST_KEY in source:  # a sealed (zoo) checkpoint's packed copy is sealed too
         seal(fairseq_state)

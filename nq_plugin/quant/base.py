@@ -12,7 +12,7 @@ entries outside it.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Type
+from typing import Callable, Dict, Optional, Sequence, Type
 
 import torch
 from torch import nn
@@ -100,6 +100,45 @@ class Quantizer(nn.Module):
         with torch.no_grad():
             q = self.quantize(weight.detach(), second_moment)
         return straight_through(weight, q, self.latent_clip)
+
+    def compact(self, latent: torch.Tensor, encodings: Sequence[str] = ("int8_rows", "bfloat16"),
+                max_rounds: int = 16):
+        """The latent weight stored in the first of ``encodings``
+        (:data:`nq_plugin.storage.ENCODINGS`) that keeps this quantizer's output exact -- the
+        quantized weights of the decoded tensor equal those of ``latent`` bit for bit, as
+        evaluation computes them (eval mode) -- as a :class:`nq_plugin.storage.Stored`; None
+        when none does (full precision; a scale computed from the latent values, as BWN's).
+
+        Rounding moves an entry by less than one step of the encoding, so an entry whose
+        quantized value changed lies within one step of a decision boundary (sign 0, a ternary
+        threshold): moved one step up, or else one step down, it is back on its side. The
+        boundary itself may move with the repaired values (a threshold of mean|w|), hence up
+        to ``max_rounds`` rounds."""
+        from ..storage import ENCODINGS, Stored
+        was = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                latent = latent.detach().float()
+                target = self.quantize(latent)
+                for name in encodings:
+                    enc = ENCODINGS[name]
+                    parts = enc.encode(latent)
+                    for _ in range(max_rounds):
+                        decoded = enc.decode(parts)
+                        wrong = self.quantize(decoded) != target
+                        count = int(wrong.sum())
+                        if count == 0:
+                            return Stored(name, parts)
+                        if count > wrong.numel() // 4:
+                            break  # not a rounding effect: this encoding cannot keep it
+                        up = torch.ones_like(latent)
+                        fixed = wrong & (self.quantize(enc.decode(enc.step(parts, wrong, up)))
+                                         == target)
+                        parts = enc.step(enc.step(parts, fixed, up), wrong & ~fixed, -up)
+        finally:
+            self.train(was)
+        return None
 
     def extra_repr(self) -> str:
         clip = f", latent_clip={self.latent_clip}" if self.latent_clip is not None else ""

@@ -24,13 +24,13 @@ import torch
 
 from ..checkpoint import DIGEST_KEY, load_checkpoint, model_config, seal
 from ..files import atomic_copy, atomic_path, atomic_write_text, sha256_file
+from ..storage import encode_state, quantized_digest, storage_plan
 from .card import model_card
 from .derive import pack_entry, rebuild_problems
 from .evaluate import evaluate_checkpoint
 from .fetch import verify_folder
 from .manifest import Manifest, Metric, ZooEntry, ZooError, ZooFile, zoo_root
 
-HALF_KEYS = ("decoder.embed_tokens.weight", "decoder.output_projection.weight")
 PACKED = "packed/"
 
 
@@ -53,7 +53,8 @@ class EntrySpec:
     logs: List[str] = field(default_factory=list)
     eval_text: Optional[str] = None
     text_format: str = "ptb_char"
-    half_embeddings: bool = False
+    floats: str = "fp32"             # the lossy encoding of other large float tensors
+    compact: bool = True             # quantized weights' latents in an exact compact encoding
     packed: bool = True
     unbundled_packed: bool = False
     notes: str = ""
@@ -198,6 +199,31 @@ def add_packed(name: str, data: str, force: bool = False, unbundled: bool = Fals
     return note
 
 
+ENCODING_WORDS = {"int8_rows": "int8 with one fp32 scale per row", "bfloat16": "bfloat16",
+                  "float16": "float16"}
+
+
+def storage_sentence(storage: dict, metric: str, stored_value: float) -> str:
+    """The card's sentence on how model.pt stores its tensors (``storage``: the manifest's
+    record) and, for a lossy encoding, what it cost."""
+    def fmt(v):
+        return f"{v:.2f}%" if metric == "accuracy" else f"{v:.4f}" if metric == "bpc" \
+            else f"{v:.2f}"
+    parts = []
+    for enc, names in sorted(storage["exact"].items()):
+        parts.append(f"the latent weights of the quantized LSTM ({len(names)} tensors) in "
+                     f"{ENCODING_WORDS[enc]}, exact for evaluation (their quantized weights equal "
+                     "those of the trained fp32 latents bit for bit; sha256 in the manifest)")
+    for enc, names in sorted(storage["lossy"].items()):
+        short = ", ".join(n.rsplit(".", 2)[-2] if n.endswith(".weight") else n for n in names)
+        parts.append(f"{short} in {ENCODING_WORDS[enc]} (lossy: {metric} "
+                     f"{fmt(storage['uncompacted_metric'])} before, {fmt(stored_value)} as stored; "
+                     "`logs/eval_test_uncompacted.log`)")
+    if not parts:
+        return "`model.pt` stores every tensor in fp32."
+    return "`model.pt` stores " + "; ".join(parts) + "; everything else in fp32."
+
+
 def add_entry(spec: EntrySpec) -> ZooEntry:
     """Build the zoo entry ``spec.name`` from a training run (see the module doc); returns the
     entry as the manifest now records it."""
@@ -228,13 +254,16 @@ def add_entry(spec: EntrySpec) -> ZooEntry:
     tmp = tempfile.mkdtemp(prefix=f".{spec.name}.", dir=os.path.dirname(final))
     try:
         state["last_optimizer_state"] = None
-        if spec.half_embeddings:
-            for k in HALF_KEYS:
-                if k in state["model"]:
-                    state["model"][k] = state["model"][k].half()
+        trained = model_from_state(state, source=spec.checkpoint)
+        reset = getattr(trained, "reset_carried_state", None)
+        if reset is not None:  # truncated BPTT's carried states: a resume's, not the model's
+            reset()
+        plan = storage_plan(trained, spec.floats, ("int8_rows", "bfloat16") if spec.compact
+                            else ())
+        state["model"] = encode_state(dict(trained.state_dict()), plan.stored)
         seal(state)  # the digest of its tensors, verified by the model's load_state_dict
-        with atomic_path(os.path.join(tmp, "model.pt")) as p:
-            torch.save(state, p)
+        with atomic_path(os.path.join(tmp, "model.pt")) as p, open(p, "wb") as f:
+            torch.save(state, f)  # a file object: the archive's name is not the temporary one
         if has_dict:
             atomic_copy(os.path.join(spec.data, "dict.txt"), os.path.join(tmp, "dict.txt"))
         os.makedirs(os.path.join(tmp, "logs"))
@@ -246,10 +275,19 @@ def add_entry(spec: EntrySpec) -> ZooEntry:
         r = evaluate_checkpoint(os.path.join(tmp, "model.pt"), spec.data, spec.metric,
                                 eval_args, cls.evaluation_tool)
         atomic_write_text(os.path.join(tmp, "logs", "eval_test.log"), r.log)
-        notes = spec.notes
+        storage = plan.record()
+        if plan.exact:  # the trained quantized weights, which the stored latents reproduce
+            storage["quantized_sha256"] = quantized_digest(trained, plan.exact)
+        if plan.lossy:  # the cost of the lossy encoding, measured
+            before = evaluate_checkpoint(spec.checkpoint, spec.data, spec.metric, eval_args,
+                                         cls.evaluation_tool)
+            storage["uncompacted_metric"] = round(before.value, 4)
+            atomic_write_text(os.path.join(tmp, "logs", "eval_test_uncompacted.log"),
+                              before.log)
+        notes = (spec.notes + "\n\n" + storage_sentence(storage, spec.metric, r.value)).strip()
         if spec.packed:
             notes += "\n\n" + pack_and_evaluate(tmp, spec.data, spec.metric, eval_args)
-        sizes = summary(model_from_state(state, source=spec.checkpoint), print_fn=None)
+        sizes = summary(trained, print_fn=None)
         sizes = {k: sizes[k] for k in ("lstm_kb", "lstm_fp32_kb", "compression", "other_kb",
                                        "total_kb", "total_fp32_kb") if k in sizes}
         sizes.setdefault("total_kb", sizes["lstm_kb"])
@@ -281,7 +319,8 @@ def add_entry(spec: EntrySpec) -> ZooEntry:
             dictionary_sha256=sha256_file(os.path.join(tmp, "dict.txt")) if has_dict else None,
             format_version=FORMAT_VERSION, versions=_versions(),
             bundled=f"models/{spec.name}", eval_text="eval/eval.txt" if spec.eval_text else None,
-            text_format=spec.text_format, notes=notes.strip(), training=spec.training)
+            text_format=spec.text_format, notes=notes.strip(), training=spec.training,
+            storage=storage)
         atomic_write_text(os.path.join(tmp, "README.md"), str(model_card(entry)))
         if os.path.exists(final):
             old = final + ".old"
@@ -296,3 +335,41 @@ def add_entry(spec: EntrySpec) -> ZooEntry:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
     return entry
+
+
+GENERATED_LOGS = ("eval_test.log", "eval_test_packed.log", "eval_test_uncompacted.log")
+GENERATED_NOTES = ("The bit-packed copy (`packed/`) measures", "`model.pt` stores")
+
+
+def compact_entry(name: str, data: str, floats: str = "fp32", compact: bool = True) -> ZooEntry:
+    """Rebuild the bundled entry ``name`` from its own verified files with the storage options
+    (:func:`add_entry` on its model.pt, logs, evaluation text and records): the test split is
+    evaluated again (``data``), the packed copy rebuilt and measured, the card rewritten; the
+    training record, logs and card notes are kept (less the sentences this rebuild writes)."""
+    manifest = Manifest.load()
+    entry, folder = _bundled(manifest, name)
+    problems = verify_folder(entry, folder, bundled_copy=True)
+    if problems:
+        raise ZooError(f"{folder} does not match the manifest: {'; '.join(problems)}")
+    with tempfile.TemporaryDirectory(prefix=f".{name}.compact.",
+                                     dir=os.path.dirname(folder)) as tmp:
+        for rel in [f.path for f in entry.files if f.bundled] + ["README.md"]:
+            os.makedirs(os.path.dirname(os.path.join(tmp, *rel.split("/"))), exist_ok=True)
+            atomic_copy(os.path.join(folder, *rel.split("/")), os.path.join(tmp, *rel.split("/")))
+        logs = sorted(os.path.join(tmp, "logs", n) for n in os.listdir(os.path.join(tmp, "logs"))
+                      if n not in GENERATED_LOGS)
+        notes = "\n\n".join(p for p in entry.notes.split("\n\n")
+                             if not p.startswith(GENERATED_NOTES))
+        packed = [f for f in entry.files if f.path.startswith(PACKED)]
+        spec = EntrySpec(
+            name=name, checkpoint=os.path.join(tmp, entry.checkpoint), data=data,
+            dataset=entry.dataset, repo_id=entry.repo_id, metric=entry.metric.name,
+            eval_args=list(entry.metric.eval_args), epochs=entry.epochs,
+            trained_on=entry.trained_on, train_command=entry.train_command,
+            paper_metric=entry.metric.paper, paper_kb=entry.sizes.get("paper_kb"), logs=logs,
+            eval_text=os.path.join(tmp, entry.eval_text) if entry.eval_text else None,
+            text_format=entry.text_format, floats=floats, compact=compact,
+            packed=bool(packed), unbundled_packed=any(not f.bundled for f in packed),
+            notes=notes, training=entry.training, force=True)
+        return add_entry(spec)
+

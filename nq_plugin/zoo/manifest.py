@@ -118,11 +118,17 @@ class ZooEntry:
     # followed, epochs done, the learning rate the schedule reached, the best validation loss,
     # the campaign run that produced these weights; None for entries made by hand
     training: Optional[Dict[str, Any]] = None
+    # how model.pt stores its tensors (nq_plugin/storage.py): {"exact": {encoding: [names]},
+    # "lossy": {encoding: [names]}, "quantized_sha256": the trained model's quantized weights
+    # of the "exact" tensors,
+    # "uncompacted_metric": the test number before a lossy encoding}; None: all as trained
+    storage: Optional[Dict[str, Any]] = None
 
     def to_json(self) -> Dict[str, Any]:
         data = dataclasses.asdict(self)
-        if data["training"] is None:
-            del data["training"]  # entries made by hand stay as they were
+        for key in ("training", "storage"):
+            if data[key] is None:
+                del data[key]  # entries made before these records stay as they were
         for f in data["files"]:
             if f["bundled"]:
                 del f["bundled"]  # the default: manifests stay as they were

@@ -75,7 +75,8 @@ class Dataset:
     eval_args: Tuple[str, ...]  # fairseq-eval-lm options of the card
     text_format: str
     eval_text: str              # relative to the repository
-    half_embeddings: bool = False
+    floats: str = "float16"     # nq-zoo add --floats: a full-precision LSTM's weights, and
+    #                             the embedding and softmax where there are any (lossy, measured)
     packed: str = "unbundled"   # unbundled (listed, rebuilt on first use) | bundled
     save_every: int = 0         # updates between mid-epoch checkpoints (0: at epoch ends)
     paper_epochs: int = 200     # the paper's schedule length, for the card
@@ -92,10 +93,8 @@ DATASETS: Dict[str, Dataset] = {
         "recipes/ptb_word/train.sh", "ptb_word", "perplexity",
         ("--task", "bptt_lm", "--gen-subset", "test", "--tokens-per-sample", "35",
          "--batch-size", "16", "--cpu"), "words", "zoo/eval_text/news_en.txt",
-        half_embeddings=True, save_every=700, paper_epochs=40,
-        note="The embedding and softmax weights are stored in fp16 to keep the repository "
-             "small (the LSTM's latent weights stay fp32); the packed copy is listed for the "
-             "Hub but rebuilt from model.pt on first use (2 x 12 MB)."),
+        floats="int8_rows", save_every=700, paper_epochs=40,
+        note="The packed copy is listed for the Hub but rebuilt from model.pt on first use."),
     # its symbols are bytes (<0x20> for the space): the bundled evaluation text is binarized
     # byte by byte, without fairseq-preprocess's end-of-line symbols (text format "bytes")
     "warpeace": Dataset(
@@ -157,13 +156,13 @@ PLAN: List[Run] = [
     Run("ptb-word-tc-weight.sgd", "ptb-word-tc-weight", "ptb_word", "tc", "weight", 13, 86.5,
         190, "From the bundled weights (epoch 7) with a fresh schedule: " + WORD_TEXT
         + ", until the plateaus brought the learning rate below 0.1.", from_zoo=True),
-    Run("ptb-word-bc-layer", "ptb-word-bc-layer", "ptb_word", "bc", "layer", 40, 89.4, None,
+    Run("ptb-word-bc-layer", "ptb-word-bc-layer", "ptb_word", "bc", "layer", 40, 89.4, 111,
         WORD_TEXT[0].upper() + WORD_TEXT[1:] + ", 40 epochs."),
-    Run("ptb-word-tc-layer", "ptb-word-tc-layer", "ptb_word", "tc", "layer", 40, 88.2, None,
+    Run("ptb-word-tc-layer", "ptb-word-tc-layer", "ptb_word", "tc", "layer", 40, 88.2, 199,
         WORD_TEXT[0].upper() + WORD_TEXT[1:] + ", 40 epochs."),
-    Run("ptb-word-bc-weight", "ptb-word-bc-weight", "ptb_word", "bc", "weight", 40, 87.6, None,
+    Run("ptb-word-bc-weight", "ptb-word-bc-weight", "ptb_word", "bc", "weight", 40, 87.6, 102,
         WORD_TEXT[0].upper() + WORD_TEXT[1:] + ", 40 epochs."),
-    Run("ptb-word-fp", "ptb-word-fp", "ptb_word", "fp", "none", 40, 91.5, None,
+    Run("ptb-word-fp", "ptb-word-fp", "ptb_word", "fp", "none", 40, 91.5, 2817,
         WORD_TEXT[0].upper() + WORD_TEXT[1:] + ", 40 epochs."),
     # War and Peace from scratch, then the char rows the zoo lacks: the paper's optimizer and
     # clipping with a shorter anneal (the bundled char models gained most in their anneal)
@@ -459,15 +458,16 @@ def fits(run: Run, folder: str, tree_limit_mib: float) -> bool:
     now = tracked_bytes(zoo_root())
     if now is None:
         return True
-    # a new entry holds about its stripped checkpoint (less its optimizer state) and logs
-    import torch
-    state = torch.load(os.path.join(folder, "checkpoint_best.pt"), map_location="cpu",
-                       weights_only=True)
-    half = ("embed_tokens", "output_projection") if run.data.half_embeddings else ()
-    model = sum(t.numel() * (2 if any(h in k for h in half) else t.element_size())
-                for k, t in state["model"].items() if isinstance(t, torch.Tensor))
-    packed = 0 if run.data.packed == "unbundled" else model // 8
-    return now + model + packed < tree_limit_mib * 2 ** 20
+    # a new entry holds its model as nq-zoo add stores it (nq_plugin/storage.py) and logs
+    from nq_plugin.models.loading import load_model
+    from nq_plugin.storage import encode_state, storage_plan, stored_bytes
+    model, _ = load_model(os.path.join(folder, "checkpoint_best.pt"))
+    model.reset_carried_state()
+    plan = storage_plan(model, run.data.floats)
+    stored = stored_bytes(encode_state(dict(model.state_dict()), plan.stored))
+    packed = 0 if run.data.packed == "unbundled" else stored // 8
+    logs = os.path.getsize(os.path.join(folder, "train.log"))
+    return now + stored + packed + logs < tree_limit_mib * 2 ** 20
 
 
 def add(run: Run, folder: str, data_root: str, best: str, state: dict, value: float) -> None:
@@ -512,8 +512,7 @@ def add(run: Run, folder: str, data_root: str, best: str, state: dict, value: fl
             argv += ["--paper-metric", str(run.paper)]
         if run.paper_kb is not None:
             argv += ["--paper-kb", str(run.paper_kb)]
-        if run.data.half_embeddings:
-            argv.append("--half-embeddings")
+        argv += ["--floats", run.data.floats]
         if run.quantizer == "fp":  # nothing to pack: the packed copy would be fp32 again
             argv.append("--no-packed")
         elif run.data.packed == "unbundled":
@@ -543,14 +542,15 @@ def card_notes(run: Run, value: float, epochs: float) -> str:
 
 def refresh_notes(plan: List[Run], log=print) -> None:
     """Rewrite the limitations paragraph and the card of every entry a plan's run made (the
-    packed copy's sentence that nq-zoo add measured is kept)."""
+    storage and packed-copy sentences that nq-zoo add measured are kept)."""
     from nq_plugin.zoo.card import model_card
     manifest = Manifest.load()
     for run in plan:
         entry = manifest.models.get(run.entry)
         if not (entry and entry.training and entry.training.get("run") == run.id):
             continue
-        kept = [p for p in entry.notes.split("\n\n") if p.startswith("The bit-packed copy")]
+        kept = [p for p in entry.notes.split("\n\n")
+                if p.startswith(("`model.pt` stores", "The bit-packed copy"))]
         entry.notes = "\n\n".join([card_notes(run, entry.metric.value, entry.epochs), *kept])
         manifest.put(entry)
         if entry.bundled and os.path.isdir(os.path.join(zoo_root(), entry.bundled)):

@@ -166,3 +166,51 @@ def test_attach_optimizer_reaches_every_layer():
     w = layer.weight_hh.detach().reshape(4, -1)
     expected = (d * w).abs().sum(1) / d.sum(1)
     torch.testing.assert_close(layer.hh_quantizer.scale, expected)
+
+
+def _latent(rows=256, cols=96, seed=0):
+    torch.manual_seed(seed)
+    return torch.randn(rows, cols) * 0.05
+
+
+@pytest.mark.parametrize("name", ["bc", "tc", "lab", "lat"])
+def test_compact_keeps_the_quantized_weights_bit_for_bit(name):
+    """BinaryConnect/TerConnect, and the loss-aware ones with their scale fixed by training:
+    the latents in int8 per row (repaired near a decision boundary) quantize as before."""
+    w = _latent()
+    quantizer = build_quantizer(name)
+    if quantizer.uses_second_moment:
+        quantizer(w.clone())  # a training forward fixes the scale that eval mode reuses
+    quantizer.eval()
+    stored = quantizer.compact(w)
+    assert stored is not None and stored.encoding == "int8_rows"
+    assert torch.equal(quantizer.quantize(stored.decode()), quantizer.quantize(w))
+    assert not quantizer.training
+    quantizer.train()
+    assert quantizer.compact(w) is not None and quantizer.training  # the mode is restored
+
+
+def test_compact_repairs_entries_rounded_across_the_ternary_threshold():
+    """Entries placed a hair on either side of TerConnect's threshold: plain int8 rounding
+    moves some across it; compact moves them back (and the threshold they set)."""
+    w = _latent(seed=3)
+    quantizer = build_quantizer("tc").eval()
+    blocks = w.reshape(4, -1)
+    delta = 0.7 * blocks.abs().mean(1, keepdim=True)
+    near = torch.rand_like(blocks) < 0.1
+    blocks = torch.where(near, torch.sign(torch.randn_like(blocks)) * delta *
+                         (1 + 1e-3 * torch.randn_like(blocks)), blocks)
+    w = blocks.reshape_as(w)
+    from nq_plugin.storage import ENCODINGS
+    enc = ENCODINGS["int8_rows"]
+    plain = quantizer.quantize(enc.decode(enc.encode(w)))
+    assert not torch.equal(plain, quantizer.quantize(w))  # rounding alone is not exact
+    stored = quantizer.compact(w)
+    assert stored is not None
+    assert torch.equal(quantizer.quantize(stored.decode()), quantizer.quantize(w))
+
+
+@pytest.mark.parametrize("name", ["fp", "bwn", "twn"])
+def test_compact_refuses_what_rounding_cannot_keep(name):
+    """The identity, and scales computed from the latent values (mean|w|): None."""
+    assert build_quantizer(name).compact(_latent()) is None

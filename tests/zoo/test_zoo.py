@@ -373,7 +373,7 @@ def _tampered_model(path):
     state = torch.load(path, weights_only=True)
     key = next(k for k in state["model"] if k.endswith("weight_hh"))
     state["model"][key] = state["model"][key].clone()
-    state["model"][key][0, 0] += 1e-3
+    state["model"][key][0, 0] += 1 if not state["model"][key].is_floating_point() else 1e-3
     out = path.parent / "tampered.pt"
     torch.save(state, out)
     return out
@@ -474,3 +474,55 @@ def test_unbundle_packed_leaves_a_verified_rebuildable_copy(tmp_path, tiny_zoo, 
                   check=False)
     assert res.returncode == 2 and "does not rebuild the listed packed copy" in res.stderr
     assert (root2 / entry2.bundled / "packed" / "config.json").exists()
+
+
+def test_every_bundled_model_stores_quantized_weights_equal_to_the_trained_ones():
+    """The real zoo: each model.pt stored compactly (nq_plugin/storage.py) decodes to latent
+    weights whose quantized weights are the trained model's, bit for bit (their sha256 was
+    taken from the trained fp32 latents when the entry was built), and holds the encodings its
+    manifest record lists."""
+    from nq_plugin.models.loading import load_model
+    from nq_plugin.storage import quantized_digest, storage_encodings
+    entries = [e for e in Manifest.load().models.values() if e.storage and e.bundled]
+    assert len(entries) >= 6
+    for entry in entries:
+        path = os.path.join(download(entry), entry.checkpoint)
+        model, state = load_model(path)
+        exact = [n for names in entry.storage["exact"].values() for n in names]
+        if exact:
+            assert quantized_digest(model, exact) == entry.storage["quantized_sha256"], \
+                entry.name
+        listed = {n: enc for kind in ("exact", "lossy")
+                  for enc, names in entry.storage[kind].items() for n in names}
+        assert storage_encodings(state["model"]) == listed, entry.name
+        if entry.quantizer in ("bc", "tc"):  # both LSTM weights
+            assert len(exact) == 2, entry.name
+
+
+@pytest.mark.slow
+def test_compact_rebuilds_an_entry_from_its_own_files(tmp_path, tiny_zoo, demo_char_data):
+    """nq-zoo compact: from fp32 latents (--no-compact) to int8 ones and back the test number,
+    the quantized weights and the training log stay; the packed copy and card are rebuilt
+    and verified, one storage sentence on the card, no temporary folder left."""
+    from nq_plugin.zoo.fetch import verify_folder
+    root, _ = zoo_copy(tmp_path, tiny_zoo, None)
+    env = dict(os.environ, NQ_ZOO_DIR=str(root), HF_HUB_OFFLINE="1")
+    path = str(root / "manifest.json")
+    first = Manifest.load(path).get(NAME)
+    console("nq-zoo", "compact", NAME, "--data", demo_char_data, "--no-compact", env=env)
+    loose = Manifest.load(path).get(NAME)
+    folder = root / loose.bundled
+    assert loose.storage["exact"] == {} and loose.file("model.pt").size > \
+        first.file("model.pt").size
+    console("nq-zoo", "compact", NAME, "--data", demo_char_data, env=env)
+    tight = Manifest.load(path).get(NAME)
+    assert "quantized_sha256" not in loose.storage  # nothing stored exactly-but-compact
+    assert tight.metric.value == loose.metric.value == first.metric.value
+    assert tight.storage["quantized_sha256"] == first.storage["quantized_sha256"]
+    assert tight.file("model.pt").sha256 == first.file("model.pt").sha256  # reproducible
+    assert verify_folder(tight, str(folder)) == []
+    assert tight.notes.count("`model.pt` stores") == 1 and "int8" in tight.notes
+    assert tight.notes.count("The bit-packed copy") == 1
+    assert (folder / "logs" / "valid.txt").exists()
+    assert [p.name for p in root.glob("models/.*")] == []
+
