@@ -13,8 +13,9 @@ package branches on its name:
 * size accounting (the paper's tables): :meth:`~Normalization.counted_parameters`,
   :meth:`~Normalization.counted_statistics`;
 * inference folding (what a packed file stores and how it is applied):
-  :meth:`~Normalization.folded`, :meth:`~Normalization.folded_shapes`,
-  :meth:`~Normalization.folded_steps`, :meth:`~Normalization.apply_folded`;
+  :meth:`~Normalization.fold` returns a :class:`~nq_plugin.norm.folded.FoldedNorm` of the
+  kind's ``folded_type``, which owns its tensors' shapes, applying them, and their forms in the
+  native recurrence and the fused packed step; :meth:`~Normalization.statistics_steps`;
 * diagnostics: :meth:`~Normalization.gate_bound_factors` (what replaces ||W_h*||_2 in the
   paper's gradient bound) and :meth:`~Normalization.diagnostic_fields`.
 
@@ -24,51 +25,15 @@ evaluating it unnormalized.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple, Type
 
 import torch
 from torch import nn
 
 from ..errors import UserError
+from .folded import FoldedIdentity, FoldedNorm
+from .native_form import NativeForm
 from .options import NormOptions
-
-Folded = Dict[str, torch.Tensor]
-
-
-@dataclass
-class NativeForm:
-    """How the native recurrence (``nq_plugin/csrc/recurrence.cpp``) applies a normalization to
-    one step's (B, F) term, before gain and shift: one of its operations
-
-    * ``IDENTITY``: y_hat = y;
-    * ``ROW_BLOCKS``: each row's 4 gate blocks standardized (mean / variance over the block);
-    * ``BATCH``: each column standardized over the batch; ``first`` / ``second`` are the running
-      mean and (unbiased) variance (S, F), updated in place at slot min(t, S - 1) with
-      ``momentum``;
-    * ``FIXED``: y_hat = (y - first[slot]) * second[slot] with (S, F) tensors;
-    * ``POWER_RUNNING``: y_hat = y * second[0] (1 / psi), the step's (sum y^2, sum y_hat^2,
-      count) added to ``accum_forward`` (3, F); backward (d - nu * y_hat) / psi with
-      (sum d * y_hat, count) added to ``accum_backward`` (2, F) (PowerNorm in training);
-    * ``POWER_WARMUP``: y_hat = y / sqrt(mean_B(y^2) + eps) with the exact backward, the
-      statistics added to ``accum_forward`` (PowerNorm's warmup);
-    * ``AFFINE``: y_hat = y * first[slot] + second[slot] (a folded form at inference, no
-      backward).
-
-    ``op`` is the operation's name; its number comes from the extension itself
-    (``native_ops()``, from ``nq_plugin/csrc/native_ops.h``), looked up where it is called.
-    """
-
-    IDENTITY, ROW_BLOCKS, BATCH, FIXED = "IDENTITY", "ROW_BLOCKS", "BATCH", "FIXED"
-    POWER_RUNNING, POWER_WARMUP, AFFINE = "POWER_RUNNING", "POWER_WARMUP", "AFFINE"
-    op: str
-    eps: float = 0.0
-    first: Optional[torch.Tensor] = None
-    second: Optional[torch.Tensor] = None
-    momentum: float = 0.0
-    accum_forward: Optional[torch.Tensor] = None
-    accum_backward: Optional[torch.Tensor] = None
-    nu: Optional[torch.Tensor] = None
 
 
 class FoldingNotSupported(NotImplementedError, UserError):
@@ -157,51 +122,42 @@ class Normalization(nn.Module):
         return 0
 
     # -- inference folding (the packed format) -------------------------------------------------
-    def _no_folding(self):
-        return FoldingNotSupported(
-            f"normalization {self.name!r} ({type(self).__name__}) has no inference folding, so "
-            "it cannot be packed: implement folded(), folded_shapes(), apply_folded() (see "
-            "nq_plugin.norm.base), or evaluate the unpacked checkpoint")
+    #: the class of :meth:`fold`'s result (:mod:`nq_plugin.norm.folded`), by which a packed
+    #: layer rebuilds it from its buffers; None: the kind cannot be packed
+    folded_type: Optional[Type[FoldedNorm]] = None
 
-    def folded(self) -> Folded:
-        """The inference form as named fp32 tensors (eval-mode statistics folded in), stored in
-        a packed file next to the weights. What :meth:`weight` does is folded into the packed
-        matrix's per-row scale by the packer, not here."""
-        raise self._no_folding()
+    def fold(self) -> FoldedNorm:
+        """The inference form (eval-mode statistics folded in): named fp32 tensors, stored in a
+        packed file next to the weights, and how they are applied. What :meth:`weight` does is
+        folded into the packed matrix's per-row scale by the packer, not here."""
+        raise self.no_folding()
+
+    @classmethod
+    def no_folding(cls) -> FoldingNotSupported:
+        return FoldingNotSupported(
+            f"normalization {cls.name!r} ({cls.__name__}) has no inference folding, so it "
+            "cannot be packed: give it a folded_type and fold() (see nq_plugin.norm.folded), "
+            "or evaluate the unpacked checkpoint")
+
+    @classmethod
+    def folded_from(cls, tensors: Dict[str, torch.Tensor]) -> FoldedNorm:
+        """The folded form of this kind from a packed layer's tensors."""
+        if cls.folded_type is None:
+            raise cls.no_folding()
+        return cls.folded_type(tensors)
+
+    @classmethod
+    def folded_shapes(cls, features: int, steps: int) -> Dict[str, Tuple[int, ...]]:
+        """Shapes of :meth:`fold`'s tensors, from the layer's features and the packed file's
+        ``norm_steps`` (checked when a packed file is loaded)."""
+        if cls.folded_type is None:
+            raise cls.no_folding()
+        return cls.folded_type.shapes(features, steps)
 
     def statistics_steps(self) -> int:
         """Time steps with their own inference statistics (and folded tensors); 1 when the
         statistics are shared over time or there are none."""
         return 1
-
-    @classmethod
-    def folded_shapes(cls, features: int, steps: int) -> Dict[str, Tuple[int, ...]]:
-        """Shapes of :meth:`folded`'s tensors, from the layer's features and the packed file's
-        ``norm_steps`` (checked when a packed file is loaded)."""
-        raise FoldingNotSupported(f"normalization {cls.name!r} has no inference folding")
-
-    @classmethod
-    def apply_folded(cls, folded: Folded, y: torch.Tensor, t: int) -> torch.Tensor:
-        """Apply the folded form to y: one step (B, F) at step ``t``, or (T, B, F) steps from
-        ``t``."""
-        raise FoldingNotSupported(f"normalization {cls.name!r} has no inference folding")
-
-    @classmethod
-    def native_folded(cls, folded: Folded):
-        """The folded form as an operation of the native recurrence: (NativeForm, gain, shift)
-        with gain / shift (F,) applied after it (None: none), or None when there is none (the
-        packed model then steps in Python)."""
-        return None
-
-    @classmethod
-    def fused_step_terms(cls, folded: Folded, row_scale: torch.Tensor, layer_norm: bool):
-        """The folded form as the fused packed step's coefficients (nq_plugin/packed: gates =
-        a_x * N_x(B_x x) + a_h * N_h(B_h h) + shift, B the packed codes, ``row_scale`` their
-        per-row scale): (a (S, F), shift (S, F), layer_norm) with ``layer_norm`` None or
-        (row_scale, eps) for N the standardization of each gate block of row_scale * B y;
-        None where the fused step cannot apply it (``layer_norm``: whether the kernel at hand
-        standardizes blocks; the default, a kind the fused step does not know)."""
-        return None
 
     # -- diagnostics (Hou et al., Propositions 1-4) ----------------------------------------------
     def gate_bound_factors(self, w_q: torch.Tensor, gate_norms: Dict[str, float],
@@ -223,52 +179,13 @@ class IdentityOnActivations:
     normalization (which rewrites the matrix; at inference the packer folds its row scaling into
     the packed scale). Nothing to fold, the identity in the native recurrence."""
 
-    def folded(self):
-        return {}
+    folded_type = FoldedIdentity
 
-    @classmethod
-    def folded_shapes(cls, features, steps):
-        return {}
-
-    @classmethod
-    def apply_folded(cls, folded, y, t):
-        return y
+    def fold(self):
+        return FoldedIdentity({})
 
     def native_form(self, batch):
         return NativeForm(NativeForm.IDENTITY)
-
-    @classmethod
-    def native_folded(cls, folded):
-        return NativeForm(NativeForm.IDENTITY), None, None
-
-    @classmethod
-    def fused_step_terms(cls, folded, row_scale, layer_norm):
-        return row_scale[None], torch.zeros_like(row_scale)[None], None
-
-
-class FoldedAffine:
-    """Inference folding into a per-feature affine map y -> scale[slot] * y + shift[slot]
-    (``affine_scale``, ``affine_shift``, one row per statistics step; slot = min(t, S - 1)):
-    batch normalization and PowerNorm."""
-
-    @classmethod
-    def apply_folded(cls, folded, y, t):
-        scale, shift = folded["affine_scale"], folded["affine_shift"]
-        last = scale.shape[0] - 1
-        if y.dim() == 2:
-            slot = min(t, last)
-            return torch.addcmul(shift[slot], y, scale[slot])
-        slots = torch.clamp(torch.arange(t, t + y.shape[0], device=y.device), max=last)
-        return torch.addcmul(shift[slots].unsqueeze(1), y, scale[slots].unsqueeze(1))
-
-    @classmethod
-    def native_folded(cls, folded):
-        return (NativeForm(NativeForm.AFFINE, first=folded["affine_scale"].contiguous(),
-                           second=folded["affine_shift"].contiguous()), None, None)
-
-    @classmethod
-    def fused_step_terms(cls, folded, row_scale, layer_norm):
-        return folded["affine_scale"] * row_scale, folded["affine_shift"], None
 
 
 class NoNormalization(IdentityOnActivations, Normalization):

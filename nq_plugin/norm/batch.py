@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import FoldedAffine, NativeForm, Normalization, register_normalization
+from .base import NativeForm, Normalization, register_normalization
+from .folded import FoldedAffine
 from .bounds import per_feature_gate_factors
 from ..logs import LogOnce
 
@@ -31,7 +32,7 @@ def ema_update(buffer: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
 
 
 @register_normalization
-class BatchNorm(FoldedAffine, Normalization):
+class BatchNorm(Normalization):
     """``batch`` -- batch normalization over the minibatch at each time step:
     N(y_t) = gamma * (y_t - mean_B(y_t)) / sqrt(var_B(y_t) + eps) + beta (per feature).
 
@@ -154,17 +155,17 @@ class BatchNorm(FoldedAffine, Normalization):
 
     # inference: y -> scale * y + shift per feature (and per step for separate statistics),
     # scale = gamma / sqrt(var + eps), shift = beta - mean * scale
-    def folded(self):
+    folded_type = FoldedAffine
+
+    def fold(self):
         scale = self.gain.detach() / torch.sqrt(self.running_var + self.eps)
-        return {"affine_scale": scale.float().contiguous(),
-                "affine_shift": (self.shift.detach() - self.running_mean * scale).float()}
+        return FoldedAffine({"affine_scale": scale.float().contiguous(),
+                             "affine_shift": (self.shift.detach()
+                                              - self.running_mean * scale).float()})
 
     def statistics_steps(self):
         return self.max_steps
 
-    @classmethod
-    def folded_shapes(cls, features, steps):
-        return {"affine_scale": (steps, features), "affine_shift": (steps, features)}
 
     bound_on_squares = True
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import NativeForm, Normalization, register_normalization
+from .folded import FoldedNorm
 from .bounds import GATES
 
 
@@ -17,6 +18,30 @@ def _layer_norm(y, gain, shift, blocks, eps):
     return torch.addcmul(shift, z.reshape(shape), gain)
 
 
+class FoldedLayerNorm(FoldedNorm):
+    """Layer norm at inference: its gain and shift (``ln_gain``, ``ln_shift``, (F,)); the
+    statistics are the sample's own, so N(y) = gain * LN_blocks(y) + shift as in training."""
+
+    eps = 1e-5
+
+    @classmethod
+    def shapes(cls, features, steps):
+        return {"ln_gain": (features,), "ln_shift": (features,)}
+
+    def apply(self, y, t):
+        return _layer_norm(y, self.tensors["ln_gain"], self.tensors["ln_shift"], 4, self.eps)
+
+    def native(self):
+        return (NativeForm(NativeForm.ROW_BLOCKS, eps=self.eps), self.tensors["ln_gain"],
+                self.tensors["ln_shift"])
+
+    def fused_step_terms(self, row_scale, layer_norm):
+        if not layer_norm:
+            return None
+        return (self.tensors["ln_gain"].float()[None], self.tensors["ln_shift"].float()[None],
+                (row_scale.float().contiguous(), float(self.eps)))
+
+
 @register_normalization
 class LayerNorm(Normalization):
     """``layer`` -- layer normalization (Ba et al., 2016) per gate over its H features:
@@ -26,7 +51,8 @@ class LayerNorm(Normalization):
 
     name = "layer"
     acts_on_activations = True
-    eps = 1e-5
+    eps = FoldedLayerNorm.eps
+    folded_type = FoldedLayerNorm
 
     def __init__(self, features: int, blocks: int = 4, gain_init: float = 1.0):
         super().__init__(features, blocks)
@@ -72,29 +98,9 @@ class LayerNorm(Normalization):
         return 2 * self.features
 
     # inference: the statistics depend on the sample, so gain and shift are kept as they are
-    def folded(self):
-        return {"ln_gain": self.gain.detach().float().clone(),
-                "ln_shift": self.shift.detach().float().clone()}
-
-    @classmethod
-    def folded_shapes(cls, features, steps):
-        return {"ln_gain": (features,), "ln_shift": (features,)}
-
-    @classmethod
-    def apply_folded(cls, folded, y, t):
-        return _layer_norm(y, folded["ln_gain"], folded["ln_shift"], 4, cls.eps)
-
-    @classmethod
-    def native_folded(cls, folded):
-        return (NativeForm(NativeForm.ROW_BLOCKS, eps=cls.eps), folded["ln_gain"],
-                folded["ln_shift"])
-
-    @classmethod
-    def fused_step_terms(cls, folded, row_scale, layer_norm):
-        if not layer_norm:
-            return None
-        return (folded["ln_gain"].float()[None], folded["ln_shift"].float()[None],
-                (row_scale.float().contiguous(), float(cls.eps)))
+    def fold(self):
+        return FoldedLayerNorm({"ln_gain": self.gain.detach().float().clone(),
+                                "ln_shift": self.shift.detach().float().clone()})
 
     def gate_bound_factors(self, w_q, gate_norms, block_sigmas):
         """Proposition 3: (g_* / sigma_*) ||W_h*||_2, sigma_* the mean (over batch and steps)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import FoldedAffine, NativeForm, Normalization, register_normalization
+from .base import NativeForm, Normalization, register_normalization
+from .folded import FoldedSharedAffine
 from .bounds import per_feature_gate_factors
 
 
@@ -32,7 +33,7 @@ class _ApproximateBackward(torch.autograd.Function):
 
 
 @register_normalization
-class PowerNorm(FoldedAffine, Normalization):
+class PowerNorm(Normalization):
     """``power`` -- PowerNorm (Shen et al., ICML 2020, Algorithm 2), per feature:
     N(y) = gamma * y / psi + beta with psi^2 the running quadratic mean of y.
 
@@ -170,14 +171,13 @@ class PowerNorm(FoldedAffine, Normalization):
         return self.features
 
     # inference: y -> gamma / psi * y + beta per feature (psi from the running quadratic mean)
-    def folded(self):
-        scale = self.gain.detach() / torch.sqrt(self.running_phi + self.eps)
-        return {"affine_scale": scale.float().unsqueeze(0).contiguous(),
-                "affine_shift": self.shift.detach().float().unsqueeze(0).clone()}
+    folded_type = FoldedSharedAffine
 
-    @classmethod
-    def folded_shapes(cls, features, steps):
-        return {"affine_scale": (1, features), "affine_shift": (1, features)}
+    def fold(self):
+        scale = self.gain.detach() / torch.sqrt(self.running_phi + self.eps)
+        return FoldedSharedAffine({"affine_scale": scale.float().unsqueeze(0).contiguous(),
+                                   "affine_shift": self.shift.detach().float().unsqueeze(0)
+                                   .clone()})
 
     bound_on_squares = True
 

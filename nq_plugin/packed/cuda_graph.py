@@ -8,7 +8,7 @@ replays it.
 
 What a recording depends on, and so its key: the shape and dtype of x, whether a state is given,
 and -- for per-step batch-norm statistics -- ``min(t0, norm_steps - 1)``, the first statistics
-slot the call reads (``FoldedAffine.apply_folded`` clamps slots at the last one, so all calls
+slot the call reads (``FoldedAffine.apply`` clamps slots at the last one, so all calls
 from that slot on read the same slots). Every recording is dropped when a buffer of the module
 moves (``.to``, ``.half``) or is written in place (``load_state_dict``; tracked by the tensors'
 version counters), since the module derives cached tables from them.

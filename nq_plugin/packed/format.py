@@ -22,7 +22,7 @@ product P in (``ih``, ``hh``) with C columns (input size, hidden size) and R = 4
   ``P_scale`` (R,) fp32; or ``P_weight`` (R, C) fp32 for a full-precision matrix;
 * ``bias`` (R,) fp32;
 * the normalization's folded tensors, ``P_`` + the names and shapes its class declares
-  (:meth:`nq_plugin.norm.Normalization.folded_shapes`; e.g. layer norm ``P_ln_gain``,
+  (:meth:`nq_plugin.norm.FoldedNorm.shapes` of the kind's ``folded_type``; e.g. layer norm ``P_ln_gain``,
   ``P_ln_shift`` (R,); batch norm ``P_affine_scale``, ``P_affine_shift`` (norm_steps, R)).
 """
 from __future__ import annotations

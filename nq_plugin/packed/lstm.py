@@ -3,9 +3,9 @@
 :func:`pack_layer` turns a trained :class:`nq_plugin.nn.NQLSTMLayer` (eval mode) into the tensors
 of the packed format (:mod:`nq_plugin.packed.format`): codes and one folded scale per row for
 each quantized matrix (fp32 for full-precision ones), the LSTM bias, and each normalization's
-inference folding (:meth:`nq_plugin.norm.Normalization.folded`; a kind without one cannot be
-packed). :class:`PackedNQLSTMLayer` runs it with the normalization's ``apply_folded`` and the
-one cell of :func:`nq_plugin.nn.cell.lstm_cell`:
+inference folding (:meth:`nq_plugin.norm.Normalization.fold`; a kind without one cannot be
+packed). :class:`PackedNQLSTMLayer` runs it with the folded normalization's ``apply`` (or its
+native and fused-step forms, :class:`nq_plugin.norm.FoldedNorm`) and the one cell of :func:`nq_plugin.nn.cell.lstm_cell`:
 
     g_t = N_x(s_x * B_x x_t) + N_h(s_h * B_h h_{t-1}) + b
 
@@ -28,7 +28,7 @@ from ..derived import DerivedCache
 from ..nn.cell import lstm_cell
 from ..nn.lstm import NQLSTM, NQLSTMLayer
 from ..nn.recurrence import native_inference, prepacked
-from ..norm import normalization_class
+from ..norm import FoldedNorm, normalization_class
 from .format import (PRODUCTS, PackedFormatError, layer_shapes, pack_matrix, plane_names,
                      split_codes, tensor_dtype)
 from .kernels import PackedMatrix, select_kernel, triton_lstm_step
@@ -57,7 +57,7 @@ def pack_layer(layer: NQLSTMLayer) -> Tuple[Dict[str, torch.Tensor], Dict[str, o
         norms = (layer.ih_norm, layer.hh_norm)
         for name, quantizer, norm, w_q, w_eff in zip(PRODUCTS, quantizers, norms, quantized,
                                                       effective):
-            for key, value in norm.folded().items():
+            for key, value in norm.fold().tensors.items():
                 tensors[f"{name}_{key}"] = value
             bits = quantizer.bits
             meta[f"{name}_bits"] = bits
@@ -107,9 +107,10 @@ class PackedNQLSTMLayer(nn.Module):
         planes = {p: getattr(self, f"{name}_{p}") for p in plane_names(bits)}
         return PackedMatrix(planes, getattr(self, f"{name}_scale"), bits, cols)
 
-    def folded(self, name: str) -> Dict[str, torch.Tensor]:
-        """The normalization's folded tensors of product ``name`` (ih or hh)."""
-        return {key: getattr(self, f"{name}_{key}") for key in self.folded_keys}
+    def folded(self, name: str) -> FoldedNorm:
+        """The folded normalization of product ``name`` (ih or hh), from the buffers."""
+        return self.norm_class.folded_from(
+            {key: getattr(self, f"{name}_{key}") for key in self.folded_keys})
 
     @property
     def derived(self) -> DerivedCache:
@@ -133,7 +134,7 @@ class PackedNQLSTMLayer(nn.Module):
         return self._cached(name, dtype, lambda: matrix.unpacked(dtype))
 
     def _native(self, px, h, c, w_hh, folded_ih, folded_hh, t0):
-        forms = (self.norm_class.native_folded(folded_ih), self.norm_class.native_folded(folded_hh))
+        forms = (folded_ih.native(), folded_hh.native())
         if forms[0] is None or forms[1] is None:
             return None
         (form_x, gain_x, shift_x), (form_h, gain_h, shift_h) = forms
@@ -160,7 +161,7 @@ class PackedNQLSTMLayer(nn.Module):
             return None
         tables = []
         for name, matrix in (("ih", w_ih), ("hh", w_hh)):
-            terms = self.norm_class.fused_step_terms(self.folded(name), matrix.scale, layer_norm)
+            terms = self.folded(name).fused_step_terms(matrix.scale, layer_norm)
             if terms is None:
                 return None
             tables.append(terms)
@@ -249,7 +250,6 @@ class PackedNQLSTMLayer(nn.Module):
             out, h, c = torch._VF.lstm(x, (h.unsqueeze(0), c.unsqueeze(0)), weights, True, 1,
                                        0.0, False, False, False)
             return out, (h.squeeze(0), c.squeeze(0))
-        apply = self.norm_class.apply_folded
         folded_ih, folded_hh = self.folded("ih"), self.folded("hh")
         px = w_ih.matmul(x.reshape(steps * batch, -1)).reshape(steps, batch, -1)
         if not x.is_cuda and select_kernel(w_hh, x.device, steps * batch) == "torch":
@@ -259,11 +259,11 @@ class PackedNQLSTMLayer(nn.Module):
             if native is not None:
                 out, h, c = native
                 return out, (h, c)
-        px = apply(folded_ih, px, t0) + self.bias
+        px = folded_ih.apply(px, t0) + self.bias
         outputs: List[torch.Tensor] = []
         with w_hh.prepared(batch) as recurrent:
             for t in range(steps):
-                h, c, _, _ = lstm_cell(px[t] + apply(folded_hh, recurrent(h), t0 + t), c)
+                h, c, _, _ = lstm_cell(px[t] + folded_hh.apply(recurrent(h), t0 + t), c)
                 outputs.append(h)
         return torch.stack(outputs), (h, c)
 

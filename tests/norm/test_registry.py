@@ -5,9 +5,21 @@ import pytest
 import torch
 
 from nq_plugin.nn import NQLSTM
-from nq_plugin.norm import (NORMALIZATIONS, FoldingNotSupported, Normalization,
+from nq_plugin.norm import (NORMALIZATIONS, FoldedNorm, FoldingNotSupported, Normalization,
                             register_normalization)
 from nq_plugin.packed import PackedNQLSTM
+
+
+class FoldedToyScale(FoldedNorm):
+    """The toy's inference form: its own scale and shift, applied in Python only (no native or
+    fused-step form: the packed model steps in Python)."""
+
+    @classmethod
+    def shapes(cls, features, steps):
+        return {"toy_scale": (features,), "toy_shift": (features,)}
+
+    def apply(self, y, t):
+        return torch.addcmul(self.tensors["toy_shift"], y, self.tensors["toy_scale"])
 
 
 class ToyScale(Normalization):
@@ -33,26 +45,19 @@ class ToyScale(Normalization):
     def counted_parameters(self):
         return 2 * self.features
 
-    def folded(self):
-        return {"toy_scale": self.scale.detach().float().clone(),
-                "toy_shift": self.shift.detach().float().clone()}
+    folded_type = FoldedToyScale
 
-    @classmethod
-    def folded_shapes(cls, features, steps):
-        return {"toy_scale": (features,), "toy_shift": (features,)}
-
-    @classmethod
-    def apply_folded(cls, folded, y, t):
-        return torch.addcmul(folded["toy_shift"], y, folded["toy_scale"])
+    def fold(self):
+        return FoldedToyScale({"toy_scale": self.scale.detach().float().clone(),
+                               "toy_shift": self.shift.detach().float().clone()})
 
 
 class ToyUnfoldable(ToyScale):
     """The same normalization without an inference folding (the base class's)."""
 
     name = "toy_unfoldable"
-    folded = Normalization.folded
-    folded_shapes = Normalization.folded_shapes
-    apply_folded = Normalization.apply_folded
+    folded_type = Normalization.folded_type
+    fold = Normalization.fold
 
 
 @pytest.fixture
