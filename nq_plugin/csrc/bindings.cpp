@@ -20,6 +20,19 @@ std::map<std::string, int64_t> native_ops() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("packed_gemv", &packed_gemv, "x W^T from packed 1/2-bit words (fp32 activations)");
+  py::class_<PackedStepOperands>(m, "PackedStepOperands",
+                                 "packed_lstm_step's fixed operands for one packed layer")
+      .def(py::init<>())
+      .def_readwrite("ih_plus", &PackedStepOperands::ih_plus)
+      .def_readwrite("ih_neg", &PackedStepOperands::ih_neg)
+      .def_readwrite("hh_plus", &PackedStepOperands::hh_plus)
+      .def_readwrite("hh_neg", &PackedStepOperands::hh_neg)
+      .def_readwrite("pre_x", &PackedStepOperands::pre_x)
+      .def_readwrite("pre_h", &PackedStepOperands::pre_h)
+      .def_readwrite("eps_x", &PackedStepOperands::eps_x)
+      .def_readwrite("eps_h", &PackedStepOperands::eps_h)
+      .def_readwrite("hh_q8_add", &PackedStepOperands::hh_q8_add)
+      .def_readwrite("hh_q8_sub", &PackedStepOperands::hh_q8_sub);
   m.def("packed_lstm_step", &packed_lstm_step,
         "one LSTM step from packed 1/2-bit words (gates, cell), fp32");
   m.def("packed_gemv_q8", &packed_gemv_q8,

@@ -7,18 +7,22 @@
 
 torch::Tensor packed_gemv(torch::Tensor x, torch::Tensor plus, c10::optional<torch::Tensor> neg,
                           torch::Tensor scale, int64_t columns);
+// The fixed operands of packed_lstm_step for one packed layer, resolved once per stepper
+// (nq_plugin/packed/kernels/native.py, lstm_stepper): both matrices' word planes (the minus
+// plane only for 2-bit matrices), each term's layer norm (the per-row scale `pre_*` and eps;
+// none: the term is not layer-normalized) and W_h's int8-activation layout (inexact mode).
+struct PackedStepOperands {
+  torch::Tensor ih_plus, hh_plus;
+  c10::optional<torch::Tensor> ih_neg, hh_neg;
+  c10::optional<torch::Tensor> pre_x, pre_h;
+  double eps_x = 0.0, eps_h = 0.0;
+  c10::optional<torch::Tensor> hh_q8_add, hh_q8_sub;
+};
+
 std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, torch::Tensor c,
-                                            torch::Tensor ih_plus,
-                                            c10::optional<torch::Tensor> ih_neg,
-                                            torch::Tensor hh_plus,
-                                            c10::optional<torch::Tensor> hh_neg,
                                             torch::Tensor ax, torch::Tensor ah,
                                             torch::Tensor shift,
-                                            c10::optional<torch::Tensor> pre_x,
-                                            c10::optional<torch::Tensor> pre_h, double eps_x,
-                                            double eps_h,
-                                            c10::optional<torch::Tensor> hh_q8_add,
-                                            c10::optional<torch::Tensor> hh_q8_sub);
+                                            const PackedStepOperands& m);
 torch::Tensor packed_gemv_q8(torch::Tensor x, torch::Tensor add, c10::optional<torch::Tensor> sub,
                              torch::Tensor scale, int64_t rows, int64_t columns);
 torch::Tensor packed_unpack(torch::Tensor plus, c10::optional<torch::Tensor> neg,

@@ -22,25 +22,22 @@ using namespace nq_packed;
 // its 4 gate blocks (mean and biased variance over the block, + eps), as the native recurrence's
 // ROW_BLOCKS, with ax / ah the layer norm's gain. Blocks of 8 hidden units: the 4 gates' 8 rows
 // each, then the cell for those units while the gates are in cache; a layer-normalized term
-// needs all 4H rows first (a pass before). x (B, K), h and c (B, H) float32; planes contiguous
-// int32 (R = 4H rows); returns {h', c'}.
+// needs all 4H rows first (a pass before). x (B, K), h and c (B, H) float32; the fixed operands
+// in `m` (native.h), planes contiguous int32 (R = 4H rows); returns {h', c'}.
 std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, torch::Tensor c,
-                                            torch::Tensor ih_plus,
-                                            c10::optional<torch::Tensor> ih_neg,
-                                            torch::Tensor hh_plus,
-                                            c10::optional<torch::Tensor> hh_neg,
                                             torch::Tensor ax, torch::Tensor ah,
                                             torch::Tensor shift,
-                                            c10::optional<torch::Tensor> pre_x,
-                                            c10::optional<torch::Tensor> pre_h, double eps_x,
-                                            double eps_h,
-                                            c10::optional<torch::Tensor> hh_q8_add,
-                                            c10::optional<torch::Tensor> hh_q8_sub) {
+                                            const PackedStepOperands& m) {
+  const auto& pre_x = m.pre_x;
+  const auto& pre_h = m.pre_h;
+  const auto& hh_q8_add = m.hh_q8_add;
+  const auto& hh_q8_sub = m.hh_q8_sub;
+  const double eps_x = m.eps_x, eps_h = m.eps_h;
   TORCH_CHECK(x.scalar_type() == torch::kFloat32 && h.scalar_type() == torch::kFloat32 &&
               c.scalar_type() == torch::kFloat32, "x, h, c must be float32");
   const int64_t batch = x.size(0), inputs = x.size(1), hidden = h.size(1), rows = 4 * hidden;
-  auto ih = planes_of(ih_plus, ih_neg, "packed_lstm_step (ih)");
-  auto hh = planes_of(hh_plus, hh_neg, "packed_lstm_step (hh)");
+  auto ih = planes_of(m.ih_plus, m.ih_neg, "packed_lstm_step (ih)");
+  auto hh = planes_of(m.hh_plus, m.hh_neg, "packed_lstm_step (hh)");
   const int64_t wx = ih.first.size(1), wh = hh.first.size(1);
   TORCH_CHECK(ih.first.size(0) == rows && hh.first.size(0) == rows, "planes must have 4H rows");
   TORCH_CHECK(inputs <= wx * 32 && hidden <= wh * 32, "inputs do not fit the packed words");

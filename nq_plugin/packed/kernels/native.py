@@ -132,22 +132,25 @@ def lstm_stepper(ih, hh, layer_norm_x=None, layer_norm_h=None, q8_hh=None):
     term given ``layer_norm_*`` = (per-row scale, eps) the layer norm of scale * B y over each
     gate block (ax / ah then being its gain). ``q8_hh``: W_h's :func:`q8_layout`, for int8
     activations in the recurrent product (inexact mode). A generation step is one call."""
-    fused = load().packed_lstm_step
-    q8_add, q8_sub = q8_hh if q8_hh is not None else (None, None)
+    ext = load()
+    fused = ext.packed_lstm_step
+    m = ext.PackedStepOperands()
     if q8_hh is not None:
         _log_once("int8", "nq_plugin: token-by-token CPU steps quantize h to int8 for the "
                   "recurrent product (NQ_PLUGIN_ACTIVATIONS=int8): faster, not exact")
-    ih_plus, ih_neg = word_planes(*ih)
-    hh_plus, hh_neg = word_planes(*hh)
-    pre_x, eps_x = layer_norm_x if layer_norm_x is not None else (None, 0.0)
-    pre_h, eps_h = layer_norm_h if layer_norm_h is not None else (None, 0.0)
+        m.hh_q8_add, m.hh_q8_sub = q8_hh
+    m.ih_plus, m.ih_neg = word_planes(*ih)
+    m.hh_plus, m.hh_neg = word_planes(*hh)
+    if layer_norm_x is not None:
+        m.pre_x, m.eps_x = layer_norm_x
+    if layer_norm_h is not None:
+        m.pre_h, m.eps_h = layer_norm_h
 
     def step(x, h, c, ax, ah, shift, h_out=None):
         dtype = x.dtype
         if dtype != torch.float32:
             x, h, c = x.float(), h.float(), c.float()
-        h_new, c_new = fused(x, h, c, ih_plus, ih_neg, hh_plus, hh_neg, ax, ah, shift, pre_x,
-                             pre_h, eps_x, eps_h, q8_add, q8_sub)
+        h_new, c_new = fused(x, h, c, ax, ah, shift, m)
         if h_out is not None:
             h_out.copy_(h_new)
         if dtype != torch.float32:
