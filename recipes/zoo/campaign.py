@@ -470,6 +470,14 @@ def fits(run: Run, folder: str, tree_limit_mib: float) -> bool:
     return now + stored + packed + logs < tree_limit_mib * 2 ** 20
 
 
+def trained_on_text(base: str, here: str) -> str:
+    """The card's hardware line: the entry's earlier phases (``base``), then this one -- named
+    once when the run went on from its own zoo entry on the same hardware."""
+    if not base:
+        return here
+    return base if base.endswith(here) else base + "; then " + here
+
+
 def add(run: Run, folder: str, data_root: str, best: str, state: dict, value: float) -> None:
     """``nq-zoo add --force`` with the run's logs, schedule and what a resume needs."""
     progress = checkpoint_progress(best)
@@ -483,8 +491,7 @@ def add(run: Run, folder: str, data_root: str, best: str, state: dict, value: fl
     cpu = _cpu_name()
     here = (f"{cpu} ({os.cpu_count()} cores, nice 19, beside other work): {run.id} of the "
             f"campaign (recipes/zoo/campaign.py)")
-    trained_on = (state["base_trained_on"] + "; then " + here) if state.get("base_trained_on") \
-        else here
+    trained_on = trained_on_text(state.get("base_trained_on") or "", here)
     command = " ".join([f"bash {run.data.recipe} DATA_BIN RUN_DIR {run.quantizer} {run.norm}",
                         *map(shlex.quote, run.args), "--max-epoch", str(run.epochs), "--seed", "1",
                         *save_args(run)])

@@ -167,3 +167,18 @@ def test_a_run_gone_on_from_the_zoo_keeps_its_schedule_when_it_resumes(tmp_path)
     at_end = {"epoch": run.epochs - 6 + 1, "iterations": 0}
     assert campaign.finished(at_end, run, state)
     assert not campaign.finished(at_end, run, {})  # the plan's whole run is longer
+
+
+def test_the_hardware_line_names_each_phase_once():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("nq_campaign_under_test3", DRIVER)
+    campaign = importlib.util.module_from_spec(spec)
+    sys.modules["nq_campaign_under_test3"] = campaign
+    spec.loader.exec_module(campaign)
+    here = "CPU X (2 cores): run.sgd of the campaign"
+    assert campaign.trained_on_text("", here) == here
+    assert campaign.trained_on_text("GPU: 7 epochs", here) == "GPU: 7 epochs; then " + here
+    once = "GPU: 7 epochs; then " + here  # gone on from its own entry on the same CPU
+    assert campaign.trained_on_text(once, here) == once
+    assert campaign.trained_on_text(once, "CPU Y: run.sgd") == once + "; then CPU Y: run.sgd"
+
