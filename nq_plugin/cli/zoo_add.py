@@ -40,6 +40,10 @@ def add_parser(sub) -> None:
     s.add_argument("--unbundled-packed", action="store_true",
                    help="list the packed copy (for the Hub) but leave it out of the bundled "
                         "folder, as add-packed --unbundled does")
+    s.add_argument("--checkpoint-eval-log",
+                   help="a log of this checkpoint's test evaluation with --eval-args, as "
+                        "written by nq_plugin.zoo.evaluate (the training campaign's): used as "
+                        "the number before a lossy --floats instead of evaluating again")
     s.add_argument("--force", action="store_true", help="replace this model's zoo folder")
     s.set_defaults(func=cmd_add)
     s = sub.add_parser("compact", help="(maintainers) store a bundled model's model.pt "
@@ -134,7 +138,7 @@ def cmd_add(args) -> int:
         eval_text=args.eval_text, text_format=args.text_format,
         floats=args.floats, compact=not args.no_compact, packed=not args.no_packed,
         unbundled_packed=args.unbundled_packed, notes=args.notes, training=training,
-        force=args.force)
+        force=args.force, checkpoint_eval=args.checkpoint_eval_log)
     entry = add_entry(spec)
     print(f"added {entry.name}: {entry.metric.name} {entry.metric.value:.4f} (paper "
           f"{entry.metric.paper}), LSTM {entry.sizes['lstm_kb']:.1f} KB, {len(entry.files)} "

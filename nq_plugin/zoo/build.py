@@ -27,7 +27,7 @@ from ..files import atomic_copy, atomic_path, atomic_write_text, sha256_file
 from ..storage import encode_state, quantized_digest, storage_plan
 from .card import model_card
 from .derive import pack_entry, rebuild_problems
-from .evaluate import evaluate_checkpoint
+from .evaluate import Evaluation, evaluate_checkpoint, parse_eval_lm, parse_validate
 from .fetch import verify_folder
 from .manifest import Manifest, Metric, ZooEntry, ZooError, ZooFile, zoo_root
 
@@ -60,6 +60,8 @@ class EntrySpec:
     notes: str = ""
     training: Optional[dict] = None
     force: bool = False
+    checkpoint_eval: Optional[str] = None  # a log of ``checkpoint``'s test evaluation (with
+    #                                        eval_args) already made: not run again
 
 
 def _bundled(manifest: Manifest, name: str):
@@ -224,6 +226,24 @@ def storage_sentence(storage: dict, metric: str, stored_value: float) -> str:
     return "`model.pt` stores " + "; ".join(parts) + "; everything else in fp32."
 
 
+def checkpoint_evaluation(spec: EntrySpec, tool_name: str) -> Evaluation:
+    """The test evaluation of ``spec.checkpoint`` as trained: read from ``spec.checkpoint_eval``
+    (the log an :class:`Evaluation` writes, with the entry's options) when given, else run."""
+    if spec.checkpoint_eval is None:
+        return evaluate_checkpoint(spec.checkpoint, spec.data, spec.metric, spec.eval_args,
+                                   tool_name)
+    with open(spec.checkpoint_eval) as f:
+        command, _, output = f.read().partition("\n")
+    if not command.startswith(f"$ {tool_name} ") or \
+            not command.endswith(" ".join(spec.eval_args)):
+        raise ZooError(f"{spec.checkpoint_eval} is not a {tool_name} log made with the entry's "
+                       f"options ({' '.join(spec.eval_args)}); leave --checkpoint-eval-log out "
+                       "to evaluate the checkpoint here")
+    value = parse_validate(output) if spec.metric == "accuracy" else \
+        parse_eval_lm(output)["bits" if spec.metric == "bpc" else "perplexity"]
+    return Evaluation(value, command[2:], output)
+
+
 def add_entry(spec: EntrySpec) -> ZooEntry:
     """Build the zoo entry ``spec.name`` from a training run (see the module doc); returns the
     entry as the manifest now records it."""
@@ -279,8 +299,7 @@ def add_entry(spec: EntrySpec) -> ZooEntry:
         if plan.exact:  # the trained quantized weights, which the stored latents reproduce
             storage["quantized_sha256"] = quantized_digest(trained, plan.exact)
         if plan.lossy:  # the cost of the lossy encoding, measured
-            before = evaluate_checkpoint(spec.checkpoint, spec.data, spec.metric, eval_args,
-                                         cls.evaluation_tool)
+            before = checkpoint_evaluation(spec, cls.evaluation_tool)
             storage["uncompacted_metric"] = round(before.value, 4)
             atomic_write_text(os.path.join(tmp, "logs", "eval_test_uncompacted.log"),
                               before.log)

@@ -398,15 +398,21 @@ def _console(name: str) -> str:
     return exe
 
 
+EVAL_LOG = "eval_best_test.log"  # in the run folder: the last test_metric's log
+
+
 def test_metric(run: Run, checkpoint: str, data_root: str) -> float:
-    """The checkpoint's number as its card measures it (fairseq-eval-lm, the card's options)."""
+    """The checkpoint's number as its card measures it (fairseq-eval-lm, the card's options);
+    its log is kept beside it (:data:`EVAL_LOG`) for ``nq-zoo add --checkpoint-eval-log``."""
     from nq_plugin.zoo.evaluate import evaluate_checkpoint
     from nq_plugin.zoo.manifest import ZooError
     try:
-        return evaluate_checkpoint(checkpoint, os.path.join(data_root, run.data.folder),
-                                   run.data.metric, run.data.eval_args).value
+        r = evaluate_checkpoint(checkpoint, os.path.join(data_root, run.data.folder),
+                                run.data.metric, run.data.eval_args)
     except ZooError as err:
         raise RuntimeError(f"evaluating {checkpoint} failed: {err}") from None
+    atomic_write_text(os.path.join(os.path.dirname(checkpoint), EVAL_LOG), r.log)
+    return r.value
 
 
 def tracked_bytes(root: str) -> Optional[int]:
@@ -520,6 +526,8 @@ def add(run: Run, folder: str, data_root: str, best: str, state: dict, value: fl
         if run.paper_kb is not None:
             argv += ["--paper-kb", str(run.paper_kb)]
         argv += ["--floats", run.data.floats]
+        if os.path.isfile(os.path.join(folder, EVAL_LOG)):  # made by consider() for ``best``
+            argv += ["--checkpoint-eval-log", os.path.join(folder, EVAL_LOG)]
         if run.quantizer == "fp":  # nothing to pack: the packed copy would be fp32 again
             argv.append("--no-packed")
         elif run.data.packed == "unbundled":

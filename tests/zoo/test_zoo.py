@@ -526,3 +526,21 @@ def test_compact_rebuilds_an_entry_from_its_own_files(tmp_path, tiny_zoo, demo_c
     assert (folder / "logs" / "valid.txt").exists()
     assert [p.name for p in root.glob("models/.*")] == []
 
+
+
+def test_a_checkpoint_evaluation_already_made_is_read_not_run(tmp_path):
+    """nq-zoo add --checkpoint-eval-log (the campaign's decision evaluation): its number is
+    read from the log; a log made with other options is refused, naming the fix."""
+    from nq_plugin.zoo.build import EntrySpec, checkpoint_evaluation
+    args = ["--task", "bptt_lm", "--gen-subset", "test", "--cpu"]
+    log = tmp_path / "eval.log"
+    log.write_text("$ fairseq-eval-lm DATA_BIN --user-dir NQ_PLUGIN_DIR --path model.pt "
+                   + " ".join(args) + "\n... | Loss (base 2): 6.4991, Perplexity: 90.49\n")
+    spec = EntrySpec(name="x", checkpoint=str(tmp_path / "absent.pt"), data=str(tmp_path),
+                     dataset="d", repo_id="r/x", metric="perplexity", eval_args=args,
+                     epochs=1, trained_on="t", train_command="c", checkpoint_eval=str(log))
+    r = checkpoint_evaluation(spec, "fairseq-eval-lm")  # the checkpoint does not exist: read
+    assert r.value == 90.49 and r.log == log.read_text()
+    spec.eval_args = args + ["--batch-size", "16"]
+    with pytest.raises(ZooError, match="not a fairseq-eval-lm log made with the entry's options"):
+        checkpoint_evaluation(spec, "fairseq-eval-lm")
