@@ -3,6 +3,8 @@ streaming scoring do -- for NQLSTM (BinaryConnect + weight norm, cached eval wei
 models (binary and ternary; exact, and with the optional int8 activations of the recurrent
 product, ``set_activations("int8")``), torch.nn.LSTM fp32 and torch's int8 dynamic LSTM, side by
 side in one run, with each one's weight memory (the matrices' bytes; biases and scales aside).
+The exact packed steps run with each table lookup this CPU has (``NQ_PLUGIN_LOOKUP``: nibbles
+with AVX-512, pairs everywhere), each in its row.
 
     python benchmarks/inference_step.py [--hidden 512 2000] [--steps 200] [--rounds 5]
 
@@ -16,7 +18,9 @@ import time
 
 import torch
 
+from nq_plugin import backend
 from nq_plugin.nn import NQLSTM
+from nq_plugin.packed.kernels import native
 from nq_plugin.packed.lstm import PackedNQLSTM
 
 INPUTS = {512: 53, 2000: 27}  # one-hot input widths of the PTB char and text8 models
@@ -35,7 +39,16 @@ def cpu_flags() -> str:
         flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split()
     except (OSError, StopIteration):
         return "unknown"
-    return " ".join(f for f in ("avx2", "avx512f", "avx512_vnni") if f in flags) or "none"
+    return " ".join(f for f in ("avx2", "avx512f", "avx512vl", "avx512_vnni") if f in flags) \
+        or "none"
+
+
+def cpu_name() -> str:
+    try:
+        return next(l for l in open("/proc/cpuinfo")
+                    if l.startswith("model name")).split(":", 1)[1].strip()
+    except (OSError, StopIteration):
+        return "unknown"
 
 
 def int8_lstm(lstm):
@@ -63,7 +76,9 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    print(f"torch {torch.__version__}, CPU vector flags: {cpu_flags()}")
+    print(f"torch {torch.__version__}, CPU: {cpu_name()}, vector flags: {cpu_flags()}")
+    lookups = ["nibbles", "pairs"] if native.load().packed_nibbles_supported() else ["pairs"]
+    print(f"table lookups of the exact packed steps measured: {', '.join(lookups)}")
     torch.manual_seed(0)
     for hidden in a.hidden:
         inp = INPUTS.get(hidden, 64)
@@ -83,16 +98,22 @@ def main():
         # the optional inexact mode: h quantized to int8 for the recurrent product
         packed_q8 = copy.deepcopy(packed).set_activations("int8")
         ternary_q8 = copy.deepcopy(ternary).set_activations("int8")
-        variants = {"NQLSTM bc+weight (cached)": step_of(nq), "packed bc+weight": step_of(packed),
-                    "packed tc+weight": step_of(ternary),
-                    "packed bc+weight, int8 h": step_of(packed_q8),
-                    "packed tc+weight, int8 h": step_of(ternary_q8), "nn.LSTM fp32": step_of(ref)}
+        variants = {"NQLSTM bc+weight (cached)": step_of(nq)}
+        lookup_of = {}  # the rows measured with a lookup chosen for them
+        for lookup in lookups:
+            for name, model in (("packed bc+weight", packed), ("packed tc+weight", ternary)):
+                row = f"{name} [{lookup}]"
+                variants[row] = step_of(copy.deepcopy(model))
+                lookup_of[row] = lookup
+        variants.update({"packed bc+weight, int8 h": step_of(packed_q8),
+                         "packed tc+weight, int8 h": step_of(ternary_q8),
+                         "nn.LSTM fp32": step_of(ref)})
         # weight memory: fp32 matrices (NQLSTM: the latent weights, the cached quantized copy
         # and W_h's kept oneDNN layout); the packed words; int8's one byte per weight
         matrices = 4 * hidden * (inp + hidden)
         memory = {"NQLSTM bc+weight (cached)": 4 * (2 * matrices + 4 * hidden * hidden),
                   "nn.LSTM fp32": 4 * matrices,
-                  "packed bc+weight": word_bytes(packed), "packed tc+weight": word_bytes(ternary),
+                  **{row: word_bytes(packed if "bc" in row else ternary) for row in lookup_of},
                   # the words and W_h's nibble layout (as many bytes as its planes)
                   "packed bc+weight, int8 h": word_bytes(packed) + 4 * hidden * hidden // 8,
                   "packed tc+weight, int8 h": word_bytes(ternary) + 4 * hidden * hidden // 4,
@@ -102,22 +123,25 @@ def main():
         else:
             variants["int8 dynamic LSTM"] = step_of(int8)
         times = {k: [] for k in variants}
+        def measure(k, steps):  # a row's lookup chosen once around its steps
+            with backend.use(**({"lookup": lookup_of[k]} if k in lookup_of else {})):
+                return per_step(variants[k], steps)
         with torch.no_grad():
-            for k, f in variants.items():
-                per_step(f, 20)  # warm-up (and the cache)
+            for k in variants:
+                measure(k, 20)  # warm-up (and the cache)
             for _ in range(a.rounds):
-                for k, f in variants.items():
-                    times[k].append(per_step(f, a.steps))
+                for k in variants:
+                    times[k].append(measure(k, a.steps))
         base = statistics.median(times["nn.LSTM fp32"])
         int8_time = statistics.median(times["int8 dynamic LSTM"]) if int8 is not None else None
         print(f"\nH={hidden} (input {inp}), batch 1, one step per call, {a.threads} threads, "
               f"median of {a.rounds} rounds of {a.steps} steps")
-        print("| variant                    | ms/step | vs nn.LSTM fp32 | vs int8 | weights  |")
-        print("|----------------------------|---------|-----------------|---------|----------|")
+        print("| variant                      | ms/step | vs nn.LSTM fp32 | vs int8 | weights  |")
+        print("|------------------------------|---------|-----------------|---------|----------|")
         for k in variants:
             m = statistics.median(times[k])
             vs_int8 = f"{int8_time / m:6.2f}x" if int8_time else "      -"
-            print(f"| {k:<26} | {m * 1e3:7.3f} | {base / m:14.2f}x | {vs_int8} | "
+            print(f"| {k:<28} | {m * 1e3:7.3f} | {base / m:14.2f}x | {vs_int8} | "
                   f"{memory[k] / 2 ** 20:5.2f} MB |")
 
 

@@ -1,6 +1,6 @@
 """Execution choices, made in one place: how the LSTM loop runs, which kernel multiplies packed
-weights, and the activations of the fused CPU step -- an enum each, held by one frozen
-:class:`Backend`.
+weights, the activations of the fused CPU step and the table lookup of the CPU's packed
+products -- an enum each, held by one frozen :class:`Backend`.
 
 The choices come from the environment, read once (on first use) by :func:`current`::
 
@@ -54,6 +54,14 @@ class Activations(str, Enum):
     INT8 = "int8"  # h quantized per row to int8: faster, inexact
 
 
+class Lookup(str, Enum):
+    """The table lookup of the CPU's exact (fp32-activation) packed products
+    (nq_plugin/csrc/packed_gemv.cpp)."""
+    AUTO = "auto"        # nibbles where the CPU has AVX-512 (F and VL), else pairs
+    NIBBLES = "nibbles"  # a 16-value table per 4 inputs (AVX-512VL), or an error
+    PAIRS = "pairs"      # a 4-value table per 2 inputs (AVX2; portable without)
+
+
 class EnvironmentVariable(NamedTuple):
     name: str
     default: str
@@ -69,6 +77,9 @@ ENVIRONMENT: List[EnvironmentVariable] = [
     EnvironmentVariable("NQ_PLUGIN_ACTIVATIONS", "fp32",
                         "the fused CPU step of packed models: fp32 (exact) | int8 (faster, "
                         "inexact) (Backend.activations)"),
+    EnvironmentVariable("NQ_PLUGIN_LOOKUP", "auto",
+                        "the CPU's exact packed products: auto | nibbles (AVX-512) | pairs "
+                        "(Backend.lookup)"),
     EnvironmentVariable("NQ_ZOO_DIR", "the zoo nq_plugin ships",
                         "a zoo of one's own: a folder with manifest.json and models/NAME"),
     EnvironmentVariable("NQ_ZOO_CACHE", "~/.cache/nq_plugin/zoo",
@@ -79,7 +90,8 @@ ENVIRONMENT: List[EnvironmentVariable] = [
 
 _FIELDS = {"recurrence": ("NQ_PLUGIN_RECURRENCE", Recurrence),
            "packed_kernel": ("NQ_PLUGIN_KERNEL", PackedKernel),
-           "activations": ("NQ_PLUGIN_ACTIVATIONS", Activations)}
+           "activations": ("NQ_PLUGIN_ACTIVATIONS", Activations),
+           "lookup": ("NQ_PLUGIN_LOOKUP", Lookup)}
 
 
 def parse(field: str, value, source: Optional[str] = None) -> Enum:
@@ -101,6 +113,7 @@ class Backend:
     recurrence: Recurrence = Recurrence.AUTO
     packed_kernel: PackedKernel = PackedKernel.AUTO
     activations: Activations = Activations.FP32
+    lookup: Lookup = Lookup.AUTO
 
     def __post_init__(self):
         for f in _FIELDS:
@@ -135,7 +148,7 @@ def current() -> Backend:
 @contextlib.contextmanager
 def use(backend: Optional[Backend] = None, **changes) -> Iterator[Backend]:
     """Run a block with ``backend`` (default: the current one) changed by ``changes``
-    (``recurrence=``, ``packed_kernel=``, ``activations=``, strings or enums)."""
+    (``recurrence=``, ``packed_kernel=``, ``activations=``, ``lookup=``, strings or enums)."""
     chosen = dataclasses.replace(backend or current(), **changes)
     _overrides.append(chosen)
     try:

@@ -32,7 +32,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("eps_x", &PackedStepOperands::eps_x)
       .def_readwrite("eps_h", &PackedStepOperands::eps_h)
       .def_readwrite("hh_q8_add", &PackedStepOperands::hh_q8_add)
-      .def_readwrite("hh_q8_sub", &PackedStepOperands::hh_q8_sub);
+      .def_readwrite("hh_q8_sub", &PackedStepOperands::hh_q8_sub)
+      .def_readwrite("lookup", &PackedStepOperands::lookup);
+  m.def("packed_nibbles_supported", &packed_nibbles_supported,
+        "whether the nibble lookup of packed products (AVX-512 F and VL) runs here");
   m.def("packed_lstm_step", &packed_lstm_step,
         "one LSTM step from packed 1/2-bit words (gates, cell), fp32");
   m.def("packed_gemv_q8", &packed_gemv_q8,

@@ -5,18 +5,23 @@
 #include <torch/extension.h>
 #include <vector>
 
+// lookup: the lookup's number (packed_products.h, Lookup: 0 pairs, 1 nibbles)
 torch::Tensor packed_gemv(torch::Tensor x, torch::Tensor plus, c10::optional<torch::Tensor> neg,
-                          torch::Tensor scale, int64_t columns);
+                          torch::Tensor scale, int64_t columns, int64_t lookup);
+// whether the nibble lookup (AVX-512 F and VL) runs on this CPU and build
+bool packed_nibbles_supported();
 // The fixed operands of packed_lstm_step for one packed layer, resolved once per stepper
 // (nq_plugin/packed/kernels/native.py, lstm_stepper): both matrices' word planes (the minus
 // plane only for 2-bit matrices), each term's layer norm (the per-row scale `pre_*` and eps;
-// none: the term is not layer-normalized) and W_h's int8-activation layout (inexact mode).
+// none: the term is not layer-normalized), W_h's int8-activation layout (inexact mode) and the
+// lookup of the fp32 products (packed_products.h, Lookup: 0 pairs, 1 nibbles).
 struct PackedStepOperands {
   torch::Tensor ih_plus, hh_plus;
   c10::optional<torch::Tensor> ih_neg, hh_neg;
   c10::optional<torch::Tensor> pre_x, pre_h;
   double eps_x = 0.0, eps_h = 0.0;
   c10::optional<torch::Tensor> hh_q8_add, hh_q8_sub;
+  int64_t lookup = 0;
 };
 
 std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, torch::Tensor c,

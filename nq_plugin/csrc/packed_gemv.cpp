@@ -2,15 +2,19 @@
 // negative planes), computed from the packed words without unpacking them, with exact fp32
 // activations -- the kernel of token-by-token inference (generation, streaming scoring).
 //
-// Lookup tables over pairs of inputs (T-MAC's idea, Wei et al. 2024, kept in fp32): for each
-// activation row x and each pair (x_2p, x_2p+1), the 4 values the pair's two code bits can
-// select -- binary (bit = sign): -x0-x1, x0-x1, x1-x0, x0+x1; ternary (bit = selected): 0, x0,
-// x1, x0+x1, looked up once for the adds (nonzero & !negative) and once for the subtracts
-// (nonzero & negative). With AVX2, 8 rows run in the 8 lanes: 8 rows' words are transposed in
-// registers (lane l = row l), and for each pair one shift brings the pair's bits to the bottom
-// of every lane and one vpermilps looks the 8 rows' values up in the pair's table (4 entries per
-// 128-bit half) -- 2 multiply-free operations per 16 products, where the sign-bit masked adds
-// took 4 per 8. Without AVX2 a portable loop.
+// Lookup tables over groups of inputs (T-MAC's idea, Wei et al. 2024, kept in fp32): for each
+// activation row x and each group of inputs, the sums the group's code bits can select --
+// binary (bit = sign): the signed sums +-x0 +-x1 ...; ternary (bit = selected): the subset sums
+// -- looked up once for the adds (binary: the signs; ternary: nonzero & !negative) and, ternary,
+// once for the subtracts (nonzero & negative). Two lookups (packed_products.h, Lookup), 8 rows
+// in the 8 lanes of a 256-bit register, 8 rows' words transposed in registers (lane l = row l):
+// - pairs (AVX2): per pair of inputs a 4-value table (one 128-bit half, twice); one shift brings
+//   the pair's bits to the bottom of every lane and one vpermilps looks the 8 rows' values up --
+//   3 operations per 16 products;
+// - nibbles (AVX-512VL, chosen at run time): per 4 inputs a 16-value table held in two 256-bit
+//   registers; one shift and one vpermt2ps (4 index bits) per 4 inputs -- 3 operations per 32
+//   products, the same table bytes per word (8 x 16 floats instead of 16 x 8).
+// Without AVX2 a portable loop over the pair tables.
 // Layout: nq_plugin/packed/format.py (int32 words along the input, LSB first, zero padding).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -30,13 +34,16 @@
 
 namespace nq_packed {
 
-// The tables of activation rows x (n rows of `columns` floats, row stride `stride`) for `words`
-// words: (n, words * 128) floats, pair p's entries at 8p..8p+7 (4 values, twice).
-std::vector<float> build_tables(const float* x, int64_t n, int64_t stride, int64_t columns,
-                                int64_t words, bool ternary) {
-  std::vector<float> t((size_t)(n * words * kTableFloats));
+#ifdef __AVX2__
+#define NQ_AVX512 __attribute__((target("avx512f,avx512vl")))
+#endif
+
+// The pair tables of activation rows x (n rows of `columns` floats, row stride `stride`) for
+// `words` words into t: (n, words * 128) floats, pair p's entries at 8p..8p+7 (4 values, twice).
+static void build_pair_tables(const float* x, int64_t n, int64_t stride, int64_t columns,
+                              int64_t words, bool ternary, float* t) {
   for (int64_t b = 0; b < n; ++b) {
-    float* tb = t.data() + b * words * kTableFloats;
+    float* tb = t + b * words * kTableFloats;
     for (int64_t p = 0; p < words * 16; ++p) {
       const float x0 = 2 * p < columns ? x[b * stride + 2 * p] : 0.f;
       const float x1 = 2 * p + 1 < columns ? x[b * stride + 2 * p + 1] : 0.f;
@@ -49,6 +56,58 @@ std::vector<float> build_tables(const float* x, int64_t n, int64_t stride, int64
       q[3] = q[7] = e3;
     }
   }
+}
+
+#ifdef __AVX2__
+// The nibble tables: group m (inputs 4m..4m+3) at 16m..16m+15, entry e = sum over the group's
+// inputs i of x_i if bit i of e is set, else -x_i (binary) or 0 (ternary); summed in input order.
+NQ_AVX512 static void build_nibble_tables(const float* x, int64_t n, int64_t stride,
+                                          int64_t columns, int64_t words, bool ternary,
+                                          float* t) {
+  alignas(64) float sel[4][16];
+  for (int i = 0; i < 4; ++i)
+    for (int e = 0; e < 16; ++e) sel[i][e] = ((e >> i) & 1) ? 1.f : (ternary ? 0.f : -1.f);
+  const __m512 s0 = _mm512_load_ps(sel[0]), s1 = _mm512_load_ps(sel[1]);
+  const __m512 s2 = _mm512_load_ps(sel[2]), s3 = _mm512_load_ps(sel[3]);
+  for (int64_t b = 0; b < n; ++b) {
+    const float* xb = x + b * stride;
+    float* tb = t + b * words * kTableFloats;
+    for (int64_t m = 0; m < words * 8; ++m) {
+      float v[4];
+      for (int i = 0; i < 4; ++i) v[i] = 4 * m + i < columns ? xb[4 * m + i] : 0.f;
+      // x_i * (+-1 or 0) is exact: the sum rounds as ((x0 + x1) + x2) + x3 would
+      __m512 e = _mm512_mul_ps(_mm512_set1_ps(v[0]), s0);
+      e = _mm512_add_ps(e, _mm512_mul_ps(_mm512_set1_ps(v[1]), s1));
+      e = _mm512_add_ps(e, _mm512_mul_ps(_mm512_set1_ps(v[2]), s2));
+      e = _mm512_add_ps(e, _mm512_mul_ps(_mm512_set1_ps(v[3]), s3));
+      _mm512_storeu_ps(tb + 16 * m, e);
+    }
+  }
+}
+#endif
+
+bool nibbles_supported() {
+#ifdef __AVX2__
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+std::vector<float> build_tables(const float* x, int64_t n, int64_t stride, int64_t columns,
+                                int64_t words, bool ternary, Lookup lookup) {
+  std::vector<float> t((size_t)(n * words * kTableFloats));
+#ifdef __AVX2__
+  if (lookup == Lookup::kNibbles) {
+    TORCH_CHECK(nibbles_supported(), "the nibble lookup needs AVX-512 F and VL");
+    build_nibble_tables(x, n, stride, columns, words, ternary, t.data());
+    return t;
+  }
+#else
+  TORCH_CHECK(lookup == Lookup::kPairs, "the nibble lookup is not compiled in (no AVX2)");
+#endif
+  build_pair_tables(x, n, stride, columns, words, ternary, t.data());
   return t;
 }
 
@@ -101,43 +160,62 @@ inline void word_lookup(__m256i w, const float* t, __m256 acc[4]) {
                                                           _mm256_srli_epi32(w, 2 * (j + u))));
   }
 }
+// One block of 8 words of the 8 rows (words k.. of a row; the last block overlaps the one
+// before, whose words were counted already: `first` skips them), transposed (lane l = row l):
+// the adds (binary: the signs; ternary: nonzero & !negative) and, ternary, the subtracts.
+struct WordBlock {
+  int64_t k0;
+  int first, last;
+  __m256i add[8], sub[8];
+  WordBlock(const uint32_t* const* plus, const uint32_t* const* neg, int64_t k, int64_t words,
+            bool ternary) {
+    k0 = words >= 8 ? std::min(k, words - 8) : 0;
+    first = (int)(k - k0);
+    last = (int)std::min<int64_t>(8, words);
+    load_lanes(plus, k0, words, add);
+    if (!ternary) return;
+    load_lanes(neg, k0, words, sub);
+    for (int q = 0; q < 8; ++q) {
+      const __m256i nz = add[q];
+      add[q] = _mm256_andnot_si256(sub[q], nz);
+      sub[q] = _mm256_and_si256(sub[q], nz);
+    }
+  }
+};
+
+// four independent sums each of the adds' and the subtracts' values (the adds' latency, not
+// their throughput, bounds fewer); add_to: out[0..7] += adds - subtracts
+struct Sums {
+  __m256 add[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+  __m256 sub[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+  void add_to(float* out) const {
+    const __m256 sum = _mm256_sub_ps(
+        _mm256_add_ps(_mm256_add_ps(add[0], add[1]), _mm256_add_ps(add[2], add[3])),
+        _mm256_add_ps(_mm256_add_ps(sub[0], sub[1]), _mm256_add_ps(sub[2], sub[3])));
+    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_loadu_ps(out), sum));
+  }
+};
 #endif
 
-// out[b * 8 + l] = B_{rows[l]} . x_b for the 8 rows and n activation rows (their tables, row
-// stride `table_stride`); `neg` null for binary.
+// out[b * 8 + l] = B_{rows[l]} . x_b for the 8 rows and n activation rows (their pair tables,
+// row stride `table_stride`); `neg` null for binary.
 template <bool TERNARY>
-void rows_dot_kind(const uint32_t* const* plus, const uint32_t* const* neg, int64_t words,
+void rows_dot_pairs(const uint32_t* const* plus, const uint32_t* const* neg, int64_t words,
                    const float* tables, int64_t table_stride, int64_t n, float* out) {
   std::fill(out, out + kLanes * n, 0.f);
 #ifdef __AVX2__
   for (int64_t k = 0; k < words; k += 8) {
-    // the last 8 words overlap the previous block: its first words were counted already
-    const int64_t k0 = words >= 8 ? std::min(k, words - 8) : 0;
-    const int first = (int)(k - k0), last = (int)std::min<int64_t>(8, words);
-    __m256i add[8], sub[8];
-    load_lanes(plus, k0, words, add);
-    if (TERNARY) {
-      load_lanes(neg, k0, words, sub);
-      for (int q = 0; q < 8; ++q) {
-        const __m256i nz = add[q];
-        add[q] = _mm256_andnot_si256(sub[q], nz);
-        sub[q] = _mm256_and_si256(sub[q], nz);
-      }
-    }
+    const WordBlock blk(plus, neg, k, words, TERNARY);
     for (int64_t b = 0; b < n; ++b) {
-      const float* t = tables + b * table_stride + k0 * kTableFloats;
-      __m256 add_acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                           _mm256_setzero_ps()};
-      __m256 sub_acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                           _mm256_setzero_ps()};
-      for (int q = first; q < last; ++q) {
-        word_lookup(add[q], t + q * kTableFloats, add_acc);
-        if (TERNARY) word_lookup(sub[q], t + q * kTableFloats, sub_acc);
+      const float* t = tables + b * table_stride + blk.k0 * kTableFloats;
+      Sums sums;
+      for (int q = blk.first; q < blk.last; ++q) {
+        word_lookup(blk.add[q], t + q * kTableFloats, sums.add);
+        if (TERNARY) word_lookup(blk.sub[q], t + q * kTableFloats, sums.sub);
       }
-      const __m256 sum = _mm256_sub_ps(
-          _mm256_add_ps(_mm256_add_ps(add_acc[0], add_acc[1]), _mm256_add_ps(add_acc[2], add_acc[3])),
-          _mm256_add_ps(_mm256_add_ps(sub_acc[0], sub_acc[1]), _mm256_add_ps(sub_acc[2], sub_acc[3])));
-      _mm256_storeu_ps(out + b * kLanes, _mm256_add_ps(_mm256_loadu_ps(out + b * kLanes), sum));
+      sums.add_to(out + b * kLanes);
     }
   }
 #else
@@ -159,13 +237,70 @@ void rows_dot_kind(const uint32_t* const* plus, const uint32_t* const* neg, int6
 #endif
 }
 
-void rows_dot(const uint32_t* const* plus, const uint32_t* const* neg, int64_t words,
-              const float* tables, int64_t table_stride, int64_t n, float* out) {
-  if (neg == nullptr) {
-    rows_dot_kind<false>(plus, neg, words, tables, table_stride, n, out);
-  } else {
-    rows_dot_kind<true>(plus, neg, words, tables, table_stride, n, out);
+#ifdef __AVX2__
+// acc[0..3] += the nibble-table values of one word's 8 groups, 8 rows (lanes) at once: the
+// group's 4 code bits index the 16 values held in two registers (bit 3 picks the register);
+// ternary: the subtract plane's values into sub[0..3], from the same two registers
+template <bool TERNARY>
+NQ_AVX512 inline void word_lookup_nibbles(__m256i add, __m256i neg, const float* t,
+                                          __m256 acc[4], __m256 sub[4]) {
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; ++j) {
+    const __m256 lo = _mm256_loadu_ps(t + 16 * j), hi = _mm256_loadu_ps(t + 16 * j + 8);
+    acc[j & 3] = _mm256_add_ps(acc[j & 3],
+                               _mm256_permutex2var_ps(lo, _mm256_srli_epi32(add, 4 * j), hi));
+    if (TERNARY)
+      sub[j & 3] = _mm256_add_ps(sub[j & 3],
+                                 _mm256_permutex2var_ps(lo, _mm256_srli_epi32(neg, 4 * j), hi));
   }
+}
+
+// rows_dot_pairs with the nibble tables (AVX-512VL): the same blocks of words, half the lookups
+template <bool TERNARY>
+NQ_AVX512 void rows_dot_nibbles(const uint32_t* const* plus, const uint32_t* const* neg,
+                                int64_t words, const float* tables, int64_t table_stride,
+                                int64_t n, float* out) {
+  std::fill(out, out + kLanes * n, 0.f);
+  for (int64_t k = 0; k < words; k += 8) {
+    const WordBlock blk(plus, neg, k, words, TERNARY);
+    for (int64_t b = 0; b < n; ++b) {
+      const float* t = tables + b * table_stride + blk.k0 * kTableFloats;
+      Sums sums;
+      for (int q = blk.first; q < blk.last; ++q)
+        word_lookup_nibbles<TERNARY>(blk.add[q], TERNARY ? blk.sub[q] : blk.add[q],
+                                     t + q * kTableFloats, sums.add, sums.sub);
+      sums.add_to(out + b * kLanes);
+    }
+  }
+}
+#endif
+
+void rows_dot(const uint32_t* const* plus, const uint32_t* const* neg, int64_t words,
+              const float* tables, int64_t table_stride, int64_t n, float* out, Lookup lookup) {
+#ifdef __AVX2__
+  if (lookup == Lookup::kNibbles) {
+    if (neg == nullptr) {
+      rows_dot_nibbles<false>(plus, neg, words, tables, table_stride, n, out);
+    } else {
+      rows_dot_nibbles<true>(plus, neg, words, tables, table_stride, n, out);
+    }
+    return;
+  }
+#endif
+  if (neg == nullptr) {
+    rows_dot_pairs<false>(plus, neg, words, tables, table_stride, n, out);
+  } else {
+    rows_dot_pairs<true>(plus, neg, words, tables, table_stride, n, out);
+  }
+}
+
+Lookup lookup_of(int64_t value) {
+  TORCH_CHECK(value == (int64_t)Lookup::kPairs || value == (int64_t)Lookup::kNibbles,
+              "lookup: 0 (pairs) or 1 (nibbles), got ", value);
+  const Lookup how = static_cast<Lookup>(value);
+  TORCH_CHECK(how == Lookup::kPairs || nibbles_supported(),
+              "the nibble lookup needs AVX-512 F and VL, which this CPU or build lacks");
+  return how;
 }
 
 // row pointers of one block: rows first..first+7 of a plane, clamped to row `limit` - 1
@@ -253,9 +388,12 @@ torch::Tensor packed_gemv_q8(torch::Tensor x, torch::Tensor add, c10::optional<t
   return y;
 }
 
+bool packed_nibbles_supported() { return nibbles_supported(); }
+
 // x: (N, columns) float32; plus (and neg for 2 bits): (R, words) int32; scale: (R,) float32.
 torch::Tensor packed_gemv(torch::Tensor x, torch::Tensor plus, c10::optional<torch::Tensor> neg,
-                          torch::Tensor scale, int64_t columns) {
+                          torch::Tensor scale, int64_t columns, int64_t lookup) {
+  const Lookup how = lookup_of(lookup);
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x must be (N, n) float32");
   auto planes = planes_of(plus, neg, "packed_gemv");
   const int64_t n = x.size(0), rows = planes.first.size(0), words = planes.first.size(1);
@@ -264,7 +402,7 @@ torch::Tensor packed_gemv(torch::Tensor x, torch::Tensor plus, c10::optional<tor
   auto scale_c = scale.contiguous().to(torch::kFloat32);
   TORCH_CHECK(scale_c.numel() == rows, "one scale per row");
   const auto tables = build_tables(xc.data_ptr<float>(), n, columns, columns, words,
-                                   planes.second.has_value());
+                                   planes.second.has_value(), how);
   auto y = torch::empty({n, rows}, x.options());
   const uint32_t* pp = reinterpret_cast<const uint32_t*>(planes.first.data_ptr<int32_t>());
   const uint32_t* np = words_of(planes.second);
@@ -279,7 +417,7 @@ torch::Tensor packed_gemv(torch::Tensor x, torch::Tensor plus, c10::optional<tor
       block_rows(pp, words, r0, rows, prow);
       if (np != nullptr) block_rows(np, words, r0, rows, nrow);
       rows_dot(prow, np == nullptr ? nullptr : nrow, words, tables.data(),
-               words * kTableFloats, n, acc.data());
+               words * kTableFloats, n, acc.data(), how);
       for (int64_t b = 0; b < n; ++b)
         for (int64_t l = 0; l < kLanes && r0 + l < rows; ++l)
           yd[b * rows + r0 + l] = sd[r0 + l] * acc[b * kLanes + l];

@@ -10,15 +10,24 @@
 namespace nq_packed {
 
 constexpr int64_t kLanes = 8;          // rows per block
-constexpr int64_t kTableFloats = 128;  // per 32-input word: 16 pairs x 4 entries x 2 halves
+constexpr int64_t kTableFloats = 128;  // per 32-input word, either lookup's tables
 
-// the tables of n activation rows for `words` words: (n, words * kTableFloats) floats
+// How a word's 32 inputs are looked up, kLanes rows at a time (packed_gemv.cpp):
+// kPairs: 16 tables of 4 values, one per pair of inputs (AVX2 vpermilps; portable without AVX2);
+// kNibbles: 8 tables of 16 values, one per 4 inputs (AVX-512VL vpermt2ps): half the lookups.
+enum class Lookup : int64_t { kPairs = 0, kNibbles = 1 };
+// whether kNibbles runs here: compiled in (an AVX2 build) and the CPU has AVX-512 F and VL
+bool nibbles_supported();
+// a Lookup from its number, checked (a bad number, or kNibbles where it cannot run: an error)
+Lookup lookup_of(int64_t value);
+// the tables of n activation rows for `words` words in `lookup`'s layout: (n, words *
+// kTableFloats) floats
 std::vector<float> build_tables(const float* x, int64_t n, int64_t stride, int64_t columns,
-                                int64_t words, bool ternary);
-// out[b * kLanes + l] = B_{rows[l]} . x_b for kLanes rows and n activation rows (their tables);
-// neg null for binary
+                                int64_t words, bool ternary, Lookup lookup);
+// out[b * kLanes + l] = B_{rows[l]} . x_b for kLanes rows and n activation rows (their tables,
+// built for the same `lookup`); neg null for binary
 void rows_dot(const uint32_t* const* plus, const uint32_t* const* neg, int64_t words,
-              const float* tables, int64_t table_stride, int64_t n, float* out);
+              const float* tables, int64_t table_stride, int64_t n, float* out, Lookup lookup);
 // row pointers of one block: rows first..first+7 of a plane, clamped to row limit - 1
 void block_rows(const uint32_t* plane, int64_t words, int64_t first, int64_t limit,
                 const uint32_t* rows[kLanes]);

@@ -33,6 +33,7 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
   const auto& hh_q8_add = m.hh_q8_add;
   const auto& hh_q8_sub = m.hh_q8_sub;
   const double eps_x = m.eps_x, eps_h = m.eps_h;
+  const Lookup how = lookup_of(m.lookup);
   TORCH_CHECK(x.scalar_type() == torch::kFloat32 && h.scalar_type() == torch::kFloat32 &&
               c.scalar_type() == torch::kFloat32, "x, h, c must be float32");
   const int64_t batch = x.size(0), inputs = x.size(1), hidden = h.size(1), rows = 4 * hidden;
@@ -46,7 +47,7 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
   auto xc = x.contiguous(), hc = h.contiguous(), cc = c.contiguous();
   auto axc = ax.contiguous(), ahc = ah.contiguous(), sc = shift.contiguous();
   const auto tx = build_tables(xc.data_ptr<float>(), batch, inputs, inputs, wx,
-                               ih.second.has_value());
+                               ih.second.has_value(), how);
   // int8 activations for the recurrent product (the optional inexact mode): its nibble layout
   const bool q8 = hh_q8_add.has_value();
   if (q8) {
@@ -55,7 +56,8 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
                 "int8-activation layout: a subtract plane goes with 2-bit W_h only");
   }
   const auto th = q8 ? std::vector<float>() : build_tables(hc.data_ptr<float>(), batch, hidden,
-                                                            hidden, wh, hh.second.has_value());
+                                                            hidden, wh, hh.second.has_value(),
+                                                            how);
   // the two products: plane pointers, tables, words, and the layer norm's per-row scale
   struct Term {
     const uint32_t *plus, *neg;
@@ -79,7 +81,7 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
     block_rows(term.plus, term.words, first, limit, prow);
     if (term.neg != nullptr) block_rows(term.neg, term.words, first, limit, nrow);
     rows_dot(prow, term.neg == nullptr ? nullptr : nrow, term.words, term.tables,
-             term.words * kTableFloats, batch, out);
+             term.words * kTableFloats, batch, out, how);
   };
   // terms computed for all rows first -- layer-normalized ones (pre * (B y), then each gate
   // block standardized in place) and the int8-activation product -- read by the cell pass

@@ -208,7 +208,8 @@ class PackedNQLSTMLayer(nn.Module):
         bias, the gates and the cell update -- or None when not applicable. The plan (kernel,
         tables) is kept while the buffers are unchanged: a generation step costs one call."""
         mode = self.activations or native_kernel.activation_mode()
-        plan = self._cached("fused", (x.device, native_kernel.kernel_choice(), mode),
+        plan = self._cached("fused", (x.device, native_kernel.kernel_choice(), mode,
+                                      native_kernel.lookup_setting()),
                             lambda: self._fused_plan(x.device, mode))
         if plan is None:
             return None

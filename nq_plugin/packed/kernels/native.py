@@ -9,6 +9,11 @@ PyTorch), ``native`` (CPU: native for every batch, or an error), ``triton`` (GPU
 error) or ``torch`` (the exact PyTorch path everywhere). Without a compiler ``auto`` falls back to
 PyTorch and says so once in the log.
 
+``NQ_PLUGIN_LOOKUP`` chooses the table lookup of the exact products (:func:`lookup_choice`):
+``auto`` (default: ``nibbles`` where the CPU has AVX-512 F and VL, else ``pairs``), ``nibbles``
+(a 16-value table per 4 inputs, vpermt2ps) or ``pairs`` (a 4-value table per 2 inputs, AVX2's
+vpermilps). Both give the exact product up to fp32 summation order.
+
 ``NQ_PLUGIN_ACTIVATIONS`` chooses the activations of the fused CPU step's recurrent product:
 ``fp32`` (default: exact) or ``int8`` -- h quantized per row to int8 (q = round(h / s),
 s = max|h| / 127) and B q computed exactly in integers with vpshufb lookup tables over groups
@@ -34,6 +39,28 @@ logger = logging.getLogger(__name__)
 _log_once = LogOnce(logger)
 MAX_NATIVE_BATCH = 8  # beyond this, unpacking once and one GEMM is faster
 Q8_ROWS = 32  # rows per block of the int8-activation layout (csrc/q8_lookup.h)
+
+
+LOOKUP_NUMBERS = {"pairs": 0, "nibbles": 1}  # csrc/packed_products.h, Lookup
+
+
+def lookup_setting() -> str:
+    """The backend's ``lookup`` as set (``NQ_PLUGIN_LOOKUP``): auto | nibbles | pairs."""
+    return backend.current().lookup.value
+
+
+def lookup_choice() -> str:
+    """The lookup the native kernel's exact products use here: ``nibbles`` (a 16-value table
+    per 4 inputs, AVX-512 F and VL) or ``pairs`` (a 4-value table per 2 inputs); ``auto``
+    takes nibbles where the CPU runs them. Forcing nibbles on a CPU without them is an error."""
+    setting = lookup_setting()
+    supported = bool(load().packed_nibbles_supported())
+    if setting == "auto":
+        return "nibbles" if supported else "pairs"
+    if setting == "nibbles" and not supported:
+        raise RuntimeError(f"{backend.current().label('lookup')}, but this CPU (or the "
+                           "extension's build) has no AVX-512 F and VL: use pairs or auto")
+    return setting
 
 
 def check_activation_mode(mode: str, source: str) -> str:
@@ -79,7 +106,7 @@ def use_native(batch: int) -> bool:
 
 def packed_gemv(x, planes, scale, bits: int, columns: int):
     return load().packed_gemv(x.contiguous().float(), *word_planes(planes, bits), scale.float(),
-                              columns)
+                              columns, LOOKUP_NUMBERS[lookup_choice()])
 
 
 def unpack(planes, bits: int, columns: int, scale=None):
@@ -131,10 +158,12 @@ def lstm_stepper(ih, hh, layer_norm_x=None, layer_norm_h=None, q8_hh=None):
     ax * N_x(B_x x) + ah * N_h(B_h h) + shift; ``h_out`` receives h. N is the identity, or for a
     term given ``layer_norm_*`` = (per-row scale, eps) the layer norm of scale * B y over each
     gate block (ax / ah then being its gain). ``q8_hh``: W_h's :func:`q8_layout`, for int8
-    activations in the recurrent product (inexact mode). A generation step is one call."""
+    activations in the recurrent product (inexact mode). The exact products use
+    :func:`lookup_choice`'s lookup, resolved here once. A generation step is one call."""
     ext = load()
     fused = ext.packed_lstm_step
     m = ext.PackedStepOperands()
+    m.lookup = LOOKUP_NUMBERS[lookup_choice()]
     if q8_hh is not None:
         _log_once("int8", "nq_plugin: token-by-token CPU steps quantize h to int8 for the "
                   "recurrent product (NQ_PLUGIN_ACTIVATIONS=int8): faster, not exact")

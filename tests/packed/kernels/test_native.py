@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from nq_plugin.packed.format import pack_matrix, unpack_matrix
+from nq_plugin.packed.format import pack_matrix, unpack_matrix, word_planes
 from nq_plugin import native as loader
 from nq_plugin.packed.kernels import PackedMatrix, native
 
@@ -18,6 +18,23 @@ def built():
     module = native.load()
     assert module is not None, f"native kernel did not build: {loader.build_error()}"
     return module
+
+
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(line for line in f if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return None
+
+
+@pytest.fixture(params=["pairs", "nibbles"])
+def lookup(request, built, backend_choice):
+    """Each table lookup of the exact products that this CPU runs, chosen for the test."""
+    if request.param == "nibbles" and not built.packed_nibbles_supported():
+        pytest.skip("this CPU (or build) has no AVX-512 F and VL: the nibble lookup cannot run")
+    backend_choice(lookup=request.param)
+    return request.param
 
 
 @pytest.mark.parametrize("bits", [1, 2])
@@ -42,11 +59,12 @@ def test_native_decode_equals_the_pytorch_decode(built, bits, rows, cols, backen
 @pytest.mark.parametrize("bits", [1, 2])
 @pytest.mark.parametrize("rows,cols", [(8, 5), (64, 53), (40, 96), (2048, 512), (37, 300)])
 @pytest.mark.parametrize("batch", [1, 3, 8])
-def test_kernel_equals_unpacked_product(built, bits, rows, cols, batch, two_threads):
+def test_kernel_equals_unpacked_product(built, bits, rows, cols, batch, two_threads, lookup):
     """Every shape the lookup kernel treats apart: fewer than 8 words (zero-padded lanes), a
     multiple of 8, more than 8 and not a multiple (the last block overlaps the one before),
-    rows not a multiple of 8 (the last block's lanes repeat the last row); on two threads (the
-    rows split between them)."""
+    rows not a multiple of 8 (the last block's lanes repeat the last row), inputs not a
+    multiple of the table's group (2 or 4); on two threads (the rows split between them); with
+    each lookup."""
     torch.manual_seed(rows + cols + batch)
     codes = torch.randint(-1, 2, (rows, cols)).float()
     if bits == 1:
@@ -65,11 +83,12 @@ def test_kernel_equals_unpacked_product(built, bits, rows, cols, batch, two_thre
 @pytest.mark.parametrize("inputs,hidden,batch", [(27, 13, 1), (5, 300, 3), (53, 512, 2)])
 @pytest.mark.parametrize("layer_norm", ["", "h", "xh"])
 def test_fused_step_equals_the_step_in_fp64(built, bits_x, bits_h, inputs, hidden, batch,
-        layer_norm, two_threads):
+        layer_norm, two_threads, lookup):
     """packed_lstm_step (both products from the words, the folded coefficients, the gates and
     the cell in blocks of 8 hidden units) against the same step in fp64: hidden sizes that are
     not a multiple of 8, words below, at and above 8, binary and ternary in one step, and
-    layer-normalized terms (standardized per gate block after a per-row scale)."""
+    layer-normalized terms (standardized per gate block after a per-row scale); with each
+    lookup."""
     torch.manual_seed(inputs + hidden + batch)
 
     def matrix(bits, cols):
@@ -108,6 +127,32 @@ def test_fused_step_equals_the_step_in_fp64(built, bits_x, bits_h, inputs, hidde
     out = torch.empty(batch, hidden)
     step(x.half(), h.half(), c.half(), ax, ah, shift, h_out=out)  # other dtypes: converted
     torch.testing.assert_close(out.double(), h_ref, atol=5e-3, rtol=5e-3)
+
+
+def test_the_lookup_is_chosen_at_run_time_by_the_cpu(built, backend_choice, monkeypatch):
+    """auto takes the nibble lookup exactly where the CPU has AVX-512 F and VL (read from
+    /proc/cpuinfo, independently of the extension's own check); pairs runs everywhere; nibbles
+    forced where it cannot run, or a bad lookup number, is an error naming the fix."""
+    flags = cpu_flags()
+    supported = built.packed_nibbles_supported()
+    if flags is not None:
+        assert supported == ("avx512f" in flags and "avx512vl" in flags)
+    assert native.lookup_choice() == ("nibbles" if supported else "pairs")
+    backend_choice(lookup="pairs")
+    assert native.lookup_choice() == "pairs"
+    planes, scale = pack_matrix(torch.ones(8, 40), 2), torch.ones(8)
+    with pytest.raises(RuntimeError, match="0 \\(pairs\\) or 1"):
+        built.packed_gemv(torch.ones(1, 40), *word_planes(planes, 2), scale, 40, 7)
+
+    class WithoutNibbles:
+        def packed_nibbles_supported(self):
+            return False
+    monkeypatch.setattr(native, "load", lambda: WithoutNibbles())
+    backend_choice(lookup="auto")
+    assert native.lookup_choice() == "pairs"
+    backend_choice(lookup="nibbles")
+    with pytest.raises(RuntimeError, match="NQ_PLUGIN_LOOKUP=nibbles.*no AVX-512.*pairs or auto"):
+        native.lookup_choice()
 
 
 @pytest.mark.parametrize("quantizer", ["bc", "tc", "bwn", "twn", "fp"])
