@@ -21,7 +21,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 #ifdef __AVX2__
 #include <immintrin.h>
@@ -132,19 +131,19 @@ inline void transpose8(__m256 r[8]) {
   r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
-// words k0..k0+7 of 8 rows, transposed: out[q] lane l = rows[l][k0 + q] (zeros past `words`
-// when a row has fewer than 8 words)
+// words k0..k0+7 of 8 rows, transposed: out[q] lane l = rows[l][k0 + q]; a row of fewer than 8
+// words (a narrow input: the one-hot of a char model) is gathered word by word, the rest of
+// out left unset (the caller reads out[0..words-1] only)
 inline void load_lanes(const uint32_t* const* rows, int64_t k0, int64_t words, __m256i out[8]) {
-  __m256 v[8];
-  for (int l = 0; l < 8; ++l) {
-    if (words >= 8) {
-      v[l] = _mm256_loadu_ps(reinterpret_cast<const float*>(rows[l] + k0));
-    } else {
-      alignas(32) uint32_t buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      std::memcpy(buf, rows[l], (size_t)words * sizeof(uint32_t));
-      v[l] = _mm256_load_ps(reinterpret_cast<const float*>(buf));
-    }
+  if (words < 8) {
+    for (int64_t q = 0; q < words; ++q)
+      out[q] = _mm256_setr_epi32((int)rows[0][q], (int)rows[1][q], (int)rows[2][q],
+                                 (int)rows[3][q], (int)rows[4][q], (int)rows[5][q],
+                                 (int)rows[6][q], (int)rows[7][q]);
+    return;
   }
+  __m256 v[8];
+  for (int l = 0; l < 8; ++l) v[l] = _mm256_loadu_ps(reinterpret_cast<const float*>(rows[l] + k0));
   transpose8(v);
   for (int q = 0; q < 8; ++q) out[q] = _mm256_castps_si256(v[q]);
 }
@@ -175,7 +174,7 @@ struct WordBlock {
     load_lanes(plus, k0, words, add);
     if (!ternary) return;
     load_lanes(neg, k0, words, sub);
-    for (int q = 0; q < 8; ++q) {
+    for (int q = 0; q < last; ++q) {
       const __m256i nz = add[q];
       add[q] = _mm256_andnot_si256(sub[q], nz);
       sub[q] = _mm256_and_si256(sub[q], nz);
