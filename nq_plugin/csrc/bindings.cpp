@@ -33,7 +33,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("eps_h", &PackedStepOperands::eps_h)
       .def_readwrite("hh_q8_add", &PackedStepOperands::hh_q8_add)
       .def_readwrite("hh_q8_sub", &PackedStepOperands::hh_q8_sub)
-      .def_readwrite("lookup", &PackedStepOperands::lookup);
+      .def_readwrite("lookup", &PackedStepOperands::lookup)
+      .def_readwrite("ih_lane_add", &PackedStepOperands::ih_lane_add)
+      .def_readwrite("ih_lane_sub", &PackedStepOperands::ih_lane_sub)
+      .def_readwrite("hh_lane_add", &PackedStepOperands::hh_lane_add)
+      .def_readwrite("hh_lane_sub", &PackedStepOperands::hh_lane_sub);
   m.def("packed_nibbles_supported", &packed_nibbles_supported,
         "whether the nibble lookup of packed products (AVX-512 F and VL) runs here");
   m.def("packed_lstm_step", &packed_lstm_step,

@@ -13,8 +13,10 @@ bool packed_nibbles_supported();
 // The fixed operands of packed_lstm_step for one packed layer, resolved once per stepper
 // (nq_plugin/packed/kernels/native.py, lstm_stepper): both matrices' word planes (the minus
 // plane only for 2-bit matrices), each term's layer norm (the per-row scale `pre_*` and eps;
-// none: the term is not layer-normalized), W_h's int8-activation layout (inexact mode) and the
-// lookup of the fp32 products (packed_products.h, Lookup: 0 pairs, 1 nibbles).
+// none: the term is not layer-normalized), W_h's int8-activation layout (inexact mode), the
+// lookup of the fp32 products (packed_products.h, Lookup: 0 pairs, 1 nibbles) and, optional,
+// each matrix's lane layout (packed_products.h, RowBlock: (4 ceil(H / 8), words, 8) int32, the
+// blocks of each gate's rows; read instead of the planes, which are then only checked).
 struct PackedStepOperands {
   torch::Tensor ih_plus, hh_plus;
   c10::optional<torch::Tensor> ih_neg, hh_neg;
@@ -22,6 +24,7 @@ struct PackedStepOperands {
   double eps_x = 0.0, eps_h = 0.0;
   c10::optional<torch::Tensor> hh_q8_add, hh_q8_sub;
   int64_t lookup = 0;
+  c10::optional<torch::Tensor> ih_lane_add, ih_lane_sub, hh_lane_add, hh_lane_sub;
 };
 
 std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, torch::Tensor c,

@@ -159,21 +159,27 @@ inline void word_lookup(__m256i w, const float* t, __m256 acc[4]) {
                                                           _mm256_srli_epi32(w, 2 * (j + u))));
   }
 }
-// One block of 8 words of the 8 rows (words k.. of a row; the last block overlaps the one
-// before, whose words were counted already: `first` skips them), transposed (lane l = row l):
-// the adds (binary: the signs; ternary: nonzero & !negative) and, ternary, the subtracts.
+// Words k..k+7 of a block's 8 rows (the last 8 words overlap the ones before, which were
+// counted already: `first` skips them), lane l = row l: the adds and, ternary, the subtracts.
 struct WordBlock {
   int64_t k0;
   int first, last;
   __m256i add[8], sub[8];
-  WordBlock(const uint32_t* const* plus, const uint32_t* const* neg, int64_t k, int64_t words,
-            bool ternary) {
+  WordBlock(const RowBlock& rows, int64_t k, int64_t words) {
     k0 = words >= 8 ? std::min(k, words - 8) : 0;
     first = (int)(k - k0);
     last = (int)std::min<int64_t>(8, words);
-    load_lanes(plus, k0, words, add);
-    if (!ternary) return;
-    load_lanes(neg, k0, words, sub);
+    if (rows.lane_add != nullptr) {  // the lane layout: one load a word
+      for (int q = 0; q < last; ++q) {
+        add[q] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows.lane_add + (k0 + q) * kLanes));
+        if (rows.ternary)
+          sub[q] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows.lane_sub + (k0 + q) * kLanes));
+      }
+      return;
+    }
+    load_lanes(rows.plus, k0, words, add);
+    if (!rows.ternary) return;
+    load_lanes(rows.neg, k0, words, sub);
     for (int q = 0; q < last; ++q) {
       const __m256i nz = add[q];
       add[q] = _mm256_andnot_si256(sub[q], nz);
@@ -198,15 +204,15 @@ struct Sums {
 };
 #endif
 
-// out[b * 8 + l] = B_{rows[l]} . x_b for the 8 rows and n activation rows (their pair tables,
-// row stride `table_stride`); `neg` null for binary.
+// out[b * 8 + l] = B_{row l} . x_b for the block's 8 rows and n activation rows (their pair
+// tables, row stride `table_stride`).
 template <bool TERNARY>
-void rows_dot_pairs(const uint32_t* const* plus, const uint32_t* const* neg, int64_t words,
-                   const float* tables, int64_t table_stride, int64_t n, float* out) {
+void rows_dot_pairs(const RowBlock& rows, int64_t words, const float* tables,
+                    int64_t table_stride, int64_t n, float* out) {
   std::fill(out, out + kLanes * n, 0.f);
 #ifdef __AVX2__
   for (int64_t k = 0; k < words; k += 8) {
-    const WordBlock blk(plus, neg, k, words, TERNARY);
+    const WordBlock blk(rows, k, words);
     for (int64_t b = 0; b < n; ++b) {
       const float* t = tables + b * table_stride + blk.k0 * kTableFloats;
       Sums sums;
@@ -223,8 +229,15 @@ void rows_dot_pairs(const uint32_t* const* plus, const uint32_t* const* neg, int
       const float* t = tables + b * table_stride;
       float acc = 0.f;
       for (int64_t k = 0; k < words; ++k) {
-        const uint32_t p = plus[l][k], m = TERNARY ? neg[l][k] : 0u;
-        const uint32_t a = TERNARY ? (p & ~m) : p, s = p & m;
+        uint32_t a, s = 0u;
+        if (rows.lane_add != nullptr) {
+          a = rows.lane_add[k * kLanes + l];
+          if (TERNARY) s = rows.lane_sub[k * kLanes + l];
+        } else {
+          const uint32_t p = rows.plus[l][k], m = TERNARY ? rows.neg[l][k] : 0u;
+          a = TERNARY ? (p & ~m) : p;
+          s = p & m;
+        }
         for (int j = 0; j < 16; ++j) {
           acc += t[k * kTableFloats + 8 * j + ((a >> (2 * j)) & 3u)];
           if (TERNARY) acc -= t[k * kTableFloats + 8 * j + ((s >> (2 * j)) & 3u)];
@@ -256,12 +269,11 @@ NQ_AVX512 inline void word_lookup_nibbles(__m256i add, __m256i neg, const float*
 
 // rows_dot_pairs with the nibble tables (AVX-512VL): the same blocks of words, half the lookups
 template <bool TERNARY>
-NQ_AVX512 void rows_dot_nibbles(const uint32_t* const* plus, const uint32_t* const* neg,
-                                int64_t words, const float* tables, int64_t table_stride,
-                                int64_t n, float* out) {
+NQ_AVX512 void rows_dot_nibbles(const RowBlock& rows, int64_t words, const float* tables,
+                                int64_t table_stride, int64_t n, float* out) {
   std::fill(out, out + kLanes * n, 0.f);
   for (int64_t k = 0; k < words; k += 8) {
-    const WordBlock blk(plus, neg, k, words, TERNARY);
+    const WordBlock blk(rows, k, words);
     for (int64_t b = 0; b < n; ++b) {
       const float* t = tables + b * table_stride + blk.k0 * kTableFloats;
       Sums sums;
@@ -274,22 +286,22 @@ NQ_AVX512 void rows_dot_nibbles(const uint32_t* const* plus, const uint32_t* con
 }
 #endif
 
-void rows_dot(const uint32_t* const* plus, const uint32_t* const* neg, int64_t words,
-              const float* tables, int64_t table_stride, int64_t n, float* out, Lookup lookup) {
+void rows_dot(const RowBlock& rows, int64_t words, const float* tables, int64_t table_stride,
+              int64_t n, float* out, Lookup lookup) {
 #ifdef __AVX2__
   if (lookup == Lookup::kNibbles) {
-    if (neg == nullptr) {
-      rows_dot_nibbles<false>(plus, neg, words, tables, table_stride, n, out);
+    if (rows.ternary) {
+      rows_dot_nibbles<true>(rows, words, tables, table_stride, n, out);
     } else {
-      rows_dot_nibbles<true>(plus, neg, words, tables, table_stride, n, out);
+      rows_dot_nibbles<false>(rows, words, tables, table_stride, n, out);
     }
     return;
   }
 #endif
-  if (neg == nullptr) {
-    rows_dot_pairs<false>(plus, neg, words, tables, table_stride, n, out);
+  if (rows.ternary) {
+    rows_dot_pairs<true>(rows, words, tables, table_stride, n, out);
   } else {
-    rows_dot_pairs<true>(plus, neg, words, tables, table_stride, n, out);
+    rows_dot_pairs<false>(rows, words, tables, table_stride, n, out);
   }
 }
 
@@ -302,10 +314,38 @@ Lookup lookup_of(int64_t value) {
   return how;
 }
 
-// row pointers of one block: rows first..first+7 of a plane, clamped to row `limit` - 1
-void block_rows(const uint32_t* plane, int64_t words, int64_t first, int64_t limit,
-                const uint32_t* rows[kLanes]) {
-  for (int64_t l = 0; l < kLanes; ++l) rows[l] = plane + std::min(first + l, limit - 1) * words;
+RowBlock plane_block(const uint32_t* plus, const uint32_t* neg, int64_t words, int64_t first,
+                     int64_t limit) {
+  RowBlock b;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    const int64_t r = std::min(first + l, limit - 1);
+    b.plus[l] = plus + r * words;
+    if (neg != nullptr) b.neg[l] = neg + r * words;
+  }
+  b.ternary = neg != nullptr;
+  return b;
+}
+
+RowBlock lane_block(const uint32_t* add, const uint32_t* sub, int64_t words, int64_t index) {
+  RowBlock b;
+  b.lane_add = add + index * words * kLanes;
+  if (sub != nullptr) b.lane_sub = sub + index * words * kLanes;
+  b.ternary = sub != nullptr;
+  return b;
+}
+
+std::pair<const uint32_t*, const uint32_t*> lanes_of(const torch::Tensor& add,
+                                                     const c10::optional<torch::Tensor>& sub,
+                                                     int64_t blocks, int64_t words, bool ternary) {
+  auto ok = [&](const torch::Tensor& t) {
+    return t.dim() == 3 && t.scalar_type() == torch::kInt32 && t.size(0) == blocks &&
+           t.size(1) == words && t.size(2) == kLanes && t.is_contiguous();
+  };
+  TORCH_CHECK(ok(add) && sub.has_value() == ternary && (!ternary || ok(*sub)),
+              "lane layout: (", blocks, ", ", words, ", ", kLanes, ") contiguous int32 expected",
+              ternary ? " for the adds and the subtracts" : "");
+  return {reinterpret_cast<const uint32_t*>(add.data_ptr<int32_t>()),
+          sub.has_value() ? reinterpret_cast<const uint32_t*>(sub->data_ptr<int32_t>()) : nullptr};
 }
 
 const uint32_t* words_of(const c10::optional<torch::Tensor>& t) {
@@ -410,12 +450,9 @@ torch::Tensor packed_gemv(torch::Tensor x, torch::Tensor plus, c10::optional<tor
   const int64_t blocks = (rows + kLanes - 1) / kLanes;
   at::parallel_for(0, blocks, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> acc(kLanes * n);
-    const uint32_t *prow[kLanes], *nrow[kLanes];
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t r0 = blk * kLanes;
-      block_rows(pp, words, r0, rows, prow);
-      if (np != nullptr) block_rows(np, words, r0, rows, nrow);
-      rows_dot(prow, np == nullptr ? nullptr : nrow, words, tables.data(),
+      rows_dot(plane_block(pp, np, words, r0, rows), words, tables.data(),
                words * kTableFloats, n, acc.data(), how);
       for (int64_t b = 0; b < n; ++b)
         for (int64_t l = 0; l < kLanes && r0 + l < rows; ++l)

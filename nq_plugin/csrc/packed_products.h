@@ -24,14 +24,31 @@ Lookup lookup_of(int64_t value);
 // kTableFloats) floats
 std::vector<float> build_tables(const float* x, int64_t n, int64_t stride, int64_t columns,
                                 int64_t words, bool ternary, Lookup lookup);
-// out[b * kLanes + l] = B_{rows[l]} . x_b for kLanes rows and n activation rows (their tables,
-// built for the same `lookup`); neg null for binary
-void rows_dot(const uint32_t* const* plus, const uint32_t* const* neg, int64_t words,
-              const float* tables, int64_t table_stride, int64_t n, float* out, Lookup lookup);
-// row pointers of one block: rows first..first+7 of a plane, clamped to row limit - 1
-void block_rows(const uint32_t* plane, int64_t words, int64_t first, int64_t limit,
-                const uint32_t* rows[kLanes]);
+// Where one block of kLanes rows finds its words: row pointers into the planes (transposed in
+// registers as they are read), or one block of the lane layout -- (words, kLanes) uint32 each for
+// the adds (binary: the signs; ternary: nonzero & !negative) and, ternary, the subtracts, each
+// word's kLanes rows adjacent (nq_plugin/packed/kernels/native.py, lane_layout): read as they are
+struct RowBlock {
+  const uint32_t* plus[kLanes] = {};
+  const uint32_t* neg[kLanes] = {};
+  const uint32_t* lane_add = nullptr;
+  const uint32_t* lane_sub = nullptr;
+  bool ternary = false;
+};
+// rows first..first+7 of the planes (neg null for binary), clamped to row `limit` - 1
+RowBlock plane_block(const uint32_t* plus, const uint32_t* neg, int64_t words, int64_t first,
+                     int64_t limit);
+// block `index` of a lane layout (sub null for binary)
+RowBlock lane_block(const uint32_t* add, const uint32_t* sub, int64_t words, int64_t index);
+// out[b * kLanes + l] = B_{row l} . x_b for the block's kLanes rows and n activation rows (their
+// tables, built for the same `lookup`)
+void rows_dot(const RowBlock& rows, int64_t words, const float* tables, int64_t table_stride,
+              int64_t n, float* out, Lookup lookup);
 const uint32_t* words_of(const c10::optional<torch::Tensor>& t);
+// a lane layout's tensors checked against `blocks` blocks of `words` words: {add, sub or null}
+std::pair<const uint32_t*, const uint32_t*> lanes_of(const torch::Tensor& add,
+                                                     const c10::optional<torch::Tensor>& sub,
+                                                     int64_t blocks, int64_t words, bool ternary);
 // contiguous int32 planes of one product, checked: {plus, neg or undefined}
 std::pair<torch::Tensor, c10::optional<torch::Tensor>> planes_of(
     const torch::Tensor& plus, const c10::optional<torch::Tensor>& neg, const char* what);

@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cstdint>
+#include <tuple>
 #include <vector>
 
 #include "native.h"
@@ -22,8 +23,10 @@ using namespace nq_packed;
 // its 4 gate blocks (mean and biased variance over the block, + eps), as the native recurrence's
 // ROW_BLOCKS, with ax / ah the layer norm's gain. Blocks of 8 hidden units: the 4 gates' 8 rows
 // each, then the cell for those units while the gates are in cache; a layer-normalized term
-// needs all 4H rows first (a pass before). x (B, K), h and c (B, H) float32; the fixed operands
-// in `m` (native.h), planes contiguous int32 (R = 4H rows); returns {h', c'}.
+// needs all 4H rows first (a pass before). Blocks never straddle two gates; their words come
+// from the lane layout where `m` holds one (one load a word), else from the planes. x (B, K), h
+// and c (B, H) float32; the fixed operands in `m` (native.h), planes contiguous int32 (R = 4H
+// rows); returns {h', c'}.
 std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, torch::Tensor c,
                                             torch::Tensor ax, torch::Tensor ah,
                                             torch::Tensor shift,
@@ -58,30 +61,39 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
   const auto th = q8 ? std::vector<float>() : build_tables(hc.data_ptr<float>(), batch, hidden,
                                                             hidden, wh, hh.second.has_value(),
                                                             how);
-  // the two products: plane pointers, tables, words, and the layer norm's per-row scale
+  // the two products: plane pointers (or their lane layout), tables, words, and the layer
+  // norm's per-row scale
+  const int64_t hblocks = (hidden + kLanes - 1) / kLanes;  // blocks of a gate's rows
   struct Term {
-    const uint32_t *plus, *neg;
+    const uint32_t *plus, *neg, *lane_add, *lane_sub;
     const float* tables;
     int64_t words;
     torch::Tensor pre;
     double eps;
   };
-  Term terms[2] = {
-      {reinterpret_cast<const uint32_t*>(ih.first.data_ptr<int32_t>()), words_of(ih.second),
-       tx.data(), wx, pre_x.has_value() ? pre_x->contiguous().to(torch::kFloat32) : torch::Tensor(),
-       eps_x},
-      {reinterpret_cast<const uint32_t*>(hh.first.data_ptr<int32_t>()), words_of(hh.second),
-       th.data(), wh, pre_h.has_value() ? pre_h->contiguous().to(torch::kFloat32) : torch::Tensor(),
-       eps_h}};
-  for (const Term& term : terms)
-    TORCH_CHECK(!term.pre.defined() || term.pre.numel() == rows, "pre needs 4H values");
-  // dots of rows first..first+7 (clamped to the gate's rows) with every activation row
-  auto dots = [&](const Term& term, int64_t first, int64_t limit, float* out) {
-    const uint32_t *prow[kLanes], *nrow[kLanes];
-    block_rows(term.plus, term.words, first, limit, prow);
-    if (term.neg != nullptr) block_rows(term.neg, term.words, first, limit, nrow);
-    rows_dot(prow, term.neg == nullptr ? nullptr : nrow, term.words, term.tables,
-             term.words * kTableFloats, batch, out, how);
+  auto term_of = [&](const std::pair<torch::Tensor, c10::optional<torch::Tensor>>& planes,
+                     const c10::optional<torch::Tensor>& lane_add,
+                     const c10::optional<torch::Tensor>& lane_sub, const float* tables,
+                     int64_t words, const c10::optional<torch::Tensor>& pre, double eps) {
+    Term t{reinterpret_cast<const uint32_t*>(planes.first.data_ptr<int32_t>()),
+           words_of(planes.second), nullptr, nullptr, tables, words,
+           pre.has_value() ? pre->contiguous().to(torch::kFloat32) : torch::Tensor(), eps};
+    TORCH_CHECK(!t.pre.defined() || t.pre.numel() == rows, "pre needs 4H values");
+    if (lane_add.has_value()) {
+      std::tie(t.lane_add, t.lane_sub) =
+          lanes_of(*lane_add, lane_sub, 4 * hblocks, words, planes.second.has_value());
+    }
+    return t;
+  };
+  Term terms[2] = {term_of(ih, m.ih_lane_add, m.ih_lane_sub, tx.data(), wx, pre_x, eps_x),
+                   term_of(hh, m.hh_lane_add, m.hh_lane_sub, th.data(), wh, pre_h, eps_h)};
+  // dots of gate g's rows j0..j0+7 (clamped to the gate's rows) with every activation row
+  auto dots = [&](const Term& term, int64_t g, int64_t j0, float* out) {
+    const RowBlock block =
+        term.lane_add != nullptr
+            ? lane_block(term.lane_add, term.lane_sub, term.words, g * hblocks + j0 / kLanes)
+            : plane_block(term.plus, term.neg, term.words, g * hidden + j0, g * hidden + hidden);
+    rows_dot(block, term.words, term.tables, term.words * kTableFloats, batch, out, how);
   };
   // terms computed for all rows first -- layer-normalized ones (pre * (B y), then each gate
   // block standardized in place) and the int8-activation product -- read by the cell pass
@@ -98,13 +110,13 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
                  hh_q8_sub.has_value() ? hh_q8_sub->data_ptr<uint8_t>() : nullptr, rows,
                  hh_q8_add->size(1), y.data(), rows, pre);
     } else {
-      at::parallel_for(0, (rows + kLanes - 1) / kLanes, 16, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, 4 * hblocks, 16, [&](int64_t begin, int64_t end) {
         std::vector<float> acc(kLanes * batch);
         for (int64_t blk = begin; blk < end; ++blk) {
-          const int64_t r0 = blk * kLanes;
-          dots(term, r0, rows, acc.data());
+          const int64_t g = blk / hblocks, j0 = (blk % hblocks) * kLanes, r0 = g * hidden + j0;
+          dots(term, g, j0, acc.data());
           for (int64_t b = 0; b < batch; ++b)
-            for (int64_t l = 0; l < kLanes && r0 + l < rows; ++l)
+            for (int64_t l = 0; l < kLanes && j0 + l < hidden; ++l)
               y[b * rows + r0 + l] = pre[r0 + l] * acc[b * kLanes + l];
         }
       });
@@ -139,7 +151,7 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
               for (int64_t l = 0; l < kLanes; ++l)
                 g2[t][b * kLanes + l] = normalized[t][b * rows + std::min(r0 + l, limit - 1)];
           } else {
-            dots(terms[t], r0, limit, g2[t].data());
+            dots(terms[t], g, j0, g2[t].data());
           }
         }
         for (int64_t b = 0; b < batch; ++b)

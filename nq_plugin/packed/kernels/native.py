@@ -38,6 +38,7 @@ from ..format import word_planes
 logger = logging.getLogger(__name__)
 _log_once = LogOnce(logger)
 MAX_NATIVE_BATCH = 8  # beyond this, unpacking once and one GEMM is faster
+LANES = 8  # rows per block of the lookup kernels (csrc/packed_products.h, kLanes)
 Q8_ROWS = 32  # rows per block of the int8-activation layout (csrc/q8_lookup.h)
 
 
@@ -145,6 +146,29 @@ def q8_layout(planes, bits: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     return transposed(add), None if sub is None else transposed(sub)
 
 
+def lane_layout(planes, bits: int, segment: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The lane layout the fused step reads instead of the planes (``csrc/packed_products.h``,
+    RowBlock): the rows in segments of ``segment`` (a gate's H rows), each segment in blocks of
+    ``LANES`` rows (the last block's missing rows repeat the segment's last row), and each
+    block's words interleaved -- a (blocks, words, LANES) int32 tensor whose [k, q, l] is word q
+    of the block's row l -- for the adds (binary: the signs; ternary: nonzero and not negative)
+    and, ternary, the subtracts: one 256-bit load a word where the planes need 8 rows' words
+    transposed in registers. As many bytes as the planes."""
+    first, neg = word_planes(planes, bits)
+    add, sub = (first, None) if neg is None else (first & ~neg, first & neg)
+
+    def interleaved(words):
+        rows, count = words.shape
+        if rows % segment:
+            raise ValueError(f"lane layout: {rows} rows are not segments of {segment}")
+        w = words.reshape(rows // segment, segment, count)
+        pad = (-segment) % LANES
+        if pad:
+            w = torch.cat([w, w[:, -1:].expand(-1, pad, count)], dim=1)
+        return w.reshape(-1, LANES, count).transpose(1, 2).contiguous()
+    return interleaved(add), None if sub is None else interleaved(sub)
+
+
 def packed_gemv_q8(x, layout, scale, rows: int, columns: int):
     """s_b diag(scale) B q_b for the rows x_b of ``x`` (int8 activations, see the module doc)."""
     return load().packed_gemv_q8(x.contiguous().float(), layout[0], layout[1], scale.float(),
@@ -159,7 +183,9 @@ def lstm_stepper(ih, hh, layer_norm_x=None, layer_norm_h=None, q8_hh=None):
     term given ``layer_norm_*`` = (per-row scale, eps) the layer norm of scale * B y over each
     gate block (ax / ah then being its gain). ``q8_hh``: W_h's :func:`q8_layout`, for int8
     activations in the recurrent product (inexact mode). The exact products use
-    :func:`lookup_choice`'s lookup, resolved here once. A generation step is one call."""
+    :func:`lookup_choice`'s lookup and read the matrices' :func:`lane_layout`, both resolved
+    here once (the layouts: as many bytes again as the planes). A generation step is one
+    call."""
     ext = load()
     fused = ext.packed_lstm_step
     m = ext.PackedStepOperands()
@@ -170,6 +196,10 @@ def lstm_stepper(ih, hh, layer_norm_x=None, layer_norm_h=None, q8_hh=None):
         m.hh_q8_add, m.hh_q8_sub = q8_hh
     m.ih_plus, m.ih_neg = word_planes(*ih)
     m.hh_plus, m.hh_neg = word_planes(*hh)
+    hidden = m.hh_plus.shape[0] // 4
+    m.ih_lane_add, m.ih_lane_sub = lane_layout(*ih, hidden)
+    if q8_hh is None:  # the int8-activation product reads its own layout
+        m.hh_lane_add, m.hh_lane_sub = lane_layout(*hh, hidden)
     if layer_norm_x is not None:
         m.pre_x, m.eps_x = layer_norm_x
     if layer_norm_h is not None:

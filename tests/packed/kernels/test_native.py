@@ -129,6 +129,52 @@ def test_fused_step_equals_the_step_in_fp64(built, bits_x, bits_h, inputs, hidde
     torch.testing.assert_close(out.double(), h_ref, atol=5e-3, rtol=5e-3)
 
 
+@pytest.mark.parametrize("bits", [1, 2])
+@pytest.mark.parametrize("hidden", [13, 16, 300])
+def test_lane_layout_is_the_planes_rearranged(built, bits, hidden, lookup):
+    """The fused step's lane layout holds word q of each gate block's row l at [k, q, l] (adds
+    and subtracts split, a gate's missing rows repeating its last row), and the step read from
+    it equals the step read from the planes bit for bit (the same sums in the same order)."""
+    torch.manual_seed(hidden + bits)
+    rows, cols = 4 * hidden, 70
+    codes = torch.randint(-1, 2, (rows, cols)).float()
+    if bits == 1:
+        codes = torch.where(codes >= 0, 1.0, -1.0)
+    planes = pack_matrix(codes, bits)
+    add, sub = native.lane_layout(planes, bits, hidden)
+    blocks = -(-hidden // 8)
+    assert add.shape == (4 * blocks, 3, 8) and add.dtype == torch.int32
+    assert (sub is None) == (bits == 1)
+    first, neg = word_planes(planes, bits)
+    want_add = first if neg is None else first & ~neg
+    for k in range(4 * blocks):
+        for l in range(8):
+            g, j = divmod(k, blocks)
+            r = g * hidden + min(j * 8 + l, hidden - 1)
+            assert torch.equal(add[k, :, l], want_add[r])
+            if neg is not None:
+                assert torch.equal(sub[k, :, l], (first & neg)[r])
+    with pytest.raises(ValueError, match="not segments of 7"):
+        native.lane_layout(planes, bits, 7)
+
+    hh = pack_matrix(torch.where(torch.randn(rows, hidden) > 0, 1.0, -1.0), 1)
+    x, h, c = torch.randn(2, cols), torch.randn(2, hidden), torch.randn(2, hidden)
+    ax, ah, shift = torch.rand(rows), torch.rand(rows), torch.randn(rows)
+    m = built.PackedStepOperands()
+    m.lookup = native.LOOKUP_NUMBERS[lookup]
+    m.ih_plus, m.ih_neg = first, neg
+    m.hh_plus, m.hh_neg = word_planes(hh, 1)
+    from_planes = built.packed_lstm_step(x, h, c, ax, ah, shift, m)
+    m.ih_lane_add, m.ih_lane_sub = add, sub
+    m.hh_lane_add, m.hh_lane_sub = native.lane_layout(hh, 1, hidden)
+    from_lanes = built.packed_lstm_step(x, h, c, ax, ah, shift, m)
+    for a, b in zip(from_planes, from_lanes):
+        assert torch.equal(a, b)
+    m.ih_lane_add = add[:-1].contiguous()  # a block short: refused, not read out of bounds
+    with pytest.raises(RuntimeError, match="lane layout"):
+        built.packed_lstm_step(x, h, c, ax, ah, shift, m)
+
+
 def test_the_lookup_is_chosen_at_run_time_by_the_cpu(built, backend_choice, monkeypatch):
     """auto takes the nibble lookup exactly where the CPU has AVX-512 F and VL (read from
     /proc/cpuinfo, independently of the extension's own check); pairs runs everywhere; nibbles
