@@ -165,7 +165,9 @@ struct WordBlock {
   int64_t k0;
   int first, last;
   __m256i add[8], sub[8];
-  WordBlock(const RowBlock& rows, int64_t k, int64_t words) {
+  WordBlock() = default;
+  WordBlock(const RowBlock& rows, int64_t k, int64_t words) { load(rows, k, words); }
+  void load(const RowBlock& rows, int64_t k, int64_t words) {
     k0 = words >= 8 ? std::min(k, words - 8) : 0;
     first = (int)(k - k0);
     last = (int)std::min<int64_t>(8, words);
@@ -188,17 +190,20 @@ struct WordBlock {
   }
 };
 
-// four independent sums each of the adds' and the subtracts' values (the adds' latency, not
-// their throughput, bounds fewer); add_to: out[0..7] += adds - subtracts
+// A independent sums each of the adds' and the subtracts' values (with one block the adds'
+// latency, not their throughput, bounds fewer than 4); add_to: out[0..7] += adds - subtracts
+template <int A>
 struct Sums {
-  __m256 add[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                   _mm256_setzero_ps()};
-  __m256 sub[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                   _mm256_setzero_ps()};
+  __m256 add[A], sub[A];
+  Sums() {
+    for (int a = 0; a < A; ++a) add[a] = sub[a] = _mm256_setzero_ps();
+  }
   void add_to(float* out) const {
-    const __m256 sum = _mm256_sub_ps(
-        _mm256_add_ps(_mm256_add_ps(add[0], add[1]), _mm256_add_ps(add[2], add[3])),
-        _mm256_add_ps(_mm256_add_ps(sub[0], sub[1]), _mm256_add_ps(sub[2], sub[3])));
+    __m256 sum = _mm256_sub_ps(add[0], sub[0]);
+    if (A == 4)
+      sum = _mm256_sub_ps(
+          _mm256_add_ps(_mm256_add_ps(add[0], add[1]), _mm256_add_ps(add[2], add[3])),
+          _mm256_add_ps(_mm256_add_ps(sub[0], sub[1]), _mm256_add_ps(sub[2], sub[3])));
     _mm256_storeu_ps(out, _mm256_add_ps(_mm256_loadu_ps(out), sum));
   }
 };
@@ -215,7 +220,7 @@ void rows_dot_pairs(const RowBlock& rows, int64_t words, const float* tables,
     const WordBlock blk(rows, k, words);
     for (int64_t b = 0; b < n; ++b) {
       const float* t = tables + b * table_stride + blk.k0 * kTableFloats;
-      Sums sums;
+      Sums<4> sums;
       for (int q = blk.first; q < blk.last; ++q) {
         word_lookup(blk.add[q], t + q * kTableFloats, sums.add);
         if (TERNARY) word_lookup(blk.sub[q], t + q * kTableFloats, sums.sub);
@@ -250,58 +255,73 @@ void rows_dot_pairs(const RowBlock& rows, int64_t words, const float* tables,
 }
 
 #ifdef __AVX2__
-// acc[0..3] += the nibble-table values of one word's 8 groups, 8 rows (lanes) at once: the
-// group's 4 code bits index the 16 values held in two registers (bit 3 picks the register);
-// ternary: the subtract plane's values into sub[0..3], from the same two registers
-template <bool TERNARY>
-NQ_AVX512 inline void word_lookup_nibbles(__m256i add, __m256i neg, const float* t,
-                                          __m256 acc[4], __m256 sub[4]) {
-#pragma GCC unroll 8
-  for (int j = 0; j < 8; ++j) {
-    const __m256 lo = _mm256_loadu_ps(t + 16 * j), hi = _mm256_loadu_ps(t + 16 * j + 8);
-    acc[j & 3] = _mm256_add_ps(acc[j & 3],
-                               _mm256_permutex2var_ps(lo, _mm256_srli_epi32(add, 4 * j), hi));
-    if (TERNARY)
-      sub[j & 3] = _mm256_add_ps(sub[j & 3],
-                                 _mm256_permutex2var_ps(lo, _mm256_srli_epi32(neg, 4 * j), hi));
-  }
-}
-
-// rows_dot_pairs with the nibble tables (AVX-512VL): the same blocks of words, half the lookups
-template <bool TERNARY>
-NQ_AVX512 void rows_dot_nibbles(const RowBlock& rows, int64_t words, const float* tables,
+// The nibble tables (AVX-512VL) for NB blocks of rows against the same tables: for each word's
+// 8 groups the group's 4 code bits index the 16 values held in two registers (bit 3 picks the
+// register), loaded once for the NB blocks' adds and subtracts; out + i * n * 8 for block i.
+// One block keeps 4 sums a plane, more blocks one each (their sums interleave).
+template <bool TERNARY, int NB>
+NQ_AVX512 void rows_dot_nibbles(const RowBlock* rows, int64_t words, const float* tables,
                                 int64_t table_stride, int64_t n, float* out) {
-  std::fill(out, out + kLanes * n, 0.f);
+  constexpr int A = NB == 1 ? 4 : 1;
+  std::fill(out, out + NB * kLanes * n, 0.f);
   for (int64_t k = 0; k < words; k += 8) {
-    const WordBlock blk(rows, k, words);
+    WordBlock blk[NB];
+    for (int i = 0; i < NB; ++i) blk[i].load(rows[i], k, words);
     for (int64_t b = 0; b < n; ++b) {
-      const float* t = tables + b * table_stride + blk.k0 * kTableFloats;
-      Sums sums;
-      for (int q = blk.first; q < blk.last; ++q)
-        word_lookup_nibbles<TERNARY>(blk.add[q], TERNARY ? blk.sub[q] : blk.add[q],
-                                     t + q * kTableFloats, sums.add, sums.sub);
-      sums.add_to(out + b * kLanes);
+      const float* t = tables + b * table_stride + blk[0].k0 * kTableFloats;
+      Sums<A> sums[NB];
+      for (int q = blk[0].first; q < blk[0].last; ++q) {
+        const float* tq = t + q * kTableFloats;
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) {
+          const __m256 lo = _mm256_loadu_ps(tq + 16 * j), hi = _mm256_loadu_ps(tq + 16 * j + 8);
+#pragma GCC unroll 4
+          for (int i = 0; i < NB; ++i) {
+            __m256& add = sums[i].add[j % A];
+            add = _mm256_add_ps(add, _mm256_permutex2var_ps(
+                                         lo, _mm256_srli_epi32(blk[i].add[q], 4 * j), hi));
+            if (TERNARY) {
+              __m256& sub = sums[i].sub[j % A];
+              sub = _mm256_add_ps(sub, _mm256_permutex2var_ps(
+                                           lo, _mm256_srli_epi32(blk[i].sub[q], 4 * j), hi));
+            }
+          }
+        }
+      }
+      for (int i = 0; i < NB; ++i) sums[i].add_to(out + (i * n + b) * kLanes);
     }
   }
 }
 #endif
 
-void rows_dot(const RowBlock& rows, int64_t words, const float* tables, int64_t table_stride,
-              int64_t n, float* out, Lookup lookup) {
+void rows_dot(const RowBlock* rows, int count, int64_t words, const float* tables,
+              int64_t table_stride, int64_t n, float* out, Lookup lookup) {
 #ifdef __AVX2__
-  if (lookup == Lookup::kNibbles) {
-    if (rows.ternary) {
-      rows_dot_nibbles<true>(rows, words, tables, table_stride, n, out);
-    } else {
-      rows_dot_nibbles<false>(rows, words, tables, table_stride, n, out);
-    }
+  // binary: the 4 blocks at once (ternary measured no faster with 2 or 4: its lookups, not
+  // its table loads, bound it)
+  if (lookup == Lookup::kNibbles && count == kGates && !rows[0].ternary) {
+    rows_dot_nibbles<false, kGates>(rows, words, tables, table_stride, n, out);
     return;
   }
 #endif
-  if (rows.ternary) {
-    rows_dot_pairs<true>(rows, words, tables, table_stride, n, out);
-  } else {
-    rows_dot_pairs<false>(rows, words, tables, table_stride, n, out);
+  for (int i = 0; i < count; ++i) {
+    const RowBlock& block = rows[i];
+    float* o = out + i * n * kLanes;
+#ifdef __AVX2__
+    if (lookup == Lookup::kNibbles) {
+      if (block.ternary) {
+        rows_dot_nibbles<true, 1>(&block, words, tables, table_stride, n, o);
+      } else {
+        rows_dot_nibbles<false, 1>(&block, words, tables, table_stride, n, o);
+      }
+      continue;
+    }
+#endif
+    if (block.ternary) {
+      rows_dot_pairs<true>(block, words, tables, table_stride, n, o);
+    } else {
+      rows_dot_pairs<false>(block, words, tables, table_stride, n, o);
+    }
   }
 }
 
@@ -452,8 +472,8 @@ torch::Tensor packed_gemv(torch::Tensor x, torch::Tensor plus, c10::optional<tor
     std::vector<float> acc(kLanes * n);
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t r0 = blk * kLanes;
-      rows_dot(plane_block(pp, np, words, r0, rows), words, tables.data(),
-               words * kTableFloats, n, acc.data(), how);
+      const RowBlock block = plane_block(pp, np, words, r0, rows);
+      rows_dot(&block, 1, words, tables.data(), words * kTableFloats, n, acc.data(), how);
       for (int64_t b = 0; b < n; ++b)
         for (int64_t l = 0; l < kLanes && r0 + l < rows; ++l)
           yd[b * rows + r0 + l] = sd[r0 + l] * acc[b * kLanes + l];

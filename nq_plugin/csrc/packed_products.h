@@ -40,10 +40,14 @@ RowBlock plane_block(const uint32_t* plus, const uint32_t* neg, int64_t words, i
                      int64_t limit);
 // block `index` of a lane layout (sub null for binary)
 RowBlock lane_block(const uint32_t* add, const uint32_t* sub, int64_t words, int64_t index);
-// out[b * kLanes + l] = B_{row l} . x_b for the block's kLanes rows and n activation rows (their
-// tables, built for the same `lookup`)
-void rows_dot(const RowBlock& rows, int64_t words, const float* tables, int64_t table_stride,
-              int64_t n, float* out, Lookup lookup);
+// out[(i * n + b) * kLanes + l] = B_{row l of block i} . x_b for `count` blocks of kLanes rows
+// (of the same kind: binary or ternary) and n activation rows (their tables, built for the same
+// `lookup`); the binary nibble lookup reads each table value once for kGates blocks (the 4 gates
+// of a step's hidden units)
+constexpr int kGates = 4;
+void rows_dot(const RowBlock* rows, int count, int64_t words, const float* tables,
+              int64_t table_stride, int64_t n, float* out, Lookup lookup);
+// the words of an optional plane (null when absent)
 const uint32_t* words_of(const c10::optional<torch::Tensor>& t);
 // a lane layout's tensors checked against `blocks` blocks of `words` words: {add, sub or null}
 std::pair<const uint32_t*, const uint32_t*> lanes_of(const torch::Tensor& add,

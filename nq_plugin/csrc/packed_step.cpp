@@ -87,13 +87,19 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
   };
   Term terms[2] = {term_of(ih, m.ih_lane_add, m.ih_lane_sub, tx.data(), wx, pre_x, eps_x),
                    term_of(hh, m.hh_lane_add, m.hh_lane_sub, th.data(), wh, pre_h, eps_h)};
-  // dots of gate g's rows j0..j0+7 (clamped to the gate's rows) with every activation row
-  auto dots = [&](const Term& term, int64_t g, int64_t j0, float* out) {
-    const RowBlock block =
-        term.lane_add != nullptr
-            ? lane_block(term.lane_add, term.lane_sub, term.words, g * hblocks + j0 / kLanes)
-            : plane_block(term.plus, term.neg, term.words, g * hidden + j0, g * hidden + hidden);
-    rows_dot(block, term.words, term.tables, term.words * kTableFloats, batch, out, how);
+  // dots of rows j0..j0+7 (clamped to the gate's rows) of gates g0..g0+count-1 with every
+  // activation row: out + (g - g0) * batch * kLanes for gate g
+  auto dots = [&](const Term& term, int64_t g0, int count, int64_t j0, float* out) {
+    RowBlock blocks[kGates];
+    for (int i = 0; i < count; ++i) {
+      const int64_t g = g0 + i;
+      blocks[i] = term.lane_add != nullptr
+                      ? lane_block(term.lane_add, term.lane_sub, term.words,
+                                   g * hblocks + j0 / kLanes)
+                      : plane_block(term.plus, term.neg, term.words, g * hidden + j0,
+                                    g * hidden + hidden);
+    }
+    rows_dot(blocks, count, term.words, term.tables, term.words * kTableFloats, batch, out, how);
   };
   // terms computed for all rows first -- layer-normalized ones (pre * (B y), then each gate
   // block standardized in place) and the int8-activation product -- read by the cell pass
@@ -114,7 +120,7 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
         std::vector<float> acc(kLanes * batch);
         for (int64_t blk = begin; blk < end; ++blk) {
           const int64_t g = blk / hblocks, j0 = (blk % hblocks) * kLanes, r0 = g * hidden + j0;
-          dots(term, g, j0, acc.data());
+          dots(term, g, 1, j0, acc.data());
           for (int64_t b = 0; b < batch; ++b)
             for (int64_t l = 0; l < kLanes && j0 + l < hidden; ++l)
               y[b * rows + r0 + l] = pre[r0 + l] * acc[b * kLanes + l];
@@ -138,27 +144,28 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
   static_assert(kLanes % Vec::size() == 0, "a block is a whole number of vectors");
   const int64_t blocks = (hidden + kLanes - 1) / kLanes;
   at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
-    std::vector<float> g2[2] = {std::vector<float>(kLanes * batch),
-                                std::vector<float>(kLanes * batch)};
+    // the 4 gates' dots of both terms: g2[t][(g * batch + b) * kLanes + l]
+    std::vector<float> g2[2] = {std::vector<float>(4 * kLanes * batch),
+                                std::vector<float>(4 * kLanes * batch)};
     std::vector<float> pre(4 * kLanes * batch);
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t j0 = blk * kLanes, units = std::min(kLanes, hidden - j0);
+      for (int t = 0; t < 2; ++t) {
+        if (!whole[t]) dots(terms[t], 0, kGates, j0, g2[t].data());
+      }
       for (int64_t g = 0; g < 4; ++g) {
         const int64_t r0 = g * hidden + j0, limit = g * hidden + hidden;
         for (int t = 0; t < 2; ++t) {
-          if (whole[t]) {
-            for (int64_t b = 0; b < batch; ++b)
-              for (int64_t l = 0; l < kLanes; ++l)
-                g2[t][b * kLanes + l] = normalized[t][b * rows + std::min(r0 + l, limit - 1)];
-          } else {
-            dots(terms[t], g, j0, g2[t].data());
-          }
+          if (!whole[t]) continue;
+          for (int64_t b = 0; b < batch; ++b)
+            for (int64_t l = 0; l < kLanes; ++l)
+              g2[t][(g * batch + b) * kLanes + l] =
+                  normalized[t][b * rows + std::min(r0 + l, limit - 1)];
         }
         for (int64_t b = 0; b < batch; ++b)
           for (int64_t l = 0; l < kLanes; ++l) {
-            const int64_t r = std::min(r0 + l, limit - 1);
-            pre[(b * 4 + g) * kLanes + l] =
-                axd[r] * g2[0][b * kLanes + l] + ahd[r] * g2[1][b * kLanes + l] + sd[r];
+            const int64_t r = std::min(r0 + l, limit - 1), at = (g * batch + b) * kLanes + l;
+            pre[(b * 4 + g) * kLanes + l] = axd[r] * g2[0][at] + ahd[r] * g2[1][at] + sd[r];
           }
       }
       for (int64_t b = 0; b < batch; ++b) {
