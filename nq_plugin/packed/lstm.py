@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from .. import backend
 from ..derived import DerivedCache
 from ..nn.cell import lstm_cell
 from ..nn.lstm import NQLSTM, NQLSTMLayer
@@ -173,8 +174,8 @@ class PackedNQLSTMLayer(nn.Module):
 
     def _fused_plan(self, device: torch.device, activations: str = "fp32"):
         """What every fused step needs, derived once from the buffers: (step, largest batch or
-        None for any, whole sequences too, ax, ah, shift) with step(x, h, c, ax, ah, shift,
-        h_out) -> (h, c); None where no fused kernel applies (PyTorch kernel chosen, a dense
+        None for any, whole sequences too, slots) with step(x, h, c, ax, ah, shift, h_out) ->
+        (h, c) and slots[t] = (ax, ah, shift) of statistics slot t; None where no fused kernel applies (PyTorch kernel chosen, a dense
         matrix, layer norm on the GPU)."""
         w_ih, w_hh = self.matrix("ih"), self.matrix("hh")
         kernel = select_kernel(w_hh, device, 1)
@@ -200,33 +201,32 @@ class PackedNQLSTMLayer(nn.Module):
         # sequences beyond the GEMV's rows: torch's fused LSTM (none / weight) and the native
         # loop on the decoded matrix (layer norm) are faster than a step per time step
         sequences = self.norm_class.acts_on_activations and ln_x is None and ln_h is None
-        return step, largest, sequences, ax, ah, shift
+        slots = [(ax[s], ah[s], shift[s]) for s in range(ax.shape[0])]  # views, made once
+        return step, largest, sequences, slots
 
     def _fused_forward(self, x, h, c, t0):
         """Every step one fused kernel -- Triton on a GPU, the native extension on the CPU for
         the GEMV's batch sizes: both products from the words, the folded normalization, the
         bias, the gates and the cell update -- or None when not applicable. The plan (kernel,
         tables) is kept while the buffers are unchanged: a generation step costs one call."""
-        mode = self.activations or native_kernel.activation_mode()
-        plan = self._cached("fused", (x.device, native_kernel.kernel_choice(), mode,
-                                      native_kernel.lookup_setting()),
+        chosen = backend.current()  # once a call: a generation step is short
+        mode = self.activations or chosen.activations.value
+        plan = self._cached("fused", (x.device, chosen.packed_kernel, mode, chosen.lookup),
                             lambda: self._fused_plan(x.device, mode))
         if plan is None:
             return None
-        step, largest, sequences, ax, ah, shift = plan
+        step, largest, sequences, slots = plan
         steps, batch = x.shape[0], x.shape[1]
         if largest is not None and (batch > largest or (
                 not sequences and steps * batch > largest)):
             return None  # larger batches, or a sequence with a faster path (see _fused_plan)
-        last = ax.shape[0] - 1
+        last = len(slots) - 1
         if steps == 1 and not x.is_cuda:  # a generation step on the CPU: no output buffer
-            slot = min(t0, last)
-            h, c = step(x[0], h, c, ax[slot], ah[slot], shift[slot])
+            h, c = step(x[0], h, c, *slots[min(t0, last)])
             return h.unsqueeze(0).clone(), (h, c)
         out = x.new_empty(steps, batch, self.hidden_size)
         for t in range(steps):
-            slot = min(t0 + t, last)
-            h, c = step(x[t], h, c, ax[slot], ah[slot], shift[slot], h_out=out[t])
+            h, c = step(x[t], h, c, *slots[min(t0 + t, last)], h_out=out[t])
         return out, (h, c)
 
     def forward(self, x: torch.Tensor, state=None, t0: int = 0):
