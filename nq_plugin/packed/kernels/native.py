@@ -124,6 +124,13 @@ def unpack(planes, bits: int, columns: int, scale=None):
     return module.packed_unpack(first, neg, None if scale is None else scale.float(), columns)
 
 
+def add_sub_planes(planes, bits: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The words the lookups read: the adds (binary: the signs; ternary: nonzero and not
+    negative) and, ternary, the subtracts (nonzero and negative); None for binary."""
+    first, neg = word_planes(planes, bits)
+    return (first, None) if neg is None else (first & ~neg, first & neg)
+
+
 def q8_layout(planes, bits: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The nibble layout the int8-activation product reads (``csrc/q8_lookup.h``): for the adds
     (binary: the sign bits; ternary: nonzero and not negative) and, ternary, the subtracts, a
@@ -133,8 +140,7 @@ def q8_layout(planes, bits: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     if sys.byteorder != "little":
         raise RuntimeError("the int8-activation layout reads the packed words' bytes in "
                            "little-endian order")
-    first, neg = word_planes(planes, bits)
-    add, sub = (first, None) if neg is None else (first & ~neg, first & neg)
+    add, sub = add_sub_planes(planes, bits)
 
     def transposed(words):
         rows, count = words.shape
@@ -154,8 +160,7 @@ def lane_layout(planes, bits: int, segment: int) -> Tuple[torch.Tensor, Optional
     of the block's row l -- for the adds (binary: the signs; ternary: nonzero and not negative)
     and, ternary, the subtracts: one 256-bit load a word where the planes need 8 rows' words
     transposed in registers. As many bytes as the planes."""
-    first, neg = word_planes(planes, bits)
-    add, sub = (first, None) if neg is None else (first & ~neg, first & neg)
+    add, sub = add_sub_planes(planes, bits)
 
     def interleaved(words):
         rows, count = words.shape
