@@ -343,6 +343,8 @@ def train(run: Run, folder: str, data_root: str, seconds: float, log=print) -> d
         # resume of the folder trains only the rest, and the zoo's record counts both
         state["prior_run_epochs"] = int((record or {}).get("run_epochs") or 0)
         write_state(folder, state)
+    note_hardware(state, hardware_here(run))
+    write_state(folder, state)
     log(f"[{run.id}] {start}: " + " ".join(shlex.quote(c) for c in cmd))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(os.path.join(folder, "driver.out"), "ab") as out:
@@ -368,6 +370,20 @@ def train(run: Run, folder: str, data_root: str, seconds: float, log=print) -> d
         state["done"] = finished(progress, run, state)
     write_state(folder, state)
     return state
+
+
+def hardware_here(run: Run) -> str:
+    """This machine, as the card's hardware line names a phase of ``run`` trained on it."""
+    return (f"{_cpu_name()} ({os.cpu_count()} cores, nice 19, beside other work): {run.id} of "
+            "the campaign (recipes/zoo/campaign.py)")
+
+
+def note_hardware(state: dict, here: str) -> None:
+    """Record in the run's state that the folder trained on ``here`` (once per change of
+    machine): a folder may train on a lent GPU first (gpu_round.py), then here."""
+    phases = state.setdefault("trained_on", [])
+    if not phases or phases[-1] != here:
+        phases.append(here)
 
 
 def folder_epochs(run: Run, state: dict) -> int:
@@ -494,9 +510,7 @@ def add(run: Run, folder: str, data_root: str, best: str, state: dict, value: fl
                 "run_epochs": round(state.get("prior_run_epochs", 0)
                                     + epochs_done(progress, facts.get("itrs")), 2),
                 "done": bool(state.get("done"))}
-    cpu = _cpu_name()
-    here = (f"{cpu} ({os.cpu_count()} cores, nice 19, beside other work): {run.id} of the "
-            f"campaign (recipes/zoo/campaign.py)")
+    here = "; then ".join(state.get("trained_on") or [hardware_here(run)])
     trained_on = trained_on_text(state.get("base_trained_on") or "", here)
     command = " ".join([f"bash {run.data.recipe} DATA_BIN RUN_DIR {run.quantizer} {run.norm}",
                         *map(shlex.quote, run.args), "--max-epoch", str(run.epochs), "--seed", "1",
@@ -628,6 +642,9 @@ def main(argv=None) -> int:
     p.add_argument("--min-minutes", type=float, default=3.0,
                    help="do not start a run with less time than this left")
     p.add_argument("--status", action="store_true", help="print where every run stands")
+    p.add_argument("--publish-only", action="store_true",
+                   help="train nothing: put each plan run's best checkpoint into the zoo if it "
+                   "earns it (run folders trained elsewhere, e.g. by gpu_round.py)")
     p.add_argument("--refresh-notes", action="store_true",
                    help="rewrite the card notes of the entries the plan's runs made")
     args = p.parse_args(argv)
@@ -643,9 +660,9 @@ def main(argv=None) -> int:
     if args.refresh_notes:
         refresh_notes(plan)
         return 0
-    if args.hours is None:
+    if args.hours is None and not args.publish_only:
         p.error("--hours is required (the time budget), or --status")
-    deadline = time.time() + args.hours * 3600
+    deadline = time.time() + (args.hours or 0.0) * 3600
     os.makedirs(args.runs_dir, exist_ok=True)
     lock = open(os.path.join(args.runs_dir, ".lock"), "w")
     try:
@@ -669,6 +686,12 @@ def main(argv=None) -> int:
             errors += 1
             log(f"[{run.id}] zoo update failed, the zoo is unchanged: {err}")
 
+    if args.publish_only:
+        for run in plan:
+            folder = os.path.join(args.runs_dir, run.id)
+            if os.path.isfile(os.path.join(folder, "checkpoint_best.pt")):
+                publish(run, folder)
+        return 1 if errors else 0
     try:
         failed = campaign(plan, args, deadline, log, publish)
     except Interrupted as err:

@@ -11,7 +11,8 @@ import types
 import pytest
 import torch
 
-from tests.fairseq_utils import DEMO_TEXT, ROOT
+from tests.fairseq_utils import ROOT
+from tests.recipes.campaign_data import demo_dataset
 
 pytestmark = pytest.mark.slow
 DRIVER = ROOT / "recipes" / "zoo" / "campaign.py"
@@ -45,13 +46,7 @@ def campaign(tmp_path_factory, demo_char_data):
     zoo = tmp / "zoo"
     zoo.mkdir()
     (zoo / "manifest.json").write_text('{"manifest_version": 1, "models": []}\n')
-    plain = tmp / "eval_plain.txt"
-    plain.write_text("".join(line.replace(" ", "").replace("_", " ").strip() + "\n"
-                             for line in (DEMO_TEXT / "valid.txt").read_text().splitlines()))
-    data = {"recipe": "recipes/ptb_char/train.sh", "folder": os.path.basename(demo_char_data),
-            "metric": "bpc", "eval_args": ["--task", "bptt_lm", "--gen-subset", "test",
-                                           "--tokens-per-sample", "16", "--cpu"],
-            "text_format": "ptb_char", "eval_text": str(plain)}
+    data = demo_dataset(tmp, demo_char_data)
     return types.SimpleNamespace(
         tmp=tmp, zoo=zoo, data_root=os.path.dirname(demo_char_data),
         datasets={"demo": data, "broken": dict(data, eval_text=str(tmp / "missing.txt"))})
