@@ -10,7 +10,7 @@ import torch
 from tests.fairseq_utils import ROOT
 
 from nq_plugin.zoo.manifest import Manifest
-from nq_plugin.zoo.text_formats import encode
+from nq_plugin.zoo.text_formats import encode, text_format
 
 LMS = sorted(e.name for e in Manifest.load().models.values()
              if e.task == "bptt_lm" and e.bundled)
@@ -31,15 +31,18 @@ def test_generator_hub_interface_on_zoo_models(name, monkeypatch):
     hub.eval()
     texts = ["the market fell", "stocks rose sharply in new york"]
     lm = zoo.load(name)
+    # the hub appends its end-of-sentence symbol: a line end for line-based models, a symbol a
+    # byte-level model never saw (docs/fairseq.md): ZooLM.score leaves it out for those
+    kept = slice(None) if text_format(entry.text_format).lines else slice(None, -1)
     for text in texts:
         r = hub.score(symbols(entry, text))
-        bits = -r["positional_scores"].mean().item() / math.log(2)
+        bits = -r["positional_scores"][kept].mean().item() / math.log(2)
         ours = lm.score(text)
-        assert len(r["positional_scores"]) == ours["symbols"]
+        assert len(r["positional_scores"][kept]) == ours["symbols"]
         assert bits == pytest.approx(ours["bits_per_symbol"], rel=1e-5, abs=1e-5)
     both = hub.score([symbols(entry, t) for t in texts])  # one padded batch
     for r, text in zip(both, texts):
-        bits = -r["positional_scores"].mean().item() / math.log(2)
+        bits = -r["positional_scores"][kept].mean().item() / math.log(2)
         assert bits == pytest.approx(lm.score(text)["bits_per_symbol"], rel=1e-5, abs=1e-5)
     prompt = symbols(entry, "the company said")
     n = len(prompt.split())  # fairseq's max length counts the prefix
