@@ -81,6 +81,8 @@ class Dataset:
     save_every: int = 0         # updates between mid-epoch checkpoints (0: at epoch ends)
     paper_epochs: int = 200     # the paper's schedule length, for the card
     note: str = ""              # what the card says of every model of the dataset
+    force_anneal: Optional[int] = 11  # the recipe's --force-anneal (the epoch its per-epoch
+    #                                   decay begins); None: the schedule is not by epoch
 
 
 DATASETS: Dict[str, Dataset] = {
@@ -93,7 +95,7 @@ DATASETS: Dict[str, Dataset] = {
         "recipes/ptb_word/train.sh", "ptb_word", "perplexity",
         ("--task", "bptt_lm", "--gen-subset", "test", "--tokens-per-sample", "35",
          "--batch-size", "16", "--cpu"), "words", "zoo/eval_text/news_en.txt",
-        floats="int8_rows", save_every=700, paper_epochs=40,
+        floats="int8_rows", save_every=700, paper_epochs=40, force_anneal=None,
         note="The packed copy is listed for the Hub but rebuilt from model.pt on first use."),
     # its symbols are bytes (<0x20> for the space): the bundled evaluation text is binarized
     # byte by byte, without fairseq-preprocess's end-of-line symbols (text format "bytes")
@@ -275,10 +277,24 @@ def train_command(run: Run, folder: str, data_root: str, seconds_budget: float,
             cmd[cmd.index("--max-epoch") + 1] = str(left)
             if record.get("lr"):
                 cmd += ["--lr", f"{record['lr']:g}"]
+            cmd += resumed_anneal(run, int(record.get("run_epochs") or 0))
     else:
         start, held = "scratch", 0.0
     cmd += ["--stop-time-hours", f"{(held + seconds_budget) / 3600:.5f}"]
     return cmd, start, held
+
+
+def resumed_anneal(run: Run, done: int) -> List[str]:
+    """A run going on from the zoo's weights restarts fairseq's epoch count at 1: its per-epoch
+    decay (``--force-anneal F``, from the run's options or its recipe's) begins ``done``
+    epochs earlier, so that the learning rate the record gives goes on decaying where the
+    run had reached the decay, rather than being held for F more epochs."""
+    args = list(run.args)
+    anneal = (int(args[args.index("--force-anneal") + 1]) if "--force-anneal" in args
+              else run.data.force_anneal)
+    if anneal is None or done <= 0:
+        return []
+    return ["--force-anneal", str(max(1, anneal - done))]
 
 
 def bundled_model(run: Run, manifest: Manifest) -> Optional[str]:

@@ -139,6 +139,15 @@ def test_a_run_goes_on_from_the_zoo_when_its_folder_is_gone(tmp_path):
     assert cmd[len(cmd) - 1 - cmd[::-1].index("--lr") + 1] == "5"  # the last --lr wins
     plain, _, _ = campaign.train_command(run, str(tmp_path), "data", 3600, zoo_model, None)
     assert plain[plain.index("--max-epoch") + 1] == str(run.epochs) and "5" not in plain
+    assert "--force-anneal" not in cmd  # the word schedule is not by epoch
+
+    # a char run's per-epoch decay goes on where the run had reached it
+    char = campaign.PLAN[[r.id for r in campaign.PLAN].index("warpeace-tc-layer")]
+    for done, anneal in ((13.11, "1"), (4.5, "7")):
+        record = {"run": char.id, "lr": 0.00104, "run_epochs": done, "done": False}
+        cmd, _, _ = campaign.train_command(char, str(tmp_path), "data", 3600, zoo_model, record)
+        assert cmd[len(cmd) - 1 - cmd[::-1].index("--force-anneal") + 1] == anneal
+        assert cmd[cmd.index("--max-epoch") + 1] == str(char.epochs - int(done))
 
 
 def test_a_run_gone_on_from_the_zoo_keeps_its_schedule_when_it_resumes(tmp_path):
