@@ -158,8 +158,6 @@ PLAN: List[Run] = [
     Run("ptb-word-tc-weight.sgd", "ptb-word-tc-weight", "ptb_word", "tc", "weight", 13, 86.5,
         190, "From the bundled weights (epoch 7) with a fresh schedule: " + WORD_TEXT
         + ", until the plateaus brought the learning rate below 0.1.", from_zoo=True),
-    Run("ptb-word-bc-layer", "ptb-word-bc-layer", "ptb_word", "bc", "layer", 40, 89.4, 111,
-        WORD_TEXT[0].upper() + WORD_TEXT[1:] + ", 40 epochs."),
     # War and Peace's fp model: done after its first GPU round (validation rose after epoch 8,
     # 1.781 -> 1.861 by epoch 20 at lr 0.002); the zoo holds epoch 8 (its record: lr 0.002,
     # done) and the anneal goes on from it
@@ -184,6 +182,8 @@ PLAN: List[Run] = [
         WORD_TEXT[0].upper() + WORD_TEXT[1:] + ", 40 epochs."),
     Run("warpeace-bc-weight", "warpeace-bc-weight", "warpeace", "bc", "weight", SHORT_EPOCHS,
         1.74, 174, SHORT_TEXT, SHORT),
+    Run("ptb-word-bc-layer", "ptb-word-bc-layer", "ptb_word", "bc", "layer", 40, 89.4, 111,
+        WORD_TEXT[0].upper() + WORD_TEXT[1:] + ", 40 epochs."),
     Run("warpeace-tc-layer", "warpeace-tc-layer", "warpeace", "tc", "layer", SHORT_EPOCHS, 1.67,
         None, SHORT_TEXT, SHORT),
     Run("warpeace-tc-weight", "warpeace-tc-weight", "warpeace", "tc", "weight", SHORT_EPOCHS,
