@@ -25,7 +25,6 @@ at the first update.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -36,6 +35,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import campaign  # noqa: E402  (recipes/zoo/campaign.py)
+from nq_plugin.files import sha256_file  # noqa: E402
 
 PART_BYTES = 15 * 2 ** 20
 CARRY_BYTES = 56 * 2 ** 20  # what a lent machine returns is at most 64 MiB, logs included
@@ -48,14 +48,6 @@ def device_name(cpu: bool) -> str:
     if not torch.cuda.is_available():
         raise SystemExit("gpu_round: no CUDA device is visible (use --cpu to try it on the CPU)")
     return f"one {torch.cuda.get_device_name(0)} (a lent machine)"
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fresh_optimizer_state(state: dict) -> dict:
@@ -76,7 +68,7 @@ def strip_optimizer(folder: str) -> None:
     import torch
     last = os.path.join(folder, "checkpoint_last.pt")
     best = os.path.join(folder, "checkpoint_best.pt")
-    if os.path.isfile(best) and os.path.isfile(last) and _sha256(best) == _sha256(last):
+    if os.path.isfile(best) and os.path.isfile(last) and sha256_file(best) == sha256_file(last):
         os.remove(best)
         open(os.path.join(folder, "best_is_last"), "w").close()
     for path in [last, best, *sorted(p for p in os.listdir(folder) if p.startswith("checkpoint_")
@@ -211,10 +203,7 @@ def main(argv=None) -> int:
         state = campaign.read_state(folder)
         line = f"[{run_id}] exit {procs[run_id][0].returncode}"
         if os.path.isfile(last):
-            progress = campaign.checkpoint_progress(last)
-            itrs = campaign.log_facts(os.path.join(folder, "train.log")).get("itrs")
-            state["epochs_run"] = campaign.epochs_done(progress, itrs)
-            state["done"] = campaign.finished(progress, run, state)
+            progress = campaign.record_progress(run, folder, state)
             line += f", {state['epochs_run']:.2f} epochs, best valid loss {progress['best']}"
         campaign.write_state(folder, state)
         strip_optimizer(folder)
