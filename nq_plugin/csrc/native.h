@@ -2,12 +2,12 @@
 // bound to Python in bindings.cpp): one declaration each, included by the definitions so that
 // they cannot drift.
 #pragma once
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <vector>
 
 // lookup: the lookup's number (packed_products.h, Lookup: 0 pairs, 1 nibbles)
-torch::Tensor packed_gemv(torch::Tensor x, torch::Tensor plus, c10::optional<torch::Tensor> neg,
-                          torch::Tensor scale, int64_t columns, int64_t lookup);
+at::Tensor packed_gemv(at::Tensor x, at::Tensor plus, c10::optional<at::Tensor> neg,
+                       at::Tensor scale, int64_t columns, int64_t lookup);
 // whether the nibble lookup (AVX-512 F and VL) runs on this CPU and build
 bool packed_nibbles_supported();
 // The fixed operands of packed_lstm_step for one packed layer, resolved once per stepper
@@ -18,23 +18,23 @@ bool packed_nibbles_supported();
 // each matrix's lane layout (packed_products.h, RowBlock: (4 ceil(H / 8), words, 8) int32, the
 // blocks of each gate's rows; read instead of the planes, which are then only checked).
 struct PackedStepOperands {
-  torch::Tensor ih_plus, hh_plus;
-  c10::optional<torch::Tensor> ih_neg, hh_neg;
-  c10::optional<torch::Tensor> pre_x, pre_h;
+  at::Tensor ih_plus, hh_plus;
+  c10::optional<at::Tensor> ih_neg, hh_neg;
+  c10::optional<at::Tensor> pre_x, pre_h;
   double eps_x = 0.0, eps_h = 0.0;
-  c10::optional<torch::Tensor> hh_q8_add, hh_q8_sub;
+  c10::optional<at::Tensor> hh_q8_add, hh_q8_sub;
   int64_t lookup = 0;
-  c10::optional<torch::Tensor> ih_lane_add, ih_lane_sub, hh_lane_add, hh_lane_sub;
+  c10::optional<at::Tensor> ih_lane_add, ih_lane_sub, hh_lane_add, hh_lane_sub;
 };
 
-std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, torch::Tensor c,
-                                            torch::Tensor ax, torch::Tensor ah,
-                                            torch::Tensor shift,
-                                            const PackedStepOperands& m);
-torch::Tensor packed_gemv_q8(torch::Tensor x, torch::Tensor add, c10::optional<torch::Tensor> sub,
-                             torch::Tensor scale, int64_t rows, int64_t columns);
-torch::Tensor packed_unpack(torch::Tensor plus, c10::optional<torch::Tensor> neg,
-                            c10::optional<torch::Tensor> scale, int64_t columns);
+std::vector<at::Tensor> packed_lstm_step(at::Tensor x, at::Tensor h, at::Tensor c,
+                                         at::Tensor ax, at::Tensor ah,
+                                         at::Tensor shift,
+                                         const PackedStepOperands& m);
+at::Tensor packed_gemv_q8(at::Tensor x, at::Tensor add, c10::optional<at::Tensor> sub,
+                          at::Tensor scale, int64_t rows, int64_t columns);
+at::Tensor packed_unpack(at::Tensor plus, c10::optional<at::Tensor> neg,
+                         c10::optional<at::Tensor> scale, int64_t columns);
 
 // One normalization's native form (nq_plugin/norm/base.py, NativeForm) as the recurrence takes
 // it, for either term: the operation's number (native_ops.h), eps, its two (S, F) tensors, the

@@ -16,7 +16,7 @@
 //   products, the same table bytes per word (8 x 16 floats instead of 16 x 8).
 // Without AVX2 a portable loop over the pair tables.
 // Layout: nq_plugin/packed/format.py (int32 words along the input, LSB first, zero padding).
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cmath>
@@ -354,11 +354,11 @@ RowBlock lane_block(const uint32_t* add, const uint32_t* sub, int64_t words, int
   return b;
 }
 
-std::pair<const uint32_t*, const uint32_t*> lanes_of(const torch::Tensor& add,
-                                                     const c10::optional<torch::Tensor>& sub,
+std::pair<const uint32_t*, const uint32_t*> lanes_of(const at::Tensor& add,
+                                                     const c10::optional<at::Tensor>& sub,
                                                      int64_t blocks, int64_t words, bool ternary) {
-  auto ok = [&](const torch::Tensor& t) {
-    return t.dim() == 3 && t.scalar_type() == torch::kInt32 && t.size(0) == blocks &&
+  auto ok = [&](const at::Tensor& t) {
+    return t.dim() == 3 && t.scalar_type() == at::kInt && t.size(0) == blocks &&
            t.size(1) == words && t.size(2) == kLanes && t.is_contiguous();
   };
   TORCH_CHECK(ok(add) && sub.has_value() == ternary && (!ternary || ok(*sub)),
@@ -368,34 +368,34 @@ std::pair<const uint32_t*, const uint32_t*> lanes_of(const torch::Tensor& add,
           sub.has_value() ? reinterpret_cast<const uint32_t*>(sub->data_ptr<int32_t>()) : nullptr};
 }
 
-const uint32_t* words_of(const c10::optional<torch::Tensor>& t) {
+const uint32_t* words_of(const c10::optional<at::Tensor>& t) {
   return t.has_value() ? reinterpret_cast<const uint32_t*>(t->data_ptr<int32_t>()) : nullptr;
 }
 
 // contiguous int32 planes of one product, checked: {plus, neg or undefined}
-std::pair<torch::Tensor, c10::optional<torch::Tensor>> planes_of(
-    const torch::Tensor& plus, const c10::optional<torch::Tensor>& neg, const char* what) {
-  TORCH_CHECK(plus.dim() == 2 && plus.scalar_type() == torch::kInt32, what,
+std::pair<at::Tensor, c10::optional<at::Tensor>> planes_of(
+    const at::Tensor& plus, const c10::optional<at::Tensor>& neg, const char* what) {
+  TORCH_CHECK(plus.dim() == 2 && plus.scalar_type() == at::kInt, what,
               ": planes must be 2-D int32");
-  c10::optional<torch::Tensor> n;
+  c10::optional<at::Tensor> n;
   if (neg.has_value()) {
     n = neg->contiguous();
-    TORCH_CHECK(n->sizes() == plus.sizes() && n->scalar_type() == torch::kInt32, what,
+    TORCH_CHECK(n->sizes() == plus.sizes() && n->scalar_type() == at::kInt, what,
                 ": planes differ in shape or type");
   }
   return {plus.contiguous(), n};
 }
 
 // the nibble layout's tensors (blocks, steps, 32) uint8, checked against rows x columns
-void check_q8(const torch::Tensor& add, const c10::optional<torch::Tensor>& sub, int64_t rows,
+void check_q8(const at::Tensor& add, const c10::optional<at::Tensor>& sub, int64_t rows,
               int64_t columns) {
-  TORCH_CHECK(add.dim() == 3 && add.scalar_type() == torch::kUInt8 &&
+  TORCH_CHECK(add.dim() == 3 && add.scalar_type() == at::kByte &&
                   add.size(0) == (rows + nq_q8::kRows - 1) / nq_q8::kRows &&
                   add.size(2) == nq_q8::kRows && add.size(1) * 8 >= columns &&
                   add.size(1) % 4 == 0 && add.is_contiguous(),
               "int8-activation layout: (ceil(rows / 32), words * 4, 32) contiguous uint8 expected");
   TORCH_CHECK(!sub.has_value() || (sub->sizes() == add.sizes() &&
-                                   sub->scalar_type() == torch::kUInt8 && sub->is_contiguous()),
+                                   sub->scalar_type() == at::kByte && sub->is_contiguous()),
               "int8-activation layout: the subtract plane differs from the add plane");
 }
 
@@ -432,15 +432,15 @@ using namespace nq_packed;
 
 // x: (N, columns) float32; add (and sub for 2 bits): the nibble layout of (rows, words) planes;
 // scale: (rows,) float32. The int8-activation product (q8_lookup.h): s_b diag(scale) B q_b.
-torch::Tensor packed_gemv_q8(torch::Tensor x, torch::Tensor add, c10::optional<torch::Tensor> sub,
-                             torch::Tensor scale, int64_t rows, int64_t columns) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.size(1) == columns,
+at::Tensor packed_gemv_q8(at::Tensor x, at::Tensor add, c10::optional<at::Tensor> sub,
+                          at::Tensor scale, int64_t rows, int64_t columns) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.size(1) == columns,
               "x must be (N, columns) float32");
   check_q8(add, sub, rows, columns);
   auto xc = x.contiguous();
-  auto scale_c = scale.contiguous().to(torch::kFloat32);
+  auto scale_c = scale.contiguous().to(at::kFloat);
   TORCH_CHECK(scale_c.numel() == rows, "one scale per row");
-  auto y = torch::empty({x.size(0), rows}, x.options());
+  auto y = at::empty({x.size(0), rows}, x.options());
   q8_product(xc.data_ptr<float>(), x.size(0), columns, columns, add.data_ptr<uint8_t>(),
              sub.has_value() ? sub->data_ptr<uint8_t>() : nullptr, rows, add.size(1),
              y.data_ptr<float>(), rows, scale_c.data_ptr<float>());
@@ -450,19 +450,19 @@ torch::Tensor packed_gemv_q8(torch::Tensor x, torch::Tensor add, c10::optional<t
 bool packed_nibbles_supported() { return nibbles_supported(); }
 
 // x: (N, columns) float32; plus (and neg for 2 bits): (R, words) int32; scale: (R,) float32.
-torch::Tensor packed_gemv(torch::Tensor x, torch::Tensor plus, c10::optional<torch::Tensor> neg,
-                          torch::Tensor scale, int64_t columns, int64_t lookup) {
+at::Tensor packed_gemv(at::Tensor x, at::Tensor plus, c10::optional<at::Tensor> neg,
+                       at::Tensor scale, int64_t columns, int64_t lookup) {
   const Lookup how = lookup_of(lookup);
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x must be (N, n) float32");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be (N, n) float32");
   auto planes = planes_of(plus, neg, "packed_gemv");
   const int64_t n = x.size(0), rows = planes.first.size(0), words = planes.first.size(1);
   TORCH_CHECK(x.size(1) == columns && words * 32 >= columns, "x does not fit the packed matrix");
   auto xc = x.contiguous();
-  auto scale_c = scale.contiguous().to(torch::kFloat32);
+  auto scale_c = scale.contiguous().to(at::kFloat);
   TORCH_CHECK(scale_c.numel() == rows, "one scale per row");
   const auto tables = build_tables(xc.data_ptr<float>(), n, columns, columns, words,
                                    planes.second.has_value(), how);
-  auto y = torch::empty({n, rows}, x.options());
+  auto y = at::empty({n, rows}, x.options());
   const uint32_t* pp = reinterpret_cast<const uint32_t*>(planes.first.data_ptr<int32_t>());
   const uint32_t* np = words_of(planes.second);
   const float* sd = scale_c.data_ptr<float>();
@@ -486,14 +486,14 @@ torch::Tensor packed_gemv(torch::Tensor x, torch::Tensor plus, c10::optional<tor
 // diag(scale) B as a dense (R, columns) float32 matrix: the decode for batches where one GEMM on
 // the dense matrix beats the GEMV above (scale omitted: the codes themselves). One pass over the
 // words; the inner loop over a word's 32 bits is written for the compiler to vectorize.
-torch::Tensor packed_unpack(torch::Tensor plus, c10::optional<torch::Tensor> neg,
-                            c10::optional<torch::Tensor> scale, int64_t columns) {
-  TORCH_CHECK(plus.dim() == 2 && plus.scalar_type() == torch::kInt32, "planes must be int32");
+at::Tensor packed_unpack(at::Tensor plus, c10::optional<at::Tensor> neg,
+                         c10::optional<at::Tensor> scale, int64_t columns) {
+  TORCH_CHECK(plus.dim() == 2 && plus.scalar_type() == at::kInt, "planes must be int32");
   const int64_t rows = plus.size(0), words = plus.size(1);
   TORCH_CHECK(words * 32 >= columns && columns > (words - 1) * 32,
               "columns do not fit the packed words");
   auto plus_c = plus.contiguous();
-  torch::Tensor neg_c, scale_c;
+  at::Tensor neg_c, scale_c;
   const uint32_t* negp = nullptr;
   const float* sd = nullptr;
   if (neg.has_value()) {
@@ -502,11 +502,11 @@ torch::Tensor packed_unpack(torch::Tensor plus, c10::optional<torch::Tensor> neg
     negp = reinterpret_cast<const uint32_t*>(neg_c.data_ptr<int32_t>());
   }
   if (scale.has_value()) {
-    scale_c = scale->contiguous().to(torch::kFloat32);
+    scale_c = scale->contiguous().to(at::kFloat);
     TORCH_CHECK(scale_c.numel() == rows, "one scale per row");
     sd = scale_c.data_ptr<float>();
   }
-  auto out = torch::empty({rows, columns}, plus.options().dtype(torch::kFloat32));
+  auto out = at::empty({rows, columns}, plus.options().dtype(at::kFloat));
   const uint32_t* pp = reinterpret_cast<const uint32_t*>(plus_c.data_ptr<int32_t>());
   float* od = out.data_ptr<float>();
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {

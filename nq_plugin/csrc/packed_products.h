@@ -1,7 +1,7 @@
 // The lookup-table products from packed words that packed_gemv.cpp defines and the fused LSTM
 // step (packed_step.cpp) reuses: one declaration each (what they compute: packed_gemv.cpp).
 #pragma once
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <cstdint>
 #include <utility>
@@ -48,16 +48,16 @@ constexpr int kGates = 4;
 void rows_dot(const RowBlock* rows, int count, int64_t words, const float* tables,
               int64_t table_stride, int64_t n, float* out, Lookup lookup);
 // the words of an optional plane (null when absent)
-const uint32_t* words_of(const c10::optional<torch::Tensor>& t);
+const uint32_t* words_of(const c10::optional<at::Tensor>& t);
 // a lane layout's tensors checked against `blocks` blocks of `words` words: {add, sub or null}
-std::pair<const uint32_t*, const uint32_t*> lanes_of(const torch::Tensor& add,
-                                                     const c10::optional<torch::Tensor>& sub,
+std::pair<const uint32_t*, const uint32_t*> lanes_of(const at::Tensor& add,
+                                                     const c10::optional<at::Tensor>& sub,
                                                      int64_t blocks, int64_t words, bool ternary);
 // contiguous int32 planes of one product, checked: {plus, neg or undefined}
-std::pair<torch::Tensor, c10::optional<torch::Tensor>> planes_of(
-    const torch::Tensor& plus, const c10::optional<torch::Tensor>& neg, const char* what);
+std::pair<at::Tensor, c10::optional<at::Tensor>> planes_of(
+    const at::Tensor& plus, const c10::optional<at::Tensor>& neg, const char* what);
 // the nibble layout's tensors (blocks, steps, 32) uint8, checked against rows x columns
-void check_q8(const torch::Tensor& add, const c10::optional<torch::Tensor>& sub, int64_t rows,
+void check_q8(const at::Tensor& add, const c10::optional<at::Tensor>& sub, int64_t rows,
               int64_t columns);
 // y[b, r] = s_b (B q_b)_r (int8 activations, q8_lookup.h), the blocks of 32 rows in parallel
 void q8_product(const float* x, int64_t n, int64_t stride, int64_t columns, const uint8_t* add,

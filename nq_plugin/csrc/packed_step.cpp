@@ -2,7 +2,7 @@
 // with the lookup kernel of packed_gemv.cpp (packed_products.h), the folded normalization, the
 // gates and the cell (vec_math.h's lstm_cell, the native recurrence's own) in one call -- a
 // generation step of a packed model (nq_plugin/packed/kernels/native.py, lstm_stepper).
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cstdint>
@@ -27,18 +27,18 @@ using namespace nq_packed;
 // from the lane layout where `m` holds one (one load a word), else from the planes. x (B, K), h
 // and c (B, H) float32; the fixed operands in `m` (native.h), planes contiguous int32 (R = 4H
 // rows); returns {h', c'}.
-std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, torch::Tensor c,
-                                            torch::Tensor ax, torch::Tensor ah,
-                                            torch::Tensor shift,
-                                            const PackedStepOperands& m) {
+std::vector<at::Tensor> packed_lstm_step(at::Tensor x, at::Tensor h, at::Tensor c,
+                                         at::Tensor ax, at::Tensor ah,
+                                         at::Tensor shift,
+                                         const PackedStepOperands& m) {
   const auto& pre_x = m.pre_x;
   const auto& pre_h = m.pre_h;
   const auto& hh_q8_add = m.hh_q8_add;
   const auto& hh_q8_sub = m.hh_q8_sub;
   const double eps_x = m.eps_x, eps_h = m.eps_h;
   const Lookup how = lookup_of(m.lookup);
-  TORCH_CHECK(x.scalar_type() == torch::kFloat32 && h.scalar_type() == torch::kFloat32 &&
-              c.scalar_type() == torch::kFloat32, "x, h, c must be float32");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && h.scalar_type() == at::kFloat &&
+              c.scalar_type() == at::kFloat, "x, h, c must be float32");
   const int64_t batch = x.size(0), inputs = x.size(1), hidden = h.size(1), rows = 4 * hidden;
   auto ih = planes_of(m.ih_plus, m.ih_neg, "packed_lstm_step (ih)");
   auto hh = planes_of(m.hh_plus, m.hh_neg, "packed_lstm_step (hh)");
@@ -68,16 +68,16 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
     const uint32_t *plus, *neg, *lane_add, *lane_sub;
     const float* tables;
     int64_t words;
-    torch::Tensor pre;
+    at::Tensor pre;
     double eps;
   };
-  auto term_of = [&](const std::pair<torch::Tensor, c10::optional<torch::Tensor>>& planes,
-                     const c10::optional<torch::Tensor>& lane_add,
-                     const c10::optional<torch::Tensor>& lane_sub, const float* tables,
-                     int64_t words, const c10::optional<torch::Tensor>& pre, double eps) {
+  auto term_of = [&](const std::pair<at::Tensor, c10::optional<at::Tensor>>& planes,
+                     const c10::optional<at::Tensor>& lane_add,
+                     const c10::optional<at::Tensor>& lane_sub, const float* tables,
+                     int64_t words, const c10::optional<at::Tensor>& pre, double eps) {
     Term t{reinterpret_cast<const uint32_t*>(planes.first.data_ptr<int32_t>()),
            words_of(planes.second), nullptr, nullptr, tables, words,
-           pre.has_value() ? pre->contiguous().to(torch::kFloat32) : torch::Tensor(), eps};
+           pre.has_value() ? pre->contiguous().to(at::kFloat) : at::Tensor(), eps};
     TORCH_CHECK(!t.pre.defined() || t.pre.numel() == rows, "pre needs 4H values");
     if (lane_add.has_value()) {
       std::tie(t.lane_add, t.lane_sub) =
@@ -137,8 +137,8 @@ std::vector<torch::Tensor> packed_lstm_step(torch::Tensor x, torch::Tensor h, to
   }
   const float *axd = axc.data_ptr<float>(), *ahd = ahc.data_ptr<float>(),
               *sd = sc.data_ptr<float>(), *cd = cc.data_ptr<float>();
-  auto h_out = torch::empty({batch, hidden}, x.options());
-  auto c_out = torch::empty({batch, hidden}, x.options());
+  auto h_out = at::empty({batch, hidden}, x.options());
+  auto c_out = at::empty({batch, hidden}, x.options());
   float *ho = h_out.data_ptr<float>(), *co = c_out.data_ptr<float>();
   using Vec = nq_native::Vec<float>;
   static_assert(kLanes % Vec::size() == 0, "a block is a whole number of vectors");

@@ -24,7 +24,7 @@
 // activations and the cell update run in one pass per batch row while the row is in cache,
 // with vectorized exp / tanh (at::vec); the backward walks the steps once the same way and
 // forms dL/dW_h with one GEMM at the end.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
