@@ -3,8 +3,8 @@
 
 Compiled with ``torch.utils.cpp_extension.load`` (``-O3 -march=native``; at::vec's AVX2 code
 path where the CPU has AVX2) and cached in torch's extensions folder (``TORCH_EXTENSIONS_DIR``,
-about half a minute the first time on 2 cores: only the bindings include torch/extension.h,
-the kernels ATen alone); never at ``pip install`` (an isolated build would pull a CUDA torch).
+about 20 s the first time on 2 cores: the bindings include torch/python.h, the kernels ATen
+alone, not the whole of torch/extension.h); never at ``pip install`` (an isolated build would pull a CUDA torch).
 Without a compiler, :func:`extension` returns None, the callers fall back to their PyTorch
 paths and the reason is logged once; :func:`build_error` says why.
 """

@@ -1,6 +1,6 @@
 // The plugin's one native extension (nq_plugin/native.py builds it on first use): the packed
 // inference kernel and the normalized LSTM recurrence.
-#include <torch/extension.h>
+#include <torch/python.h>  // pybind11 and its Tensor casters; not torch/all.h (build time)
 
 #include <map>
 #include <string>
