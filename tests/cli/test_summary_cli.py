@@ -1,8 +1,5 @@
 """nq-summary on a spec: every size row of docs/design.md section 3 through the command line."""
 import json
-import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -26,14 +23,11 @@ def test_json_lstm_kb_matches_paper(row, capsys):
 
 
 def test_console_command_runs():
-    exe = shutil.which("nq-summary")
-    cmd = [exe] if exe else [sys.executable, "-m", "nq_plugin.cli.summary"]
-    res = subprocess.run(cmd + ["--input-size", "50", "--hidden-size", "512", "--quantizer",
-                                "bc", "--norm", "layer", "--json"],
-                         capture_output=True, text=True, check=True)
+    from tests.fairseq_utils import console
+    res = console("nq-summary", "--input-size", "50", "--hidden-size", "512", "--quantizer",
+                  "bc", "--norm", "layer", "--json")
     assert abs(json.loads(res.stdout)["lstm_kb"] - 181) <= 1
-    table = subprocess.run(cmd + ["--input-size", "50", "--hidden-size", "512"],
-                           capture_output=True, text=True, check=True).stdout
+    table = console("nq-summary", "--input-size", "50", "--hidden-size", "512").stdout
     assert "4504.0" in table and "Layer" in table
 
 
