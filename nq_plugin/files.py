@@ -52,6 +52,27 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def usual_mode(path: str) -> None:
+    """Give a temporary file or folder (``tempfile`` makes them private: 0600 / 0700) the mode
+    a plain ``open`` or ``mkdir`` would have, so that what is renamed into place is readable as
+    the user's other files are."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
+
+
+def temporary_folder(parent: str, prefix: str) -> str:
+    """A new folder in ``parent`` (for building what is renamed into place), with the usual
+    mode."""
+    tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    usual_mode(tmp)
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``, on error
@@ -63,6 +84,7 @@ def atomic_path(path: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        usual_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -89,7 +111,7 @@ def atomic_folder(path: str) -> Iterator[str]:
         raise FileExistsError(f"{path} exists and is not empty; choose a new folder")
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(os.path.abspath(path)) + ".", dir=parent)
+    tmp = temporary_folder(parent, "." + os.path.basename(os.path.abspath(path)) + ".")
     try:
         yield tmp
     except BaseException:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from typing import List, Optional
 
 from ..backend import zoo_cache
+from ..files import temporary_folder
 from .fetch import verify_folder
 from .manifest import ZooEntry, ZooError
 
@@ -74,7 +74,7 @@ def packed_folder(entry: ZooEntry, folder: str, cache_dir: Optional[str] = None)
 def _rebuild(entry: ZooEntry, folder: str, target: str) -> None:
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".packed.", dir=parent)
+    tmp = temporary_folder(parent, ".packed.")
     try:
         problems = rebuild_problems(entry, folder, tmp)
         if problems:
