@@ -8,6 +8,10 @@ fairseq-eval-lm, the Hub loader, ``nq-zoo``) decodes it back to fp32 with
 
 * ``int8_rows``: ``name`` holds int8 codes, ``name@scale`` one fp32 scale per row (the first
   dimension): w = code * scale, scale = max|row| / 127.
+* ``int6_rows`` / ``int5_rows`` / ``int4_rows``: the same per-row rule with codes in
+  [-(2^(b-1) - 1), 2^(b-1) - 1], bit-packed: ``name`` holds uint8 bytes of the codes plus
+  2^(b-1) - 1 (b bits each, least significant bit first, row-major), ``name@scale`` the row
+  scales, ``name@shape`` the tensor's shape (int64).
 * ``bfloat16`` / ``float16``: ``name`` holds the tensor in that type; w = float(stored).
 
 Which encoding a tensor gets is the storage plan's choice (:func:`storage_plan`): a quantized
@@ -20,13 +24,14 @@ measures; everything else stays fp32.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
 STORAGE_KEY = "nq_plugin.storage"
 STORAGE_VERSION = 1
 SCALE_SUFFIX = "@scale"
+SHAPE_SUFFIX = "@shape"
 LARGE_TENSOR = 1 << 16  # elements: smaller float tensors (biases, norm gains) stay fp32
 
 
@@ -42,6 +47,8 @@ class Encoding:
     changed."""
 
     name = ""
+    suffixes: Tuple[str, ...] = ("",)  # the parts a stored tensor has
+    words = ""                          # what a model card calls it
 
     def encode(self, t: torch.Tensor) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -53,35 +60,95 @@ class Encoding:
              toward: torch.Tensor) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def shape(self, parts: Dict[str, torch.Tensor]) -> Tuple[int, ...]:
+        """The decoded tensor's shape, without decoding it."""
+        return tuple(parts[""].shape)
+
 
 class Int8Rows(Encoding):
     """w = code * scale_row, code = round(w / scale_row) in [-127, 127],
     scale_row = max|w_row| / 127 (1 for an all-zero row)."""
 
     name = "int8_rows"
+    words = "int8 with one fp32 scale per row"
+    suffixes = ("", SCALE_SUFFIX)
+    qmax = 127
+
+    def codes(self, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(codes as int16, of ``t``'s shape; fp32 scale per row)."""
+        rows = t.detach().float().reshape(t.shape[0], -1)
+        scale = rows.abs().amax(dim=1) / float(self.qmax)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        codes = torch.round(rows / scale[:, None]).clamp_(-self.qmax, self.qmax)
+        return codes.to(torch.int16).reshape(t.shape), scale.contiguous()
 
     def encode(self, t):
-        rows = t.detach().float().reshape(t.shape[0], -1)
-        scale = rows.abs().amax(dim=1) / 127.0
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        codes = torch.round(rows / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-        return {"": codes.reshape(t.shape).contiguous(), SCALE_SUFFIX: scale.contiguous()}
+        codes, scale = self.codes(t)
+        return {"": codes.to(torch.int8).contiguous(), SCALE_SUFFIX: scale}
+
+    def stored_codes(self, parts: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return parts[""].to(torch.int16)
+
+    def with_codes(self, parts: Dict[str, torch.Tensor], codes: torch.Tensor):
+        return dict(parts, **{"": codes.to(torch.int8)})
 
     def decode(self, parts):
-        codes, scale = parts[""], parts[SCALE_SUFFIX]
+        codes, scale = self.stored_codes(parts), parts[SCALE_SUFFIX]
         shape = (codes.shape[0],) + (1,) * (codes.dim() - 1)
         return codes.float() * scale.reshape(shape)
 
     def step(self, parts, mask, toward):
-        codes = parts[""].to(torch.int16) + mask.to(torch.int16) * toward.to(torch.int16)
-        return dict(parts, **{"": codes.clamp_(-127, 127).to(torch.int8)})
+        codes = self.stored_codes(parts) + mask.to(torch.int16) * toward.to(torch.int16)
+        return self.with_codes(parts, codes.clamp_(-self.qmax, self.qmax))
+
+
+class PackedIntRows(Int8Rows):
+    """:class:`Int8Rows` with ``bits``-bit codes: w = code * scale_row, code in
+    [-(2^(bits-1) - 1), 2^(bits-1) - 1], scale_row = max|w_row| / (2^(bits-1) - 1); the codes
+    are stored bit-packed (``bits`` / 8 bytes an entry, plus the row scales and the shape)."""
+
+    suffixes = ("", SCALE_SUFFIX, SHAPE_SUFFIX)
+
+    def __init__(self, bits: int):
+        self.bits, self.qmax, self.name = bits, 2 ** (bits - 1) - 1, f"int{bits}_rows"
+        self.words = f"{bits}-bit integers (bit-packed) with one fp32 scale per row"
+
+    def with_codes(self, parts, codes):
+        flat = (codes.reshape(-1).to(torch.int32) + self.qmax)
+        planes = (flat[:, None] >> torch.arange(self.bits, dtype=torch.int32)) & 1
+        stream = planes.to(torch.uint8).reshape(-1)
+        stream = torch.cat([stream, stream.new_zeros(-stream.numel() % 8)]).reshape(-1, 8)
+        packed = (stream.to(torch.int32) << torch.arange(8, dtype=torch.int32)).sum(1)
+        return dict(parts, **{"": packed.to(torch.uint8),
+                              SHAPE_SUFFIX: torch.tensor(codes.shape, dtype=torch.int64)})
+
+    def encode(self, t):
+        codes, scale = self.codes(t)
+        return self.with_codes({SCALE_SUFFIX: scale}, codes)
+
+    def shape(self, parts):
+        return tuple(int(n) for n in parts[SHAPE_SUFFIX].tolist())
+
+    def stored_codes(self, parts):
+        shape = self.shape(parts)
+        count = 1
+        for n in shape:
+            count *= n
+        packed = parts[""].to(torch.int32)
+        if packed.dim() != 1 or packed.numel() != -(-count * self.bits // 8):
+            raise StorageError(f"{self.name}: {packed.numel()} bytes cannot hold a tensor of "
+                               f"shape {shape}: the file is damaged or was edited")
+        stream = ((packed[:, None] >> torch.arange(8, dtype=torch.int32)) & 1).reshape(-1)
+        planes = stream[:count * self.bits].reshape(count, self.bits)
+        flat = (planes << torch.arange(self.bits, dtype=torch.int32)).sum(1) - self.qmax
+        return flat.to(torch.int16).reshape(shape)
 
 
 class Cast(Encoding):
     """w = float(stored), stored = w rounded to ``dtype``."""
 
     def __init__(self, name: str, dtype: torch.dtype):
-        self.name, self.dtype = name, dtype
+        self.name, self.dtype, self.words = name, dtype, name
 
     def encode(self, t):
         return {"": t.detach().to(self.dtype).contiguous()}
@@ -97,7 +164,8 @@ class Cast(Encoding):
 
 
 ENCODINGS: Dict[str, Encoding] = {e.name: e for e in (
-    Int8Rows(), Cast("bfloat16", torch.bfloat16), Cast("float16", torch.float16))}
+    Int8Rows(), PackedIntRows(6), PackedIntRows(5), PackedIntRows(4),
+    Cast("bfloat16", torch.bfloat16), Cast("float16", torch.float16))}
 LOSSY_CHOICES = ("fp32",) + tuple(ENCODINGS)  # a plan's ``floats``
 
 
@@ -143,9 +211,7 @@ def stored_tensors(weights: Dict[str, Any]) -> Iterator[Tuple[str, Stored]]:
                            f"{STORAGE_VERSION} of nq_plugin's compact storage: it was written by "
                            "another nq_plugin version (upgrade) or edited")
     for name, enc in record["tensors"].items():
-        parts = {"": weights.get(name)}
-        if enc == Int8Rows.name:
-            parts[SCALE_SUFFIX] = weights.get(name + SCALE_SUFFIX)
+        parts = {suffix: weights.get(name + suffix) for suffix in encoding(enc).suffixes}
         missing = [name + s for s, t in parts.items() if not torch.is_tensor(t)]
         if missing:
             raise StorageError(f"the checkpoint lists {name} as stored {enc} but lacks "
@@ -165,6 +231,15 @@ def decode_state(weights: Dict[str, Any]) -> Dict[str, Any]:
                 out.pop(name + suffix)
         out[name] = stored.decode()
     return out
+
+
+def tensor_shape(weights: Dict[str, Any], name: str) -> Optional[Tuple[int, ...]]:
+    """The shape of tensor ``name`` of a (possibly stored) state once decoded; None if absent."""
+    for stored_name, stored in stored_tensors(weights):
+        if stored_name == name:
+            return encoding(stored.encoding).shape(stored.parts)
+    value = weights.get(name)
+    return tuple(value.shape) if torch.is_tensor(value) else None
 
 
 def storage_encodings(weights: Dict[str, Any]) -> Dict[str, str]:

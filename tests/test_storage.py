@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from nq_plugin.nn.lstm import NQLSTM
-from nq_plugin.storage import (ENCODINGS, SCALE_SUFFIX, STORAGE_KEY, StorageError, decode_state,
-                               encode_state, latent_weights, quantized_digest, storage_encodings,
-                               storage_plan, stored_bytes)
+from nq_plugin.storage import (ENCODINGS, SCALE_SUFFIX, SHAPE_SUFFIX, STORAGE_KEY, StorageError,
+                               decode_state, encode_state, latent_weights, quantized_digest,
+                               storage_encodings, storage_plan, stored_bytes, tensor_shape)
 
 
 def test_int8_rows_round_trip_is_within_half_a_step_per_row():
@@ -22,6 +22,37 @@ def test_int8_rows_round_trip_is_within_half_a_step_per_row():
     moved = enc.step(parts, torch.eye(6, 10, dtype=torch.bool), torch.ones(6, 10))
     diff = moved[""].int() - parts[""].int()
     assert diff.sum() == int((parts[""].diagonal() < 127).sum()) and diff.abs().max() == 1
+
+
+@pytest.mark.parametrize("bits", [6, 5, 4])
+@pytest.mark.parametrize("shape", [(7, 13), (3, 4, 5)])
+def test_packed_int_rows_round_trip_the_per_row_rule_in_bits_per_entry(bits, shape):
+    torch.manual_seed(bits)
+    t = torch.randn(*shape) * torch.logspace(-3, 4, shape[0]).reshape(-1, *([1] * (len(shape) - 1)))
+    t[1] = 0
+    enc = ENCODINGS[f"int{bits}_rows"]
+    parts = enc.encode(t)
+    count = t.numel()
+    assert parts[""].dtype == torch.uint8 and parts[""].numel() == -(-count * bits // 8)
+    assert parts[SHAPE_SUFFIX].tolist() == list(shape) and parts[SCALE_SUFFIX].shape == (shape[0],)
+    qmax = 2 ** (bits - 1) - 1
+    rows = t.reshape(shape[0], -1)
+    scale = torch.where(rows.abs().amax(1) > 0, rows.abs().amax(1) / qmax, torch.ones(shape[0]))
+    codes = torch.round(rows / scale[:, None]).clamp(-qmax, qmax)
+    expected = (codes * scale[:, None]).reshape(shape)
+    assert torch.equal(enc.decode(parts), expected)  # the rule, entry for entry
+    assert bool((enc.decode(parts)[1] == 0).all())
+    # every code value survives the packing, the extremes included
+    ramp = torch.arange(-qmax, qmax + 1, dtype=torch.float32).repeat(3, 1)
+    assert torch.equal(enc.decode(enc.encode(ramp)), ramp)
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask.view(-1)[::3] = True
+    moved = enc.step(parts, mask, torch.ones(shape))
+    diff = (enc.decode(moved) - enc.decode(parts)).reshape(shape[0], -1) / scale[:, None]
+    at_top = codes == qmax
+    assert torch.allclose(diff, (mask.reshape(shape[0], -1) & ~at_top).float(), atol=1e-4)
+    with pytest.raises(StorageError, match="cannot hold a tensor"):
+        enc.decode(dict(parts, **{"": parts[""][:-1]}))
 
 
 @pytest.mark.parametrize("name,dtype", [("bfloat16", torch.bfloat16), ("float16", torch.float16)])
@@ -71,6 +102,18 @@ def test_plan_keeps_full_precision_unless_a_lossy_encoding_is_asked():
     assert plan.record() == {"exact": {}, "lossy": {"float16": ["layers.0.weight_hh"]}}
     with pytest.raises(StorageError, match="floats must be one of"):
         storage_plan(lstm, "int4")
+    packed = storage_plan(lstm, "int6_rows")
+    assert packed.record() == {"exact": {}, "lossy": {"int6_rows": ["layers.0.weight_hh"]}}
+    stored = encode_state(dict(lstm.state_dict()), packed.stored)
+    w = lstm.state_dict()["layers.0.weight_hh"]
+    saved = stored_bytes(lstm.state_dict()) - stored_bytes(stored)
+    assert saved == w.numel() * 4 - w.numel() * 6 // 8 - w.shape[0] * 4 - 2 * 8
+    assert stored["layers.0.weight_hh"].dim() == 1  # the parts' shapes are not the tensor's
+    assert tensor_shape(stored, "layers.0.weight_hh") == tuple(w.shape)
+    assert tensor_shape(stored, "layers.0.bias") == (512,)
+    assert tensor_shape(stored, "absent") is None
+    back = decode_state(stored)["layers.0.weight_hh"]
+    assert (back - w).abs().max() <= w.abs().amax(1).max() / 31 / 2 * (1 + 1e-5)
 
 
 def test_a_state_without_a_record_is_returned_as_it_is():

@@ -16,6 +16,7 @@ from fairseq.models import ARCH_MODEL_NAME_REGISTRY, ARCH_MODEL_REGISTRY, MODEL_
 from omegaconf import OmegaConf
 
 from ..checkpoint import CheckpointError, load_checkpoint, model_config
+from ..storage import tensor_shape
 from .checked_loading import CheckedLoading
 
 
@@ -26,10 +27,10 @@ def _stand_in_dictionary(size: int) -> Dictionary:
     return d
 
 
-def _first_layer_weight(weights: Dict[str, Any], suffix: str):
-    for key, value in weights.items():
+def _first_layer_shape(weights: Dict[str, Any], suffix: str):
+    for key in weights:
         if key.endswith("lstm.layers.0." + suffix):
-            return value
+            return tensor_shape(weights, key)
     return None
 
 
@@ -51,13 +52,13 @@ def model_from_state(state: Dict[str, Any], dictionary: Optional[Dictionary] = N
     dataclass = MODEL_DATACLASS_REGISTRY[ARCH_MODEL_NAME_REGISTRY[arch]]
     model_cfg = merge_with_parent(dataclass(), OmegaConf.create(cfg), remove_missing=True)
     weights = state["model"]
-    if dictionary is None:
-        out = weights.get("decoder.output_projection.weight")
-        dictionary = _stand_in_dictionary(out.shape[0]) if out is not None else None
-    w_ih = _first_layer_weight(weights, "weight_ih")
+    if dictionary is None:  # shapes as decoded: a stored tensor's parts have others
+        out = tensor_shape(weights, "decoder.output_projection.weight")
+        dictionary = _stand_in_dictionary(out[0]) if out is not None else None
+    w_ih = _first_layer_shape(weights, "weight_ih")
     task = SimpleNamespace(source_dictionary=dictionary, target_dictionary=dictionary,
                            cfg=SimpleNamespace(pixels_per_step=(
-                               w_ih.shape[1] if w_ih is not None else 1)))
+                               w_ih[1] if w_ih is not None else 1)))
     try:
         model = model_cls.build_model(model_cfg, task)
     except (ValueError, TypeError) as err:

@@ -23,8 +23,8 @@ from typing import List, Optional, Sequence
 import torch
 
 from ..checkpoint import DIGEST_KEY, load_checkpoint, model_config, seal
-from ..files import atomic_copy, atomic_path, atomic_write_text, sha256_file
-from ..storage import encode_state, quantized_digest, storage_plan
+from ..files import atomic_copy, atomic_path, atomic_write_text, sha256_file, temporary_folder
+from ..storage import encode_state, encoding, quantized_digest, storage_plan
 from .card import model_card
 from .derive import pack_entry, rebuild_problems
 from .evaluate import Evaluation, evaluate_checkpoint, parse_eval_lm, parse_validate
@@ -201,10 +201,6 @@ def add_packed(name: str, data: str, force: bool = False, unbundled: bool = Fals
     return note
 
 
-ENCODING_WORDS = {"int8_rows": "int8 with one fp32 scale per row", "bfloat16": "bfloat16",
-                  "float16": "float16"}
-
-
 def storage_sentence(storage: dict, metric: str, stored_value: float) -> str:
     """The card's sentence on how model.pt stores its tensors (``storage``: the manifest's
     record) and, for a lossy encoding, what it cost."""
@@ -214,11 +210,11 @@ def storage_sentence(storage: dict, metric: str, stored_value: float) -> str:
     parts = []
     for enc, names in sorted(storage["exact"].items()):
         parts.append(f"the latent weights of the quantized LSTM ({len(names)} tensors) in "
-                     f"{ENCODING_WORDS[enc]}, exact for evaluation (their quantized weights equal "
+                     f"{encoding(enc).words}, exact for evaluation (their quantized weights equal "
                      "those of the trained fp32 latents bit for bit; sha256 in the manifest)")
     for enc, names in sorted(storage["lossy"].items()):
         short = ", ".join(n.rsplit(".", 2)[-2] if n.endswith(".weight") else n for n in names)
-        parts.append(f"{short} in {ENCODING_WORDS[enc]} (lossy: {metric} "
+        parts.append(f"{short} in {encoding(enc).words} (lossy: {metric} "
                      f"{fmt(storage['uncompacted_metric'])} before, {fmt(stored_value)} as stored; "
                      "`logs/eval_test_uncompacted.log`)")
     if not parts:
@@ -271,7 +267,7 @@ def add_entry(spec: EntrySpec) -> ZooEntry:
         raise ZooError(f"{spec.data} has no dict.txt: give the binarized data folder the model "
                        "was trained on")
     os.makedirs(os.path.dirname(final), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{spec.name}.", dir=os.path.dirname(final))
+    tmp = temporary_folder(os.path.dirname(final), f".{spec.name}.")
     try:
         state["last_optimizer_state"] = None
         trained = model_from_state(state, source=spec.checkpoint)
@@ -380,6 +376,10 @@ def compact_entry(name: str, data: str, floats: str = "fp32", compact: bool = Tr
         notes = "\n\n".join(p for p in entry.notes.split("\n\n")
                              if not p.startswith(GENERATED_NOTES))
         packed = [f for f in entry.files if f.path.startswith(PACKED)]
+        # a bundle already stored lossily: its model.pt is not the trained model, whose test
+        # evaluation (the "before" of the card's storage sentence) is kept from the bundle
+        trained_log = os.path.join(tmp, "logs", "eval_test_uncompacted.log")
+        already_lossy = bool((entry.storage or {}).get("lossy")) and os.path.isfile(trained_log)
         spec = EntrySpec(
             name=name, checkpoint=os.path.join(tmp, entry.checkpoint), data=data,
             dataset=entry.dataset, repo_id=entry.repo_id, metric=entry.metric.name,
@@ -389,6 +389,7 @@ def compact_entry(name: str, data: str, floats: str = "fp32", compact: bool = Tr
             eval_text=os.path.join(tmp, entry.eval_text) if entry.eval_text else None,
             text_format=entry.text_format, floats=floats, compact=compact,
             packed=bool(packed), unbundled_packed=any(not f.bundled for f in packed),
-            notes=notes, training=entry.training, force=True)
+            notes=notes, training=entry.training, force=True,
+            checkpoint_eval=trained_log if already_lossy and floats != "fp32" else None)
         return add_entry(spec)
 

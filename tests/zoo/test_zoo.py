@@ -528,6 +528,29 @@ def test_compact_rebuilds_an_entry_from_its_own_files(tmp_path, tiny_zoo, demo_c
 
 
 
+@pytest.mark.slow
+def test_compacting_a_lossy_bundle_again_keeps_the_trained_models_number(
+        tmp_path, tiny_zoo, demo_char_data, monkeypatch):
+    """A bundle whose model.pt is already stored lossily is not the trained model: compacting
+    it again (here int6 rows, then int4) keeps the trained model's evaluation as the card's
+    "before" and measures the new storage on the test split."""
+    import nq_plugin.storage as storage
+    from nq_plugin.zoo.build import compact_entry
+    from nq_plugin.zoo.fetch import verify_folder
+    root, _ = zoo_copy(tmp_path, tiny_zoo, None)
+    monkeypatch.setenv("NQ_ZOO_DIR", str(root))
+    monkeypatch.setattr(storage, "LARGE_TENSOR", 1024)  # the tiny model's softmax is lossy
+    first = compact_entry(NAME, demo_char_data, floats="int6_rows")
+    log = root / first.bundled / "logs" / "eval_test_uncompacted.log"
+    trained_log = log.read_bytes()
+    assert first.storage["lossy"] == {"int6_rows": ["decoder.output_projection.weight"]}
+    trained = first.storage["uncompacted_metric"]
+    second = compact_entry(NAME, demo_char_data, floats="int4_rows")
+    assert second.storage["lossy"] == {"int4_rows": ["decoder.output_projection.weight"]}
+    assert second.storage["uncompacted_metric"] == trained and log.read_bytes() == trained_log
+    assert f"{trained:.4f} before, {second.metric.value:.4f} as stored" in second.notes
+    assert "4-bit integers (bit-packed)" in second.notes
+    assert verify_folder(second, str(root / second.bundled)) == []
 def test_a_checkpoint_evaluation_already_made_is_read_not_run(tmp_path):
     """nq-zoo add --checkpoint-eval-log (the campaign's decision evaluation): its number is
     read from the log; a log made with other options is refused, naming the fix."""
