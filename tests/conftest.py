@@ -22,6 +22,27 @@ def demo_char_data(tmp_path_factory):
                       testpref=DEMO_TEXT / "valid.txt")
 
 
+@pytest.fixture(scope="session")
+def small_mnist(tmp_path_factory):
+    """4,000 training and 1,000 test images of the real MNIST (../shared/data/mnist), as idx
+    files; the test is skipped, saying why, where the real files are absent."""
+    import struct
+
+    from tests.fairseq_utils import SHARED_DATA
+    mnist = SHARED_DATA / "mnist"
+    if not mnist.exists():
+        pytest.skip("real MNIST not found at ../shared/data/mnist")
+    from nq_plugin.data.mnist import read_split
+    out = tmp_path_factory.mktemp("mnist-small")
+    for prefix, n in (("train", 4000), ("t10k", 1000)):
+        images, labels = read_split(str(mnist), prefix)
+        for kind, array, magic in (("images-idx3-ubyte", images[:n], 2051),
+                                   ("labels-idx1-ubyte", labels[:n], 2049)):
+            header = struct.pack(">i", magic) + struct.pack(">" + "i" * array.ndim, *array.shape)
+            (out / f"{prefix}-{kind}").write_bytes(header + array.tobytes())
+    return out
+
+
 @pytest.fixture
 def backend_choice():
     """``backend_choice(recurrence="python", ...)``: the execution choices for the rest of the

@@ -8,7 +8,7 @@
 # Default model: BinaryConnect + weight normalization. Override with extra args, e.g.
 #   --quantizer tc --norm batch --bn-stats separate --init-state-noise 0.1    (per-step BN)
 #   --permute                                                                   (pMNIST)
-# DEVICE="" trains on a GPU (default: --cpu).
+# DEVICE="" trains on a GPU (default: --cpu). The log is appended to SAVE_DIR/train.log.
 set -euo pipefail
 DATA="${1:?usage: train.sh DATA_DIR SAVE_DIR [EPOCHS] [args...]}"
 SAVE="${2:?usage: train.sh DATA_DIR SAVE_DIR [EPOCHS] [args...]}"
@@ -18,10 +18,12 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 if [ -x "$ROOT/.venv/bin/fairseq-train" ]; then PATH="$ROOT/.venv/bin:$PATH"; fi
 # lr_E = 0.002 * shrink^E with shrink = 0.5^(1/EPOCHS): 0.001 in the last epoch
 SHRINK=$(python3 -c "print(0.5 ** (1 / $EPOCHS))")
+mkdir -p "$SAVE"
 fairseq-train "$DATA" --user-dir "$ROOT/nq_plugin" --task sequential_mnist \
     --arch nq_lstm_classifier_smnist --criterion sequence_classification \
     --quantizer bc --norm weight \
     --optimizer nq_adam --lr 0.002 --lr-scheduler fixed --force-anneal 1 --lr-shrink "$SHRINK" \
     --clip-norm 1 --batch-size 100 --required-batch-size-multiple 1 --max-epoch "$EPOCHS" \
     --best-checkpoint-metric accuracy --maximize-best-checkpoint-metric \
-    --save-dir "$SAVE" --no-epoch-checkpoints ${DEVICE---cpu} --log-format simple --log-interval 100 "$@"
+    --save-dir "$SAVE" --no-epoch-checkpoints ${DEVICE---cpu} --log-format simple --log-interval 100 "$@" \
+    2>&1 | tee -a "$SAVE/train.log"

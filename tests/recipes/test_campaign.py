@@ -121,6 +121,40 @@ def test_new_entry_must_fit_the_tree(campaign):
     assert not (zoo / "models" / "demo-big").exists()
 
 
+def test_an_smnist_run_enters_the_zoo_with_its_test_accuracy(tmp_path, small_mnist):
+    """A dataset whose recipe takes its epochs and options (recipes/smnist/train.sh), measured
+    by fairseq-validate (accuracy), with no evaluation text: trained, evaluated and added."""
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    (zoo / "manifest.json").write_text('{"manifest_version": 1, "models": []}\n')
+    tiny = ["--pixels-per-step", "28"]
+    mnist = {"recipe": "recipes/smnist/train.sh", "folder": small_mnist.name,
+             "metric": "accuracy", "text_format": "ptb_char", "eval_text": "",
+             "eval_args": ["--task", "sequential_mnist", "--criterion",
+                           "sequence_classification", "--valid-subset", "test", *tiny,
+                           "--batch-size", "500", "--cpu"],
+             "force_anneal": 1,
+             "recipe_args": ["{epochs}", "--quantizer", "{quantizer}", "--norm", "{norm}"]}
+    c = types.SimpleNamespace(tmp=tmp_path, data_root=str(small_mnist.parent),
+                              datasets={"mnist": mnist})
+    runs = [dict(run("mnist.a", entry="smnist-tiny", dataset="mnist"),
+                 args=[*tiny, "--valid-size", "500", "--hidden-size", "16", "--lr", "0.01"])]
+    res = run_plan(c, zoo, runs)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "train.sh " + str(small_mnist) + " " in res.stdout
+    assert " 1 --quantizer bc --norm weight --pixels-per-step 28" in res.stdout
+    assert "zoo updated: None ->" in res.stdout
+    entry = manifest(zoo)["models"][0]
+    assert entry["metric"]["name"] == "accuracy" and entry["task"] == "sequential_mnist"
+    assert entry["metric"]["command"].startswith("fairseq-validate ")
+    assert 10 < entry["metric"]["value"] <= 100  # above chance
+    assert "recipes/smnist/train.sh DATA_BIN RUN_DIR 1 --quantizer bc --norm weight" in \
+        entry["train_command"]
+    assert not any(f["path"].startswith("eval/") for f in entry["files"])
+    log = (zoo / "models" / "smnist-tiny" / "logs" / "eval_test.log").read_text()
+    assert f"accuracy {entry['metric']['value']}" in log.replace("| accuracy ", "accuracy ")
+
+
 def test_a_run_goes_on_from_the_zoo_when_its_folder_is_gone(tmp_path):
     """On a machine without the run folder, a run whose own weights are in the zoo starts from
     them at the learning rate it had reached and for the epochs it had left; a finished one is

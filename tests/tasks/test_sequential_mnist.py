@@ -1,6 +1,6 @@
-"""sequential_mnist through the real console commands on a few thousand real MNIST images."""
+"""sequential_mnist through the real console commands on a few thousand real MNIST images
+(the ``small_mnist`` fixture of tests/conftest.py)."""
 import re
-import struct
 
 import pytest
 
@@ -9,20 +9,6 @@ from tests.fairseq_utils import SHARED_DATA, console
 MNIST = SHARED_DATA / "mnist"
 pytestmark = pytest.mark.skipif(not MNIST.exists(),
                                 reason="real MNIST not found at ../shared/data/mnist")
-
-
-@pytest.fixture(scope="module")
-def small_mnist(tmp_path_factory):
-    """4,000 training and 1,000 test images of the real MNIST, as idx files."""
-    from nq_plugin.data.mnist import read_split
-    out = tmp_path_factory.mktemp("mnist-small")
-    for prefix, n in (("train", 4000), ("t10k", 1000)):
-        images, labels = read_split(str(MNIST), prefix)
-        for kind, array, magic in (("images-idx3-ubyte", images[:n], 2051),
-                                   ("labels-idx1-ubyte", labels[:n], 2049)):
-            header = struct.pack(">i", magic) + struct.pack(">" + "i" * array.ndim, *array.shape)
-            (out / f"{prefix}-{kind}").write_bytes(header + array.tobytes())
-    return out
 
 
 @pytest.mark.slow
