@@ -16,6 +16,7 @@ shift 4
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 if [ -x "$ROOT/.venv/bin/fairseq-train" ]; then PATH="$ROOT/.venv/bin:$PATH"; fi
 DEVICE="${DEVICE---cpu}"
+source "$ROOT/recipes/common/allocator.sh"
 mkdir -p "$SAVE"
 fairseq-train "$DATA" --user-dir "$ROOT/nq_plugin" --task bptt_lm "${HYPER[@]}" \
     --quantizer "$QUANT" --norm "$NORM" $DEVICE \

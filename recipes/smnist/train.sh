@@ -19,6 +19,7 @@ if [ -x "$ROOT/.venv/bin/fairseq-train" ]; then PATH="$ROOT/.venv/bin:$PATH"; fi
 # lr_E = 0.002 * shrink^E with shrink = 0.5^(1/EPOCHS): 0.001 in the last epoch
 SHRINK=$(python3 -c "print(0.5 ** (1 / $EPOCHS))")
 mkdir -p "$SAVE"
+source "$ROOT/recipes/common/allocator.sh"
 fairseq-train "$DATA" --user-dir "$ROOT/nq_plugin" --task sequential_mnist \
     --arch nq_lstm_classifier_smnist --criterion sequence_classification \
     --quantizer bc --norm weight \
