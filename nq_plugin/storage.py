@@ -23,6 +23,7 @@ measures; everything else stays fp32.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -131,9 +132,7 @@ class PackedIntRows(Int8Rows):
 
     def stored_codes(self, parts):
         shape = self.shape(parts)
-        count = 1
-        for n in shape:
-            count *= n
+        count = math.prod(shape)
         packed = parts[""].to(torch.int32)
         if packed.dim() != 1 or packed.numel() != -(-count * self.bits // 8):
             raise StorageError(f"{self.name}: {packed.numel()} bytes cannot hold a tensor of "

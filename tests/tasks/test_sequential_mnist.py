@@ -4,11 +4,7 @@ import re
 
 import pytest
 
-from tests.fairseq_utils import SHARED_DATA, console
-
-MNIST = SHARED_DATA / "mnist"
-pytestmark = pytest.mark.skipif(not MNIST.exists(),
-                                reason="real MNIST not found at ../shared/data/mnist")
+from tests.fairseq_utils import console
 
 
 @pytest.mark.slow
