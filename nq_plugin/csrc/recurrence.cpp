@@ -23,15 +23,21 @@
 // with slot = min(t, S - 1) for S rows of statistics. The normalizations of both terms, the gate
 // activations and the cell update run in one pass per batch row while the row is in cache,
 // with vectorized exp / tanh (at::vec); the backward walks the steps once the same way and
-// forms dL/dW_h with one GEMM at the end.
+// forms dL/dW_h with one GEMM per chunk of steps. The batch rows are split between the threads
+// for the whole loop (Team, below): no fork and join per step.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <omp.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <exception>
+#include <mutex>
 #include <vector>
 
 #include "native.h"
@@ -156,55 +162,110 @@ struct StepMatmul {
   }
 };
 
-// Two column sums in one pass: out1[j] = scale * sum_b f1, out2[j] = scale * sum_b f2.
-// Row by row over a chunk of columns (sequential reads; the chunk's sums stay in L1).
-template <typename T, typename F2>
-void column_sums2(int64_t batch, int64_t features, T scale, T* out1, T* out2, const F2& fun) {
-  constexpr int64_t kChunk = 256;
-  at::parallel_for(0, (features + kChunk - 1) / kChunk, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t chunk = begin; chunk < end; ++chunk) {
-      const int64_t j0 = chunk * kChunk, width = std::min(kChunk, features - j0);
-      T s1[kChunk], s2[kChunk];
-      std::fill(s1, s1 + width, T(0));
-      std::fill(s2, s2 + width, T(0));
-      for (int64_t b = 0; b < batch; ++b) {
-        for (int64_t j = 0; j < width; j += Vec<T>::size()) {
-          const int64_t n = std::min<int64_t>(Vec<T>::size(), width - j);
-          Vec<T> a1 = Vec<T>::loadu(s1 + j, n), a2 = Vec<T>::loadu(s2 + j, n);
-          fun(b * features + j0 + j, j0 + j, n, a1, a2);
-          a1.store(s1 + j, n);
-          a2.store(s2 + j, n);
-        }
-      }
-      for (int64_t j = 0; j < width; ++j) {
-        out1[j0 + j] = s1[j] * scale;
-        out2[j0 + j] = s2[j] * scale;
-      }
-    }
-  });
+// The threads of the loop (the "team"): the batch rows are split between torch's intra-op
+// threads once for the whole loop, and each thread runs its own rows' step GEMMs (h_{t-1}[rows]
+// W_h^T forward, grad_z[rows] W_h backward, single-threaded inside the team) and their
+// elementwise work, so a step needs no fork and join. Only the ops that normalize by columns
+// (BATCH, POWER_*) meet at one barrier per step, where each thread adds the others' partial
+// column sums (double-buffered by step parity); dL/dW_h is each thread's GEMMs over its rows,
+// summed once at the end.
+struct Rows {
+  int64_t begin, end;
+  int64_t size() const { return end - begin; }
+};
+
+inline Rows rows_of(int64_t part, int64_t parts, int64_t batch) {
+  const int64_t per = batch / parts, extra = batch % parts;
+  const int64_t begin = part * per + std::min(part, extra);
+  return {begin, begin + per + (part < extra ? 1 : 0)};
 }
 
-// PowerNorm after its warmup, backward of step t: dy = (d - nu * y_hat) * inv_psi in place of
-// d, and (sum_B d * y_hat, count) added to accum_backward (2, F).
-template <typename T>
-void power_running_backward(T* d, const T* y_hat, const T* inv_psi, const T* nu,
-                            T* accum_backward, int64_t batch, int64_t features, T* scratch) {
-  column_sums2<T>(batch, features, T(1), scratch, scratch + features,
-                  [&](int64_t o, int64_t j, int64_t n, Vec<T>& s1, Vec<T>& s2) {
-                    s1 = s1 + Vec<T>::loadu(d + o, n) * Vec<T>::loadu(y_hat + o, n);
-                  });
-  for (int64_t j = 0; j < features; ++j) {
-    accum_backward[j] += scratch[j];
-    accum_backward[features + j] += T(batch);
-  }
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      at::vec::map3<T>([](Vec<T> g, Vec<T> y, Vec<T> v) { return g - v * y; }, d + b * features,
-                       d + b * features, y_hat + b * features, nu, features);
-      at::vec::map2<T>([](Vec<T> g, Vec<T> s) { return g * s; }, d + b * features,
-                       d + b * features, inv_psi, features);
+// torch's intra-op threads, at most one per batch row
+inline int64_t team_size(int64_t batch) {
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), batch));
+}
+
+// Runs body(part, parts) on each thread of one OpenMP region of at most `size` threads (fewer
+// where the region is nested). The work goes in guarded phases: an exception in one thread
+// skips every thread's later phases while all still meet each barrier, and the first exception
+// is rethrown after the region.
+class Team {
+ public:
+  explicit Team(int64_t size) : size_(size) {}
+  template <typename F>
+  void run(const F& body) {
+    if (size_ == 1) {
+      body(int64_t(0), int64_t(1));
+    } else {
+#pragma omp parallel num_threads(static_cast<int>(size_))
+      body(int64_t(omp_get_thread_num()), int64_t(omp_get_num_threads()));
     }
-  });
+    if (error_) std::rethrow_exception(error_);
+  }
+  template <typename F>
+  void guarded(const F& phase) {
+    if (failed_.load(std::memory_order_acquire)) return;
+    try {
+      phase();
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!error_) error_ = std::current_exception();
+      failed_.store(true, std::memory_order_release);
+    }
+  }
+  static void barrier(int64_t parts) {
+    if (parts > 1) {
+#pragma omp barrier
+    }
+  }
+
+ private:
+  int64_t size_;
+  std::atomic<bool> failed_{false};
+  std::mutex mutex_;
+  std::exception_ptr error_;
+};
+
+// (rows, F) at ptr as a tensor for the step GEMMs (no copy)
+inline Tensor rows_tensor(const void* ptr, int64_t rows, int64_t features,
+                          const at::TensorOptions& opts) {
+  return at::from_blob(const_cast<void*>(ptr), {rows, features}, opts);
+}
+
+// Two column sums over `rows` rows of (rows, F) data: fun(offset, column, n, s1, s2) adds a
+// vector's terms; out1 / out2 get the sums. Row by row over chunks of columns (sequential
+// reads; the chunk's sums stay in L1).
+template <typename T, typename F2>
+void column_sums2(int64_t rows, int64_t features, T* out1, T* out2, const F2& fun) {
+  constexpr int64_t kChunk = 256;
+  for (int64_t j0 = 0; j0 < features; j0 += kChunk) {
+    const int64_t width = std::min(kChunk, features - j0);
+    T s1[kChunk], s2[kChunk];
+    std::fill(s1, s1 + width, T(0));
+    std::fill(s2, s2 + width, T(0));
+    for (int64_t b = 0; b < rows; ++b) {
+      for (int64_t j = 0; j < width; j += Vec<T>::size()) {
+        const int64_t n = std::min<int64_t>(Vec<T>::size(), width - j);
+        Vec<T> a1 = Vec<T>::loadu(s1 + j, n), a2 = Vec<T>::loadu(s2 + j, n);
+        fun(b * features + j0 + j, j0 + j, n, a1, a2);
+        a1.store(s1 + j, n);
+        a2.store(s2 + j, n);
+      }
+    }
+    std::copy(s1, s1 + width, out1 + j0);
+    std::copy(s2, s2 + width, out2 + j0);
+  }
+}
+
+// out[j] = sum over the team's parts of part p's row `row` (parts at `stride` apart)
+template <typename T>
+void add_parts(const T* partials, int64_t stride, int64_t parts, int64_t row,
+               int64_t features, T* out) {
+  std::copy(partials + row * features, partials + (row + 1) * features, out);
+  for (int64_t p = 1; p < parts; ++p) {
+    const T* src = partials + p * stride + row * features;
+    at::vec::map2<T>([](Vec<T> a, Vec<T> b) { return a + b; }, out, out, src, features);
+  }
 }
 
 struct Norm {
@@ -239,83 +300,145 @@ Norm make_norm(int64_t op, double eps, const c10::optional<Tensor>& first,
   return norm;
 }
 
-// BATCH, forward of step t: column mean and 1/sqrt(var + eps) of y (B, F) into mean / invstd;
-// updates the running mean and unbiased variance of the step's slot.
+// Forward column statistics of one term (BATCH, POWER_*), step t: each thread's partial sums
+// over its rows, then, after the barrier, the whole batch's columns from all parts.
+// A part's three rows: BATCH the part's first row (p, the shift against cancellation),
+// sum (y - p) and sum (y - p)^2; POWER_* only sum y^2 in the third.
+constexpr int64_t kPartRows = 3;
+
 template <typename T>
-void batch_columns(const Norm& norm, const T* y, int64_t batch, int64_t features, int64_t t,
-                   T* mean, T* invstd) {
-  TORCH_CHECK(batch > 1, "batch normalization in training needs at least 2 sequences");
-  // one pass, shifted by the first row (p) against cancellation: mean = p + E[y - p],
-  // var = E[(y - p)^2] - E[y - p]^2
-  column_sums2<T>(batch, features, T(1) / T(batch), mean, invstd,
-                  [&](int64_t o, int64_t j, int64_t n, Vec<T>& s1, Vec<T>& s2) {
-                    const Vec<T> d = Vec<T>::loadu(y + o, n) - Vec<T>::loadu(y + j, n);
-                    s1 = s1 + d;
-                    s2 = s2 + d * d;
-                  });
-  const int64_t s = norm.slot(t);
-  T* rm = norm.first.data_ptr<T>() + s * features;
-  T* rv = norm.second.data_ptr<T>() + s * features;
-  const T m = T(norm.momentum), keep = T(1) - T(norm.momentum);
-  const T unbias = T(batch) / T(batch - 1), eps = T(norm.eps);
-  for (int64_t j = 0; j < features; ++j) {
-    const T shifted = mean[j];
-    const T var = std::max(invstd[j] - shifted * shifted, T(0));  // the biased variance
-    mean[j] = y[j] + shifted;
-    rm[j] = keep * rm[j] + m * mean[j];
-    rv[j] = keep * rv[j] + m * var * unbias;
-    invstd[j] = T(1) / std::sqrt(var + eps);
+void forward_partials(int64_t op, const T* y, int64_t rows, int64_t features, T* part) {
+  if (op == BATCH) {
+    const T* p = y;
+    std::copy(p, p + features, part);
+    column_sums2<T>(rows, features, part + features, part + 2 * features,
+                    [&](int64_t o, int64_t j, int64_t n, Vec<T>& s1, Vec<T>& s2) {
+                      const Vec<T> d = Vec<T>::loadu(y + o, n) - Vec<T>::loadu(p + j, n);
+                      s1 = s1 + d;
+                      s2 = s2 + d * d;
+                    });
+  } else {
+    column_sums2<T>(rows, features, part + features, part + 2 * features,
+                    [&](int64_t o, int64_t j, int64_t n, Vec<T>& s1, Vec<T>& s2) {
+                      const Vec<T> v = Vec<T>::loadu(y + o, n);
+                      s2 = s2 + v * v;
+                    });
   }
 }
 
-// PowerNorm, forward of step t: adds the step's statistics to the accumulators (sum y^2,
-// sum y_hat^2, count) and, in the warmup, computes 1 / psi = 1 / sqrt(mean_B(y^2) + eps) into
-// inv_psi (zeros into zero, the centre of the shared row op).
+// The whole batch's columns of step t from the parts' sums: BATCH mean / invstd (the parts'
+// means and squared deviations combined as Chan et al.'s pairwise variance), and, where
+// `update` (one thread), the running mean and unbiased variance of the step's slot; POWER_*
+// zero / 1 / psi, and, where `update`, the step's statistics added to the accumulators.
 template <typename T>
-void power_columns(const Norm& norm, const T* y, int64_t batch, int64_t features, T* zero,
-                   T* inv_psi, T* scratch) {
-  column_sums2<T>(batch, features, T(1), scratch, scratch + features,
-                  [&](int64_t o, int64_t j, int64_t n, Vec<T>& s1, Vec<T>& s2) {
-                    const Vec<T> v = Vec<T>::loadu(y + o, n);
-                    s1 = s1 + v * v;
-                  });
-  T* acc = norm.accum.data_ptr<T>();
-  const T* fixed = norm.op == POWER_RUNNING ? norm.second.data_ptr<T>() : nullptr;
-  for (int64_t j = 0; j < features; ++j) {
-    const T sq = scratch[j];
-    const T s = fixed != nullptr ? fixed[j] : T(1) / std::sqrt(sq / T(batch) + T(norm.eps));
-    if (inv_psi != nullptr) inv_psi[j] = s;
-    if (zero != nullptr) zero[j] = T(0);
-    acc[j] += sq;
-    acc[features + j] += sq * s * s;
-    acc[2 * features + j] += T(batch);
+void forward_columns(const Norm& norm, const T* partials, int64_t stride, int64_t parts,
+                     int64_t batch, int64_t features, int64_t t, T* a, T* b, bool update) {
+  if (norm.op == BATCH) {
+    const T total = T(batch);
+    std::fill(a, a + features, T(0));
+    for (int64_t p = 0; p < parts; ++p) {  // a = the mean
+      const T n = T(rows_of(p, parts, batch).size());
+      const T* part = partials + p * stride;
+      for (int64_t j = 0; j < features; ++j)
+        a[j] += n * (part[j] + part[features + j] / n);
+    }
+    for (int64_t j = 0; j < features; ++j) a[j] /= total;
+    std::fill(b, b + features, T(0));
+    for (int64_t p = 0; p < parts; ++p) {  // b = the sum of squared deviations
+      const T n = T(rows_of(p, parts, batch).size());
+      const T* part = partials + p * stride;
+      for (int64_t j = 0; j < features; ++j) {
+        const T s1 = part[features + j], mean_p = part[j] + s1 / n, d = mean_p - a[j];
+        b[j] += part[2 * features + j] - s1 * s1 / n + n * d * d;
+      }
+    }
+    const int64_t s = norm.slot(t);
+    T* rm = norm.first.data_ptr<T>() + s * features;
+    T* rv = norm.second.data_ptr<T>() + s * features;
+    const T m = T(norm.momentum), keep = T(1) - T(norm.momentum);
+    const T unbias = total / T(batch - 1), eps = T(norm.eps);
+    for (int64_t j = 0; j < features; ++j) {
+      const T var = std::max(b[j] / total, T(0));  // the biased variance
+      if (update) {
+        rm[j] = keep * rm[j] + m * a[j];
+        rv[j] = keep * rv[j] + m * var * unbias;
+      }
+      b[j] = T(1) / std::sqrt(var + eps);
+    }
+  } else {  // POWER_RUNNING, POWER_WARMUP
+    add_parts(partials, stride, parts, 2, features, b);  // sum y^2
+    T* acc = norm.accum.data_ptr<T>();
+    const T* fixed = norm.op == POWER_RUNNING ? norm.second.data_ptr<T>() : nullptr;
+    for (int64_t j = 0; j < features; ++j) {
+      const T sq = b[j];
+      const T s = fixed != nullptr ? fixed[j] : T(1) / std::sqrt(sq / T(batch) + T(norm.eps));
+      if (update) {
+        acc[j] += sq;
+        acc[features + j] += sq * s * s;
+        acc[2 * features + j] += T(batch);
+      }
+      a[j] = T(0);
+      b[j] = s;
+    }
   }
 }
 
-// BATCH, backward of step t: dx = invstd * (d - mean_B(d) - y_hat * mean_B(d * y_hat)), in place
-// of d (B, F).
+// Backward column sums of one term over a thread's rows: BATCH / POWER_WARMUP sum d and
+// sum d * y_hat, POWER_RUNNING sum d * y_hat (the second row).
 template <typename T>
-void batch_columns_backward(T* d, const T* y_hat, const T* invstd, int64_t batch,
-                            int64_t features, T* m1, T* m2, bool centered = true) {
-  column_sums2<T>(batch, features, T(1) / T(batch), m1, m2,
+void backward_partials(const T* d, const T* y_hat, int64_t rows, int64_t features, T* part) {
+  column_sums2<T>(rows, features, part, part + features,
                   [&](int64_t o, int64_t j, int64_t n, Vec<T>& s1, Vec<T>& s2) {
                     const Vec<T> g = Vec<T>::loadu(d + o, n);
                     s1 = s1 + g;
                     s2 = s2 + g * Vec<T>::loadu(y_hat + o, n);
                   });
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t r = b * features;
-      for (int64_t j = 0; j < features; j += Vec<T>::size()) {
-        const int64_t n = std::min<int64_t>(Vec<T>::size(), features - j);
-        const Vec<T> g = Vec<T>::loadu(d + r + j, n), y = Vec<T>::loadu(y_hat + r + j, n);
-        const Vec<T> c1 = centered ? Vec<T>::loadu(m1 + j, n) : Vec<T>(T(0));
-        ((g - c1 - y * Vec<T>::loadu(m2 + j, n)) * Vec<T>::loadu(invstd + j, n))
-            .store(d + r + j, n);
+}
+
+// The backward of a by-columns term over a thread's rows, in place of d, from the whole
+// batch's sums (sums: sum d, sum d * y_hat): BATCH / POWER_WARMUP
+// dx = invstd (d - mean_B(d) [BATCH only] - y_hat mean_B(d y_hat)); POWER_RUNNING
+// dy = (d - nu y_hat) / psi, and, where `update`, (sum d y_hat, count) added to accum_backward.
+template <typename T>
+void backward_columns(int64_t op, T* d, const T* y_hat, const T* invstd, const T* sums,
+                      const T* nu, T* accum_backward, int64_t rows, int64_t batch,
+                      int64_t features, T* means, bool update) {
+  if (op == POWER_RUNNING) {
+    if (update) {
+      for (int64_t j = 0; j < features; ++j) {
+        accum_backward[j] += sums[features + j];
+        accum_backward[features + j] += T(batch);
       }
     }
-  });
+    for (int64_t b = 0; b < rows; ++b) {
+      T* dr = d + b * features;
+      const T* yr = y_hat + b * features;
+      at::vec::map3<T>([](Vec<T> g, Vec<T> y, Vec<T> v) { return g - v * y; }, dr, dr, yr, nu,
+                       features);
+      at::vec::map2<T>([](Vec<T> g, Vec<T> s) { return g * s; }, dr, dr, invstd, features);
+    }
+    return;
+  }
+  const bool centered = op == BATCH;
+  const T inv = T(1) / T(batch);
+  for (int64_t j = 0; j < features; ++j) {
+    means[j] = centered ? sums[j] * inv : T(0);
+    means[features + j] = sums[features + j] * inv;
+  }
+  for (int64_t b = 0; b < rows; ++b) {
+    const int64_t r = b * features;
+    for (int64_t j = 0; j < features; j += Vec<T>::size()) {
+      const int64_t n = std::min<int64_t>(Vec<T>::size(), features - j);
+      const Vec<T> g = Vec<T>::loadu(d + r + j, n), y = Vec<T>::loadu(y_hat + r + j, n);
+      ((g - Vec<T>::loadu(means + j, n) - y * Vec<T>::loadu(means + features + j, n)) *
+       Vec<T>::loadu(invstd + j, n))
+          .store(d + r + j, n);
+    }
+  }
 }
+
+// the steps whose z_hat and activations one saved block holds (one allocation per block)
+constexpr int64_t kSaveChunk = 16;
 
 template <typename T>
 void forward_impl(const Tensor& px, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
@@ -327,12 +450,18 @@ void forward_impl(const Tensor& px, const Tensor& h0, const Tensor& c0, const Te
   const StepMatmul recurrent{w_packed.defined() ? Tensor() : w_hh.t().contiguous(),
                              w_packed};  // z = h W_h^T
   auto opts = px.options();
-  // kept for the backward: the recurrent term's z_hat, the gate activations, the cell states
-  // and the normalizations' statistics (the input term's y_hat is recomputed from px). z_hat
-  // and the activations are one (B, F) tensor per step: allocations that the allocator
-  // recycles between calls, where one (T, B, F) block would be fresh pages every call.
+  // kept for the backward: the recurrent term's z_hat, the gate activations (blocks of
+  // kSaveChunk steps), the cell states and the normalizations' statistics (the input term's
+  // y_hat is recomputed from px)
   Tensor out = at::empty({steps, batch, hidden}, opts);
   std::vector<Tensor> z_hat, acts;
+  if (keep) {
+    for (int64_t t = 0; t < steps; t += kSaveChunk) {
+      const int64_t count = std::min(kSaveChunk, steps - t);
+      z_hat.push_back(at::empty({count, batch, features}, opts));
+      acts.push_back(at::empty({count, batch, features}, opts));
+    }
+  }
   Tensor c_all = at::empty({keep ? steps : 2, batch, hidden}, opts);
   auto stats_for = [&](const Norm& n) {
     if (keep && n.op == ROW_BLOCKS) return at::empty({steps, batch, 2 * kBlocks}, opts);
@@ -340,101 +469,117 @@ void forward_impl(const Tensor& px, const Tensor& h0, const Tensor& c0, const Te
     return at::empty({0}, opts);
   };
   Tensor stats_x = stats_for(nx), stats_h = stats_for(nh);
-  Tensor h = h0.contiguous();
-  Tensor c = c0.contiguous();
+  const Tensor h0c = h0.contiguous(), c0c = c0.contiguous();
+  const T* h0_p = h0c.data_ptr<T>();
+  const T* c0_p = c0c.data_ptr<T>();
+  const T* px_all = px.data_ptr<T>();
+  T* out_p = out.data_ptr<T>();
+  T* c_all_p = c_all.data_ptr<T>();
   const T* shift_p = shift.data_ptr<T>();
   const T* gx = gain_x.data_ptr<T>();
   const T* gh = gain_h.data_ptr<T>();
-  // column vectors of BATCH (this step's mean and invstd)
-  Tensor cols = at::empty({4, features}, opts);
-  Tensor scratch = at::empty({2, features}, opts);
-  for (int64_t t = 0; t < steps; ++t) {
-    const Tensor px_t = px[t];
-    const Tensor z = recurrent(h);
-    const T *ax = nullptr, *bx = nullptr, *ah = nullptr, *bh = nullptr;
-    T* col = cols.data_ptr<T>();
-    if (nx.op == BATCH) {
-      batch_columns<T>(nx, px_t.data_ptr<T>(), batch, features, t0 + t, col, col + features);
-      ax = col;
-      bx = col + features;
-      if (keep) stats_x[t].copy_(cols.narrow(0, 0, 2));
-    } else if (nx.op == FIXED || nx.op == AFFINE) {
-      ax = nx.first.data_ptr<T>() + nx.slot(t0 + t) * features;
-      bx = nx.second.data_ptr<T>() + nx.slot(t0 + t) * features;
-    } else if (nx.op == POWER_RUNNING || nx.op == POWER_WARMUP) {
-      power_columns<T>(nx, px_t.data_ptr<T>(), batch, features, col, col + features,
-                       scratch.data_ptr<T>());
-      ax = col;
-      bx = col + features;
-      if (keep) stats_x[t].copy_(cols.narrow(0, 0, 2));
-    }
-    if (nh.op == BATCH) {
-      batch_columns<T>(nh, z.data_ptr<T>(), batch, features, t0 + t, col + 2 * features,
-                       col + 3 * features);
-      ah = col + 2 * features;
-      bh = col + 3 * features;
-      if (keep) stats_h[t].copy_(cols.narrow(0, 2, 2));
-    } else if (nh.op == FIXED || nh.op == AFFINE) {
-      ah = nh.first.data_ptr<T>() + nh.slot(t0 + t) * features;
-      bh = nh.second.data_ptr<T>() + nh.slot(t0 + t) * features;
-    } else if (nh.op == POWER_RUNNING || nh.op == POWER_WARMUP) {
-      power_columns<T>(nh, z.data_ptr<T>(), batch, features, col + 2 * features,
-                       col + 3 * features, scratch.data_ptr<T>());
-      ah = col + 2 * features;
-      bh = col + 3 * features;
-      if (keep) stats_h[t].copy_(cols.narrow(0, 2, 2));
-    }
-    const T* px_p = px_t.data_ptr<T>();
-    const T* z_p = z.data_ptr<T>();
-    if (keep) {
-      z_hat.push_back(at::empty({batch, features}, opts));
-      acts.push_back(at::empty({batch, features}, opts));
-    }
-    T* zh_keep = keep ? z_hat.back().data_ptr<T>() : nullptr;
-    T* acts_p = keep ? acts.back().data_ptr<T>() : nullptr;
-    const T* c_prev_p = c.data_ptr<T>();
-    Tensor c_next = c_all[keep ? t : (t % 2)];
-    T* c_p = c_next.data_ptr<T>();
-    T* h_p = out[t].data_ptr<T>();
-    T* sx_p = (keep && nx.op == ROW_BLOCKS) ? stats_x[t].data_ptr<T>() : nullptr;
-    T* sh_p = (keep && nh.op == ROW_BLOCKS) ? stats_h[t].data_ptr<T>() : nullptr;
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> buf(keep ? features : 2 * features);
-      T* xr = buf.data();
-      for (int64_t b = begin; b < end; ++b) {
-        const int64_t r = b * features, q = b * hidden;
-        T* zr = keep ? zh_keep + r : buf.data() + features;
-        normalize_row<T>(nx.op, px_p + r, xr, features, nx.eps, ax, bx,
-                         sx_p ? sx_p + b * 2 * kBlocks : nullptr);
-        normalize_row<T>(nh.op, z_p + r, zr, features, nh.eps, ah, bh,
-                         sh_p ? sh_p + b * 2 * kBlocks : nullptr);
-        for (int64_t j = 0; j < hidden; j += Vec<T>::size()) {
-          const int64_t n = std::min<int64_t>(Vec<T>::size(), hidden - j);
-          Vec<T> g[kBlocks];
-          for (int64_t k = 0; k < kBlocks; ++k) {
-            const int64_t o = k * hidden + j;
-            g[k] = Vec<T>::loadu(shift_p + o, n) +
-                   Vec<T>::loadu(gx + o, n) * Vec<T>::loadu(xr + o, n) +
-                   Vec<T>::loadu(gh + o, n) * Vec<T>::loadu(zr + o, n);
-          }
-          const auto cell = nq_native::lstm_cell<T>(g[0], g[1], g[2], g[3],
-                                                   Vec<T>::loadu(c_prev_p + q + j, n));
-          cell.h.store(h_p + q + j, n);
-          cell.c.store(c_p + q + j, n);
-          if (acts_p != nullptr) {
-            T* ar = acts_p + r;
-            cell.i.store(ar + j, n);
-            cell.f.store(ar + hidden + j, n);
-            cell.a.store(ar + 2 * hidden + j, n);
-            cell.o.store(ar + 3 * hidden + j, n);
+  const bool cols_x = by_columns(nx.op), cols_h = by_columns(nh.op);
+  if (nx.op == BATCH || nh.op == BATCH)
+    TORCH_CHECK(batch > 1, "batch normalization in training needs at least 2 sequences");
+  const int64_t parts = team_size(batch);
+  // the parts' column sums: (parity, part, term, kPartRows, F)
+  const int64_t stride = 2 * kPartRows * features;
+  Tensor partials = at::empty({(cols_x || cols_h) ? 2 * parts : 0, 2, kPartRows, features},
+                              opts);
+  T* partials_p = partials.data_ptr<T>();
+  const int64_t step_size = batch * features, state_size = batch * hidden;
+  Team team(parts);
+  team.run([&](int64_t p, int64_t nt) {
+    const Rows r = rows_of(p, nt, batch);
+    std::vector<T> buf(6 * features);
+    T* xr = buf.data();
+    T* zr_own = xr + features;
+    T* col = xr + 2 * features;  // this step's column vectors: x's a, b, then h's a, b
+    for (int64_t t = 0; t < steps; ++t) {
+      const T* px_t = px_all + t * step_size;
+      const T* h_prev = t == 0 ? h0_p : out_p + (t - 1) * state_size;
+      const T* c_prev = t == 0 ? c0_p : c_all_p + (keep ? t - 1 : (t - 1) % 2) * state_size;
+      T* c_next = c_all_p + (keep ? t : t % 2) * state_size;
+      T* parts_t = partials_p + (t % 2) * nt * stride;
+      Tensor z;
+      team.guarded([&] {
+        z = recurrent(rows_tensor(h_prev + r.begin * hidden, r.size(), hidden, opts));
+        TORCH_CHECK(z.is_contiguous(), "the step GEMM's output must be contiguous");
+        if (cols_x)
+          forward_partials<T>(nx.op, px_t + r.begin * features, r.size(), features,
+                              parts_t + p * stride);
+        if (cols_h)
+          forward_partials<T>(nh.op, z.data_ptr<T>(), r.size(), features,
+                              parts_t + p * stride + kPartRows * features);
+      });
+      if (cols_x || cols_h) Team::barrier(nt);
+      team.guarded([&] {
+        const T *ax = nullptr, *bx = nullptr, *ah = nullptr, *bh = nullptr;
+        if (cols_x) {
+          forward_columns<T>(nx, parts_t, stride, nt, batch, features, t0 + t, col,
+                             col + features, p == 0);
+          ax = col;
+          bx = col + features;
+          if (keep && p == 0) std::copy(col, col + 2 * features, stats_x.data_ptr<T>() + t * 2 * features);
+        } else if (nx.op == FIXED || nx.op == AFFINE) {
+          ax = nx.first.data_ptr<T>() + nx.slot(t0 + t) * features;
+          bx = nx.second.data_ptr<T>() + nx.slot(t0 + t) * features;
+        }
+        if (cols_h) {
+          forward_columns<T>(nh, parts_t + kPartRows * features, stride, nt, batch, features,
+                             t0 + t, col + 2 * features, col + 3 * features, p == 0);
+          ah = col + 2 * features;
+          bh = col + 3 * features;
+          if (keep && p == 0)
+            std::copy(col + 2 * features, col + 4 * features,
+                      stats_h.data_ptr<T>() + t * 2 * features);
+        } else if (nh.op == FIXED || nh.op == AFFINE) {
+          ah = nh.first.data_ptr<T>() + nh.slot(t0 + t) * features;
+          bh = nh.second.data_ptr<T>() + nh.slot(t0 + t) * features;
+        }
+        const T* z_p = z.data_ptr<T>();
+        const int64_t block = t / kSaveChunk, within = t % kSaveChunk;
+        T* zh_keep = keep ? z_hat[block].data_ptr<T>() + within * step_size : nullptr;
+        T* acts_p = keep ? acts[block].data_ptr<T>() + within * step_size : nullptr;
+        T* sx_p = (keep && nx.op == ROW_BLOCKS) ? stats_x.data_ptr<T>() + t * batch * 2 * kBlocks
+                                                : nullptr;
+        T* sh_p = (keep && nh.op == ROW_BLOCKS) ? stats_h.data_ptr<T>() + t * batch * 2 * kBlocks
+                                                : nullptr;
+        T* h_p = out_p + t * state_size;
+        for (int64_t b = r.begin; b < r.end; ++b) {
+          const int64_t row = b * features, q = b * hidden;
+          T* zr = keep ? zh_keep + row : zr_own;
+          normalize_row<T>(nx.op, px_t + row, xr, features, nx.eps, ax, bx,
+                           sx_p ? sx_p + b * 2 * kBlocks : nullptr);
+          normalize_row<T>(nh.op, z_p + (b - r.begin) * features, zr, features, nh.eps, ah, bh,
+                           sh_p ? sh_p + b * 2 * kBlocks : nullptr);
+          for (int64_t j = 0; j < hidden; j += Vec<T>::size()) {
+            const int64_t n = std::min<int64_t>(Vec<T>::size(), hidden - j);
+            Vec<T> g[kBlocks];
+            for (int64_t k = 0; k < kBlocks; ++k) {
+              const int64_t o = k * hidden + j;
+              g[k] = Vec<T>::loadu(shift_p + o, n) +
+                     Vec<T>::loadu(gx + o, n) * Vec<T>::loadu(xr + o, n) +
+                     Vec<T>::loadu(gh + o, n) * Vec<T>::loadu(zr + o, n);
+            }
+            const auto cell = nq_native::lstm_cell<T>(g[0], g[1], g[2], g[3],
+                                                     Vec<T>::loadu(c_prev + q + j, n));
+            cell.h.store(h_p + q + j, n);
+            cell.c.store(c_next + q + j, n);
+            if (acts_p != nullptr) {
+              T* ar = acts_p + row;
+              cell.i.store(ar + j, n);
+              cell.f.store(ar + hidden + j, n);
+              cell.a.store(ar + 2 * hidden + j, n);
+              cell.o.store(ar + 3 * hidden + j, n);
+            }
           }
         }
-      }
-    });
-    h = out[t];
-    c = c_next;
-  }
-  result = {out, h.clone(), c.clone()};
+      });
+    }
+  });
+  const int64_t last = steps - 1;
+  result = {out, out[last].clone(), c_all[keep ? last : last % 2].clone()};
   if (keep) {
     result.insert(result.end(), {c_all, stats_x, stats_h});
     result.insert(result.end(), z_hat.begin(), z_hat.end());
@@ -454,129 +599,183 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
                    const Tensor& nu_h, const Tensor& accum_h, std::vector<Tensor>& result) {
   const int64_t steps = out.size(0), batch = out.size(1), hidden = out.size(2);
   const int64_t features = kBlocks * hidden;
+  TORCH_CHECK(static_cast<int64_t>(acts.size()) == (steps + kSaveChunk - 1) / kSaveChunk &&
+                  acts.size() == z_hat.size(),
+              "the saved activations do not match the forward's blocks of steps");
   auto opts = out.options();
   Tensor grad_px = at::empty({steps, batch, features}, opts);
-  // dL/dW_h = sum_t grad_z_t^T h_{t-1}: one GEMM per chunk of steps (a (chunk, B, F) buffer
-  // reused, rather than a (T, B, F) block)
-  const int64_t chunk = std::min<int64_t>(steps, 16);
-  Tensor grad_z = at::empty({chunk, batch, features}, opts);
-  Tensor grad_w = at::zeros({features, hidden}, opts);
   const StepMatmul back{w_packed_t.defined() ? Tensor() : w_hh.contiguous(),
                         w_packed_t};  // dh = grad_z W_h
-  Tensor means = at::empty({2, features}, opts);  // BATCH's column means
+  const int64_t parts = team_size(batch);
+  const int64_t rows_max = (batch + parts - 1) / parts;
+  // dL/dW_h = sum_t grad_z_t^T h_{t-1}: each thread keeps its rows' grad_z and h_{t-1} for a
+  // chunk of steps, one GEMM per chunk into its own partial dL/dW_h
+  const int64_t chunk = std::min<int64_t>(steps, 16);
+  Tensor grad_z = at::empty({parts, chunk * rows_max, features}, opts);
+  Tensor h_prev = at::empty({parts, chunk * rows_max, hidden}, opts);
+  Tensor grad_w = at::zeros({parts, features, hidden}, opts);
   // the input term's y_hat of this step, for the ops finished by columns
   Tensor x_hat_step = at::empty({by_columns(op_x) ? batch : 0, features}, opts);
-  Tensor scratch = at::empty({2, features}, opts);
   // per-thread sums of dg, dg * x_hat, dg * z_hat over all steps and rows: the gradients of
   // shift, gain_x and gain_h (reduced once at the end)
-  const int64_t threads = at::get_num_threads();
-  Tensor partial = at::zeros({threads, 3, features}, opts);
+  Tensor partial = at::zeros({parts, 3, features}, opts);
+  const bool cols_x = by_columns(op_x), cols_h = by_columns(op_h);
+  const int64_t stride = 2 * 2 * features;  // a part's (term, sum, F)
+  Tensor partials = at::empty({(cols_x || cols_h) ? 2 * parts : 0, 2, 2, features}, opts);
+  T* partials_p = partials.data_ptr<T>();
   T* partial_p = partial.data_ptr<T>();
   const T* gx = gain_x.data_ptr<T>();
   const T* gh = gain_h.data_ptr<T>();
-  const bool has_grad_out = grad_out.defined();
+  const T* go_all = grad_out.defined() ? grad_out.data_ptr<T>() : nullptr;
+  T* dh_p = dh.data_ptr<T>();
+  T* dc_p = dc.data_ptr<T>();
+  const T* h0_p = h0.data_ptr<T>();
+  const T* c0_p = c0.data_ptr<T>();
+  const T* out_p = out.data_ptr<T>();
+  const T* c_all_p = c_all.data_ptr<T>();
+  const T* px_all = px.data_ptr<T>();
+  T* gpx_all = grad_px.data_ptr<T>();
+  T* xstep_all = cols_x ? x_hat_step.data_ptr<T>() : nullptr;
   const int64_t slots_x = second_x.defined() ? second_x.size(0) : 1;
   const int64_t slots_h = second_h.defined() ? second_h.size(0) : 1;
-  for (int64_t t = steps - 1; t >= 0; --t) {
-    const T* go_p = has_grad_out ? grad_out[t].data_ptr<T>() : nullptr;
-    const T* dh_p = dh.data_ptr<T>();
-    T* dc_p = dc.data_ptr<T>();
-    const T* a_p = acts[t].data_ptr<T>();
-    const T* c_p = c_all[t].data_ptr<T>();
-    const T* cp_p = (t > 0 ? c_all[t - 1] : c0).data_ptr<T>();
-    const T* px_p = px[t].data_ptr<T>();
-    T* xstep_p = by_columns(op_x) ? x_hat_step.data_ptr<T>() : nullptr;
-    const T* zh_p = z_hat[t].data_ptr<T>();
-    T* gpx_p = grad_px[t].data_ptr<T>();
-    const int64_t slot = t % chunk;
-    T* gz_p = grad_z[slot].data_ptr<T>();
-    const T* sx_p = op_x == ROW_BLOCKS ? stats_x[t].data_ptr<T>() : nullptr;
-    const T* colx_a = by_columns(op_x) ? stats_x[t][0].data_ptr<T>()
-                      : op_x == FIXED ? first_x[std::min(t0 + t, slots_x - 1)].data_ptr<T>()
-                                      : nullptr;
-    const T* colx_b = by_columns(op_x) ? stats_x[t][1].data_ptr<T>()
-                      : op_x == FIXED ? second_x[std::min(t0 + t, slots_x - 1)].data_ptr<T>()
-                                      : nullptr;
-    const T* sh_p = op_h == ROW_BLOCKS ? stats_h[t].data_ptr<T>() : nullptr;
-    const T* fx_p = op_x == FIXED ? second_x[std::min(t0 + t, slots_x - 1)].data_ptr<T>() : nullptr;
-    const T* fh_p = op_h == FIXED ? second_h[std::min(t0 + t, slots_h - 1)].data_ptr<T>() : nullptr;
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> buf(3 * features);
-      T* dgr = buf.data();
-      T* d = dgr + features;
-      T* xr = dgr + 2 * features;
-      T* acc = partial_p + at::get_thread_num() * 3 * features;
-      for (int64_t b = begin; b < end; ++b) {
-        const int64_t r = b * features, q = b * hidden;
-        const T* ar = a_p + r;
-        for (int64_t j = 0; j < hidden; j += Vec<T>::size()) {
-          const int64_t n = std::min<int64_t>(Vec<T>::size(), hidden - j);
-          const Vec<T> one(T(1));
-          Vec<T> dhv = Vec<T>::loadu(dh_p + q + j, n);
-          if (go_p != nullptr) dhv = dhv + Vec<T>::loadu(go_p + q + j, n);
-          const Vec<T> i = Vec<T>::loadu(ar + j, n), f = Vec<T>::loadu(ar + hidden + j, n);
-          const Vec<T> a = Vec<T>::loadu(ar + 2 * hidden + j, n);
-          const Vec<T> o = Vec<T>::loadu(ar + 3 * hidden + j, n);
-          const Vec<T> tc = tanh_fast(Vec<T>::loadu(c_p + q + j, n));
-          const Vec<T> dcv = Vec<T>::loadu(dc_p + q + j, n) + dhv * o * (one - tc * tc);
-          (dcv * a * i * (one - i)).store(dgr + j, n);
-          (dcv * Vec<T>::loadu(cp_p + q + j, n) * f * (one - f)).store(dgr + hidden + j, n);
-          (dcv * i * (one - a * a)).store(dgr + 2 * hidden + j, n);
-          (dhv * tc * o * (one - o)).store(dgr + 3 * hidden + j, n);
-          (dcv * f).store(dc_p + q + j, n);
+  const int64_t step_size = batch * features, state_size = batch * hidden;
+  Team team(parts);
+  team.run([&](int64_t p, int64_t nt) {
+    const Rows r = rows_of(p, nt, batch);
+    const int64_t rows = r.size();
+    std::vector<T> buf(7 * features);
+    T* dgr = buf.data();
+    T* d = dgr + features;
+    T* xr = dgr + 2 * features;
+    T* sums = dgr + 3 * features;   // a by-columns term's two whole-batch sums (2 F)
+    T* means = dgr + 5 * features;  // 2 F
+    T* acc = partial_p + p * 3 * features;
+    T* gz_own = grad_z.data_ptr<T>() + p * chunk * rows_max * features;
+    T* hp_own = h_prev.data_ptr<T>() + p * chunk * rows_max * hidden;
+    T* gw_own = grad_w.data_ptr<T>() + p * features * hidden;
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const int64_t slot = t % chunk;
+      const int64_t block = t / kSaveChunk, within = t % kSaveChunk;
+      const T* a_p = acts[block].data_ptr<T>() + within * step_size;
+      const T* zh_p = z_hat[block].data_ptr<T>() + within * step_size;
+      const T* c_p = c_all_p + t * state_size;
+      const T* cp_p = t > 0 ? c_all_p + (t - 1) * state_size : c0_p;
+      const T* hp_p = t > 0 ? out_p + (t - 1) * state_size : h0_p;
+      const T* go_p = go_all != nullptr ? go_all + t * state_size : nullptr;
+      const T* px_p = px_all + t * step_size;
+      T* gpx_p = gpx_all + t * step_size;
+      T* gz_p = gz_own + slot * rows * features;  // this step's rows, from row r.begin
+      T* parts_t = partials_p + (t % 2) * nt * stride;
+      const T* sx_p = op_x == ROW_BLOCKS ? stats_x.data_ptr<T>() + t * batch * 2 * kBlocks
+                                         : nullptr;
+      const T* sh_p = op_h == ROW_BLOCKS ? stats_h.data_ptr<T>() + t * batch * 2 * kBlocks
+                                         : nullptr;
+      const T* colx_a = cols_x ? stats_x.data_ptr<T>() + t * 2 * features
+                        : op_x == FIXED ? first_x.data_ptr<T>() +
+                                              std::min(t0 + t, slots_x - 1) * features
+                                        : nullptr;
+      const T* colx_b = cols_x ? stats_x.data_ptr<T>() + (t * 2 + 1) * features
+                        : op_x == FIXED ? second_x.data_ptr<T>() +
+                                              std::min(t0 + t, slots_x - 1) * features
+                                        : nullptr;
+      const T* fx_p = op_x == FIXED ? colx_b : nullptr;
+      const T* fh_p = op_h == FIXED ? second_h.data_ptr<T>() +
+                                          std::min(t0 + t, slots_h - 1) * features
+                                    : nullptr;
+      team.guarded([&] {
+        for (int64_t b = r.begin; b < r.end; ++b) {
+          const int64_t row = b * features, q = b * hidden, own = b - r.begin;
+          const T* ar = a_p + row;
+          for (int64_t j = 0; j < hidden; j += Vec<T>::size()) {
+            const int64_t n = std::min<int64_t>(Vec<T>::size(), hidden - j);
+            const Vec<T> one(T(1));
+            Vec<T> dhv = Vec<T>::loadu(dh_p + q + j, n);
+            if (go_p != nullptr) dhv = dhv + Vec<T>::loadu(go_p + q + j, n);
+            const Vec<T> i = Vec<T>::loadu(ar + j, n), f = Vec<T>::loadu(ar + hidden + j, n);
+            const Vec<T> a = Vec<T>::loadu(ar + 2 * hidden + j, n);
+            const Vec<T> o = Vec<T>::loadu(ar + 3 * hidden + j, n);
+            const Vec<T> tc = tanh_fast(Vec<T>::loadu(c_p + q + j, n));
+            const Vec<T> dcv = Vec<T>::loadu(dc_p + q + j, n) + dhv * o * (one - tc * tc);
+            (dcv * a * i * (one - i)).store(dgr + j, n);
+            (dcv * Vec<T>::loadu(cp_p + q + j, n) * f * (one - f)).store(dgr + hidden + j, n);
+            (dcv * i * (one - a * a)).store(dgr + 2 * hidden + j, n);
+            (dhv * tc * o * (one - o)).store(dgr + 3 * hidden + j, n);
+            (dcv * f).store(dc_p + q + j, n);
+          }
+          std::copy(hp_p + q, hp_p + q + hidden, hp_own + (slot * rows + own) * hidden);
+          reapply_row<T>(op_x, px_p + row, xr, features, colx_a, colx_b,
+                         sx_p ? sx_p + b * 2 * kBlocks : nullptr);
+          if (xstep_all != nullptr) std::copy(xr, xr + features, xstep_all + row);
+          const T* zr = zh_p + row;
+          // the gradients of shift and the gains
+          for (int64_t j = 0; j < features; j += Vec<T>::size()) {
+            const int64_t n = std::min<int64_t>(Vec<T>::size(), features - j);
+            const Vec<T> g = Vec<T>::loadu(dgr + j, n);
+            (Vec<T>::loadu(acc + j, n) + g).store(acc + j, n);
+            (Vec<T>::loadu(acc + features + j, n) + g * Vec<T>::loadu(xr + j, n))
+                .store(acc + features + j, n);
+            (Vec<T>::loadu(acc + 2 * features + j, n) + g * Vec<T>::loadu(zr + j, n))
+                .store(acc + 2 * features + j, n);
+          }
+          // through the gains into the two normalizations (by columns: finished below)
+          T* gz_row = gz_p + own * features;
+          if (cols_x)
+            at::vec::map2<T>([](Vec<T> g, Vec<T> s) { return g * s; }, gpx_p + row, dgr, gx,
+                             features);
+          else {
+            at::vec::map2<T>([](Vec<T> g, Vec<T> s) { return g * s; }, d, dgr, gx, features);
+            normalize_row_backward<T>(op_x, d, xr, gpx_p + row, features, fx_p,
+                                      sx_p ? sx_p + b * 2 * kBlocks : nullptr);
+          }
+          if (cols_h)
+            at::vec::map2<T>([](Vec<T> g, Vec<T> s) { return g * s; }, gz_row, dgr, gh,
+                             features);
+          else {
+            at::vec::map2<T>([](Vec<T> g, Vec<T> s) { return g * s; }, d, dgr, gh, features);
+            normalize_row_backward<T>(op_h, d, zr, gz_row, features, fh_p,
+                                      sh_p ? sh_p + b * 2 * kBlocks : nullptr);
+          }
         }
-        reapply_row<T>(op_x, px_p + r, xr, features, colx_a, colx_b,
-                       sx_p ? sx_p + b * 2 * kBlocks : nullptr);
-        if (xstep_p != nullptr) std::copy(xr, xr + features, xstep_p + r);
-        const T* zr = zh_p + r;
-        // the gradients of shift and the gains
-        for (int64_t j = 0; j < features; j += Vec<T>::size()) {
-          const int64_t n = std::min<int64_t>(Vec<T>::size(), features - j);
-          const Vec<T> g = Vec<T>::loadu(dgr + j, n);
-          (Vec<T>::loadu(acc + j, n) + g).store(acc + j, n);
-          (Vec<T>::loadu(acc + features + j, n) + g * Vec<T>::loadu(xr + j, n))
-              .store(acc + features + j, n);
-          (Vec<T>::loadu(acc + 2 * features + j, n) + g * Vec<T>::loadu(zr + j, n))
-              .store(acc + 2 * features + j, n);
+        if (cols_x)
+          backward_partials<T>(gpx_p + r.begin * features, xstep_all + r.begin * features,
+                               rows, features, parts_t + p * stride);
+        if (cols_h)
+          backward_partials<T>(gz_p, zh_p + r.begin * features, rows, features,
+                               parts_t + p * stride + 2 * features);
+      });
+      if (cols_x || cols_h) Team::barrier(nt);
+      team.guarded([&] {
+        if (cols_x) {
+          add_parts(parts_t, stride, nt, 0, features, sums);
+          add_parts(parts_t, stride, nt, 1, features, sums + features);
+          backward_columns<T>(op_x, gpx_p + r.begin * features, xstep_all + r.begin * features,
+                              colx_b, sums, nu_x.defined() ? nu_x.data_ptr<T>() : nullptr,
+                              accum_x.defined() ? accum_x.data_ptr<T>() : nullptr, rows, batch,
+                              features, means, p == 0);
         }
-        // through the gains into the two normalizations (BATCH: finished by columns below)
-        at::vec::map2<T>([](Vec<T> g, Vec<T> s) { return g * s; }, d, dgr, gx, features);
-        if (by_columns(op_x))
-          std::copy(d, d + features, gpx_p + r);
-        else
-          normalize_row_backward<T>(op_x, d, xr, gpx_p + r, features, fx_p,
-                                    sx_p ? sx_p + b * 2 * kBlocks : nullptr);
-        at::vec::map2<T>([](Vec<T> g, Vec<T> s) { return g * s; }, d, dgr, gh, features);
-        if (by_columns(op_h))
-          std::copy(d, d + features, gz_p + r);
-        else
-          normalize_row_backward<T>(op_h, d, zr, gz_p + r, features, fh_p,
-                                    sh_p ? sh_p + b * 2 * kBlocks : nullptr);
-      }
-    });
-    T* m_p = means.data_ptr<T>();
-    auto finish_columns = [&](int64_t op, T* d, const T* y_hat, const Tensor& stats,
-                              const Tensor& nu, const Tensor& accum) {
-      if (op == BATCH || op == POWER_WARMUP)
-        batch_columns_backward<T>(d, y_hat, stats[t][1].data_ptr<T>(), batch, features, m_p,
-                                  m_p + features, /*centered=*/op == BATCH);
-      else if (op == POWER_RUNNING)
-        power_running_backward<T>(d, y_hat, stats[t][1].data_ptr<T>(), nu.data_ptr<T>(),
-                                  accum.data_ptr<T>(), batch, features, scratch.data_ptr<T>());
-    };
-    finish_columns(op_x, gpx_p, xstep_p, stats_x, nu_x, accum_x);
-    finish_columns(op_h, gz_p, zh_p, stats_h, nu_h, accum_h);
-    dh = back(grad_z[slot]);
-    if (slot == 0) {  // the chunk of steps t .. t + count - 1 (slots 0 .. count - 1) is done
-      const int64_t count = std::min(chunk, steps - t);
-      const Tensor gz = grad_z.narrow(0, 0, count).reshape({-1, features});
-      const Tensor hp = t > 0 ? out.narrow(0, t - 1, count)
-                              : at::cat({h0.unsqueeze(0), out.narrow(0, 0, count - 1)});
-      grad_w.addmm_(gz.t(), hp.reshape({-1, hidden}));
+        if (cols_h) {
+          add_parts(parts_t, stride, nt, 2, features, sums);
+          add_parts(parts_t, stride, nt, 3, features, sums + features);
+          backward_columns<T>(op_h, gz_p, zh_p + r.begin * features,
+                              stats_h.data_ptr<T>() + (t * 2 + 1) * features, sums,
+                              nu_h.defined() ? nu_h.data_ptr<T>() : nullptr,
+                              accum_h.defined() ? accum_h.data_ptr<T>() : nullptr, rows, batch,
+                              features, means, p == 0);
+        }
+        const Tensor dh_rows = back(rows_tensor(gz_p, rows, features, opts));
+        std::copy(dh_rows.data_ptr<T>(), dh_rows.data_ptr<T>() + rows * hidden,
+                  dh_p + r.begin * hidden);
+        if (slot == 0) {  // the chunk of steps t .. t + count - 1 (slots 0 .. count - 1) is done
+          const int64_t count = std::min(chunk, steps - t);
+          Tensor gw = at::from_blob(gw_own, {features, hidden}, opts);
+          gw.addmm_(rows_tensor(gz_own, count * rows, features, opts).t(),
+                    rows_tensor(hp_own, count * rows, hidden, opts));
+        }
+      });
     }
-  }
+  });
   const Tensor sums = partial.sum(0);
-  result = {grad_px, dh, dc, grad_w, sums[0], sums[1], sums[2]};
+  result = {grad_px, dh, dc, grad_w.sum(0), sums[0], sums[1], sums[2]};
 }
 
 Tensor gain_or_ones(const c10::optional<Tensor>& gain, const Tensor& like, int64_t features) {

@@ -156,17 +156,16 @@ class _NativeRecurrence(torch.autograd.Function):
         res = module.recurrence_forward(px, h0, c0, w_hh, shift, gain_x, gain_h,
                                         native_term(form_x), native_term(form_h), t0, True,
                                         prepacked(w_hh, px.shape[1]))
-        out, h, c = res[:3]  # then c_all, stats_x, stats_h, T z_hat and T activations
+        out, h, c = res[:3]  # then c_all, stats_x, stats_h, the z_hat and activation blocks
         ctx.forms, ctx.t0 = (form_x, form_h), t0
         ctx.save_for_backward(px, h0, c0, out, w_hh, gain_x, gain_h, *res[3:])
         return out, h, c
 
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c):
-        px, h0, c0, out, w_hh, gain_x, gain_h, c_all, stats_x, stats_h, *per_step = \
+        px, h0, c0, out, w_hh, gain_x, gain_h, c_all, stats_x, stats_h, *blocks = \
             ctx.saved_tensors
-        steps = out.shape[0]
-        z_hat, acts = per_step[:steps], per_step[steps:]
+        z_hat, acts = blocks[:len(blocks) // 2], blocks[len(blocks) // 2:]
         form_x, form_h = ctx.forms
         grads = native_extension().recurrence_backward(
             grad_out, grad_h, grad_c, px, h0, c0, out, c_all, acts, z_hat, stats_x, stats_h,
