@@ -440,12 +440,61 @@ void backward_columns(int64_t op, T* d, const T* y_hat, const T* invstd, const T
 // the steps whose z_hat and activations one saved block holds (one allocation per block)
 constexpr int64_t kSaveChunk = 16;
 
+// The input term px = x W_x^T: given for all steps ((T, B, F), one GEMM outside), or, for
+// narrow inputs (the fused projection: K columns, sequential MNIST's K = 1), computed in the
+// loop from x (T, B, K) and W_x^T (K, F) for a thread's rows at a time, so that no (T, B, F)
+// block is written or read (forward), nor its gradient (backward: dL/dW_x and dL/dx are summed
+// in the loop).
 template <typename T>
-void forward_impl(const Tensor& px, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
-                  const Tensor& shift, const Tensor& gain_x, const Tensor& gain_h,
-                  const Norm& nx, const Norm& nh, int64_t t0, bool keep,
+struct InputTerm {
+  const T* data;  // px (T, B, F), or x (T, B, K) where fused
+  const T* w_t;   // W_x^T (K, F) where fused, else nullptr
+  int64_t batch, features, columns;
+  bool fused() const { return w_t != nullptr; }
+  // px of rows [begin, begin + rows) of step t, (rows, F): in px, or computed into buf
+  const T* rows(int64_t t, int64_t begin, int64_t rows, T* buf) const {
+    if (!fused()) return data + (t * batch + begin) * features;
+    const T* x = data + (t * batch + begin) * columns;
+    for (int64_t b = 0; b < rows; ++b) {
+      T* o = buf + b * features;
+      const T* xb = x + b * columns;
+      const Vec<T> x0(xb[0]);
+      at::vec::map<T>([x0](Vec<T> w) { return w * x0; }, o, w_t, features);
+      for (int64_t k = 1; k < columns; ++k) {
+        const Vec<T> xk(xb[k]);
+        at::vec::map2<T>([xk](Vec<T> a, Vec<T> w) { return a + w * xk; }, o, o,
+                         w_t + k * features, features);
+      }
+    }
+    return buf;
+  }
+  // the fused projection's backward for rows [begin, begin + rows) of step t from their
+  // dL/dpx (rows, F): dL/dW_x^T (K, F) += x^T dpx, and, where grad_x is given, dL/dx = dpx W_x
+  void backward_rows(int64_t t, int64_t begin, int64_t rows, const T* dpx, T* grad_w_t,
+                     T* grad_x) const {
+    const T* x = data + (t * batch + begin) * columns;
+    for (int64_t b = 0; b < rows; ++b) {
+      const T* d = dpx + b * features;
+      for (int64_t k = 0; k < columns; ++k) {
+        const Vec<T> xk(x[b * columns + k]);
+        T* g = grad_w_t + k * features;
+        at::vec::map2<T>([xk](Vec<T> a, Vec<T> v) { return a + v * xk; }, g, g, d, features);
+        if (grad_x != nullptr)
+          grad_x[(t * batch + begin + b) * columns + k] = at::vec::map2_reduce_all<T>(
+              [](Vec<T> a, Vec<T> w) { return a * w; },
+              [](Vec<T> a, Vec<T> c) { return a + c; }, d, w_t + k * features, features);
+      }
+    }
+  }
+};
+
+template <typename T>
+void forward_impl(const Tensor& px, const Tensor& w_x_t, const Tensor& h0, const Tensor& c0,
+                  const Tensor& w_hh, const Tensor& shift, const Tensor& gain_x,
+                  const Tensor& gain_h, const Norm& nx, const Norm& nh, int64_t t0, bool keep,
                   const Tensor& w_packed, std::vector<Tensor>& result) {
-  const int64_t steps = px.size(0), batch = px.size(1), features = px.size(2);
+  const int64_t steps = px.size(0), batch = px.size(1);
+  const int64_t features = w_x_t.defined() ? w_x_t.size(1) : px.size(2);
   const int64_t hidden = features / kBlocks;
   const StepMatmul recurrent{w_packed.defined() ? Tensor() : w_hh.t().contiguous(),
                              w_packed};  // z = h W_h^T
@@ -472,7 +521,8 @@ void forward_impl(const Tensor& px, const Tensor& h0, const Tensor& c0, const Te
   const Tensor h0c = h0.contiguous(), c0c = c0.contiguous();
   const T* h0_p = h0c.data_ptr<T>();
   const T* c0_p = c0c.data_ptr<T>();
-  const T* px_all = px.data_ptr<T>();
+  const InputTerm<T> input{px.data_ptr<T>(), w_x_t.defined() ? w_x_t.data_ptr<T>() : nullptr,
+                           batch, features, px.size(2)};
   T* out_p = out.data_ptr<T>();
   T* c_all_p = c_all.data_ptr<T>();
   const T* shift_p = shift.data_ptr<T>();
@@ -495,8 +545,9 @@ void forward_impl(const Tensor& px, const Tensor& h0, const Tensor& c0, const Te
     T* xr = buf.data();
     T* zr_own = xr + features;
     T* col = xr + 2 * features;  // this step's column vectors: x's a, b, then h's a, b
+    std::vector<T> px_buf(input.fused() ? r.size() * features : 0);
     for (int64_t t = 0; t < steps; ++t) {
-      const T* px_t = px_all + t * step_size;
+      const T* px_rows = nullptr;  // this step's px, from row r.begin
       const T* h_prev = t == 0 ? h0_p : out_p + (t - 1) * state_size;
       const T* c_prev = t == 0 ? c0_p : c_all_p + (keep ? t - 1 : (t - 1) % 2) * state_size;
       T* c_next = c_all_p + (keep ? t : t % 2) * state_size;
@@ -505,9 +556,9 @@ void forward_impl(const Tensor& px, const Tensor& h0, const Tensor& c0, const Te
       team.guarded([&] {
         z = recurrent(rows_tensor(h_prev + r.begin * hidden, r.size(), hidden, opts));
         TORCH_CHECK(z.is_contiguous(), "the step GEMM's output must be contiguous");
+        px_rows = input.rows(t, r.begin, r.size(), px_buf.data());
         if (cols_x)
-          forward_partials<T>(nx.op, px_t + r.begin * features, r.size(), features,
-                              parts_t + p * stride);
+          forward_partials<T>(nx.op, px_rows, r.size(), features, parts_t + p * stride);
         if (cols_h)
           forward_partials<T>(nh.op, z.data_ptr<T>(), r.size(), features,
                               parts_t + p * stride + kPartRows * features);
@@ -549,7 +600,8 @@ void forward_impl(const Tensor& px, const Tensor& h0, const Tensor& c0, const Te
         for (int64_t b = r.begin; b < r.end; ++b) {
           const int64_t row = b * features, q = b * hidden;
           T* zr = keep ? zh_keep + row : zr_own;
-          normalize_row<T>(nx.op, px_t + row, xr, features, nx.eps, ax, bx,
+          normalize_row<T>(nx.op, px_rows + (b - r.begin) * features, xr, features, nx.eps,
+                           ax, bx,
                            sx_p ? sx_p + b * 2 * kBlocks : nullptr);
           normalize_row<T>(nh.op, z_p + (b - r.begin) * features, zr, features, nh.eps, ah, bh,
                            sh_p ? sh_p + b * 2 * kBlocks : nullptr);
@@ -589,7 +641,7 @@ void forward_impl(const Tensor& px, const Tensor& h0, const Tensor& c0, const Te
 
 template <typename T>
 void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& px,
-                   const Tensor& h0, const Tensor& c0, const Tensor& out, const Tensor& c_all,
+                   const Tensor& w_x_t, bool grad_input, const Tensor& h0, const Tensor& c0, const Tensor& out, const Tensor& c_all,
                    const std::vector<Tensor>& acts, const std::vector<Tensor>& z_hat,
                    const Tensor& stats_x,
                    const Tensor& stats_h, const Tensor& w_hh, const Tensor& gain_x,
@@ -603,7 +655,12 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
                   acts.size() == z_hat.size(),
               "the saved activations do not match the forward's blocks of steps");
   auto opts = out.options();
-  Tensor grad_px = at::empty({steps, batch, features}, opts);
+  const InputTerm<T> input{px.data_ptr<T>(), w_x_t.defined() ? w_x_t.data_ptr<T>() : nullptr,
+                           batch, features, px.size(2)};
+  // dL/dpx (T, B, F), or, with the fused projection, dL/dx (T, B, K) where asked for and each
+  // thread's dL/dW_x^T (K, F)
+  Tensor grad_px = input.fused() ? at::empty({grad_input ? steps : 0, batch, px.size(2)}, opts)
+                                 : at::empty({steps, batch, features}, opts);
   const StepMatmul back{w_packed_t.defined() ? Tensor() : w_hh.contiguous(),
                         w_packed_t};  // dh = grad_z W_h
   const int64_t parts = team_size(batch);
@@ -619,6 +676,7 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
   // per-thread sums of dg, dg * x_hat, dg * z_hat over all steps and rows: the gradients of
   // shift, gain_x and gain_h (reduced once at the end)
   Tensor partial = at::zeros({parts, 3, features}, opts);
+  Tensor grad_w_x = at::zeros({input.fused() ? parts : 0, px.size(2), features}, opts);
   const bool cols_x = by_columns(op_x), cols_h = by_columns(op_h);
   const int64_t stride = 2 * 2 * features;  // a part's (term, sum, F)
   Tensor partials = at::empty({(cols_x || cols_h) ? 2 * parts : 0, 2, 2, features}, opts);
@@ -633,7 +691,6 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
   const T* c0_p = c0.data_ptr<T>();
   const T* out_p = out.data_ptr<T>();
   const T* c_all_p = c_all.data_ptr<T>();
-  const T* px_all = px.data_ptr<T>();
   T* gpx_all = grad_px.data_ptr<T>();
   T* xstep_all = cols_x ? x_hat_step.data_ptr<T>() : nullptr;
   const int64_t slots_x = second_x.defined() ? second_x.size(0) : 1;
@@ -653,6 +710,9 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
     T* gz_own = grad_z.data_ptr<T>() + p * chunk * rows_max * features;
     T* hp_own = h_prev.data_ptr<T>() + p * chunk * rows_max * hidden;
     T* gw_own = grad_w.data_ptr<T>() + p * features * hidden;
+    T* gwx_own = input.fused() ? grad_w_x.data_ptr<T>() + p * px.size(2) * features : nullptr;
+    // with the fused projection: this step's px and dL/dpx of the thread's rows
+    std::vector<T> px_buf(input.fused() ? 2 * rows * features : 0);
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t slot = t % chunk;
       const int64_t block = t / kSaveChunk, within = t % kSaveChunk;
@@ -662,8 +722,10 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
       const T* cp_p = t > 0 ? c_all_p + (t - 1) * state_size : c0_p;
       const T* hp_p = t > 0 ? out_p + (t - 1) * state_size : h0_p;
       const T* go_p = go_all != nullptr ? go_all + t * state_size : nullptr;
-      const T* px_p = px_all + t * step_size;
-      T* gpx_p = gpx_all + t * step_size;
+      // this step's px and dL/dpx, from row r.begin
+      const T* px_rows = input.rows(t, r.begin, rows, px_buf.data());
+      T* gpx_rows = input.fused() ? px_buf.data() + rows * features
+                                  : gpx_all + (t * batch + r.begin) * features;
       T* gz_p = gz_own + slot * rows * features;  // this step's rows, from row r.begin
       T* parts_t = partials_p + (t % 2) * nt * stride;
       const T* sx_p = op_x == ROW_BLOCKS ? stats_x.data_ptr<T>() + t * batch * 2 * kBlocks
@@ -703,7 +765,7 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
             (dcv * f).store(dc_p + q + j, n);
           }
           std::copy(hp_p + q, hp_p + q + hidden, hp_own + (slot * rows + own) * hidden);
-          reapply_row<T>(op_x, px_p + row, xr, features, colx_a, colx_b,
+          reapply_row<T>(op_x, px_rows + own * features, xr, features, colx_a, colx_b,
                          sx_p ? sx_p + b * 2 * kBlocks : nullptr);
           if (xstep_all != nullptr) std::copy(xr, xr + features, xstep_all + row);
           const T* zr = zh_p + row;
@@ -720,11 +782,11 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
           // through the gains into the two normalizations (by columns: finished below)
           T* gz_row = gz_p + own * features;
           if (cols_x)
-            at::vec::map2<T>([](Vec<T> g, Vec<T> s) { return g * s; }, gpx_p + row, dgr, gx,
-                             features);
+            at::vec::map2<T>([](Vec<T> g, Vec<T> s) { return g * s; }, gpx_rows + own * features,
+                             dgr, gx, features);
           else {
             at::vec::map2<T>([](Vec<T> g, Vec<T> s) { return g * s; }, d, dgr, gx, features);
-            normalize_row_backward<T>(op_x, d, xr, gpx_p + row, features, fx_p,
+            normalize_row_backward<T>(op_x, d, xr, gpx_rows + own * features, features, fx_p,
                                       sx_p ? sx_p + b * 2 * kBlocks : nullptr);
           }
           if (cols_h)
@@ -737,8 +799,8 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
           }
         }
         if (cols_x)
-          backward_partials<T>(gpx_p + r.begin * features, xstep_all + r.begin * features,
-                               rows, features, parts_t + p * stride);
+          backward_partials<T>(gpx_rows, xstep_all + r.begin * features, rows, features,
+                               parts_t + p * stride);
         if (cols_h)
           backward_partials<T>(gz_p, zh_p + r.begin * features, rows, features,
                                parts_t + p * stride + 2 * features);
@@ -748,7 +810,7 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
         if (cols_x) {
           add_parts(parts_t, stride, nt, 0, features, sums);
           add_parts(parts_t, stride, nt, 1, features, sums + features);
-          backward_columns<T>(op_x, gpx_p + r.begin * features, xstep_all + r.begin * features,
+          backward_columns<T>(op_x, gpx_rows, xstep_all + r.begin * features,
                               colx_b, sums, nu_x.defined() ? nu_x.data_ptr<T>() : nullptr,
                               accum_x.defined() ? accum_x.data_ptr<T>() : nullptr, rows, batch,
                               features, means, p == 0);
@@ -762,6 +824,9 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
                               accum_h.defined() ? accum_h.data_ptr<T>() : nullptr, rows, batch,
                               features, means, p == 0);
         }
+        if (input.fused())
+          input.backward_rows(t, r.begin, rows, gpx_rows, gwx_own,
+                              grad_input ? gpx_all : nullptr);
         const Tensor dh_rows = back(rows_tensor(gz_p, rows, features, opts));
         std::copy(dh_rows.data_ptr<T>(), dh_rows.data_ptr<T>() + rows * hidden,
                   dh_p + r.begin * hidden);
@@ -775,7 +840,8 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
     }
   });
   const Tensor sums = partial.sum(0);
-  result = {grad_px, dh, dc, grad_w.sum(0), sums[0], sums[1], sums[2]};
+  result = {grad_px, dh, dc, grad_w.sum(0), sums[0], sums[1], sums[2],
+            input.fused() ? grad_w_x.sum(0).t().contiguous() : Tensor()};
 }
 
 Tensor gain_or_ones(const c10::optional<Tensor>& gain, const Tensor& like, int64_t features) {
@@ -788,11 +854,18 @@ Tensor gain_or_ones(const c10::optional<Tensor>& gain, const Tensor& like, int64
 std::vector<Tensor> recurrence_forward(
     Tensor px, Tensor h0, Tensor c0, Tensor w_hh, Tensor shift,
     c10::optional<Tensor> gain_x, c10::optional<Tensor> gain_h, const NormTerm& x,
-    const NormTerm& h, int64_t t0, bool keep, c10::optional<Tensor> w_packed) {
-  TORCH_CHECK(px.dim() == 3 && px.size(2) % kBlocks == 0, "px must be (T, B, 4H)");
-  TORCH_CHECK(px.size(0) > 0, "the recurrence needs at least one step");
-  const int64_t features = px.size(2);
+    const NormTerm& h, int64_t t0, bool keep, c10::optional<Tensor> w_packed,
+    c10::optional<Tensor> w_x) {
+  const bool fused = w_x.has_value() && w_x->defined();
+  TORCH_CHECK(px.dim() == 3 && px.size(0) > 0,
+              "px must be (T, B, 4H) (or x (T, B, K) with W_x) with at least one step");
+  TORCH_CHECK(fused ? (w_x->dim() == 2 && w_x->size(1) == px.size(2) &&
+                       w_x->size(0) % kBlocks == 0 && w_x->scalar_type() == px.scalar_type())
+                    : px.size(2) % kBlocks == 0,
+              "px must be (T, B, 4H), or x (T, B, K) with W_x (4H, K) of its dtype");
+  const int64_t features = fused ? w_x->size(0) : px.size(2);
   px = px.contiguous();
+  const Tensor w_x_t = fused ? w_x->t().contiguous() : Tensor();
   const Norm nx = make_norm(x.op, x.eps, x.first, x.second, x.momentum, x.accum_forward,
                             features);
   const Norm nh = make_norm(h.op, h.eps, h.first, h.second, h.momentum, h.accum_forward,
@@ -800,8 +873,9 @@ std::vector<Tensor> recurrence_forward(
   const Tensor gx = gain_or_ones(gain_x, px, features), gh = gain_or_ones(gain_h, px, features);
   std::vector<Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(px.scalar_type(), "nq_recurrence_forward", [&] {
-    forward_impl<scalar_t>(px, h0, c0, w_hh.contiguous(), shift.contiguous(), gx, gh, nx, nh,
-                           t0, keep, w_packed.has_value() ? *w_packed : Tensor(), result);
+    forward_impl<scalar_t>(px, w_x_t, h0, c0, w_hh.contiguous(), shift.contiguous(), gx, gh,
+                           nx, nh, t0, keep, w_packed.has_value() ? *w_packed : Tensor(),
+                           result);
   });
   return result;
 }
@@ -811,8 +885,10 @@ std::vector<Tensor> recurrence_backward(
     Tensor px, Tensor h0, Tensor c0, Tensor out, Tensor c_all, std::vector<Tensor> acts,
     std::vector<Tensor> z_hat, Tensor stats_x, Tensor stats_h, Tensor w_hh,
     c10::optional<Tensor> gain_x, c10::optional<Tensor> gain_h, const NormTerm& x,
-    const NormTerm& h, int64_t t0, c10::optional<Tensor> w_packed_t) {
+    const NormTerm& h, int64_t t0, c10::optional<Tensor> w_packed_t, c10::optional<Tensor> w_x,
+    bool grad_input) {
   const int64_t op_x = x.op, op_h = h.op;
+  const Tensor w_x_t = w_x.has_value() && w_x->defined() ? w_x->t().contiguous() : Tensor();
   const int64_t batch = out.size(1), hidden = out.size(2), features = kBlocks * hidden;
   TORCH_CHECK(op_x != AFFINE && op_h != AFFINE, "the AFFINE op is for inference only");
   Tensor go = grad_out.has_value() && grad_out->defined() ? grad_out->contiguous() : Tensor();
@@ -826,7 +902,8 @@ std::vector<Tensor> recurrence_backward(
   };
   std::vector<Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "nq_recurrence_backward", [&] {
-    backward_impl<scalar_t>(go, dh, dc, px.contiguous(), h0.contiguous(), c0.contiguous(), out,
+    backward_impl<scalar_t>(go, dh, dc, px.contiguous(), w_x_t, grad_input, h0.contiguous(),
+                            c0.contiguous(), out,
                             c_all, acts, z_hat, stats_x, stats_h, w_hh, gx, gh, op_x,
                             opt(x.first), opt(x.second), op_h, opt(h.second), t0,
                             opt(w_packed_t), opt(x.nu), opt(x.accum_backward), opt(h.nu),

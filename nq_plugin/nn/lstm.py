@@ -253,8 +253,8 @@ class NQLSTMLayer(nn.Module):
         for s in (shift_x, shift_h):
             if s is not None:
                 shift = shift + s
-        out, h, c = recurrence(F.linear(x, w_ih), h0, c0, w_hh, shift, gain_x, gain_h,
-                               self.ih_norm, self.hh_norm, t0, layout)
+        out, h, c = recurrence(x, h0, c0, w_hh, shift, gain_x, gain_h, self.ih_norm,
+                               self.hh_norm, t0, layout, input_weight=w_ih)
         return out, (h, c)
 
     def _loop_autograd(self, x, state, w_ih, w_hh, t0, observer=None):

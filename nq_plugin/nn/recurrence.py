@@ -148,33 +148,36 @@ class _Recurrence(torch.autograd.Function):
 
 
 class _NativeRecurrence(torch.autograd.Function):
-    """The same loop in C++ (``nq_plugin/csrc/recurrence.cpp``), forward and backward."""
+    """The same loop in C++ (``nq_plugin/csrc/recurrence.cpp``), forward and backward. With
+    ``w_ih`` (the fused input projection), ``px`` is x (T, B, K) and px = x W_x^T is computed
+    inside the loop."""
 
     @staticmethod
-    def forward(ctx, px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0):
+    def forward(ctx, px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0, w_ih=None):
         module = native_extension()
         res = module.recurrence_forward(px, h0, c0, w_hh, shift, gain_x, gain_h,
                                         native_term(form_x), native_term(form_h), t0, True,
-                                        prepacked(w_hh, px.shape[1]))
+                                        prepacked(w_hh, px.shape[1]), w_ih)
         out, h, c = res[:3]  # then c_all, stats_x, stats_h, the z_hat and activation blocks
         ctx.forms, ctx.t0 = (form_x, form_h), t0
-        ctx.save_for_backward(px, h0, c0, out, w_hh, gain_x, gain_h, *res[3:])
+        ctx.save_for_backward(px, w_ih, h0, c0, out, w_hh, gain_x, gain_h, *res[3:])
         return out, h, c
 
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c):
-        px, h0, c0, out, w_hh, gain_x, gain_h, c_all, stats_x, stats_h, *blocks = \
+        px, w_ih, h0, c0, out, w_hh, gain_x, gain_h, c_all, stats_x, stats_h, *blocks = \
             ctx.saved_tensors
         z_hat, acts = blocks[:len(blocks) // 2], blocks[len(blocks) // 2:]
         form_x, form_h = ctx.forms
         grads = native_extension().recurrence_backward(
             grad_out, grad_h, grad_c, px, h0, c0, out, c_all, acts, z_hat, stats_x, stats_h,
             w_hh, gain_x, gain_h, native_term(form_x), native_term(form_h), ctx.t0,
-            prepacked(w_hh.t(), out.shape[1]))
-        grad_px, dh0, dc0, grad_w, grad_shift, grad_gain_x, grad_gain_h = grads
-        return (grad_px, dh0, dc0, grad_w, grad_shift,
+            prepacked(w_hh.t(), out.shape[1]), w_ih, ctx.needs_input_grad[0])
+        grad_px, dh0, dc0, grad_w, grad_shift, grad_gain_x, grad_gain_h, grad_w_ih = grads
+        return (grad_px if ctx.needs_input_grad[0] else None, dh0, dc0, grad_w, grad_shift,
                 None if gain_x is None else grad_gain_x,
-                None if gain_h is None else grad_gain_h, None, None, None)
+                None if gain_h is None else grad_gain_h, None, None, None,
+                None if w_ih is None else grad_w_ih)
 
 
 def native_op(name: str) -> int:
@@ -272,35 +275,51 @@ def native_inference(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0
     return _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0, layout)
 
 
-def _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0, layout=None):
+def _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0, layout=None,
+                    w_ih=None):
     """The native forward without autograd (keeps nothing for a backward). W_h is reordered
     into oneDNN's layout for this call unless the caller keeps it (``layout``): at H=2000 the
-    reorder of a 64 MB W_h costs more than a step."""
+    reorder of a 64 MB W_h costs more than a step. With ``w_ih``, px is x (fused projection)."""
     with torch.no_grad():
         out, h, c = native_extension().recurrence_forward(
             px, h0, c0, w_hh, shift, gain_x, gain_h, native_term(form_x), native_term(form_h),
-            t0, False, prepacked(w_hh, px.shape[1]) if layout is None else layout)
+            t0, False, prepacked(w_hh, px.shape[1]) if layout is None else layout, w_ih)
     return out, h, c
+
+
+# inputs at most this wide have their projection x W_x^T fused into the native loop
+# (sequential MNIST: one pixel a step): no (T, B, 4H) px block is written, read, or
+# differentiated through a GEMM with K this small
+FUSED_INPUT_COLUMNS = 4
 
 
 def recurrence(px: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor,
                shift: torch.Tensor, gain_x: Optional[torch.Tensor],
                gain_h: Optional[torch.Tensor], norm_x, norm_h, t0: int = 0,
-               layout: Optional[torch.Tensor] = None
+               layout: Optional[torch.Tensor] = None,
+               input_weight: Optional[torch.Tensor] = None
                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the loop; returns (outputs (T, B, H), h_T, c_T). Differentiable w.r.t. px, h0, c0,
-    w_hh, shift and the gains (hand-written backward); without autograd it keeps nothing.
-    ``layout``: W_h in oneDNN's layout for px's batch, kept by an eval-mode caller.
+    w_hh, shift, the gains and ``input_weight`` (hand-written backward); without autograd it
+    keeps nothing. ``layout``: W_h in oneDNN's layout for px's batch, kept by an eval-mode
+    caller. ``input_weight``: W_x (4H, K), and then ``px`` is the input x (T, B, K) and
+    px = x W_x^T (fused into the native loop for K <= FUSED_INPUT_COLUMNS, else one GEMM).
     Native (C++) where it builds and both normalizations have a native form
     (:meth:`nq_plugin.norm.Normalization.native_form`), else the Python loop."""
-    tensors = (px, h0, c0, w_hh, shift, gain_x, gain_h)
+    tensors = (px, h0, c0, w_hh, shift, gain_x, gain_h, input_weight)
     needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad
                                                  for x in tensors)
     forms = native_forms(px.shape[1], norm_x, norm_h) if px.device.type == "cpu" else (None, None)
-    if native_loop_runs(px, forms):
+    native = native_loop_runs(px, forms)
+    if input_weight is not None and not (native and px.shape[-1] <= FUSED_INPUT_COLUMNS
+                                         and input_weight.dtype == px.dtype):
+        px, input_weight = torch.nn.functional.linear(px, input_weight), None
+    if native:
         if needs_grad:
-            return _NativeRecurrence.apply(px, h0, c0, w_hh, shift, gain_x, gain_h, *forms, t0)
-        return _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, *forms, t0, layout)
+            return _NativeRecurrence.apply(px, h0, c0, w_hh, shift, gain_x, gain_h, *forms, t0,
+                                           input_weight)
+        return _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, *forms, t0, layout,
+                               input_weight)
     if needs_grad:
         return _Recurrence.apply(px, h0, c0, w_hh, shift, gain_x, gain_h, norm_x, norm_h, t0)
     out, h, c, _ = _forward(px, h0, c0, w_hh, shift, gain_x, gain_h, norm_x, norm_h, t0,

@@ -83,14 +83,16 @@ def test_native_equals_python(built, quantizer, norm, opts, layers, training, ba
 
 
 @pytest.mark.parametrize("norm,opts", NORMS[:5], ids=lambda v: str(v))
-def test_native_equals_python_in_double_to_rounding(built, norm, opts, backend_choice,
+@pytest.mark.parametrize("inputs", [5, 1], ids=["projected", "fused-projection"])
+def test_native_equals_python_in_double_to_rounding(built, norm, opts, inputs, backend_choice,
                                                      two_threads):
     """The same arithmetic: in float64 the two paths agree to ~1e-12 over 37 steps (more than
     the backward's chunk of 16 steps), on two threads (the batch split between them and the
-    backward's per-thread partial sums)."""
+    backward's per-thread partial sums); one input column runs the projection fused into the
+    loop (sequential MNIST), gradients of x and W_x included."""
     torch.manual_seed(1)
-    model = NQLSTM(5, 8, 1, quantizer="tc", norm=norm, **opts).double()
-    x = torch.randn(37, 3, 5, dtype=torch.float64)
+    model = NQLSTM(inputs, 8, 1, quantizer="tc", norm=norm, **opts).double()
+    x = torch.randn(37, 3, inputs, dtype=torch.float64)
     state = (torch.randn(1, 3, 8, dtype=torch.float64), torch.randn(1, 3, 8, dtype=torch.float64))
     py = run(model, x, state, 0, "python", backend_choice)
     nat = run(model, x, state, 0, "native", backend_choice)
@@ -120,6 +122,36 @@ def test_gradcheck_of_the_native_loop(built, norm, opts, backend_choice):
         return recurrence(px, h0, c0, w, shift, gx, gh, nx, nh, 1)
 
     assert torch.autograd.gradcheck(f, (px, h0, c0, w, shift, gx, gh), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("columns", [1, 3])
+def test_gradcheck_of_the_fused_input_projection(built, columns, backend_choice, monkeypatch):
+    """Narrow inputs: px = x W_x^T inside the native loop (no GEMM outside: F.linear must not
+    run), gradients of x and W_x by gradcheck."""
+    from nq_plugin.nn.recurrence import FUSED_INPUT_COLUMNS, recurrence
+    from nq_plugin.norm import build_normalization
+    assert columns <= FUSED_INPUT_COLUMNS
+    backend_choice(recurrence="native")
+    torch.manual_seed(3)
+    hidden, batch, steps = 3, 3, 5
+    nx = build_normalization("batch", 4 * hidden, bn_stats="separate", bn_max_steps=2).double()
+    nh = build_normalization("layer", 4 * hidden).double()
+    d = dict(dtype=torch.float64, requires_grad=True)
+    x = torch.randn(steps, batch, columns, **d)
+    w_ih = torch.randn(4 * hidden, columns, **d)
+    h0, c0 = torch.randn(batch, hidden, **d), torch.randn(batch, hidden, **d)
+    w = torch.randn(4 * hidden, hidden, **d)
+    shift = torch.randn(4 * hidden, **d)
+
+    def linear_must_not_run(*args, **kwargs):
+        raise AssertionError("the projection ran outside the loop")
+
+    monkeypatch.setattr(torch.nn.functional, "linear", linear_must_not_run)
+
+    def f(x, w_ih, h0, c0, w, shift):
+        return recurrence(x, h0, c0, w, shift, None, None, nx, nh, 0, input_weight=w_ih)
+
+    assert torch.autograd.gradcheck(f, (x, w_ih, h0, c0, w, shift), eps=1e-6, atol=1e-6)
 
 
 def test_without_the_extension_auto_falls_back_and_native_fails_loudly(monkeypatch, caplog,
