@@ -5,6 +5,7 @@ paper counts it, its measured metric next to the paper's, and every file with it
 size (the Hub client checks only sizes, so these are verified after every download)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -177,10 +178,33 @@ class ZooEntry:
         raise KeyError(path)
 
 
+@contextlib.contextmanager
+def _folder_lock(path: str):
+    """An exclusive lock on the folder of ``path`` (flock on the folder itself: the manifest is
+    replaced by a rename, so a lock on its file would not exclude the next writer), for one
+    read-merge-write; without flock (not POSIX), no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 @dataclass
 class Manifest:
+    """The zoo's entries by name. :meth:`put` records an entry as changed; :meth:`save` writes
+    the changed entries into the manifest as it is on disk then, under a lock of its folder,
+    so that processes saving other entries meanwhile (two campaign drivers, ``nq-zoo add``) keep
+    theirs."""
     models: Dict[str, ZooEntry] = field(default_factory=dict)
     path: Optional[str] = None
+    changed: set = field(default_factory=set, repr=False, compare=False)
 
     @classmethod
     def load(cls, path: Optional[str] = None) -> "Manifest":
@@ -212,9 +236,16 @@ class Manifest:
     def put(self, entry: ZooEntry) -> None:
         entry.validate()
         self.models[entry.name] = entry
+        self.changed.add(entry.name)
 
     def save(self, path: Optional[str] = None) -> None:
         path = path or self.path or manifest_path()
-        data = {"manifest_version": MANIFEST_VERSION,
-                "models": [self.models[k].to_json() for k in sorted(self.models)]}
-        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+        with _folder_lock(path):
+            if os.path.isfile(path):  # the entries others saved since this one was loaded
+                current = Manifest.load(path).models
+                current.update({name: self.models[name] for name in self.changed})
+                self.models = current
+            data = {"manifest_version": MANIFEST_VERSION,
+                    "models": [self.models[k].to_json() for k in sorted(self.models)]}
+            atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+        self.changed = set()
