@@ -26,6 +26,22 @@ def test_reference_initialisation():
     assert torch.all(b[100:200] == 1) and torch.all(b[:100] == 0) and torch.all(b[200:] == 0)
 
 
+def test_chrono_initialisation():
+    """Tallec & Ollivier's gate biases over the reference weights: b_f = log U(1, T - 1),
+    b_i = -b_f; the other gates as the reference's."""
+    reference = build().lstm.layers[0]
+    layer = build(init="chrono", chrono_steps=784).lstm.layers[0]
+    b = layer.bias.detach()
+    forget = b[100:200]
+    assert forget.min() >= 0 and forget.max() <= torch.log(torch.tensor(783.0)) + 1e-6
+    assert forget.std() > 0.5 and 5.0 < forget.mean() < 6.3  # E log U(1, 783) = 5.67
+    torch.testing.assert_close(b[:100], -forget)
+    assert torch.all(b[200:] == 0)
+    torch.testing.assert_close(layer.weight_hh.detach(), reference.weight_hh.detach())
+    with pytest.raises(ValueError, match="chrono-steps"):
+        build(init="chrono", chrono_steps=2)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("norm,stats", [("none", "shared"), ("weight", "shared"),
                                         ("layer", "shared"), ("batch", "shared"),
