@@ -20,7 +20,7 @@ _lock = threading.Lock()
 _module = None
 _failed: Optional[str] = None
 SOURCES = ("bindings.cpp", "packed_gemv.cpp", "packed_step.cpp", "recurrence.cpp")
-NAME = "nq_plugin_native_v22"  # bump when the sources' interface changes
+NAME = "nq_plugin_native_v23"  # bump when the sources' interface changes
 
 
 def _flags():

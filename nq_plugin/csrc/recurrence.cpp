@@ -703,7 +703,7 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
     std::vector<T> buf(7 * features);
     T* dgr = buf.data();
     T* d = dgr + features;
-    T* xr = dgr + 2 * features;
+    T* x_own = dgr + 2 * features;
     T* sums = dgr + 3 * features;   // a by-columns term's two whole-batch sums (2 F)
     T* means = dgr + 5 * features;  // 2 F
     T* acc = partial_p + p * 3 * features;
@@ -765,9 +765,10 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
             (dcv * f).store(dc_p + q + j, n);
           }
           std::copy(hp_p + q, hp_p + q + hidden, hp_own + (slot * rows + own) * hidden);
+          // the input term's y_hat again (kept for the by-columns finish where it has one)
+          T* xr = xstep_all != nullptr ? xstep_all + row : x_own;
           reapply_row<T>(op_x, px_rows + own * features, xr, features, colx_a, colx_b,
                          sx_p ? sx_p + b * 2 * kBlocks : nullptr);
-          if (xstep_all != nullptr) std::copy(xr, xr + features, xstep_all + row);
           const T* zr = zh_p + row;
           // the gradients of shift and the gains
           for (int64_t j = 0; j < features; j += Vec<T>::size()) {
