@@ -1,7 +1,8 @@
 """What the real-data card tests share (tests/zoo/test_cards_real_*.py, one file per dataset so
-that the suite's workers take them in parallel): each bundled zoo language model evaluates, from
-its bundled files, to its card's number on the real test split (fairseq-eval-lm with the card's
-options, through `nq-zoo eval --data`): within 0.002 BPC / 0.3 % PPL."""
+that the suite's workers take them in parallel): each bundled zoo model evaluates, from its
+bundled files, to its card's number on the real test split (fairseq-eval-lm, or fairseq-validate
+for sequential MNIST, with the card's options, through `nq-zoo eval --data`): within 0.002 BPC /
+0.3 % PPL / 0.01 points of accuracy (its evaluation is deterministic)."""
 import re
 import subprocess
 
@@ -15,7 +16,7 @@ PTB = SHARED_DATA / "ptb"
 WARPEACE = SHARED_DATA / "warpeace" / "warpeace_input.txt"
 # dataset -> the real file its test split comes from
 SOURCES = {"ptb_char": PTB / "ptb.char.test.txt", "ptb_word": PTB / "ptb.test.txt",
-           "warpeace": WARPEACE}
+           "warpeace": WARPEACE, "mnist": SHARED_DATA / "mnist" / "t10k-images-idx3-ubyte.gz"}
 
 
 def needs(dataset):
@@ -25,15 +26,17 @@ def needs(dataset):
         not src.exists(), reason=f"real {dataset} data not found at {src.parent}")]
 
 
-def bundled_lms(dataset):
+def bundled_models(dataset):
     return sorted(e.name for e in Manifest.load().models.values()
-                  if e.task == "bptt_lm" and e.bundled and e.dataset == dataset)
+                  if e.bundled and e.dataset == dataset)
 
 
 def binarized_test_split(dataset, dest):
     """The dataset's real test split binarized with its models' dictionary (all models of a
     dataset share it: the recipe's prepare.sh)."""
     from nq_plugin.zoo.fetch import bundled_folder
+    if dataset == "mnist":  # the idx files themselves (the task verifies their checksums)
+        return SOURCES["mnist"].parent
     if dataset == "warpeace":  # byte level: the recipe's own split, checksum-verified
         subprocess.run(["bash", str(ROOT / "recipes" / "warpeace" / "prepare.sh"), str(dest),
                         str(WARPEACE)], check=True, capture_output=True)
@@ -48,13 +51,15 @@ def binarized_test_split(dataset, dest):
 
 
 def measured(out):
-    m = re.search(r"^(bits per character|perplexity): ([0-9.]+)", out, re.M)
+    m = re.search(r"^(bits per character|perplexity|test accuracy \(%\)): ([0-9.]+)", out,
+                  re.M)
     assert m, out[-2000:]
     return float(m.group(2))
 
 
 def close(entry, value, card):
-    return abs(value - card) <= (0.002 if entry.metric.name == "bpc" else 0.003 * card)
+    tolerance = {"bpc": 0.002, "accuracy": 0.01}.get(entry.metric.name, 0.003 * card)
+    return abs(value - card) <= tolerance
 
 
 def check_card(name, data, *extra):
@@ -76,7 +81,7 @@ def card_tests(dataset):
     def data(tmp_path_factory):
         return binarized_test_split(dataset, tmp_path_factory.mktemp(dataset))
 
-    @pytest.mark.parametrize("name", bundled_lms(dataset))
+    @pytest.mark.parametrize("name", bundled_models(dataset))
     def test_bundled_model_reproduces_its_card(name, data):
         check_card(name, data)
 
