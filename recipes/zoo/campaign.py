@@ -557,7 +557,8 @@ def fits(run: Run, folder: str, tree_limit_mib: float) -> bool:
     from nq_plugin.models.loading import load_model
     from nq_plugin.storage import encode_state, storage_plan, stored_bytes
     model, _ = load_model(os.path.join(folder, "checkpoint_best.pt"))
-    model.reset_carried_state()
+    if hasattr(model, "reset_carried_state"):  # a language model's carried (h, c)
+        model.reset_carried_state()
     plan = storage_plan(model, run.data.floats)
     stored = stored_bytes(encode_state(dict(model.state_dict()), plan.stored))
     packed = 0 if run.data.packed == "unbundled" else stored // 8
