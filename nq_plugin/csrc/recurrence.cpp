@@ -340,7 +340,7 @@ void forward_columns(const Norm& norm, const T* partials, int64_t stride, int64_
       const T n = T(rows_of(p, parts, batch).size());
       const T* part = partials + p * stride;
       for (int64_t j = 0; j < features; ++j)
-        a[j] += n * (part[j] + part[features + j] / n);
+        a[j] += n * part[j] + part[features + j];  // n (shift + mean of the shifted)
     }
     for (int64_t j = 0; j < features; ++j) a[j] /= total;
     std::fill(b, b + features, T(0));
@@ -571,7 +571,8 @@ void forward_impl(const Tensor& px, const Tensor& w_x_t, const Tensor& h0, const
                              col + features, p == 0);
           ax = col;
           bx = col + features;
-          if (keep && p == 0) std::copy(col, col + 2 * features, stats_x.data_ptr<T>() + t * 2 * features);
+          if (keep && p == 0)
+            std::copy(col, col + 2 * features, stats_x.data_ptr<T>() + t * 2 * features);
         } else if (nx.op == FIXED || nx.op == AFFINE) {
           ax = nx.first.data_ptr<T>() + nx.slot(t0 + t) * features;
           bx = nx.second.data_ptr<T>() + nx.slot(t0 + t) * features;
@@ -641,7 +642,8 @@ void forward_impl(const Tensor& px, const Tensor& w_x_t, const Tensor& h0, const
 
 template <typename T>
 void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& px,
-                   const Tensor& w_x_t, bool grad_input, const Tensor& h0, const Tensor& c0, const Tensor& out, const Tensor& c_all,
+                   const Tensor& w_x_t, bool grad_input, const Tensor& h0, const Tensor& c0,
+                   const Tensor& out, const Tensor& c_all,
                    const std::vector<Tensor>& acts, const std::vector<Tensor>& z_hat,
                    const Tensor& stats_x,
                    const Tensor& stats_h, const Tensor& w_hh, const Tensor& gain_x,

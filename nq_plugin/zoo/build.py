@@ -240,6 +240,18 @@ def checkpoint_evaluation(spec: EntrySpec, tool_name: str) -> Evaluation:
     return Evaluation(value, command[2:], output)
 
 
+def stored_state(trained: torch.nn.Module, floats: str,
+                 exact: Sequence[str] = ("int8_rows", "bfloat16")):
+    """``trained``'s state as a zoo entry stores it, and the plan that encoded it: a language
+    model's carried (h, c) dropped (truncated BPTT's, a resume's state, not the model's), every
+    tensor encoded as :func:`nq_plugin.storage.storage_plan` says (``floats``, ``exact``)."""
+    reset = getattr(trained, "reset_carried_state", None)
+    if reset is not None:
+        reset()
+    plan = storage_plan(trained, floats, tuple(exact))
+    return encode_state(dict(trained.state_dict()), plan.stored), plan
+
+
 def add_entry(spec: EntrySpec) -> ZooEntry:
     """Build the zoo entry ``spec.name`` from a training run (see the module doc); returns the
     entry as the manifest now records it."""
@@ -271,12 +283,8 @@ def add_entry(spec: EntrySpec) -> ZooEntry:
     try:
         state["last_optimizer_state"] = None
         trained = model_from_state(state, source=spec.checkpoint)
-        reset = getattr(trained, "reset_carried_state", None)
-        if reset is not None:  # truncated BPTT's carried states: a resume's, not the model's
-            reset()
-        plan = storage_plan(trained, spec.floats, ("int8_rows", "bfloat16") if spec.compact
-                            else ())
-        state["model"] = encode_state(dict(trained.state_dict()), plan.stored)
+        state["model"], plan = stored_state(trained, spec.floats, ("int8_rows", "bfloat16")
+                                            if spec.compact else ())
         seal(state)  # the digest of its tensors, verified by the model's load_state_dict
         with atomic_path(os.path.join(tmp, "model.pt")) as p, open(p, "wb") as f:
             torch.save(state, f)  # a file object: the archive's name is not the temporary one

@@ -555,12 +555,10 @@ def fits(run: Run, folder: str, tree_limit_mib: float) -> bool:
         return True
     # a new entry holds its model as nq-zoo add stores it (nq_plugin/storage.py) and logs
     from nq_plugin.models.loading import load_model
-    from nq_plugin.storage import encode_state, storage_plan, stored_bytes
+    from nq_plugin.storage import stored_bytes
+    from nq_plugin.zoo.build import stored_state
     model, _ = load_model(os.path.join(folder, "checkpoint_best.pt"))
-    if hasattr(model, "reset_carried_state"):  # a language model's carried (h, c)
-        model.reset_carried_state()
-    plan = storage_plan(model, run.data.floats)
-    stored = stored_bytes(encode_state(dict(model.state_dict()), plan.stored))
+    stored = stored_bytes(stored_state(model, run.data.floats)[0])
     packed = 0 if run.data.packed == "unbundled" else stored // 8
     logs = os.path.getsize(os.path.join(folder, "train.log"))
     return now + stored + packed + logs < tree_limit_mib * 2 ** 20
