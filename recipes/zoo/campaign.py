@@ -9,7 +9,8 @@ Each run has a folder under ``--runs-dir`` (``$NQ_CAMPAIGN_DIR``, default
 
 - from its folder's ``checkpoint_last.pt`` when there is one (fairseq resumes it: optimizer,
   schedule, data position and carried state);
-- else, for a run marked ``from_zoo``, from the zoo's bundled ``model.pt`` of its entry, with a
+- else, for a run marked ``from_zoo`` or one whose own weights its entry holds (its training
+  record names the run), from the zoo's bundled ``model.pt`` of its entry, with a
   fresh optimizer, schedule and data position (``--reset-*``; said on the card), so that the
   campaign goes on from what the repository holds when the machine is new;
 - else from scratch.
@@ -343,8 +344,11 @@ def resumed_anneal(run: Run, done: int) -> List[str]:
 
 
 def bundled_model(run: Run, manifest: Manifest) -> Optional[str]:
+    """The entry's bundled model.pt a run starts from when its folder has no checkpoint: for a
+    run marked ``from_zoo``, and for any run whose own weights the entry holds (its record),
+    so that a run begun from scratch goes on from where it was published on a new machine."""
     entry = manifest.models.get(run.entry)
-    if not (run.from_zoo and entry and entry.bundled):
+    if not (entry and entry.bundled and (run.from_zoo or own_record(run, manifest))):
         return None
     path = os.path.join(zoo_root(), entry.bundled, entry.checkpoint)
     return path if os.path.isfile(path) else None

@@ -2,6 +2,7 @@
 its folder's checkpoint_last.pt, a run starts from the zoo's bundled weights, an entry is
 replaced only when the test number improves, a failed update leaves nothing behind, and a new
 entry that would overfill the tracked tree is not added."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -174,6 +175,17 @@ def test_a_run_goes_on_from_the_zoo_when_its_folder_is_gone(tmp_path):
     plain, _, _ = campaign.train_command(run, str(tmp_path), "data", 3600, zoo_model, None)
     assert plain[plain.index("--max-epoch") + 1] == str(run.epochs) and "5" not in plain
     assert "--force-anneal" not in cmd  # the word schedule is not by epoch
+
+    # a run begun from scratch (not marked from_zoo) goes on from its own published weights
+    from nq_plugin.zoo.manifest import Manifest
+    chrono = campaign.PLAN[[r.id for r in campaign.PLAN].index("smnist-bc-weight.chrono")]
+    assert not chrono.from_zoo
+    zoo = Manifest.load()
+    assert campaign.own_record(chrono, zoo)["run"] == chrono.id
+    assert campaign.bundled_model(chrono, zoo) == str(ROOT / "zoo" / "models" / "smnist-bc-weight"
+                                                      / "model.pt")
+    other = dataclasses.replace(chrono, id="smnist-bc-weight.other")  # not its weights
+    assert campaign.own_record(other, zoo) is None and campaign.bundled_model(other, zoo) is None
 
     # a char run's per-epoch decay goes on where the run had reached it
     char = campaign.PLAN[[r.id for r in campaign.PLAN].index("warpeace-tc-layer")]
