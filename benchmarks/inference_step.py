@@ -3,8 +3,8 @@ streaming scoring do -- for NQLSTM (BinaryConnect + weight norm, cached eval wei
 models (binary and ternary; exact, and with the optional int8 activations of the recurrent
 product, ``set_activations("int8")``), torch.nn.LSTM fp32 and torch's int8 dynamic LSTM, side by
 side in one run, with each one's weight memory (the matrices' bytes; biases and scales aside).
-The exact packed steps run with each table lookup this CPU has (``NQ_PLUGIN_LOOKUP``: nibbles
-with AVX-512, pairs everywhere), each in its row.
+The exact packed steps run with each table lookup this CPU has (``NQ_PLUGIN_LOOKUP``: wide
+and nibbles with AVX-512, pairs everywhere), each in its row.
 
     python benchmarks/inference_step.py [--hidden 512 2000] [--steps 200] [--rounds 5]
 
@@ -77,7 +77,9 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, CPU: {cpu_name()}, vector flags: {cpu_flags()}")
-    lookups = ["nibbles", "pairs"] if native.load().packed_nibbles_supported() else ["pairs"]
+    ext = native.load()
+    lookups = (["wide", "nibbles", "pairs"]
+               if ext.packed_nibbles_supported() and ext.packed_wide_supported() else ["pairs"])
     print(f"table lookups of the exact packed steps measured: {', '.join(lookups)}")
     torch.manual_seed(0)
     for hidden in a.hidden:
@@ -114,6 +116,10 @@ def main():
         memory = {"NQLSTM bc+weight (cached)": 4 * (2 * matrices + 4 * hidden * hidden),
                   "nn.LSTM fp32": 4 * matrices,
                   **{row: word_bytes(packed if "bc" in row else ternary) for row in lookup_of},
+                  # the wide lookup also keeps W_h's wide layout (a byte per 5 / 3 weights)
+                  **{row: word_bytes(packed if "bc" in row else ternary)
+                     + 4 * hidden * -(-hidden // (20 if "bc" in row else 12)) * 4
+                     for row in lookup_of if lookup_of[row] == "wide"},
                   # the words and W_h's nibble layout (as many bytes as its planes)
                   "packed bc+weight, int8 h": word_bytes(packed) + 4 * hidden * hidden // 8,
                   "packed tc+weight, int8 h": word_bytes(ternary) + 4 * hidden * hidden // 4,

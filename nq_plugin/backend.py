@@ -57,7 +57,9 @@ class Activations(str, Enum):
 class Lookup(str, Enum):
     """The table lookup of the CPU's exact (fp32-activation) packed products
     (nq_plugin/csrc/packed_gemv.cpp)."""
-    AUTO = "auto"        # nibbles where the CPU has AVX-512 (F and VL), else pairs
+    AUTO = "auto"        # wide where the CPU has AVX-512 (F and VL), else pairs
+    WIDE = "wide"        # nibbles, and a fused step's W_h by a 32-entry table per 3 ternary
+    #                      or 5 binary inputs (AVX-512F), or an error
     NIBBLES = "nibbles"  # a 16-value table per 4 inputs (AVX-512VL), or an error
     PAIRS = "pairs"      # a 4-value table per 2 inputs (AVX2; portable without)
 
@@ -78,8 +80,8 @@ ENVIRONMENT: List[EnvironmentVariable] = [
                         "the fused CPU step of packed models: fp32 (exact) | int8 (faster, "
                         "inexact) (Backend.activations)"),
     EnvironmentVariable("NQ_PLUGIN_LOOKUP", "auto",
-                        "the CPU's exact packed products: auto | nibbles (AVX-512) | pairs "
-                        "(Backend.lookup)"),
+                        "the CPU's exact packed products: auto | wide (AVX-512) | nibbles "
+                        "(AVX-512) | pairs (Backend.lookup)"),
     EnvironmentVariable("NQ_ZOO_DIR", "the zoo nq_plugin ships",
                         "a zoo of one's own: a folder with manifest.json and models/NAME"),
     EnvironmentVariable("NQ_ZOO_CACHE", "~/.cache/nq_plugin/zoo",

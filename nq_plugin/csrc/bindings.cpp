@@ -37,9 +37,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("ih_lane_add", &PackedStepOperands::ih_lane_add)
       .def_readwrite("ih_lane_sub", &PackedStepOperands::ih_lane_sub)
       .def_readwrite("hh_lane_add", &PackedStepOperands::hh_lane_add)
-      .def_readwrite("hh_lane_sub", &PackedStepOperands::hh_lane_sub);
+      .def_readwrite("hh_lane_sub", &PackedStepOperands::hh_lane_sub)
+      .def_readwrite("ih_wide", &PackedStepOperands::ih_wide)
+      .def_readwrite("hh_wide", &PackedStepOperands::hh_wide);
   m.def("packed_nibbles_supported", &packed_nibbles_supported,
         "whether the nibble lookup of packed products (AVX-512 F and VL) runs here");
+  m.def("packed_wide_supported", &packed_wide_supported,
+        "whether the wide lookup of a packed step's W_h (AVX-512 F) runs here");
   m.def("packed_lstm_step", &packed_lstm_step,
         "one LSTM step from packed 1/2-bit words (gates, cell), fp32");
   m.def("packed_gemv_q8", &packed_gemv_q8,

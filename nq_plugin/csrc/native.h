@@ -10,6 +10,8 @@ at::Tensor packed_gemv(at::Tensor x, at::Tensor plus, c10::optional<at::Tensor> 
                        at::Tensor scale, int64_t columns, int64_t lookup);
 // whether the nibble lookup (AVX-512 F and VL) runs on this CPU and build
 bool packed_nibbles_supported();
+// whether the wide lookup of a fused step's W_h (AVX-512 F) runs on this CPU and build
+bool packed_wide_supported();
 // The fixed operands of packed_lstm_step for one packed layer, resolved once per stepper
 // (nq_plugin/packed/kernels/native.py, lstm_stepper): both matrices' word planes (the minus
 // plane only for 2-bit matrices), each term's layer norm (the per-row scale `pre_*` and eps;
@@ -25,6 +27,9 @@ struct PackedStepOperands {
   c10::optional<at::Tensor> hh_q8_add, hh_q8_sub;
   int64_t lookup = 0;
   c10::optional<at::Tensor> ih_lane_add, ih_lane_sub, hh_lane_add, hh_lane_sub;
+  // W_x's and W_h's wide layouts (packed_products.h): their products by the wide lookup
+  // (AVX-512 F), exact as the others
+  c10::optional<at::Tensor> ih_wide, hh_wide;
 };
 
 std::vector<at::Tensor> packed_lstm_step(at::Tensor x, at::Tensor h, at::Tensor c,

@@ -64,4 +64,30 @@ void q8_product(const float* x, int64_t n, int64_t stride, int64_t columns, cons
                 const uint8_t* sub, int64_t rows, int64_t steps, float* y, int64_t y_stride,
                 const float* row_scale);
 
+// The wide lookup of a fused step's recurrent product (packed_wide.cpp, AVX-512F): blocks of
+// kWideUnits hidden units of each of the 4 gates (kWideRows rows), their codes one byte per
+// group of 3 (ternary) or 5 (binary) inputs, a row's 4 consecutive groups in one 32-bit lane
+// (nq_plugin/packed/kernels/native.py, wide_layout: (blocks, ceil(columns / 4G), 4 kWideRows)
+// uint8).
+constexpr int64_t kWideUnits = 32;
+constexpr int64_t kWideRows = 4 * kWideUnits;
+// whether the wide lookup runs here: an AVX2 build on a CPU with AVX-512 F
+bool wide_supported();
+// a wide layout checked against 4 * hidden rows of `columns` inputs (its groups may cover more
+// columns: a layout of the padded words; the inputs past `columns` count as 0)
+void check_wide(const at::Tensor& codes, int64_t hidden, int64_t columns, bool ternary);
+// the wide tables of n activation rows (row stride `stride`, `columns` inputs) for a layout of
+// `quads` lanes of 4 groups: each (4 quads, 32) floats
+std::vector<float> build_wide_tables(const float* x, int64_t n, int64_t stride, int64_t columns,
+                                     int64_t quads, bool ternary);
+// out[b * kWideRows + 32 g + l] = B_{row g H + 32 block + l} . x_b for block `block` of the
+// wide layout `codes` (`quads` lanes of 4 groups) and n activation rows (their tables)
+void wide_block_dots(const uint8_t* codes, int64_t quads, int64_t block, const float* tables,
+                     int64_t n, float* out);
+// y[b, r] = row_scale[r] (or 1) * B_r . x_b for the 4 * hidden rows of the wide layout `codes`
+// and n activation rows x (row stride `stride`), the blocks in parallel
+void wide_product(const float* x, int64_t n, int64_t stride, int64_t columns, bool ternary,
+                  const uint8_t* codes, int64_t quads, int64_t hidden, float* y,
+                  int64_t y_stride, const float* row_scale);
+
 }  // namespace nq_packed

@@ -49,8 +49,9 @@ std::vector<at::Tensor> packed_lstm_step(at::Tensor x, at::Tensor h, at::Tensor 
               "ax, ah and shift need 4H values");
   auto xc = x.contiguous(), hc = h.contiguous(), cc = c.contiguous();
   auto axc = ax.contiguous(), ahc = ah.contiguous(), sc = shift.contiguous();
-  const auto tx = build_tables(xc.data_ptr<float>(), batch, inputs, inputs, wx,
-                               ih.second.has_value(), how);
+  const auto tx = m.ih_wide.has_value() ? std::vector<float>()
+                                         : build_tables(xc.data_ptr<float>(), batch, inputs,
+                                                        inputs, wx, ih.second.has_value(), how);
   // int8 activations for the recurrent product (the optional inexact mode): its nibble layout
   const bool q8 = hh_q8_add.has_value();
   if (q8) {
@@ -58,9 +59,21 @@ std::vector<at::Tensor> packed_lstm_step(at::Tensor x, at::Tensor h, at::Tensor 
     TORCH_CHECK(hh_q8_sub.has_value() == hh.second.has_value(),
                 "int8-activation layout: a subtract plane goes with 2-bit W_h only");
   }
-  const auto th = q8 ? std::vector<float>() : build_tables(hc.data_ptr<float>(), batch, hidden,
-                                                            hidden, wh, hh.second.has_value(),
-                                                            how);
+  // the wide layouts (W_x's, W_h's): those terms' products by the wide lookup (packed_wide.cpp)
+  const c10::optional<at::Tensor>* wide_layouts[2] = {&m.ih_wide, &m.hh_wide};
+  const bool wide[2] = {m.ih_wide.has_value(), !q8 && m.hh_wide.has_value()};
+  const bool ternary[2] = {ih.second.has_value(), hh.second.has_value()};
+  const int64_t columns[2] = {inputs, hidden};
+  const float* activations[2] = {xc.data_ptr<float>(), hc.data_ptr<float>()};
+  for (int t = 0; t < 2; ++t) {
+    if (!wide[t]) continue;
+    TORCH_CHECK(wide_supported(), "the wide lookup needs AVX-512 F, which this CPU or build "
+                "lacks: use the nibble or pair lookup (NQ_PLUGIN_LOOKUP)");
+    check_wide(**wide_layouts[t], hidden, columns[t], ternary[t]);
+  }
+  const auto th = q8 || wide[1] ? std::vector<float>()
+                                : build_tables(hc.data_ptr<float>(), batch, hidden, hidden, wh,
+                                               ternary[1], how);
   // the two products: plane pointers (or their lane layout), tables, words, and the layer
   // norm's per-row scale
   const int64_t hblocks = (hidden + kLanes - 1) / kLanes;  // blocks of a gate's rows
@@ -102,9 +115,20 @@ std::vector<at::Tensor> packed_lstm_step(at::Tensor x, at::Tensor h, at::Tensor 
     rows_dot(blocks, count, term.words, term.tables, term.words * kTableFloats, batch, out, how);
   };
   // terms computed for all rows first -- layer-normalized ones (pre * (B y), then each gate
-  // block standardized in place) and the int8-activation product -- read by the cell pass
+  // block standardized in place), the int8-activation product and the wide lookup's -- read
+  // by the cell pass
   std::vector<float> normalized[2];
-  const bool whole[2] = {terms[0].pre.defined(), terms[1].pre.defined() || q8};
+  const bool whole[2] = {terms[0].pre.defined(),
+                         terms[1].pre.defined() || q8};
+  // the wide lookup's products in the cell pass, 32 units (4 blocks) at a time, unless the
+  // term is layer-normalized (then computed for all rows first, as the others)
+  const bool wide_in_pass[2] = {wide[0] && !whole[0], wide[1] && !whole[1]};
+  std::vector<float> wide_tables[2];
+  for (int t = 0; t < 2; ++t)
+    if (wide_in_pass[t])
+      wide_tables[t] = build_wide_tables(activations[t], batch, columns[t], columns[t],
+                                         (*wide_layouts[t])->size(1), ternary[t]);
+  const bool any_in_pass = wide_in_pass[0] || wide_in_pass[1];
   for (int t = 0; t < 2; ++t) {
     const Term& term = terms[t];
     if (!whole[t]) continue;
@@ -115,6 +139,10 @@ std::vector<at::Tensor> packed_lstm_step(at::Tensor x, at::Tensor h, at::Tensor 
       q8_product(hc.data_ptr<float>(), batch, hidden, hidden, hh_q8_add->data_ptr<uint8_t>(),
                  hh_q8_sub.has_value() ? hh_q8_sub->data_ptr<uint8_t>() : nullptr, rows,
                  hh_q8_add->size(1), y.data(), rows, pre);
+    } else if (wide[t]) {  // layer-normalized
+      wide_product(activations[t], batch, columns[t], columns[t], ternary[t],
+                   (*wide_layouts[t])->data_ptr<uint8_t>(), (*wide_layouts[t])->size(1), hidden,
+                   y.data(), rows, pre);
     } else {
       at::parallel_for(0, 4 * hblocks, 16, [&](int64_t begin, int64_t end) {
         std::vector<float> acc(kLanes * batch);
@@ -143,15 +171,34 @@ std::vector<at::Tensor> packed_lstm_step(at::Tensor x, at::Tensor h, at::Tensor 
   using Vec = nq_native::Vec<float>;
   static_assert(kLanes % Vec::size() == 0, "a block is a whole number of vectors");
   const int64_t blocks = (hidden + kLanes - 1) / kLanes;
-  at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
+  // the pass goes over groups of `per` blocks: one, or the wide layout's 32 units
+  const int64_t per = any_in_pass ? kWideUnits / kLanes : 1;
+  const int64_t groups = (blocks + per - 1) / per;
+  at::parallel_for(0, groups, any_in_pass ? 1 : 4, [&](int64_t begin, int64_t end) {
     // the 4 gates' dots of both terms: g2[t][(g * batch + b) * kLanes + l]
     std::vector<float> g2[2] = {std::vector<float>(4 * kLanes * batch),
                                 std::vector<float>(4 * kLanes * batch)};
     std::vector<float> pre(4 * kLanes * batch);
-    for (int64_t blk = begin; blk < end; ++blk) {
+    std::vector<float> wide_dots[2];  // a group's dots of the wide terms
+    for (int t = 0; t < 2; ++t)
+      if (wide_in_pass[t]) wide_dots[t].resize(kWideRows * batch);
+    for (int64_t blk = begin * per; blk < std::min(blocks, end * per); ++blk) {
       const int64_t j0 = blk * kLanes, units = std::min(kLanes, hidden - j0);
       for (int t = 0; t < 2; ++t) {
-        if (!whole[t]) dots(terms[t], 0, kGates, j0, g2[t].data());
+        if (wide_in_pass[t]) {
+          const int64_t k = blk / per, at_unit = (blk % per) * kLanes;
+          const float* d = wide_dots[t].data();
+          if (blk % per == 0)
+            wide_block_dots((*wide_layouts[t])->data_ptr<uint8_t>(), (*wide_layouts[t])->size(1),
+                            k, wide_tables[t].data(), batch, wide_dots[t].data());
+          for (int64_t g = 0; g < 4; ++g)
+            for (int64_t b = 0; b < batch; ++b)
+              std::copy(d + b * kWideRows + g * kWideUnits + at_unit,
+                        d + b * kWideRows + g * kWideUnits + at_unit + kLanes,
+                        g2[t].data() + (g * batch + b) * kLanes);
+        } else if (!whole[t]) {
+          dots(terms[t], 0, kGates, j0, g2[t].data());
+        }
       }
       for (int64_t g = 0; g < 4; ++g) {
         const int64_t r0 = g * hidden + j0, limit = g * hidden + hidden;
@@ -162,11 +209,20 @@ std::vector<at::Tensor> packed_lstm_step(at::Tensor x, at::Tensor h, at::Tensor 
               g2[t][(g * batch + b) * kLanes + l] =
                   normalized[t][b * rows + std::min(r0 + l, limit - 1)];
         }
-        for (int64_t b = 0; b < batch; ++b)
-          for (int64_t l = 0; l < kLanes; ++l) {
-            const int64_t r = std::min(r0 + l, limit - 1), at = (g * batch + b) * kLanes + l;
-            pre[(b * 4 + g) * kLanes + l] = axd[r] * g2[0][at] + ahd[r] * g2[1][at] + sd[r];
+        for (int64_t b = 0; b < batch; ++b) {
+          const float *d0 = g2[0].data() + (g * batch + b) * kLanes,
+                      *d1 = g2[1].data() + (g * batch + b) * kLanes;
+          float* out = pre.data() + (b * 4 + g) * kLanes;
+          if (units == kLanes) {  // a whole block: contiguous rows (vectorized)
+            for (int64_t l = 0; l < kLanes; ++l)
+              out[l] = axd[r0 + l] * d0[l] + ahd[r0 + l] * d1[l] + sd[r0 + l];
+          } else {
+            for (int64_t l = 0; l < kLanes; ++l) {
+              const int64_t r = std::min(r0 + l, limit - 1);
+              out[l] = axd[r] * d0[l] + ahd[r] * d1[l] + sd[r];
+            }
           }
+        }
       }
       for (int64_t b = 0; b < batch; ++b) {
         const float* p = pre.data() + b * 4 * kLanes;

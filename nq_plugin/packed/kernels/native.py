@@ -10,9 +10,11 @@ error) or ``torch`` (the exact PyTorch path everywhere). Without a compiler ``au
 PyTorch and says so once in the log.
 
 ``NQ_PLUGIN_LOOKUP`` chooses the table lookup of the exact products (:func:`lookup_choice`):
-``auto`` (default: ``nibbles`` where the CPU has AVX-512 F and VL, else ``pairs``), ``nibbles``
-(a 16-value table per 4 inputs, vpermt2ps) or ``pairs`` (a 4-value table per 2 inputs, AVX2's
-vpermilps). Both give the exact product up to fp32 summation order.
+``auto`` (default: ``wide`` where the CPU has AVX-512 F and VL, else ``pairs``), ``wide``
+(``nibbles``, and in the fused step W_h by a 32-entry table per 3 ternary or 5 binary inputs in
+two 512-bit registers, read from its :func:`wide_layout`), ``nibbles`` (a 16-value table per 4 inputs,
+vpermt2ps) or ``pairs`` (a 4-value table per 2 inputs, AVX2's vpermilps). All give the exact
+product up to fp32 summation order.
 
 ``NQ_PLUGIN_ACTIVATIONS`` chooses the activations of the fused CPU step's recurrent product:
 ``fp32`` (default: exact) or ``int8`` -- h quantized per row to int8 (q = round(h / s),
@@ -33,7 +35,7 @@ import torch
 from ... import backend
 from ...logs import LogOnce
 from ...native import build_error, extension
-from ..format import word_planes
+from ..format import unpack_matrix, word_planes
 
 logger = logging.getLogger(__name__)
 _log_once = LogOnce(logger)
@@ -42,7 +44,10 @@ LANES = 8  # rows per block of the lookup kernels (csrc/packed_products.h, kLane
 Q8_ROWS = 32  # rows per block of the int8-activation layout (csrc/q8_lookup.h)
 
 
-LOOKUP_NUMBERS = {"pairs": 0, "nibbles": 1}  # csrc/packed_products.h, Lookup
+# csrc/packed_products.h, Lookup: the tables' lookup (wide: the nibbles', beside the fused
+# step's wide layout of W_h)
+LOOKUP_NUMBERS = {"pairs": 0, "nibbles": 1, "wide": 1}
+WIDE_UNITS = 32  # hidden units of each gate per block of the wide layout (kWideUnits)
 
 
 def lookup_setting() -> str:
@@ -51,14 +56,17 @@ def lookup_setting() -> str:
 
 
 def lookup_choice() -> str:
-    """The lookup the native kernel's exact products use here: ``nibbles`` (a 16-value table
-    per 4 inputs, AVX-512 F and VL) or ``pairs`` (a 4-value table per 2 inputs); ``auto``
-    takes nibbles where the CPU runs them. Forcing nibbles on a CPU without them is an error."""
+    """The lookup the native kernel's exact products use here: ``wide`` (the nibbles, and a
+    fused step's W_h by 32-entry tables per 3 ternary or 5 binary inputs), ``nibbles`` (a
+    16-value table per 4 inputs, AVX-512 F and VL) or ``pairs`` (a 4-value table per 2 inputs);
+    ``auto`` takes wide where the CPU runs it. Forcing wide or nibbles on a CPU without AVX-512
+    is an error."""
     setting = lookup_setting()
-    supported = bool(load().packed_nibbles_supported())
+    ext = load()
+    supported = bool(ext.packed_nibbles_supported()) and bool(ext.packed_wide_supported())
     if setting == "auto":
-        return "nibbles" if supported else "pairs"
-    if setting == "nibbles" and not supported:
+        return "wide" if supported else "pairs"
+    if setting in ("nibbles", "wide") and not supported:
         raise RuntimeError(f"{backend.current().label('lookup')}, but this CPU (or the "
                            "extension's build) has no AVX-512 F and VL: use pairs or auto")
     return setting
@@ -174,6 +182,37 @@ def lane_layout(planes, bits: int, segment: int) -> Tuple[torch.Tensor, Optional
     return interleaved(add), None if sub is None else interleaved(sub)
 
 
+def wide_layout(planes, bits: int, hidden: int, columns: Optional[int] = None) -> torch.Tensor:
+    """The wide layout a fused step's W_h (or W_x) is read from under the ``wide`` lookup
+    (``csrc/packed_wide.cpp``): one byte per group of inputs -- ternary, 3 inputs, code
+    9 d0 + 3 d1 + d2 (digit 0 for a zero weight, 1 for +1, 2 for -1); binary, 5 inputs, their
+    sign bits (bit i set for a +1 of input 5j + i) -- inputs past the matrix 0 / -1, a row's 4
+    consecutive groups side by side, and the rows in blocks of ``WIDE_UNITS`` hidden units of
+    each of the 4 gates: a (ceil(H / 32), ceil(C / 4G), 512) uint8 tensor whose
+    [k, q, 4 (32 g + l) + i] is group 4q + i of row g H + 32 k + l (missing rows: 0), for the
+    matrix's ``columns`` C (default H; the words' 32 per word for W_x, whose inputs past the
+    model's count as 0). 4/3 (ternary) or 8/5 (binary) as many bytes as the planes."""
+    rows, columns = 4 * hidden, hidden if columns is None else columns
+    codes = unpack_matrix(planes, bits, columns, dtype=torch.int16)
+    if codes.shape[0] != rows:
+        raise ValueError(f"wide layout: {codes.shape[0]} rows are not the 4 x {hidden} of an "
+                         "LSTM matrix")
+    if bits == 2:
+        size, digits, weights = 3, torch.where(codes < 0, 2, codes), (9, 3, 1)
+    elif bits == 1:
+        size, digits, weights = 5, (codes > 0).to(torch.int16), (1, 2, 4, 8, 16)
+    else:
+        raise ValueError(f"wide layout: {bits}-bit weights (1 or 2)")
+    digits = torch.nn.functional.pad(digits, (0, (-columns) % (4 * size)))
+    groups = sum(w * digits[:, i::size] for i, w in enumerate(weights)).to(torch.uint8)
+    blocks, quads = -(-hidden // WIDE_UNITS), groups.shape[1] // 4
+    gates = torch.nn.functional.pad(groups.reshape(4, hidden, quads, 4),
+                                    (0, 0, 0, 0, 0, blocks * WIDE_UNITS - hidden))
+    # (gate, block, unit, quad, i) -> (block, quad, gate, unit, i)
+    return gates.reshape(4, blocks, WIDE_UNITS, quads, 4).permute(1, 3, 0, 2, 4).reshape(
+        blocks, quads, 16 * WIDE_UNITS).contiguous()
+
+
 def packed_gemv_q8(x, layout, scale, rows: int, columns: int):
     """s_b diag(scale) B q_b for the rows x_b of ``x`` (int8 activations, see the module doc)."""
     return load().packed_gemv_q8(x.contiguous().float(), layout[0], layout[1], scale.float(),
@@ -194,7 +233,8 @@ def lstm_stepper(ih, hh, layer_norm_x=None, layer_norm_h=None, q8_hh=None):
     ext = load()
     fused = ext.packed_lstm_step
     m = ext.PackedStepOperands()
-    m.lookup = LOOKUP_NUMBERS[lookup_choice()]
+    lookup = lookup_choice()
+    m.lookup = LOOKUP_NUMBERS[lookup]
     if q8_hh is not None:
         _log_once("int8", "nq_plugin: token-by-token CPU steps quantize h to int8 for the "
                   "recurrent product (NQ_PLUGIN_ACTIVATIONS=int8): faster, not exact")
@@ -202,8 +242,13 @@ def lstm_stepper(ih, hh, layer_norm_x=None, layer_norm_h=None, q8_hh=None):
     m.ih_plus, m.ih_neg = word_planes(*ih)
     m.hh_plus, m.hh_neg = word_planes(*hh)
     hidden = m.hh_plus.shape[0] // 4
-    m.ih_lane_add, m.ih_lane_sub = lane_layout(*ih, hidden)
-    if q8_hh is None:  # the int8-activation product reads its own layout
+    if lookup == "wide":  # W_x (its words' columns) read from its wide layout
+        m.ih_wide = wide_layout(*ih, hidden, 32 * m.ih_plus.shape[1])
+    else:
+        m.ih_lane_add, m.ih_lane_sub = lane_layout(*ih, hidden)
+    if q8_hh is None and lookup == "wide":  # W_h read from its wide layout
+        m.hh_wide = wide_layout(*hh, hidden)
+    elif q8_hh is None:  # the int8-activation product reads its own layout
         m.hh_lane_add, m.hh_lane_sub = lane_layout(*hh, hidden)
     if layer_norm_x is not None:
         m.pre_x, m.eps_x = layer_norm_x

@@ -28,11 +28,12 @@ def cpu_flags():
         return None
 
 
-@pytest.fixture(params=["pairs", "nibbles"])
+@pytest.fixture(params=["pairs", "nibbles", "wide"])
 def lookup(request, built, backend_choice):
     """Each table lookup of the exact products that this CPU runs, chosen for the test."""
-    if request.param == "nibbles" and not built.packed_nibbles_supported():
-        pytest.skip("this CPU (or build) has no AVX-512 F and VL: the nibble lookup cannot run")
+    if request.param != "pairs" and not built.packed_nibbles_supported():
+        pytest.skip(f"this CPU (or build) has no AVX-512 F and VL: the {request.param} lookup "
+                    "cannot run")
     backend_choice(lookup=request.param)
     return request.param
 
@@ -175,15 +176,62 @@ def test_lane_layout_is_the_planes_rearranged(built, bits, hidden, lookup):
         built.packed_lstm_step(x, h, c, ax, ah, shift, m)
 
 
+@pytest.mark.parametrize("bits", [1, 2])
+@pytest.mark.parametrize("hidden", [5, 32, 45])
+def test_wide_layout_is_the_codes_rearranged(built, bits, hidden, backend_choice):
+    """The wide layout holds, for row g H + 32 k + l, group 4 q + i's code at
+    [k, q, 4 (32 g + l) + i] -- ternary: 3 inputs in base 3 (digits 0, +1 -> 1, -1 -> 2);
+    binary: 5 inputs' sign bits, input 5j + i at bit i; inputs past the matrix and rows past H:
+    0 --; the fused step reads W_h and W_x from theirs under the wide lookup (only there: the
+    nibbles lookup leaves them unset) and refuses a layout of the wrong shape."""
+    if not built.packed_wide_supported():
+        pytest.skip("this CPU (or build) has no AVX-512 F: the wide lookup cannot run")
+    torch.manual_seed(hidden + bits)
+    rows, size = 4 * hidden, 3 if bits == 2 else 5
+    codes = torch.randint(-1, 2, (rows, hidden))
+    if bits == 1:
+        codes = torch.where(codes >= 0, 1, -1)
+    layout = native.wide_layout(pack_matrix(codes.float(), bits), bits, hidden)
+    blocks, quads = -(-hidden // 32), -(-hidden // (4 * size))
+    assert layout.shape == (blocks, quads, 512) and layout.dtype == torch.uint8
+    digit = {0: 0, 1: 1, -1: 2} if bits == 2 else {1: 1, -1: 0}
+    place = [9, 3, 1] if bits == 2 else [1, 2, 4, 8, 16]
+    for r in range(0, rows, 7):
+        g, u = divmod(r, hidden)
+        k, l = divmod(u, 32)
+        for j in range(4 * quads):
+            want = sum(place[i] * digit[int(codes[r, size * j + i])]
+                       for i in range(size) if size * j + i < hidden)
+            q, i = divmod(j, 4)
+            assert int(layout[k, q, 4 * (32 * g + l) + i]) == want
+    if hidden % 32:  # the last block's missing units are zero codes
+        assert int(layout[-1, :, 4 * (hidden % 32):128].sum()) == 0
+    hh = (pack_matrix(codes.float(), bits), bits)
+    ih = (pack_matrix(torch.ones(rows, 3), 1), 1)
+    for lookup, expected in (("wide", True), ("nibbles", False)):
+        backend_choice(lookup=lookup)
+        step = native.lstm_stepper(ih, hh)
+        operands = next(c.cell_contents for c in step.__closure__
+                        if type(c.cell_contents).__name__ == "PackedStepOperands")
+        assert (operands.hh_wide is not None) == expected
+        assert (operands.ih_wide is not None) == expected  # W_x too (its words' columns)
+    operands.hh_wide = layout[:, :-1].contiguous() if quads > 1 else layout[:-1].contiguous()
+    with pytest.raises(RuntimeError, match="wide layout"):
+        step(torch.ones(1, 3), torch.ones(1, hidden), torch.ones(1, hidden), torch.ones(rows),
+             torch.ones(rows), torch.zeros(rows))
+
+
 def test_the_lookup_is_chosen_at_run_time_by_the_cpu(built, backend_choice, monkeypatch):
-    """auto takes the nibble lookup exactly where the CPU has AVX-512 F and VL (read from
-    /proc/cpuinfo, independently of the extension's own check); pairs runs everywhere; nibbles
-    forced where it cannot run, or a bad lookup number, is an error naming the fix."""
+    """auto takes the wide lookup (and its nibbles) exactly where the CPU has AVX-512 F and VL
+    (read from /proc/cpuinfo, independently of the extension's own check); pairs runs
+    everywhere; nibbles or wide forced where they cannot run, or a bad lookup number, is an
+    error naming the fix."""
     flags = cpu_flags()
     supported = built.packed_nibbles_supported()
     if flags is not None:
         assert supported == ("avx512f" in flags and "avx512vl" in flags)
-    assert native.lookup_choice() == ("nibbles" if supported else "pairs")
+        assert built.packed_wide_supported() == ("avx512f" in flags)
+    assert native.lookup_choice() == ("wide" if supported else "pairs")
     backend_choice(lookup="pairs")
     assert native.lookup_choice() == "pairs"
     planes, scale = pack_matrix(torch.ones(8, 40), 2), torch.ones(8)
@@ -193,12 +241,17 @@ def test_the_lookup_is_chosen_at_run_time_by_the_cpu(built, backend_choice, monk
     class WithoutNibbles:
         def packed_nibbles_supported(self):
             return False
+
+        def packed_wide_supported(self):
+            return False
     monkeypatch.setattr(native, "load", lambda: WithoutNibbles())
     backend_choice(lookup="auto")
     assert native.lookup_choice() == "pairs"
-    backend_choice(lookup="nibbles")
-    with pytest.raises(RuntimeError, match="NQ_PLUGIN_LOOKUP=nibbles.*no AVX-512.*pairs or auto"):
-        native.lookup_choice()
+    for forced in ("nibbles", "wide"):
+        backend_choice(lookup=forced)
+        with pytest.raises(RuntimeError,
+                           match=f"NQ_PLUGIN_LOOKUP={forced}.*no AVX-512.*pairs or auto"):
+            native.lookup_choice()
 
 
 @pytest.mark.parametrize("quantizer", ["bc", "tc", "bwn", "twn", "fp"])
