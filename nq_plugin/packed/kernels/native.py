@@ -227,9 +227,9 @@ def lstm_stepper(ih, hh, layer_norm_x=None, layer_norm_h=None, q8_hh=None):
     term given ``layer_norm_*`` = (per-row scale, eps) the layer norm of scale * B y over each
     gate block (ax / ah then being its gain). ``q8_hh``: W_h's :func:`q8_layout`, for int8
     activations in the recurrent product (inexact mode). The exact products use
-    :func:`lookup_choice`'s lookup and read the matrices' :func:`lane_layout`, both resolved
-    here once (the layouts: as many bytes again as the planes). A generation step is one
-    call."""
+    :func:`lookup_choice`'s lookup and read the matrices' :func:`lane_layout` (as many bytes
+    again as the planes) or, under ``wide``, their :func:`wide_layout` (4/3 or 8/5 as many),
+    both resolved here once. A generation step is one call."""
     ext = load()
     fused = ext.packed_lstm_step
     m = ext.PackedStepOperands()
