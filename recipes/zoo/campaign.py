@@ -20,7 +20,10 @@ It trains until its ``--max-epoch`` or the campaign's time budget (fairseq's
 When the run's best checkpoint beats its zoo entry on the test split by the issue's margin
 (0.01 BPC, 1 PPL, 0.5 accuracy points) or first reaches the paper's row (within 0.05 BPC, 5 %
 PPL, 1 point), the entry is rebuilt with the project's own ``nq-zoo add`` (test evaluation,
-packed copy, card, logs, and the ``training`` record a later resume needs). Nothing is
+packed copy, card, logs, and the ``training`` record a later resume needs). A checkpoint is
+judged once per zoo (``$NQ_ZOO_DIR`` or the checkout's), its test number measured once: a
+driver run from a second worktree publishes into that worktree's zoo, and ``--publish-only``
+from the main checkout then judges the same checkpoint against its own zoo. Nothing is
 half-written: the run's ``state.json`` is written to a temporary name and renamed, and
 ``nq-zoo add`` builds the zoo folder beside its place. A new entry whose files would take the
 tracked tree past ``--tree-limit-mib`` is not added (the run's checkpoint stays in its folder).
@@ -540,9 +543,12 @@ def consider(run: Run, folder: str, data_root: str, tree_limit_mib: float, log=p
     if not os.path.isfile(best):
         return "no checkpoint yet"
     digest = sha256_file(best)
-    if state.get("considered", {}).get("sha256") == digest:
-        return state["considered"]["decision"]
-    value = test_metric(run, best, data_root)
+    # a checkpoint is judged once per zoo (a driver in another checkout published it into its
+    # own zoo: this one is judged again), its test number measured once
+    seen = state.get("considered", {})
+    if seen.get("sha256") == digest and seen.get("zoo") == zoo_root():
+        return seen["decision"]
+    value = seen["test"] if seen.get("sha256") == digest else test_metric(run, best, data_root)
     manifest = Manifest.load()
     entry = manifest.models.get(run.entry)
     old = entry.metric.value if entry else None
@@ -557,7 +563,8 @@ def consider(run: Run, folder: str, data_root: str, tree_limit_mib: float, log=p
     else:
         add(run, folder, data_root, best, state, value)
         decision = f"zoo updated: {old if old is None else format(old, '.4f')} -> {value:.4f}"
-    state["considered"] = {"sha256": digest, "test": value, "decision": decision}
+    state["considered"] = {"sha256": digest, "test": value, "decision": decision,
+                           "zoo": zoo_root()}
     write_state(folder, state)
     log(f"[{run.id}] {decision}")
     return decision

@@ -37,6 +37,15 @@ def run(id, entry="demo-char", epochs=1, args=(), from_zoo=False, dataset="demo"
             "args": [*TINY, *args], "from_zoo": from_zoo}
 
 
+def campaign_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("nq_campaign_constants", DRIVER)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["nq_campaign_constants"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
 def manifest(zoo):
     return json.loads((zoo / "manifest.json").read_text())
 
@@ -95,6 +104,20 @@ def test_scratch_then_resume_then_zoo(campaign):
     res = run_plan(c, zoo, [run("demo.b", args=("--lr", "1e-12"), from_zoo=True)])
     assert res.returncode == 0 and "fairseq-eval-lm" not in res.stdout + res.stderr
     assert (zoo / "manifest.json").read_bytes() == before
+
+    # another checkout's zoo (a driver in a worktree published into its own): the run's best is
+    # judged again against that zoo, from the test number already measured
+    other = tmp / "other_zoo"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"manifest_version": 1, "models": []}\n')
+    eval_log = tmp / "runs" / "demo.a" / campaign_module().EVAL_LOG
+    measured = eval_log.stat().st_mtime_ns
+    res = run_plan(c, other, [run("demo.a", epochs=2)], "--publish-only")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "[demo.a] zoo updated: None ->" in res.stdout
+    assert eval_log.stat().st_mtime_ns == measured  # not evaluated again
+    assert manifest(other)["models"][0]["name"] == "demo-char"
+    assert (zoo / "manifest.json").read_bytes() == before  # the first zoo untouched
 
 
 def test_failed_update_leaves_nothing(campaign):
