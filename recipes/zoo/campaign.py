@@ -143,6 +143,15 @@ class Run:
     schedule: str                # one sentence for the card
     args: Tuple[str, ...] = ()   # fairseq-train options over the recipe's
     from_zoo: bool = False       # start from the entry's bundled weights when it has them
+    target: Optional[float] = None  # the issue's row where the paper has none: at least this
+
+    def reaches_row(self, value: Optional[float]) -> bool:
+        """Whether ``value`` is in its row: the paper's number within tolerance, or the
+        target."""
+        if value is None:
+            return False
+        return within_row(self.data.metric, value, self.paper) or (
+            self.target is not None and value >= self.target)
 
     @property
     def data(self) -> Dataset:
@@ -168,6 +177,11 @@ SMNIST_TEXT = ("The recipe's Adam (lr 0.002, decaying exponentially per epoch to
 SMNIST_ANNEAL = ("--lr", "0.0004", "--force-anneal", "2", "--lr-shrink", "0.8")
 SMNIST_ANNEAL_TEXT = ("Adam from the bundled weights with a fresh optimizer state: lr 4e-4 for "
                       "one epoch, then x0.8 per epoch (the recipe's clipping 1, B=100).")
+SMNIST_TARGET = 98.0  # issue #21's row for both sequential-MNIST models (test accuracy)
+# a second anneal for a model that ended its first one just below its row
+SMNIST_ANNEAL2 = ("--lr", "0.0002", "--force-anneal", "1", "--lr-shrink", "0.7")
+SMNIST_ANNEAL2_TEXT = ("Then Adam from those weights with a fresh optimizer state: lr 2e-4, x0.7 "
+                       "per epoch (the recipe's clipping 1, B=100).")
 WORD_TEXT = ("the paper's SGD schedule (lr 20, /4 when validation stalls, clip 0.25, B=20, "
              "T=35, latent LSTM weights at lr x 2 sqrt(H))")
 
@@ -224,16 +238,22 @@ PLAN: List[Run] = [
     # per-step batch-norm model (one epoch, 45.9 %) goes on; weight norm from scratch with
     # chrono gate biases (the reference init's weight-norm run stayed at chance for 4 epochs)
     Run("smnist-bc-batch", "smnist-bc-batch", "mnist", "bc", "batch", SMNIST_EPOCHS, None, None,
-        SMNIST_TEXT, ("--bn-stats", "separate", "--init-state-noise", "0.1"), from_zoo=True),
+        SMNIST_TEXT, ("--bn-stats", "separate", "--init-state-noise", "0.1"), from_zoo=True,
+        target=SMNIST_TARGET),
     Run("smnist-bc-weight.chrono", "smnist-bc-weight", "mnist", "bc", "weight", SMNIST_EPOCHS,
         None, None, SMNIST_TEXT + " Chrono initialisation of the gate biases (Tallec & "
         "Ollivier 2018; --init chrono): with the reference initialisation this model stayed at "
-        "chance level (10 %) for 4 epochs.", ("--init", "chrono")),
+        "chance level (10 %) for 4 epochs.", ("--init", "chrono"), target=SMNIST_TARGET),
     Run("smnist-bc-batch.anneal", "smnist-bc-batch", "mnist", "bc", "batch", 6, None, None,
         SMNIST_ANNEAL_TEXT, ("--bn-stats", "separate", "--init-state-noise", "0.1",
-                             *SMNIST_ANNEAL), from_zoo=True),
+                             *SMNIST_ANNEAL), from_zoo=True, target=SMNIST_TARGET),
     Run("smnist-bc-weight.anneal", "smnist-bc-weight", "mnist", "bc", "weight", 6, None, None,
-        SMNIST_ANNEAL_TEXT, ("--init", "chrono", *SMNIST_ANNEAL), from_zoo=True),
+        SMNIST_ANNEAL_TEXT, ("--init", "chrono", *SMNIST_ANNEAL), from_zoo=True,
+        target=SMNIST_TARGET),
+    # the first anneal left smnist-bc-batch at 97.99 % (best valid 98.13 %)
+    Run("smnist-bc-batch.anneal2", "smnist-bc-batch", "mnist", "bc", "batch", 4, None, None,
+        SMNIST_ANNEAL2_TEXT, ("--bn-stats", "separate", "--init-state-noise", "0.1",
+                              *SMNIST_ANNEAL2), from_zoo=True, target=SMNIST_TARGET),
     Run("warpeace-bc-weight", "warpeace-bc-weight", "warpeace", "bc", "weight", SHORT_EPOCHS,
         1.74, 174, SHORT_TEXT, SHORT),
     Run("ptb-word-tc-layer", "ptb-word-tc-layer", "ptb_word", "tc", "layer", 40, 88.2, 199,
@@ -553,8 +573,7 @@ def consider(run: Run, folder: str, data_root: str, tree_limit_mib: float, log=p
     entry = manifest.models.get(run.entry)
     old = entry.metric.value if entry else None
     metric = run.data.metric
-    reached_now = within_row(metric, value, run.paper) and not (
-        old is not None and within_row(metric, old, run.paper))
+    reached_now = run.reaches_row(value) and not run.reaches_row(old)
     if not (improves(metric, value, old) or reached_now):
         decision = f"kept the zoo's {old:.4f}: this run's best is {value:.4f}"
     elif entry is None and not fits(run, folder, tree_limit_mib):
