@@ -204,6 +204,8 @@ def test_a_run_goes_on_from_the_zoo_when_its_folder_is_gone(tmp_path):
     chrono = campaign.PLAN[[r.id for r in campaign.PLAN].index("smnist-bc-weight.chrono")]
     assert not chrono.from_zoo
     zoo = Manifest.load()
+    zoo.models["smnist-bc-weight"].training = dict(zoo.models["smnist-bc-weight"].training,
+                                                   run=chrono.id)  # its record names the run
     assert campaign.own_record(chrono, zoo)["run"] == chrono.id
     assert campaign.bundled_model(chrono, zoo) == str(ROOT / "zoo" / "models" / "smnist-bc-weight"
                                                       / "model.pt")
