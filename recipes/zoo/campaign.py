@@ -461,6 +461,7 @@ def train(run: Run, folder: str, data_root: str, seconds: float, log=print) -> d
         state["prior_run_epochs"] = int((record or {}).get("run_epochs") or 0)
         write_state(folder, state)
     note_hardware(state, hardware_here(run))
+    note_command(state, card_command(cmd, run, folder, data_root, zoo_model))
     write_state(folder, state)
     log(f"[{run.id}] {start}: " + " ".join(shlex.quote(c) for c in cmd))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -484,6 +485,29 @@ def train(run: Run, folder: str, data_root: str, seconds: float, log=print) -> d
         record_progress(run, folder, state)
     write_state(folder, state)
     return state
+
+
+def card_command(cmd: List[str], run: Run, folder: str, data_root: str,
+                 zoo_model: Optional[str]) -> str:
+    """``cmd`` as the card shows it: the recipe relative to the repository, the data, run folder
+    and bundled model by placeholder, without the session's time budget (--stop-time-hours)."""
+    names = {os.path.join(ROOT, run.data.recipe): run.data.recipe,
+             os.path.join(data_root, run.data.folder): "DATA_BIN", folder: "RUN_DIR"}
+    if zoo_model:
+        names[zoo_model] = "model.pt"
+    words = list(cmd)
+    if "--stop-time-hours" in words:
+        at = words.index("--stop-time-hours")
+        del words[at:at + 2]
+    return " ".join(names.get(w, shlex.quote(w)) for w in words)
+
+
+def note_command(state: dict, command: str) -> None:
+    """Add the command a session ran to the run's list unless it repeats the last one (a resume
+    from checkpoint_last.pt runs the same command again)."""
+    commands = state.setdefault("commands", [])
+    if not commands or commands[-1] != command:
+        commands.append(command)
 
 
 def record_progress(run: Run, folder: str, state: dict) -> dict:
@@ -639,12 +663,14 @@ def add(run: Run, folder: str, data_root: str, best: str, state: dict, value: fl
                 "done": bool(state.get("done"))}
     here = "; then ".join(state.get("trained_on") or [hardware_here(run)])
     trained_on = trained_on_text(state.get("base_trained_on") or "", here)
-    command = " ".join([f"bash {run.data.recipe} DATA_BIN RUN_DIR",
-                        *run.data.recipe_arguments(run.quantizer, run.norm, run.epochs),
-                        *map(shlex.quote, run.args), "--max-epoch", str(run.epochs), "--seed", "1",
-                        *save_args(run)])
-    if state.get("started") == "zoo":
-        command += " --restore-file model.pt " + " ".join(RESETS)
+    command = "\n".join(state.get("commands") or [])
+    if not command:  # a folder begun before its commands were recorded: the run's definition
+        command = " ".join([f"bash {run.data.recipe} DATA_BIN RUN_DIR",
+                            *run.data.recipe_arguments(run.quantizer, run.norm, run.epochs),
+                            *map(shlex.quote, run.args), "--max-epoch", str(run.epochs),
+                            "--seed", "1", *save_args(run)])
+        if state.get("started") == "zoo":
+            command += " --restore-file model.pt " + " ".join(RESETS)
     train_cmd = (state["base_train_command"] + "\n" + command).strip()
     with tempfile.TemporaryDirectory() as tmp:
         logs = [os.path.join(folder, "base_logs", n) for n in state.get("base_logs", [])]

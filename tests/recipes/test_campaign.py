@@ -97,6 +97,10 @@ def test_scratch_then_resume_then_zoo(campaign):
     assert f"Loaded checkpoint {folder / 'model.pt'}" in \
         (tmp / "runs" / "demo.b" / "train.log").read_text()
     assert "[demo.b] kept the zoo's" in res.stdout
+    commands = json.loads((tmp / "runs" / "demo.b" / "state.json").read_text())["commands"]
+    assert len(commands) == 1 and "--lr 1e-12" in commands[0]  # the command it really ran
+    assert "--restore-file model.pt --reset-optimizer" in commands[0]
+    assert str(tmp) not in commands[0] and "--stop-time-hours" not in commands[0]
     assert (zoo / "manifest.json").read_bytes() == before
     state = json.loads((tmp / "runs" / "demo.b" / "state.json").read_text())
     assert state["base_epochs"] == entry["epochs"] and state["base_logs"]
@@ -257,3 +261,30 @@ def test_the_hardware_line_names_each_phase_once():
     assert campaign.trained_on_text(once, here) == once
     assert campaign.trained_on_text(once, "CPU Y: run.sgd") == once + "; then CPU Y: run.sgd"
 
+
+
+def test_the_card_shows_the_commands_a_run_really_ran(tmp_path):
+    """A run gone on from its zoo record trains with a learning rate and epochs of its own: the
+    card's command is that one, by placeholder, and a resume that repeats it is not listed
+    twice."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("nq_campaign_under_test4", DRIVER)
+    campaign = importlib.util.module_from_spec(spec)
+    sys.modules["nq_campaign_under_test4"] = campaign
+    spec.loader.exec_module(campaign)
+    run = campaign.PLAN[[r.id for r in campaign.PLAN].index("warpeace-tc-layer")]
+    zoo_model = str(ROOT / "zoo" / "models" / "ptb-char-tc-weight" / "model.pt")
+    record = {"run": run.id, "lr": 0.00104, "run_epochs": 13.11, "done": False}
+    cmd, _, _ = campaign.train_command(run, str(tmp_path / "run"), "/data", 3600, zoo_model,
+                                       record)
+    shown = campaign.card_command(cmd, run, str(tmp_path / "run"), "/data", zoo_model)
+    assert shown.startswith(f"bash {run.data.recipe} DATA_BIN RUN_DIR ")
+    assert f"--max-epoch {run.epochs - 13} " in shown and "--lr 0.00104" in shown
+    assert "--restore-file model.pt --reset-optimizer" in shown
+    assert str(tmp_path) not in shown and str(ROOT) not in shown
+    assert "--stop-time-hours" not in shown
+    state = {}
+    campaign.note_command(state, shown)
+    campaign.note_command(state, shown)  # resumed from checkpoint_last.pt: the same command
+    campaign.note_command(state, shown + " --lr 1e-4")
+    assert state["commands"] == [shown, shown + " --lr 1e-4"]
