@@ -17,9 +17,9 @@ import torch.nn as nn
 
 
 def tensors_key(module: nn.Module) -> Tuple:
-    """Identity, version, dtype and device of every parameter and buffer of ``module`` and its
-    submodules."""
-    return tuple((t.data_ptr(), t._version, t.dtype, t.device) for m in module.modules()
+    """Storage, version and dtype of every parameter and buffer of ``module`` and its
+    submodules (a move to another device gives a tensor new storage)."""
+    return tuple((t.data_ptr(), t._version, t.dtype) for m in module.modules()
                  for tensors in (m._parameters, m._buffers) for t in tensors.values()
                  if t is not None)
 

@@ -19,9 +19,9 @@ logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 _module = None
 _failed: Optional[str] = None
-SOURCES = ("bindings.cpp", "packed_gemv.cpp", "packed_step.cpp", "packed_wide.cpp",
-           "recurrence.cpp")
-NAME = "nq_plugin_native_v24"  # bump when the sources' interface changes
+SOURCES = ("bindings.cpp", "huge_pages.cpp", "packed_gemv.cpp", "packed_step.cpp",
+           "packed_wide.cpp", "recurrence.cpp")
+NAME = "nq_plugin_native_v26"  # bump when the sources' interface changes
 
 
 def _flags():

@@ -46,6 +46,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "whether the wide lookup of a packed step's W_h (AVX-512 F) runs here");
   m.def("packed_lstm_step", &packed_lstm_step,
         "one LSTM step from packed 1/2-bit words (gates, cell), fp32");
+  m.def("packed_lstm_token_step", &packed_lstm_token_step,
+        "packed_lstm_step in a one-layer model's shapes: x (1, B, K), h, c (1, B, H) -> "
+        "(output, h, c), each (1, B, H)");
+  m.def("huge_page_copy", &huge_page_copy,
+        "a copy of a CPU tensor on transparent huge pages where it spans one (Linux)");
   m.def("packed_gemv_q8", &packed_gemv_q8,
         "x W^T from the nibble layout of packed 1/2-bit words, int8 activations (inexact mode)");
   m.def("packed_unpack", &packed_unpack, "diag(scale) B from packed 1/2-bit words, dense fp32");

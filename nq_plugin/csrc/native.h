@@ -36,6 +36,12 @@ std::vector<at::Tensor> packed_lstm_step(at::Tensor x, at::Tensor h, at::Tensor 
                                          at::Tensor ax, at::Tensor ah,
                                          at::Tensor shift,
                                          const PackedStepOperands& m);
+// packed_lstm_step in a one-layer model's shapes: x (1, B, K), h, c (1, B, H) -> {out, h', c'}
+std::vector<at::Tensor> packed_lstm_token_step(at::Tensor x, at::Tensor h, at::Tensor c,
+                                               at::Tensor ax, at::Tensor ah, at::Tensor shift,
+                                               const PackedStepOperands& m);
+// a copy of t on transparent huge pages where it spans at least one (Linux; else a plain copy)
+at::Tensor huge_page_copy(const at::Tensor& t);
 at::Tensor packed_gemv_q8(at::Tensor x, at::Tensor add, c10::optional<at::Tensor> sub,
                           at::Tensor scale, int64_t rows, int64_t columns);
 at::Tensor packed_unpack(at::Tensor plus, c10::optional<at::Tensor> neg,

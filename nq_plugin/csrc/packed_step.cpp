@@ -26,20 +26,20 @@ using namespace nq_packed;
 // needs all 4H rows first (a pass before). Blocks never straddle two gates; their words come
 // from the lane layout where `m` holds one (one load a word), else from the planes. x (B, K), h
 // and c (B, H) float32; the fixed operands in `m` (native.h), planes contiguous int32 (R = 4H
-// rows); returns {h', c'}.
-std::vector<at::Tensor> packed_lstm_step(at::Tensor x, at::Tensor h, at::Tensor c,
-                                         at::Tensor ax, at::Tensor ah,
-                                         at::Tensor shift,
-                                         const PackedStepOperands& m) {
+// rows); packed_lstm_step returns {h', c'}.
+namespace {
+// The step for activations at x (batch, inputs), h and c (batch, hidden), contiguous float32,
+// into h_out and c_out (batch, hidden)
+void step_into(const float* x, const float* h, const float* c, int64_t batch, int64_t inputs,
+               int64_t hidden, const at::Tensor& ax, const at::Tensor& ah,
+               const at::Tensor& shift, const PackedStepOperands& m, float* ho, float* co) {
   const auto& pre_x = m.pre_x;
   const auto& pre_h = m.pre_h;
   const auto& hh_q8_add = m.hh_q8_add;
   const auto& hh_q8_sub = m.hh_q8_sub;
   const double eps_x = m.eps_x, eps_h = m.eps_h;
   const Lookup how = lookup_of(m.lookup);
-  TORCH_CHECK(x.scalar_type() == at::kFloat && h.scalar_type() == at::kFloat &&
-              c.scalar_type() == at::kFloat, "x, h, c must be float32");
-  const int64_t batch = x.size(0), inputs = x.size(1), hidden = h.size(1), rows = 4 * hidden;
+  const int64_t rows = 4 * hidden;
   auto ih = planes_of(m.ih_plus, m.ih_neg, "packed_lstm_step (ih)");
   auto hh = planes_of(m.hh_plus, m.hh_neg, "packed_lstm_step (hh)");
   const int64_t wx = ih.first.size(1), wh = hh.first.size(1);
@@ -47,10 +47,9 @@ std::vector<at::Tensor> packed_lstm_step(at::Tensor x, at::Tensor h, at::Tensor 
   TORCH_CHECK(inputs <= wx * 32 && hidden <= wh * 32, "inputs do not fit the packed words");
   TORCH_CHECK(ax.numel() == rows && ah.numel() == rows && shift.numel() == rows,
               "ax, ah and shift need 4H values");
-  auto xc = x.contiguous(), hc = h.contiguous(), cc = c.contiguous();
   auto axc = ax.contiguous(), ahc = ah.contiguous(), sc = shift.contiguous();
   const auto tx = m.ih_wide.has_value() ? std::vector<float>()
-                                         : build_tables(xc.data_ptr<float>(), batch, inputs,
+                                         : build_tables(x, batch, inputs,
                                                         inputs, wx, ih.second.has_value(), how);
   // int8 activations for the recurrent product (the optional inexact mode): its nibble layout
   const bool q8 = hh_q8_add.has_value();
@@ -64,7 +63,7 @@ std::vector<at::Tensor> packed_lstm_step(at::Tensor x, at::Tensor h, at::Tensor 
   const bool wide[2] = {m.ih_wide.has_value(), !q8 && m.hh_wide.has_value()};
   const bool ternary[2] = {ih.second.has_value(), hh.second.has_value()};
   const int64_t columns[2] = {inputs, hidden};
-  const float* activations[2] = {xc.data_ptr<float>(), hc.data_ptr<float>()};
+  const float* activations[2] = {x, h};
   for (int t = 0; t < 2; ++t) {
     if (!wide[t]) continue;
     TORCH_CHECK(wide_supported(), "the wide lookup needs AVX-512 F, which this CPU or build "
@@ -72,7 +71,7 @@ std::vector<at::Tensor> packed_lstm_step(at::Tensor x, at::Tensor h, at::Tensor 
     check_wide(**wide_layouts[t], hidden, columns[t], ternary[t]);
   }
   const auto th = q8 || wide[1] ? std::vector<float>()
-                                : build_tables(hc.data_ptr<float>(), batch, hidden, hidden, wh,
+                                : build_tables(h, batch, hidden, hidden, wh,
                                                ternary[1], how);
   // the two products: plane pointers (or their lane layout), tables, words, and the layer
   // norm's per-row scale
@@ -136,7 +135,7 @@ std::vector<at::Tensor> packed_lstm_step(at::Tensor x, at::Tensor h, at::Tensor 
     y.resize(batch * rows);
     const float* pre = term.pre.defined() ? term.pre.data_ptr<float>() : nullptr;
     if (t == 1 && q8) {
-      q8_product(hc.data_ptr<float>(), batch, hidden, hidden, hh_q8_add->data_ptr<uint8_t>(),
+      q8_product(h, batch, hidden, hidden, hh_q8_add->data_ptr<uint8_t>(),
                  hh_q8_sub.has_value() ? hh_q8_sub->data_ptr<uint8_t>() : nullptr, rows,
                  hh_q8_add->size(1), y.data(), rows, pre);
     } else if (wide[t]) {  // layer-normalized
@@ -164,10 +163,7 @@ std::vector<at::Tensor> packed_lstm_step(at::Tensor x, at::Tensor h, at::Tensor 
     });
   }
   const float *axd = axc.data_ptr<float>(), *ahd = ahc.data_ptr<float>(),
-              *sd = sc.data_ptr<float>(), *cd = cc.data_ptr<float>();
-  auto h_out = at::empty({batch, hidden}, x.options());
-  auto c_out = at::empty({batch, hidden}, x.options());
-  float *ho = h_out.data_ptr<float>(), *co = c_out.data_ptr<float>();
+              *sd = sc.data_ptr<float>(), *cd = c;
   using Vec = nq_native::Vec<float>;
   static_assert(kLanes % Vec::size() == 0, "a block is a whole number of vectors");
   const int64_t blocks = (hidden + kLanes - 1) / kLanes;
@@ -240,5 +236,51 @@ std::vector<at::Tensor> packed_lstm_step(at::Tensor x, at::Tensor h, at::Tensor 
       }
     }
   });
+}
+
+void check_activations(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && h.scalar_type() == at::kFloat &&
+              c.scalar_type() == at::kFloat, "x, h, c must be float32");
+  TORCH_CHECK(x.size(-2) == h.size(-2) && c.sizes() == h.sizes(),
+              "x, h and c must have the same batch size, h and c the same shape");
+}
+}  // namespace
+
+std::vector<at::Tensor> packed_lstm_step(at::Tensor x, at::Tensor h, at::Tensor c,
+                                         at::Tensor ax, at::Tensor ah,
+                                         at::Tensor shift,
+                                         const PackedStepOperands& m) {
+  TORCH_CHECK(x.dim() == 2 && h.dim() == 2 && c.dim() == 2,
+              "packed_lstm_step: x (B, K), h and c (B, H) expected");
+  check_activations(x, h, c);
+  const int64_t batch = x.size(0), hidden = h.size(1);
+  auto xc = x.contiguous(), hc = h.contiguous(), cc = c.contiguous();
+  auto h_out = at::empty({batch, hidden}, x.options());
+  auto c_out = at::empty({batch, hidden}, x.options());
+  step_into(xc.data_ptr<float>(), hc.data_ptr<float>(), cc.data_ptr<float>(), batch, x.size(1),
+            hidden, ax, ah, shift, m, h_out.data_ptr<float>(), c_out.data_ptr<float>());
   return {h_out, c_out};
+}
+
+// A generation step in a one-layer model's sequence shapes: x (1, B, K), h and c (1, B, H) ->
+// {output, h', c'}, each (1, B, H), the output a tensor of its own (as nn.LSTM's): what the
+// packed model returns for a token, with no tensor operation left to do in Python (there each
+// costs about a microsecond, as much as a step of a small model's kernel).
+std::vector<at::Tensor> packed_lstm_token_step(at::Tensor x, at::Tensor h, at::Tensor c,
+                                               at::Tensor ax, at::Tensor ah, at::Tensor shift,
+                                               const PackedStepOperands& m) {
+  TORCH_CHECK(x.dim() == 3 && x.size(0) == 1 && h.dim() == 3 && h.size(0) == 1 &&
+                  c.dim() == 3 && c.size(0) == 1,
+              "packed_lstm_token_step: x (1, B, K) and a state h, c (1, B, H) expected");
+  check_activations(x, h, c);
+  const int64_t batch = x.size(1), hidden = h.size(2);
+  auto xc = x.contiguous(), hc = h.contiguous(), cc = c.contiguous();
+  auto out = at::empty({1, batch, hidden}, x.options());
+  auto h_out = at::empty({1, batch, hidden}, x.options());
+  auto c_out = at::empty({1, batch, hidden}, x.options());
+  step_into(xc.data_ptr<float>(), hc.data_ptr<float>(), cc.data_ptr<float>(), batch, x.size(2),
+            hidden, ax, ah, shift, m, h_out.data_ptr<float>(), c_out.data_ptr<float>());
+  std::copy(h_out.data_ptr<float>(), h_out.data_ptr<float>() + batch * hidden,
+            out.data_ptr<float>());
+  return {out, h_out, c_out};
 }

@@ -204,15 +204,41 @@ class PackedNQLSTMLayer(nn.Module):
         slots = [(ax[s], ah[s], shift[s]) for s in range(ax.shape[0])]  # views, made once
         return step, largest, sequences, slots
 
+    def _plan(self, x):
+        """The fused step's plan (:meth:`_fused_plan`) for ``x``'s device and the backend's
+        choices, kept while the buffers are unchanged."""
+        chosen = backend.current()  # once a call: a generation step is short
+        mode = self.activations or chosen.activations.value
+        return self._cached("fused", (x.device, chosen.packed_kernel, mode, chosen.lookup),
+                            lambda: self._fused_plan(x.device, mode))
+
+    def token_step(self, x: torch.Tensor, state, t0: int = 0):
+        """A generation step of a one-layer model in its shapes -- x (1, B, K) float32 on the
+        CPU, state (h, c) each (1, B, H) or None -- by the native fused step's one call:
+        (output, (h, c)), each (1, B, H); None where that step does not apply (then
+        :meth:`forward`)."""
+        if x.shape[0] != 1 or x.shape[-1] != self.input_size or x.dtype != torch.float32 or \
+                x.is_cuda:
+            return None
+        plan = self._plan(x)
+        if plan is None or not hasattr(plan[0], "token"):
+            return None
+        step, largest, _, slots = plan
+        if largest is not None and x.shape[1] > largest:
+            return None
+        if state is None:
+            zeros = x.new_zeros(1, x.shape[1], self.hidden_size)
+            state = (zeros, zeros)
+        elif state[0].dtype != torch.float32 or state[1].dtype != torch.float32:
+            return None
+        return step.token(x, state[0], state[1], *slots[min(t0, len(slots) - 1)])
+
     def _fused_forward(self, x, h, c, t0):
         """Every step one fused kernel -- Triton on a GPU, the native extension on the CPU for
         the GEMV's batch sizes: both products from the words, the folded normalization, the
         bias, the gates and the cell update -- or None when not applicable. The plan (kernel,
         tables) is kept while the buffers are unchanged: a generation step costs one call."""
-        chosen = backend.current()  # once a call: a generation step is short
-        mode = self.activations or chosen.activations.value
-        plan = self._cached("fused", (x.device, chosen.packed_kernel, mode, chosen.lookup),
-                            lambda: self._fused_plan(x.device, mode))
+        plan = self._plan(x)
         if plan is None:
             return None
         step, largest, sequences, slots = plan
@@ -310,6 +336,10 @@ class PackedNQLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor, state: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
                 t0: int = 0):
+        if len(self.layers) == 1 and x.shape[0] == 1:  # a generation step: one native call
+            token = self.layers[0].token_step(x, state, t0)
+            if token is not None:
+                return token
         hs, cs = [], []
         for i, layer in enumerate(self.layers):
             x, (h, c) = layer(x, None if state is None else (state[0][i], state[1][i]), t0)

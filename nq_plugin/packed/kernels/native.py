@@ -235,34 +235,58 @@ def lstm_stepper(ih, hh, layer_norm_x=None, layer_norm_h=None, q8_hh=None):
     m = ext.PackedStepOperands()
     lookup = lookup_choice()
     m.lookup = LOOKUP_NUMBERS[lookup]
+
+    def resident(*layouts):  # what every step reads whole: on huge pages (huge_pages.cpp)
+        return tuple(None if t is None else ext.huge_page_copy(t) for t in layouts)
     if q8_hh is not None:
         _log_once("int8", "nq_plugin: token-by-token CPU steps quantize h to int8 for the "
                   "recurrent product (NQ_PLUGIN_ACTIVATIONS=int8): faster, not exact")
-        m.hh_q8_add, m.hh_q8_sub = q8_hh
+        m.hh_q8_add, m.hh_q8_sub = resident(*q8_hh)
     m.ih_plus, m.ih_neg = word_planes(*ih)
     m.hh_plus, m.hh_neg = word_planes(*hh)
     hidden = m.hh_plus.shape[0] // 4
     if lookup == "wide":  # W_x (its words' columns) read from its wide layout
-        m.ih_wide = wide_layout(*ih, hidden, 32 * m.ih_plus.shape[1])
+        m.ih_wide, = resident(wide_layout(*ih, hidden, 32 * m.ih_plus.shape[1]))
     else:
-        m.ih_lane_add, m.ih_lane_sub = lane_layout(*ih, hidden)
+        m.ih_lane_add, m.ih_lane_sub = resident(*lane_layout(*ih, hidden))
     if q8_hh is None and lookup == "wide":  # W_h read from its wide layout
-        m.hh_wide = wide_layout(*hh, hidden)
+        m.hh_wide, = resident(wide_layout(*hh, hidden))
     elif q8_hh is None:  # the int8-activation product reads its own layout
-        m.hh_lane_add, m.hh_lane_sub = lane_layout(*hh, hidden)
+        m.hh_lane_add, m.hh_lane_sub = resident(*lane_layout(*hh, hidden))
     if layer_norm_x is not None:
         m.pre_x, m.eps_x = layer_norm_x
     if layer_norm_h is not None:
         m.pre_h, m.eps_h = layer_norm_h
 
-    def step(x, h, c, ax, ah, shift, h_out=None):
+    return NativeStepper(fused, ext.packed_lstm_token_step, m)
+
+
+class NativeStepper:
+    """A packed layer's fused CPU step (:func:`lstm_stepper`): ``step(x, h, c, ax, ah, shift,
+    h_out=None) -> (h, c)`` for x (B, K), h, c (B, H), and :meth:`token` for a generation step
+    in a one-layer model's shapes, with no tensor operation in Python."""
+
+    def __init__(self, fused, token, operands):
+        self._fused, self._token, self._m = fused, token, operands
+
+    @property
+    def operands(self):
+        """The extension's ``PackedStepOperands``: the words and layouts each call reads."""
+        return self._m
+
+    def __call__(self, x, h, c, ax, ah, shift, h_out=None):
         dtype = x.dtype
         if dtype != torch.float32:
             x, h, c = x.float(), h.float(), c.float()
-        h_new, c_new = fused(x, h, c, ax, ah, shift, m)
+        h_new, c_new = self._fused(x, h, c, ax, ah, shift, self._m)
         if h_out is not None:
             h_out.copy_(h_new)
         if dtype != torch.float32:
             return h_new.to(dtype), c_new.to(dtype)
         return h_new, c_new
-    return step
+
+    def token(self, x, h, c, ax, ah, shift):
+        """x (1, B, K), h, c (1, B, H), float32 -> (output, (h, c)), each (1, B, H): the model's
+        return value (the output a tensor of its own, as nn.LSTM's)."""
+        out, h_new, c_new = self._token(x, h, c, ax, ah, shift, self._m)
+        return out, (h_new, c_new)

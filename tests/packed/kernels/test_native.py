@@ -211,8 +211,7 @@ def test_wide_layout_is_the_codes_rearranged(built, bits, hidden, backend_choice
     for lookup, expected in (("wide", True), ("nibbles", False)):
         backend_choice(lookup=lookup)
         step = native.lstm_stepper(ih, hh)
-        operands = next(c.cell_contents for c in step.__closure__
-                        if type(c.cell_contents).__name__ == "PackedStepOperands")
+        operands = step.operands
         assert (operands.hh_wide is not None) == expected
         assert (operands.ih_wide is not None) == expected  # W_x too (its words' columns)
     operands.hh_wide = layout[:, :-1].contiguous() if quads > 1 else layout[:-1].contiguous()
@@ -273,6 +272,67 @@ def test_token_by_token_packed_equals_unpacked(built, quantizer, norm, stats):
             a, state = m(x, state, t0=t)
             torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(sb[1], state[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("quantizer,norm", [("bc", "weight"), ("tc", "layer"),
+                                            ("twn", "batch")])
+def test_a_one_layer_models_token_step_is_one_native_call(built, quantizer, norm, monkeypatch):
+    """A one-layer packed model's generation step (T=1, float32, CPU) is the native step's
+    token call in the model's shapes: the same numbers as the layer's own step, the output a
+    tensor of its own; other dtypes go the layer's way."""
+    from nq_plugin.packed import PackedNQLSTM
+    from nq_plugin.nn import NQLSTM
+    from nq_plugin.packed.lstm import PackedNQLSTMLayer
+    torch.manual_seed(0)
+    m = NQLSTM(37, 40, quantizer=quantizer, norm=norm, bn_stats="separate",
+               bn_max_steps=5).eval()
+    packed = PackedNQLSTM.from_lstm(m).eval()
+    layer = packed.layers[0]
+    layer_calls = []
+    forward = PackedNQLSTMLayer.forward
+    monkeypatch.setattr(PackedNQLSTMLayer, "forward",
+                        lambda self, *a, **k: layer_calls.append(1) or forward(self, *a, **k))
+    state = None
+    with torch.no_grad():
+        for t in range(7):  # beyond T_max = 5 of the per-step statistics
+            x = torch.randn(1, 3, 37)
+            out, new = packed(x, state, t0=t)
+            assert not layer_calls  # the token call, not the layer's forward
+            assert out.shape == new[0].shape == new[1].shape == (1, 3, 40)
+            ref_out, (h, c) = forward(layer, x, None if state is None else
+                                      (state[0][0], state[1][0]), t)
+            torch.testing.assert_close(out, ref_out, atol=0, rtol=0)
+            torch.testing.assert_close(new[0][0], h, atol=0, rtol=0)
+            torch.testing.assert_close(new[1][0], c, atol=0, rtol=0)
+            unpacked, _ = m(x, state, t0=t)
+            torch.testing.assert_close(out, unpacked, atol=1e-5, rtol=1e-5)
+            out.zero_()  # the output is not the state
+            assert new[0].abs().sum() > 0
+            state = new
+        out64, _ = packed(x.double(), tuple(s.double() for s in state), t0=7)
+    assert layer_calls and out64.dtype == torch.float64
+
+
+def test_step_layouts_are_copied_onto_huge_pages(built, backend_choice):
+    """What every step reads whole is copied once into memory of its own, 2 MiB-aligned (so
+    that transparent huge pages can back it) where it spans a huge page; the copy equals it."""
+    import sys
+    big = torch.randint(0, 255, (3, 1 << 20), dtype=torch.uint8)
+    small = torch.randn(5, 7)
+    for t in (big, small, big[:, ::2]):
+        copy = built.huge_page_copy(t)
+        assert torch.equal(copy, t) and copy.is_contiguous()
+        assert copy.data_ptr() != t.data_ptr()
+    if sys.platform.startswith("linux"):
+        assert built.huge_page_copy(big).data_ptr() % (2 << 20) == 0
+    backend_choice(lookup="wide" if built.packed_wide_supported() else "pairs")
+    hh = (pack_matrix(torch.randint(-1, 2, (4 * 1300, 1300)).float(), 2), 2)  # 2.3 MB wide
+    ih = (pack_matrix(torch.ones(4 * 1300, 3), 1), 1)
+    m = native.lstm_stepper(ih, hh).operands
+    layout = m.hh_wide if m.hh_wide is not None else m.hh_lane_add
+    if sys.platform.startswith("linux") and layout.numel() >= 2 << 20:
+        assert layout.data_ptr() % (2 << 20) == 0
+    assert layout.numel() >= 2 << 20 or m.hh_wide is None
 
 
 def test_kernel_choice_is_explicit(built, backend_choice):
