@@ -21,7 +21,7 @@ _module = None
 _failed: Optional[str] = None
 SOURCES = ("bindings.cpp", "huge_pages.cpp", "packed_gemv.cpp", "packed_step.cpp",
            "packed_wide.cpp", "recurrence.cpp")
-NAME = "nq_plugin_native_v26"  # bump when the sources' interface changes
+NAME = "nq_plugin_native_v27"  # bump when the sources' interface changes
 
 
 def _flags():

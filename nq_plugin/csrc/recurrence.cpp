@@ -672,7 +672,9 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
   const int64_t chunk = std::min<int64_t>(steps, 16);
   Tensor grad_z = at::empty({parts, chunk * rows_max, features}, opts);
   Tensor h_prev = at::empty({parts, chunk * rows_max, hidden}, opts);
-  Tensor grad_w = at::zeros({parts, features, hidden}, opts);
+  // each thread's partial dL/dW_h: its first chunk's GEMM writes it (no zero fill), the
+  // later ones add to it
+  Tensor grad_w = at::empty({parts, features, hidden}, opts);
   // the input term's y_hat of this step, for the ops finished by columns
   Tensor x_hat_step = at::empty({by_columns(op_x) ? batch : 0, features}, opts);
   // per-thread sums of dg, dg * x_hat, dg * z_hat over all steps and rows: the gradients of
@@ -836,14 +838,18 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
         if (slot == 0) {  // the chunk of steps t .. t + count - 1 (slots 0 .. count - 1) is done
           const int64_t count = std::min(chunk, steps - t);
           Tensor gw = at::from_blob(gw_own, {features, hidden}, opts);
-          gw.addmm_(rows_tensor(gz_own, count * rows, features, opts).t(),
-                    rows_tensor(hp_own, count * rows, hidden, opts));
+          const Tensor gz_t = rows_tensor(gz_own, count * rows, features, opts).t();
+          const Tensor hp = rows_tensor(hp_own, count * rows, hidden, opts);
+          if (t + count == steps)  // the first chunk of the backward (the last steps)
+            at::mm_out(gw, gz_t, hp);
+          else
+            gw.addmm_(gz_t, hp);
         }
       });
     }
   });
   const Tensor sums = partial.sum(0);
-  result = {grad_px, dh, dc, grad_w.sum(0), sums[0], sums[1], sums[2],
+  result = {grad_px, dh, dc, parts == 1 ? grad_w[0] : grad_w.sum(0), sums[0], sums[1], sums[2],
             input.fused() ? grad_w_x.sum(0).t().contiguous() : Tensor()};
 }
 

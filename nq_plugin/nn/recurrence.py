@@ -49,6 +49,22 @@ def prepacked(weight: torch.Tensor, batch: int) -> Optional[torch.Tensor]:
         return None
 
 
+# The training loop's step GEMMs (h W_h^T forward, grad_z W_h backward, each thread's rows)
+# go through oneDNN's reordered layout only from this hidden size on: at H=100 (sequential
+# MNIST, 50 rows a thread) plain mm is faster (the step 4-7 % faster in training), at H=300
+# (PTB word, 10 rows a thread) oneDNN is (plain mm 4-9 % slower); AMD EPYC, 2 threads,
+# benchmarks/README.md (2026-12-05, evening)
+TRAINING_LAYOUT_MIN_HIDDEN = 192
+
+
+def training_layout(weight: torch.Tensor, batch: int) -> Optional[torch.Tensor]:
+    """:func:`prepacked` for the training loop's step products of ``weight`` ((4H, H) or its
+    transpose), or None (plain mm) below :data:`TRAINING_LAYOUT_MIN_HIDDEN`."""
+    if min(weight.shape) < TRAINING_LAYOUT_MIN_HIDDEN:
+        return None
+    return prepacked(weight, batch)
+
+
 class StepMatmul:
     """y = x W^T for a fixed W applied at every step. On CPU, W is reordered once into oneDNN's
     blocked layout (``torch.ops.mkldnn``), which runs these skinny GEMMs ~1.35x faster than
@@ -157,7 +173,7 @@ class _NativeRecurrence(torch.autograd.Function):
         module = native_extension()
         res = module.recurrence_forward(px, h0, c0, w_hh, shift, gain_x, gain_h,
                                         native_term(form_x), native_term(form_h), t0, True,
-                                        prepacked(w_hh, px.shape[1]), w_ih)
+                                        training_layout(w_hh, px.shape[1]), w_ih)
         out, h, c = res[:3]  # then c_all, stats_x, stats_h, the z_hat and activation blocks
         ctx.forms, ctx.t0 = (form_x, form_h), t0
         ctx.save_for_backward(px, w_ih, h0, c0, out, w_hh, gain_x, gain_h, *res[3:])
@@ -172,7 +188,7 @@ class _NativeRecurrence(torch.autograd.Function):
         grads = native_extension().recurrence_backward(
             grad_out, grad_h, grad_c, px, h0, c0, out, c_all, acts, z_hat, stats_x, stats_h,
             w_hh, gain_x, gain_h, native_term(form_x), native_term(form_h), ctx.t0,
-            prepacked(w_hh.t(), out.shape[1]), w_ih, ctx.needs_input_grad[0])
+            training_layout(w_hh.t(), out.shape[1]), w_ih, ctx.needs_input_grad[0])
         grad_px, dh0, dc0, grad_w, grad_shift, grad_gain_x, grad_gain_h, grad_w_ih = grads
         return (grad_px if ctx.needs_input_grad[0] else None, dh0, dc0, grad_w, grad_shift,
                 None if gain_x is None else grad_gain_x,

@@ -37,6 +37,26 @@ def test_weight_norm_formula_and_init():
     assert norm.counted_parameters() == F_
 
 
+def test_weight_norm_gradients_are_autograds_of_the_formula():
+    """The weight norm's own backward equals autograd through g W / max(||W||, eps), a row of
+    zeros (the clamped norm) included, and passes gradcheck."""
+    torch.manual_seed(0)
+    norm = build_normalization("weight", F_).double()
+    with torch.no_grad():
+        norm.gain.copy_(torch.rand(F_, dtype=torch.double) + 0.5)
+    w = torch.randn(F_, 5, dtype=torch.double)
+    w[3] = 0
+    w.requires_grad_(True)
+    grad = torch.randn(F_, 5, dtype=torch.double)
+    got = torch.autograd.grad(norm.weight(w), (w, norm.gain), grad)
+    reference = w * (norm.gain.unsqueeze(1) / w.norm(dim=1, keepdim=True).clamp_min(norm.eps))
+    expected = torch.autograd.grad(reference, (w, norm.gain), grad)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    v = torch.randn(F_, 5, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, g: norm.weight(v), (v, norm.gain))
+
+
 def test_layer_norm_per_gate_block():
     torch.manual_seed(0)
     norm = build_normalization("layer", F_, layer_norm_gain=0.5)
