@@ -51,9 +51,9 @@ def prepacked(weight: torch.Tensor, batch: int) -> Optional[torch.Tensor]:
 
 # The training loop's step GEMMs (h W_h^T forward, grad_z W_h backward, each thread's rows)
 # go through oneDNN's reordered layout only from this hidden size on: at H=100 (sequential
-# MNIST, 50 rows a thread) plain mm is faster (the step 4-7 % faster in training), at H=300
-# (PTB word, 10 rows a thread) oneDNN is (plain mm 4-9 % slower); AMD EPYC, 2 threads,
-# benchmarks/README.md (2026-12-05, evening)
+# MNIST, 50 rows a thread) plain mm is faster (the training step 5-8 % faster), at H=300
+# (PTB word, 10 rows a thread) oneDNN is (plain mm 6-9 % slower); AMD EPYC, 2 threads,
+# benchmarks/step_gemm_layout.py
 TRAINING_LAYOUT_MIN_HIDDEN = 192
 
 

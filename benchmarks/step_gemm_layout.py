@@ -1,0 +1,74 @@
+"""The native training loop's step GEMMs through oneDNN's reordered layout or plain mm, A/B in
+one run: for each setting, torch.nn.LSTM and NQLSTM (BinaryConnect) with the given
+normalizations, each NQLSTM timed with ``nn.recurrence.training_layout`` forced to oneDNN's
+layout ("onednn") and to none ("mm"), interleaved in rounds; prints ms per training step
+(forward + backward) and the ratio to nn.LSTM. What set TRAINING_LAYOUT_MIN_HIDDEN.
+
+    python benchmarks/step_gemm_layout.py word layer,batch,weight --steps 10
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+import nq_plugin.nn.recurrence as recurrence
+from nq_plugin.nn import NQLSTM
+
+SETTINGS = {"char": dict(inp=50, hidden=512, steps=100, batch=64),
+            "word": dict(inp=300, hidden=300, steps=35, batch=20),
+            "smnist": dict(inp=1, hidden=100, steps=784, batch=100)}
+LAYOUTS = {"onednn": recurrence.prepacked, "mm": lambda weight, batch: None}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("setting", choices=list(SETTINGS))
+    ap.add_argument("norms", help="comma-separated normalizations, e.g. layer,batch")
+    ap.add_argument("--steps", type=int, default=3, help="training steps per timing")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    s = SETTINGS[a.setting]
+    x = torch.randn(s["steps"], s["batch"], s["inp"])
+    models = {"nn.LSTM": torch.nn.LSTM(s["inp"], s["hidden"])}
+    for norm in a.norms.split(","):
+        models[norm] = NQLSTM(s["inp"], s["hidden"], quantizer="bc", norm=norm,
+                              bn_max_steps=s["steps"])
+
+    def timed(model, n):
+        params = list(model.parameters())
+        start = time.perf_counter()
+        for _ in range(n):
+            out, _ = model(x)
+            out.sum().backward()
+            for p in params:
+                p.grad = None
+        return (time.perf_counter() - start) / n
+
+    chosen = recurrence.training_layout
+    times = {}
+    try:
+        for model in models.values():
+            timed(model, 1)
+        for _ in range(a.rounds):
+            for name, model in models.items():
+                for layout, fn in LAYOUTS.items():
+                    if name == "nn.LSTM" and layout == "mm":
+                        continue
+                    recurrence.training_layout = fn
+                    times.setdefault((name, layout), []).append(timed(model, a.steps))
+    finally:
+        recurrence.training_layout = chosen
+    base = statistics.median(times[("nn.LSTM", "onednn")])
+    print(f"{a.setting}: torch {torch.__version__}, {a.threads} threads, {a.rounds} rounds x "
+          f"{a.steps} steps, median")
+    for (name, layout), v in times.items():
+        m = statistics.median(v)
+        label = name if name == "nn.LSTM" else f"bc {name}, {layout}"
+        print(f"| {label:<20} | {m * 1e3:8.2f} ms | {base / m:5.3f}x |")
+
+
+if __name__ == "__main__":
+    main()
