@@ -8,16 +8,13 @@ layout ("onednn") and to none ("mm"), interleaved in rounds; prints ms per train
 """
 import argparse
 import statistics
-import time
 
 import torch
 
 import nq_plugin.nn.recurrence as recurrence
+from lstm_training_speed import SETTINGS, time_steps  # this folder's script
 from nq_plugin.nn import NQLSTM
 
-SETTINGS = {"char": dict(inp=50, hidden=512, steps=100, batch=64),
-            "word": dict(inp=300, hidden=300, steps=35, batch=20),
-            "smnist": dict(inp=1, hidden=100, steps=784, batch=100)}
 LAYOUTS = {"onednn": recurrence.prepacked, "mm": lambda weight, batch: None}
 
 
@@ -37,28 +34,19 @@ def main():
         models[norm] = NQLSTM(s["inp"], s["hidden"], quantizer="bc", norm=norm,
                               bn_max_steps=s["steps"])
 
-    def timed(model, n):
-        params = list(model.parameters())
-        start = time.perf_counter()
-        for _ in range(n):
-            out, _ = model(x)
-            out.sum().backward()
-            for p in params:
-                p.grad = None
-        return (time.perf_counter() - start) / n
-
     chosen = recurrence.training_layout
     times = {}
     try:
         for model in models.values():
-            timed(model, 1)
+            time_steps(model, x, 1)
         for _ in range(a.rounds):
             for name, model in models.items():
                 for layout, fn in LAYOUTS.items():
                     if name == "nn.LSTM" and layout == "mm":
                         continue
                     recurrence.training_layout = fn
-                    times.setdefault((name, layout), []).append(timed(model, a.steps))
+                    per_step = time_steps(model, x, a.steps) / a.steps
+                    times.setdefault((name, layout), []).append(per_step)
     finally:
         recurrence.training_layout = chosen
     base = statistics.median(times[("nn.LSTM", "onednn")])
