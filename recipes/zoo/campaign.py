@@ -274,6 +274,10 @@ PLAN: List[Run] = [
         ("--init", "chrono", "--init-state-noise", "0.1"), target=SMNIST_TARGET),
     Run("warpeace-bc-weight", "warpeace-bc-weight", "warpeace", "bc", "weight", SHORT_EPOCHS,
         1.74, 174, SHORT_TEXT, SHORT),
+    # the stretch rows: d=650 (embedding 650, 1x650 LSTM), the paper's SGD schedule
+    Run("ptb-word-650-bc-layer", "ptb-word-650-bc-layer", "ptb_word", "bc", "layer", 40, 82.3,
+        None, WORD_TEXT[0].upper() + WORD_TEXT[1:] + ", d=650, 40 epochs.",
+        ("--arch", "nq_lstm_lm_ptb_word_650")),
     Run("ptb-word-tc-layer", "ptb-word-tc-layer", "ptb_word", "tc", "layer", 40, 88.2, 199,
         WORD_TEXT[0].upper() + WORD_TEXT[1:] + ", 40 epochs."),
     Run("ptb-word-bc-layer", "ptb-word-bc-layer", "ptb_word", "bc", "layer", 40, 89.4, 111,
