@@ -55,7 +55,10 @@ class ScaledLRMixin:
                 "normalization explode through time (the recurrent Jacobian's bound grows with "
                 "the quantized W_h): train with --norm weight, layer or batch; lower --lr; and "
                 "see where it happens with --log-grad-norms 1 and nq-analyze "
-                "(docs/diagnostics.md)", float(norm))
+                "(docs/diagnostics.md). With --norm layer or batch, a term with no variance "
+                "(W_h h0 for an initial state shared by every sequence, over inputs that start "
+                "blank as sequential MNIST's) has an unbounded normalization gradient: add "
+                "--init-state-noise 0.1 (the sequence classifier)", float(norm))
         return norm
 
 

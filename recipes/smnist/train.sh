@@ -7,6 +7,8 @@
 #
 # Default model: BinaryConnect + weight normalization. Override with extra args, e.g.
 #   --quantizer tc --norm batch --bn-stats separate --init-state-noise 0.1    (per-step BN)
+#   --norm layer --init chrono --init-state-noise 0.1                  (layer norm: without the
+#        noise W_h h0 has no variance over the blank first pixels and the gradient overflows)
 #   --permute                                                                   (pMNIST)
 # DEVICE="" trains on a GPU (default: --cpu). The log is appended to SAVE_DIR/train.log.
 set -euo pipefail

@@ -128,3 +128,19 @@ def test_untagged_parameter_copies_are_refused_not_silently_unscaled(optimizer):
     with pytest.raises(ValueError, match="--fp16 / --bf16"):
         build(copies)
     assert len(build(list(lstm.parameters())).optimizer.param_groups) == 2  # tagged: scaled
+
+
+def test_a_gradient_that_is_not_finite_gets_the_advice(caplog):
+    """fairseq stops with "gradients are Nan/Inf"; the optimizer's clipping logs why that
+    happens to quantized LSTMs first: without normalization, and with layer / batch norm over
+    a term without variance (the initial-state noise of the sequence classifier)."""
+    lstm = NQLSTM(3, 4, quantizer="bc", norm="layer")
+    opt = NQAdam(OmegaConf.structured(NQAdamConfig(lr=[0.01], tpu=False)),
+                 list(lstm.parameters()))
+    lstm(torch.randn(2, 1, 3))[0].sum().backward()
+    next(iter(lstm.parameters())).grad.fill_(float("nan"))
+    with caplog.at_level("ERROR", logger="nq_plugin.optim.nq_optimizers"):
+        norm = opt.clip_grad_norm(1.0)
+    assert not bool(torch.isfinite(norm))
+    assert "--norm weight, layer or batch" in caplog.text
+    assert "--init-state-noise 0.1" in caplog.text
