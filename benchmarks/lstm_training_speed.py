@@ -8,6 +8,10 @@ native loop (nq_plugin/csrc/recurrence.cpp; NQ_PLUGIN_RECURRENCE=auto) and on th
 (NQ_PLUGIN_RECURRENCE=python), side by side in the same rounds. Sequential MNIST (T=784, B=100,
 H=100, scalar input) with --settings smnist.
 
+Two rows time the training step's matrix products alone, in the same rounds (:class:`GemmFloor`):
+what any LSTM's step costs at least on this machine, so that a ratio reads against its ceiling
+(nn.LSTM's time above the floor is its cell, its copies and its fork/joins).
+
     python benchmarks/lstm_training_speed.py [--rounds 5] [--steps 5] [--threads 2]
 """
 import argparse
@@ -32,6 +36,53 @@ def build(setting, norm, opts):
         return torch.nn.LSTM(s["inp"], s["hidden"])
     return NQLSTM(s["inp"], s["hidden"], quantizer="bc", norm=norm,
                   bn_max_steps=s["steps"], **opts)
+
+
+class GemmFloor:
+    """The six products of one LSTM training step, and nothing else: px = x W_x^T (all steps),
+    z_t = h W_h^T and dh = dz_t W_h (each step, the whole batch), dL/dW_h = dZ^T H_prev,
+    dL/dW_x = dPX^T X and dL/dx = dPX W_x -- 3 x 2 T B (I + H) 4H flops. ``layout``: the step
+    products through oneDNN's reordered W_h and W_h^T (reordered once here, outside the timing:
+    the loop pays that every training step) instead of plain mm."""
+
+    def __init__(self, setting: str, layout: bool):
+        from nq_plugin.nn.recurrence import prepacked
+        s = SETTINGS[setting]
+        steps, batch, inp, hidden = s["steps"], s["batch"], s["inp"], s["hidden"]
+        self.steps = steps
+        self.x = torch.randn(steps * batch, inp)
+        self.w_x = torch.randn(4 * hidden, inp)
+        self.w_h = torch.randn(4 * hidden, hidden)
+        self.h = torch.randn(batch, hidden)
+        self.dz = torch.randn(batch, 4 * hidden)
+        self.dpx = torch.randn(steps * batch, 4 * hidden)
+        self.h_prev = torch.randn(steps * batch, hidden)
+        packed = (prepacked(self.w_h, batch), prepacked(self.w_h.t().contiguous(), batch))
+        w_t = self.w_h.t().contiguous()
+        if layout and None not in packed:
+            self.forward_step = lambda: torch.ops.mkldnn._linear_pointwise(
+                self.h, packed[0], None, "none", [], "")
+            self.backward_step = lambda: torch.ops.mkldnn._linear_pointwise(
+                self.dz, packed[1], None, "none", [], "")
+        else:
+            self.forward_step = lambda: torch.mm(self.h, w_t)
+            self.backward_step = lambda: torch.mm(self.dz, self.w_h)
+
+    def __call__(self, n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            torch.mm(self.x, self.w_x.t())
+            for _ in range(self.steps):
+                self.forward_step()
+            for _ in range(self.steps):
+                self.backward_step()
+            torch.mm(self.dpx.t(), self.h_prev)
+            torch.mm(self.dpx.t(), self.x)
+            torch.mm(self.dpx, self.w_x)
+        return time.perf_counter() - start
+
+
+FLOORS = [("GEMMs only, mm", False), ("GEMMs only, oneDNN", True)]
 
 
 def loop_of(label):
@@ -68,18 +119,23 @@ def main():
         models = [(label, build(setting, norm, opts)) for label, norm, opts in VARIANTS]
         models += [(label + " (py)", build(setting, norm, opts)) for label, norm, opts in VARIANTS
                    if norm in ("layer", "batch", "power")]
+        floors = [(label, GemmFloor(setting, layout)) for label, layout in FLOORS]
         for label, m in models:
             time_steps(m, x, 1, loop_of(label))  # warm-up
-        rates = {label: [] for label, _ in models}
+        for _, floor in floors:
+            floor(1)
+        rates = {label: [] for label, _ in models + floors}
         for _ in range(args.rounds):
             for label, m in models:
                 dt = time_steps(m, x, args.steps, loop_of(label))
                 rates[label].append(args.steps * s["steps"] * s["batch"] / dt)
+            for label, floor in floors:
+                rates[label].append(args.steps * s["steps"] * s["batch"] / floor(args.steps))
         ref = statistics.median(rates["nn.LSTM fp"])
         print(f"\n{setting}: d={s['hidden']}, T={s['steps']}, B={s['batch']}")
         print(f"| {'variant':<23} | {'tokens/s':>9} | {'vs nn.LSTM':>10} |")
         print(f"|{'-' * 25}|{'-' * 11}|{'-' * 12}|")
-        for label, _ in models:
+        for label, _ in models + floors:
             r = statistics.median(rates[label])
             print(f"| {label:<23} | {r:>9.0f} | {r / ref:>9.2f}x |")
 
