@@ -168,6 +168,14 @@ class NQLSTMDecoder(FairseqIncrementalDecoder):
         out = F.dropout(out, self.dropout_out, self.training).transpose(0, 1)  # (B, T, H)
         return out, {"attn": None, "inner_states": None}
 
+    def generation_step(self, tokens: torch.Tensor, state=None, t0: int = 0):
+        """Logits (B, T, V) of ``tokens`` (B, T) continuing ``state`` ((h, c), None at the start)
+        from step ``t0``, and the new state: what an incremental ``forward`` computes, without
+        fairseq's incremental-state dict (a sampling loop's step; eval mode)."""
+        x = self._embed(tokens).transpose(0, 1)  # (T, B, E)
+        out, new_state = self.run_lstm(x, state, t0, True)
+        return self.output_layer(out.transpose(0, 1)), new_state
+
     def run_lstm(self, x, state, t0: int, incremental: bool):
         """The LSTM's forward (the packed decoder replays CUDA graphs for generation steps)."""
         return self.lstm(x, state, t0=t0)

@@ -88,19 +88,23 @@ class ZooLM(torch.nn.Module):
             raise ValueError("temperature must be > 0")
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         d = self.dictionary
-        banned = text_format(self.text_format).banned(d)
+        banned = torch.tensor(text_format(self.text_format).banned(d), dtype=torch.long)
         prompt_symbols = encode(self.text_format, prompt)
         ids = [d.eos()] + [d.index(s) for s in prompt_symbols]
-        state: Dict = {}
-        tokens = torch.tensor([ids], device=self.device)
+        # the decoder's incremental steps without fairseq's incremental-state dict and without
+        # re-sending the whole prefix: the prompt in one call, then one symbol a step
+        device = self.device
+        tokens = torch.tensor([ids], device=device)
+        state, t0 = None, 0
         out: List[int] = []
         for _ in range(length):
-            logits, _ = self.decoder(tokens, incremental_state=state)
+            logits, state = self.decoder.generation_step(tokens, state, t0)
+            t0 += tokens.shape[1]
             logits = logits[0, -1].float().cpu() / temperature
             logits[banned] = -float("inf")
-            nxt = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
-            out.append(nxt)
-            tokens = torch.cat([tokens, tokens.new_tensor([[nxt]])], 1)
+            nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)
+            out.append(int(nxt))
+            tokens = nxt.view(1, 1).to(device)
         # decoded together, so that the joins are right (spaces between words, "▁" pieces)
         return decode(self.text_format, prompt_symbols + [d[i] for i in out])
 

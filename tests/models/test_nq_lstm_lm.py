@@ -100,6 +100,26 @@ def test_incremental_decoding_equals_full_forward(norm, stats):
     torch.testing.assert_close(step[:, 0], ref[:, -1], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("norm,stats", [("weight", "shared"), ("batch", "separate")])
+def test_generation_step_is_the_incremental_forward(norm, stats):
+    """The sampling loop's step (no incremental-state dict, one symbol a call) gives exactly
+    the logits of fairseq's incremental forward, per-step statistics past T_max included."""
+    dec = _decoder(quantizer="tc", norm=norm, bn_stats=stats, bn_max_steps=4).eval()
+    tokens = torch.randint(4, 12, (2, 8))
+    incremental_state = {}
+    ref = [dec(tokens[:, :3], incremental_state=incremental_state)[0]]
+    ref += [dec(tokens[:, :t + 1], incremental_state=incremental_state)[0] for t in range(3, 8)]
+    logits, state = dec.generation_step(tokens[:, :3])
+    steps, t0 = [logits], 3
+    for t in range(3, 8):
+        logits, state = dec.generation_step(tokens[:, t:t + 1], state, t0)
+        steps.append(logits)
+        t0 += 1
+    assert len(steps) == len(ref)
+    for a, b in zip(steps, ref):
+        assert torch.equal(a, b)
+
+
 def test_share_embeddings_ties_weights_and_validates():
     dec = _decoder(embed_dim=8, share_embeddings=True)
     assert dec.output_projection.weight is dec.embed_tokens.weight

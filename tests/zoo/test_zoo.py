@@ -247,6 +247,29 @@ def test_score_and_sample_api_match_for_packed_and_unpacked(tiny_zoo):
     assert lm.sample("the", length=30, seed=3) == packed.sample("the", length=30, seed=3)
 
 
+def test_sample_is_the_incremental_decoders_multinomial_draws(tiny_zoo):
+    """ZooLM.sample's loop draws what fairseq's incremental decoding and torch.multinomial
+    give under the same seed (the loop before it sent the whole prefix through the decoder's
+    incremental-state dict at every step)."""
+    from nq_plugin.zoo import load
+    from nq_plugin.zoo.text_formats import decode, encode, text_format
+    root, entry, _ = tiny_zoo
+    lm = load(str(root / entry["bundled"]))
+    d = lm.dictionary
+    banned = text_format(lm.text_format).banned(d)
+    symbols = encode(lm.text_format, "the")
+    tokens = torch.tensor([[d.eos()] + [d.index(s) for s in symbols]])
+    gen, state, drawn = torch.Generator().manual_seed(5), {}, []
+    with torch.no_grad():
+        for _ in range(25):
+            logits = lm.decoder(tokens, incremental_state=state)[0][0, -1] / 0.7
+            logits[banned] = -float("inf")
+            drawn.append(int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)))
+            tokens = torch.cat([tokens, tokens.new_tensor([[drawn[-1]]])], 1)
+    expected = decode(lm.text_format, symbols + [d[i] for i in drawn])
+    assert lm.sample("the", length=25, temperature=0.7, seed=5) == expected
+
+
 @pytest.mark.slow
 def test_add_packed_bundles_a_packed_copy_for_a_model_without_one(tiny_zoo, demo_char_data,
                                                                   tmp_path):
