@@ -46,7 +46,7 @@ class GemmFloor:
     the loop pays that every training step) instead of plain mm."""
 
     def __init__(self, setting: str, layout: bool):
-        from nq_plugin.nn.recurrence import prepacked
+        from nq_plugin.nn.recurrence import StepMatmul
         s = SETTINGS[setting]
         steps, batch, inp, hidden = s["steps"], s["batch"], s["inp"], s["hidden"]
         self.steps = steps
@@ -57,14 +57,12 @@ class GemmFloor:
         self.dz = torch.randn(batch, 4 * hidden)
         self.dpx = torch.randn(steps * batch, 4 * hidden)
         self.h_prev = torch.randn(steps * batch, hidden)
-        packed = (prepacked(self.w_h, batch), prepacked(self.w_h.t().contiguous(), batch))
-        w_t = self.w_h.t().contiguous()
-        if layout and None not in packed:
-            self.forward_step = lambda: torch.ops.mkldnn._linear_pointwise(
-                self.h, packed[0], None, "none", [], "")
-            self.backward_step = lambda: torch.ops.mkldnn._linear_pointwise(
-                self.dz, packed[1], None, "none", [], "")
+        if layout:  # the loop's step products (nn/recurrence.py; plain mm without oneDNN)
+            forward, backward = StepMatmul(self.w_h, batch), StepMatmul(self.w_h.t(), batch)
+            self.forward_step = lambda: forward(self.h)
+            self.backward_step = lambda: backward(self.dz)
         else:
+            w_t = self.w_h.t().contiguous()
             self.forward_step = lambda: torch.mm(self.h, w_t)
             self.backward_step = lambda: torch.mm(self.dz, self.w_h)
 

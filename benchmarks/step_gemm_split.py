@@ -11,32 +11,30 @@ One thread per product (torch.set_num_threads(1)), the other core idle: the per-
 inside the loop's team. The reorders at 1 and 2 threads.
 """
 import argparse
-import time
 
 import torch
+
+from eval_paths import timed  # this folder's script
+from nq_plugin.nn.recurrence import StepMatmul, prepacked
 
 # (hidden, batch): PTB word d=300 and d=650 (B=20), sequential MNIST (H=100, B=100)
 SIZES = [(300, 20), (650, 20), (100, 100)]
 
 
 def rate(fn, n):
-    for _ in range(50):
+    for _ in range(50):  # warm-up
         fn()
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - start) / n
+    return timed(fn, n)
 
 
 def product(rows, out, inp, n):
     """us and GFLOPS of x (rows, inp) W^T for W (out, inp): oneDNN layout, plain mm."""
     w, x = torch.randn(out, inp), torch.randn(rows, inp)
-    packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+    onednn = StepMatmul(w, rows)  # the loop's product in oneDNN's layout (nn/recurrence.py)
     w_t = w.t().contiguous()
     flops = 2 * rows * out * inp
     res = []
-    for fn in (lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""),
-               lambda: torch.mm(x, w_t)):
+    for fn in (lambda: onednn(x), lambda: torch.mm(x, w_t)):
         dt = rate(fn, n)
         res.append(f"{dt * 1e6:7.1f} us {flops / dt / 1e9:6.1f} GF")
     return res
@@ -70,7 +68,7 @@ def main():
             for shape in ((4 * hidden, hidden), (hidden, 4 * hidden)):
                 w = torch.randn(*shape)
                 rows = batch // 2
-                reorder = rate(lambda: torch.ops.mkldnn._reorder_linear_weight(w, rows), 200)
+                reorder = rate(lambda: prepacked(w, rows), 200)
                 copy = rate(lambda: w.t().contiguous(), 200)
                 print(f"| {threads} | {shape[0]}x{shape[1]} | {reorder * 1e6:.0f} us | "
                       f"{copy * 1e6:.0f} us |")
