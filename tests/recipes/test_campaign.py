@@ -31,10 +31,10 @@ def run_plan(c, zoo, runs, *extra):
                            *extra], capture_output=True, text=True, env=env, timeout=900)
 
 
-def run(id, entry="demo-char", epochs=1, args=(), from_zoo=False, dataset="demo"):
+def run(id, entry="demo-char", epochs=1, args=(), from_zoo=False, dataset="demo", after=None):
     return {"id": id, "entry": entry, "dataset": dataset, "quantizer": "bc", "norm": "weight",
             "epochs": epochs, "paper": None, "paper_kb": None, "schedule": f"test schedule {id}",
-            "args": [*TINY, *args], "from_zoo": from_zoo}
+            "args": [*TINY, *args], "from_zoo": from_zoo, "after": after}
 
 
 def campaign_module():
@@ -122,6 +122,52 @@ def test_scratch_then_resume_then_zoo(campaign):
     assert eval_log.stat().st_mtime_ns == measured  # not evaluated again
     assert manifest(other)["models"][0]["name"] == "demo-char"
     assert (zoo / "manifest.json").read_bytes() == before  # the first zoo untouched
+
+
+def test_a_phase_goes_on_from_the_earlier_runs_best_the_zoo_did_not_take(campaign):
+    # after test_scratch_then_resume_then_zoo: the zoo holds demo.a's weights; demo.b (from
+    # them, at a rate too small to change them) is finished and was not taken
+    c, tmp, zoo = campaign, campaign.tmp, campaign.zoo
+    runs = tmp / "runs"
+    before = (zoo / "manifest.json").read_bytes()
+    prev = json.loads((runs / "demo.b" / "state.json").read_text())
+    assert prev["done"] and manifest(zoo)["models"][0]["training"]["run"] == "demo.a"
+    res = run_plan(c, zoo, [run("demo.b2", args=("--lr", "1e-12"), after="demo.b")])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "[demo.b2] phase:" in res.stdout and "--reset-optimizer" in res.stdout
+    assert f"Loaded checkpoint {runs / 'demo.b' / 'checkpoint_best.pt'}" in \
+        (runs / "demo.b2" / "train.log").read_text()
+    state = json.loads((runs / "demo.b2" / "state.json").read_text())
+    # its base: demo.b's base (the zoo's logs and commands then), then demo.b itself
+    assert state["started"] == "phase" and state["base_run"] == "demo.b"
+    assert state["base_logs"] == prev["base_logs"] + ["train_demo_b.log"]
+    assert all((runs / "demo.b2" / "base_logs" / n).is_file() for n in state["base_logs"])
+    assert state["base_epochs"] == pytest.approx(prev["base_epochs"] + 1)
+    assert state["base_train_command"] == "\n".join(
+        [prev["base_train_command"], *prev["commands"]])
+    assert "--restore-file PREV_RUN_DIR/checkpoint_best.pt --reset-optimizer" in \
+        state["commands"][0]
+    assert (zoo / "manifest.json").read_bytes() == before  # no gain: the zoo is unchanged
+
+    # judged against an empty zoo, its card lists every phase's log and command, and counts
+    # every phase's epochs
+    other = tmp / "phase_zoo"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"manifest_version": 1, "models": []}\n')
+    res = run_plan(c, other, [run("demo.b2", args=("--lr", "1e-12"), after="demo.b")],
+                   "--publish-only")
+    assert res.returncode == 0, res.stdout + res.stderr
+    entry = manifest(other)["models"][0]
+    assert entry["epochs"] == pytest.approx(state["base_epochs"] + 1)
+    logs = sorted(p.name for p in (other / "models" / "demo-char" / "logs").glob("train*.log"))
+    assert logs == ["train_demo_a.log", "train_demo_b.log", "train_demo_b2.log"]
+    card = (other / "models" / "demo-char" / "README.md").read_text()
+    assert "PREV_RUN_DIR/checkpoint_best.pt" in card and "--restore-file model.pt" in card
+
+    # where the zoo holds the earlier run's own weights, the chain goes on from the zoo
+    res = run_plan(c, zoo, [run("demo.a2", args=("--lr", "1e-12"), after="demo.a")])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "[demo.a2] zoo:" in res.stdout and "[demo.a2] phase:" not in res.stdout
 
 
 def test_failed_update_leaves_nothing(campaign):
