@@ -18,8 +18,9 @@ environment. The paths (:func:`zoo_dir`, :func:`zoo_cache`) and the torchrun lau
 read when used, so one process may point at another zoo.
 
 The choices only say what is wanted: whether the native extension builds
-(:func:`native_available`) and whether a normalization has a native form decide the rest, in
-nq_plugin/nn/recurrence.py and nq_plugin/packed/kernels/.
+(:func:`nq_plugin.native.available`; it is compiled for :func:`native_march`) and whether a
+normalization has a native form decide the rest, in nq_plugin/nn/recurrence.py and
+nq_plugin/packed/kernels/.
 """
 from __future__ import annotations
 
@@ -82,6 +83,9 @@ ENVIRONMENT: List[EnvironmentVariable] = [
     EnvironmentVariable("NQ_PLUGIN_LOOKUP", "auto",
                         "the CPU's exact packed products: auto | wide (AVX-512) | nibbles "
                         "(AVX-512) | pairs (Backend.lookup)"),
+    EnvironmentVariable("NQ_PLUGIN_MARCH", "native",
+                        "the -march the native extension is compiled for: native (this CPU) or "
+                        "x86-64-v3 (AVX2 and FMA, no AVX-512; a build of its own)"),
     EnvironmentVariable("NQ_ZOO_DIR", "the zoo nq_plugin ships",
                         "a zoo of one's own: a folder with manifest.json and models/NAME"),
     EnvironmentVariable("NQ_ZOO_CACHE", "~/.cache/nq_plugin/zoo",
@@ -159,10 +163,17 @@ def use(backend: Optional[Backend] = None, **changes) -> Iterator[Backend]:
         _overrides.remove(chosen)
 
 
-def native_available() -> bool:
-    """Whether the native extension (nq_plugin/csrc) builds and loads on this machine."""
-    from .native import extension
-    return extension() is not None
+MARCHES = ("native", "x86-64-v3")
+
+
+def native_march() -> str:
+    """``$NQ_PLUGIN_MARCH``: the gcc ``-march`` of the native extension, ``native`` (this CPU's
+    instruction set, the default) or ``x86-64-v3`` (AVX2 and FMA, no AVX-512: what an
+    AVX2-only CPU runs, measurable on an AVX-512 one), each a build of its own."""
+    value = os.environ.get("NQ_PLUGIN_MARCH") or "native"
+    if value not in MARCHES:
+        raise ValueError(f"NQ_PLUGIN_MARCH={value!r}: use {' or '.join(MARCHES)}")
+    return value
 
 
 def zoo_dir() -> Optional[str]:

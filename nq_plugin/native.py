@@ -4,7 +4,10 @@
 Compiled with ``torch.utils.cpp_extension.load`` (``-O3 -march=native``; at::vec's AVX2 code
 path where the CPU has AVX2) and cached in torch's extensions folder (``TORCH_EXTENSIONS_DIR``,
 about 20 s the first time on 2 cores: the bindings include torch/python.h, the kernels ATen
-alone, not the whole of torch/extension.h); never at ``pip install`` (an isolated build would pull a CUDA torch).
+alone, not the whole of torch/extension.h); never at ``pip install`` (an isolated build would
+pull a CUDA torch). ``NQ_PLUGIN_MARCH=x86-64-v3`` builds a module of its own for AVX2 and FMA
+without AVX-512 and its AVX-512 lookups reported unsupported: what an AVX2-only CPU runs,
+measurable on an AVX-512 one.
 Without a compiler, :func:`extension` returns None, the callers fall back to their PyTorch
 paths and the reason is logged once; :func:`build_error` says why.
 """
@@ -12,8 +15,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from typing import Optional
+
+from .backend import native_march
 
 logger = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -21,12 +27,17 @@ _module = None
 _failed: Optional[str] = None
 SOURCES = ("bindings.cpp", "huge_pages.cpp", "packed_gemv.cpp", "packed_step.cpp",
            "packed_wide.cpp", "recurrence.cpp")
-NAME = "nq_plugin_native_v27"  # bump when the sources' interface changes
+NAME = "nq_plugin_native_v28"  # bump when the sources' interface changes
 
 
-def _flags():
+def _name(march: str) -> str:
+    """The extension's module name: one build per -march target (``native``: NAME)."""
+    return NAME if march == "native" else f"{NAME}_{re.sub(r'[^A-Za-z0-9]', '_', march)}"
+
+
+def _flags(march: str = "native"):
     # -fopenmp: at::parallel_for is inline OpenMP; the extension then shares torch's libgomp
-    flags = ["-O3", "-march=native", "-fopenmp"]
+    flags = ["-O3", f"-march={march}", "-fopenmp"]
     try:
         import torch
         capability = torch.backends.cpu.get_cpu_capability()
@@ -34,6 +45,8 @@ def _flags():
         capability = "DEFAULT"
     if capability in ("AVX2", "AVX512"):
         flags += ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    if march != "native":  # an AVX2-only CPU's build: the AVX-512 lookups reported unsupported
+        flags.append("-DNQ_AVX2_ONLY")
     return flags
 
 
@@ -46,9 +59,11 @@ def extension():
         if _module is None and _failed is None:
             try:
                 from torch.utils.cpp_extension import load as build
+                march = native_march()
                 folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-                _module = build(name=NAME, sources=[os.path.join(folder, s) for s in SOURCES],
-                                extra_cflags=_flags(), extra_ldflags=["-fopenmp"],
+                _module = build(name=_name(march),
+                                sources=[os.path.join(folder, s) for s in SOURCES],
+                                extra_cflags=_flags(march), extra_ldflags=["-fopenmp"],
                                 verbose=False)
                 logger.info("nq_plugin: native extension built (%s)", _module.__file__)
             except Exception as err:  # no compiler, no ninja, a build error
@@ -56,6 +71,11 @@ def extension():
                 logger.warning("nq_plugin: the native extension could not be built (%s); using "
                                "the PyTorch paths", _failed)
     return _module
+
+
+def available() -> bool:
+    """Whether the native extension builds and loads on this machine."""
+    return extension() is not None
 
 
 def build_error() -> Optional[str]:

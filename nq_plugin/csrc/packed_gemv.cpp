@@ -85,8 +85,10 @@ NQ_AVX512 static void build_nibble_tables(const float* x, int64_t n, int64_t str
 }
 #endif
 
+// NQ_AVX2_ONLY (the extension's -march=x86-64-v3 build, nq_plugin/native.py): the AVX-512
+// lookups are left out as on an AVX2-only CPU
 bool nibbles_supported() {
-#ifdef __AVX2__
+#if defined(__AVX2__) && !defined(NQ_AVX2_ONLY)
   static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
   return ok;
 #else

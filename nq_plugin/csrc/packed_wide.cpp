@@ -101,7 +101,7 @@ NQ_AVX512F static void wide_block(const uint8_t* codes, int64_t quads, const flo
 #endif
 
 bool wide_supported() {
-#ifdef __AVX2__
+#if defined(__AVX2__) && !defined(NQ_AVX2_ONLY)  // NQ_AVX2_ONLY: as nibbles_supported
   static const bool ok = __builtin_cpu_supports("avx512f");
   return ok;
 #else

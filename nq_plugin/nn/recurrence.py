@@ -237,7 +237,7 @@ def native_loop_runs(x: torch.Tensor, forms, dtypes=(torch.float32, torch.float6
         reason = f"{x.device.type} {x.dtype} tensors"
     elif any(f is None or isinstance(f, _Missing) for f in forms):
         reason = forms_missing(forms)
-    elif not backend.native_available():
+    elif native_extension() is None:
         reason = f"the native extension did not build ({native_build_error()})"
     if quiet:
         return reason is None

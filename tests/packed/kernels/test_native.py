@@ -1,12 +1,15 @@
 """The native CPU kernel (computes x W^T from the packed words) against the unpacked weights,
 the packed LSTM token by token against the unpacked model, and the kernel choice."""
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from nq_plugin.packed.format import pack_matrix, unpack_matrix, word_planes
-from nq_plugin import native as loader
+from nq_plugin import backend, native as loader
 from nq_plugin.packed.kernels import PackedMatrix, native
 
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
@@ -227,7 +230,7 @@ def test_the_lookup_is_chosen_at_run_time_by_the_cpu(built, backend_choice, monk
     error naming the fix."""
     flags = cpu_flags()
     supported = built.packed_nibbles_supported()
-    if flags is not None:
+    if flags is not None and backend.native_march() == "native":
         assert supported == ("avx512f" in flags and "avx512vl" in flags)
         assert built.packed_wide_supported() == ("avx512f" in flags)
     assert native.lookup_choice() == ("wide" if supported else "pairs")
@@ -362,6 +365,45 @@ def test_a_failed_build_falls_back_in_auto_and_fails_loudly_when_forced(monkeypa
     backend_choice(packed_kernel="native")
     with pytest.raises(RuntimeError, match="failed to build"):
         native.use_native(1)
+
+
+AVX2_CHECK = """
+import torch
+from nq_plugin import native as loader
+from nq_plugin.packed.format import pack_matrix, word_planes
+from nq_plugin.packed.kernels import native
+m = native.load()
+assert m is not None, loader.build_error()
+assert m.__name__.endswith("x86_64_v3"), m.__name__
+print(m.packed_wide_supported(), m.packed_nibbles_supported(), native.lookup_choice())
+g = torch.Generator().manual_seed(0)
+w, x = torch.randn(64, 300, generator=g), torch.randn(2, 300, generator=g)
+for bits in (1, 2):
+    planes = pack_matrix(w, bits)
+    torch.save(m.packed_gemv(x, *word_planes(planes, bits), torch.ones(64), 300, 0),
+               f"{OUT}/avx2_{bits}.pt")
+"""
+
+
+@pytest.mark.slow
+def test_the_avx2_only_build_is_a_module_of_its_own(built, tmp_path, monkeypatch):
+    """NQ_PLUGIN_MARCH=x86-64-v3 builds a second module (AVX2 and FMA, no AVX-512) that reports
+    the AVX-512 lookups unsupported, as an AVX2-only CPU would, so auto takes the pairs; its
+    products are the native build's pairs products. Any other target is an error."""
+    env = dict(os.environ, NQ_PLUGIN_MARCH="x86-64-v3")
+    res = subprocess.run([sys.executable, "-c", f"OUT = {str(tmp_path)!r}\n" + AVX2_CHECK],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.split()[-3:] == ["False", "False", "pairs"]
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(64, 300, generator=g), torch.randn(2, 300, generator=g)
+    for bits in (1, 2):
+        planes = pack_matrix(w, bits)
+        ours = built.packed_gemv(x, *word_planes(planes, bits), torch.ones(64), 300, 0)
+        torch.testing.assert_close(torch.load(tmp_path / f"avx2_{bits}.pt"), ours)
+    monkeypatch.setenv("NQ_PLUGIN_MARCH", "skylake")
+    with pytest.raises(ValueError, match="NQ_PLUGIN_MARCH='skylake': use native or x86-64-v3"):
+        backend.native_march()
 
 
 def quantized(x):
