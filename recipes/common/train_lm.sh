@@ -5,6 +5,7 @@
 #
 # HYPERPARAMETERS are the recipe's fairseq options (architecture, optimizer, schedule, batch,
 # window); the extras come last and override them. DEVICE="" trains on a GPU (default --cpu).
+# EPOCH_CHECKPOINTS=K keeps the last K epochs' checkpoints (checkpointN.pt; default: none).
 # The log is appended to SAVE_DIR/train.log.
 set -euo pipefail
 HYPER=()
@@ -16,9 +17,11 @@ shift 4
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 if [ -x "$ROOT/.venv/bin/fairseq-train" ]; then PATH="$ROOT/.venv/bin:$PATH"; fi
 DEVICE="${DEVICE---cpu}"
+EPOCHS_KEPT="--no-epoch-checkpoints"
+if [ -n "${EPOCH_CHECKPOINTS:-}" ]; then EPOCHS_KEPT="--keep-last-epochs $EPOCH_CHECKPOINTS"; fi
 source "$ROOT/recipes/common/allocator.sh"
 mkdir -p "$SAVE"
 fairseq-train "$DATA" --user-dir "$ROOT/nq_plugin" --task bptt_lm "${HYPER[@]}" \
     --quantizer "$QUANT" --norm "$NORM" $DEVICE \
-    --save-dir "$SAVE" --no-epoch-checkpoints --log-format simple --log-interval 200 \
+    --save-dir "$SAVE" $EPOCHS_KEPT --log-format simple --log-interval 200 \
     "$@" 2>&1 | tee -a "$SAVE/train.log"
