@@ -31,10 +31,11 @@ def run_plan(c, zoo, runs, *extra):
                            *extra], capture_output=True, text=True, env=env, timeout=900)
 
 
-def run(id, entry="demo-char", epochs=1, args=(), from_zoo=False, dataset="demo", after=None):
+def run(id, entry="demo-char", epochs=1, args=(), from_zoo=False, dataset="demo", after=None,
+        average=0):
     return {"id": id, "entry": entry, "dataset": dataset, "quantizer": "bc", "norm": "weight",
             "epochs": epochs, "paper": None, "paper_kb": None, "schedule": f"test schedule {id}",
-            "args": [*TINY, *args], "from_zoo": from_zoo, "after": after}
+            "args": [*TINY, *args], "from_zoo": from_zoo, "after": after, "average": average}
 
 
 def campaign_module():
@@ -168,6 +169,45 @@ def test_a_phase_goes_on_from_the_earlier_runs_best_the_zoo_did_not_take(campaig
     res = run_plan(c, zoo, [run("demo.a2", args=("--lr", "1e-12"), after="demo.a")])
     assert res.returncode == 0, res.stdout + res.stderr
     assert "[demo.a2] zoo:" in res.stdout and "[demo.a2] phase:" not in res.stdout
+
+
+def test_a_run_offers_the_mean_of_its_last_epochs_where_it_validates_better(campaign):
+    c, tmp = campaign, campaign.tmp
+    zoo = tmp / "average_zoo"
+    zoo.mkdir()
+    (zoo / "manifest.json").write_text('{"manifest_version": 1, "models": []}\n')
+    res = run_plan(c, zoo, [run("demo.avg", epochs=3, average=2)])
+    assert res.returncode == 0, res.stdout + res.stderr
+    folder = tmp / "runs" / "demo.avg"
+    # the recipe kept the last two epochs' checkpoints, and the average is their mean
+    assert sorted(p.name for p in folder.glob("checkpoint[0-9]*.pt")) == \
+        ["checkpoint2.pt", "checkpoint3.pt"]
+    two, three, avg = (torch.load(folder / n, weights_only=True)["model"]
+                       for n in ("checkpoint2.pt", "checkpoint3.pt", "checkpoint_average.pt"))
+    tensors = [k for k, v in avg.items() if torch.is_tensor(v) and torch.is_floating_point(v)]
+    assert any(not torch.equal(two[k], three[k]) for k in tensors)
+    for k in tensors:
+        torch.testing.assert_close(avg[k], ((two[k].double() + three[k].double()) / 2).float())
+    # both validated once, the better offered (BPC: lower), and the card says which
+    seen = json.loads((folder / "state.json").read_text())["average"]
+    assert seen["epochs"] == [2, 3]
+    chosen = "average" if seen["valid"] < seen["valid_best"] else "best"
+    assert seen["chosen"] == chosen and f"offering the {chosen}" in res.stdout
+    entry = manifest(zoo)["models"][0]
+    card = (zoo / "models" / "demo-char" / "README.md").read_text()
+    assert ("mean of the weights of epochs 2-3" in card) == (chosen == "average")
+    assert entry["training"].get("averaged_epochs") == ([2, 3] if chosen == "average" else None)
+    # a later phase goes on from what it offered
+    res = run_plan(c, zoo, [run("demo.avg", epochs=3, average=2),
+                            run("demo.avg2", args=("--lr", "1e-12"), after="demo.avg")])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "validation:" not in res.stdout  # measured once
+    start = "checkpoint_average.pt" if chosen == "average" else "checkpoint_best.pt"
+    if entry["training"]["run"] == "demo.avg":  # the zoo took it: the chain goes on from there
+        assert "[demo.avg2] zoo:" in res.stdout
+    else:
+        assert f"Loaded checkpoint {folder / start}" in \
+            (tmp / "runs" / "demo.avg2" / "train.log").read_text()
 
 
 def test_failed_update_leaves_nothing(campaign):
