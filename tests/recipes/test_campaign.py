@@ -374,3 +374,45 @@ def test_the_card_shows_the_commands_a_run_really_ran(tmp_path):
     campaign.note_command(state, shown)  # resumed from checkpoint_last.pt: the same command
     campaign.note_command(state, shown + " --lr 1e-4")
     assert state["commands"] == [shown, shown + " --lr 1e-4"]
+
+
+@pytest.mark.parametrize("average_wins", [True, False])
+def test_the_offered_checkpoint_is_the_better_validated(tmp_path, monkeypatch, average_wins):
+    """offered(): the mean of the last epochs' weights where its validation (accuracy: higher)
+    beats the best checkpoint's, else the best; measured once; the commands say so only when
+    the mean was offered; too few epoch checkpoints: the best."""
+    c = campaign_module()
+    folder = tmp_path / "r"
+    folder.mkdir()
+
+    def save(name, epoch, w):
+        torch.save({"model": {"w": torch.tensor(w), "steps": torch.tensor(7)},
+                    "extra_state": {"train_iterator": {"epoch": epoch,
+                                                       "iterations_in_epoch": 0}}},
+                   folder / name)
+    save("checkpoint2.pt", 3, [1.0, 4.0])
+    save("checkpoint3.pt", 4, [3.0, 0.0])
+    save("checkpoint_last.pt", 4, [3.0, 0.0])
+    save("checkpoint_best.pt", 3, [1.0, 4.0])
+    c.write_state(str(folder), {"done": True, "commands": ["train it"]})
+    calls = []
+
+    def validate(run, checkpoint, data_root):
+        calls.append(os.path.basename(checkpoint))
+        is_average = checkpoint.endswith(c.AVERAGE)
+        return 98.0 if is_average == average_wins else 97.0
+    monkeypatch.setattr(c, "valid_metric", validate)
+    run = c.Run("r", "e", "mnist", "bc", "layer", 3, None, None, "s", average=2)
+    got = c.offered(run, str(folder), str(tmp_path), log=lambda m: None)
+    mean = torch.load(folder / c.AVERAGE, weights_only=True)["model"]
+    assert torch.equal(mean["w"], torch.tensor([2.0, 2.0])) and int(mean["steps"]) == 7
+    assert os.path.basename(got) == (c.AVERAGE if average_wins else "checkpoint_best.pt")
+    state = c.read_state(str(folder))
+    assert state["average"]["epochs"] == [2, 3]
+    assert state["average"]["chosen"] == ("average" if average_wins else "best")
+    assert any("mean of the weights of epochs 2-3" in line
+               for line in c.run_commands(state)) == average_wins
+    assert c.offered(run, str(folder), str(tmp_path), log=lambda m: None) == got
+    assert sorted(calls) == sorted([c.AVERAGE, "checkpoint_best.pt"])  # measured once
+    wider = c.Run("r", "e", "mnist", "bc", "layer", 3, None, None, "s", average=3)
+    assert c.averaged_epochs(wider, str(folder)) is None  # checkpoint1.pt is not there
