@@ -66,10 +66,11 @@ def parse_eval_lm(output: str) -> dict:
     return {"bits": float(m.group(1)), "perplexity": float(m.group(2))}
 
 
-def parse_validate(output: str) -> float:
-    m = re.search(r"valid on 'test' subset.*?accuracy ([0-9.]+)", output)
+def parse_validate(output: str, subset: str = "test") -> float:
+    """The accuracy fairseq-validate printed for ``subset``."""
+    m = re.search(rf"valid on '{re.escape(subset)}' subset.*?accuracy ([0-9.]+)", output)
     if not m:
-        raise ZooError("fairseq-validate printed no test accuracy:\n" + output[-2000:])
+        raise ZooError(f"fairseq-validate printed no {subset} accuracy:\n" + output[-2000:])
     return float(m.group(1))
 
 
@@ -104,7 +105,9 @@ def evaluate_checkpoint(checkpoint: str, data: str, metric: str, eval_args: Sequ
     out = run_tool([tool(tool_name), data, "--user-dir", user_dir(), "--path", checkpoint,
                     *eval_args])
     if metric == "accuracy":
-        value = parse_validate(out)
+        args = list(eval_args)
+        subset = args[args.index("--valid-subset") + 1] if "--valid-subset" in args else "test"
+        value = parse_validate(out, subset)
     else:
         r = parse_eval_lm(out)
         value = r["bits"] if metric == "bpc" else r["perplexity"]
