@@ -58,10 +58,13 @@ class Activations(str, Enum):
 class Lookup(str, Enum):
     """The table lookup of the CPU's exact (fp32-activation) packed products
     (nq_plugin/csrc/packed_gemv.cpp)."""
-    AUTO = "auto"        # wide where the CPU has AVX-512 (F and VL), else pairs
+    AUTO = "auto"        # wide where the CPU has AVX-512 (F and VL), else triples where the
+    #                      extension is an AVX2 build, else pairs
     WIDE = "wide"        # nibbles, and a fused step's W_h by a 32-entry table per 3 ternary
     #                      or 5 binary inputs (AVX-512F), or an error
     NIBBLES = "nibbles"  # a 16-value table per 4 inputs (AVX-512VL), or an error
+    TRIPLES = "triples"  # pairs, and a fused step's matrices by an 8-value table per 3 inputs
+    #                      (AVX2), or an error
     PAIRS = "pairs"      # a 4-value table per 2 inputs (AVX2; portable without)
 
 
@@ -82,7 +85,7 @@ ENVIRONMENT: List[EnvironmentVariable] = [
                         "inexact) (Backend.activations)"),
     EnvironmentVariable("NQ_PLUGIN_LOOKUP", "auto",
                         "the CPU's exact packed products: auto | wide (AVX-512) | nibbles "
-                        "(AVX-512) | pairs (Backend.lookup)"),
+                        "(AVX-512) | triples (AVX2) | pairs (Backend.lookup)"),
     EnvironmentVariable("NQ_PLUGIN_MARCH", "native",
                         "the -march the native extension is compiled for: native (this CPU) or "
                         "x86-64-v3 (AVX2 and FMA, no AVX-512; a build of its own)"),

@@ -42,6 +42,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("hh_wide", &PackedStepOperands::hh_wide);
   m.def("packed_nibbles_supported", &packed_nibbles_supported,
         "whether the nibble lookup of packed products (AVX-512 F and VL) runs here");
+  m.def("packed_triples_supported", &packed_triples_supported,
+        "whether the triples lookup of a packed step's products (AVX2) runs here");
   m.def("packed_wide_supported", &packed_wide_supported,
         "whether the wide lookup of a packed step's W_h (AVX-512 F) runs here");
   m.def("packed_lstm_step", &packed_lstm_step,

@@ -5,20 +5,25 @@
 #include <ATen/ATen.h>
 #include <vector>
 
-// lookup: the lookup's number (packed_products.h, Lookup: 0 pairs, 1 nibbles)
+// lookup: the lookup's number (packed_products.h, Lookup: 0 pairs, 1 nibbles; not 2, the
+// triples, which read a fused step's layouts)
 at::Tensor packed_gemv(at::Tensor x, at::Tensor plus, c10::optional<at::Tensor> neg,
                        at::Tensor scale, int64_t columns, int64_t lookup);
 // whether the nibble lookup (AVX-512 F and VL) runs on this CPU and build
 bool packed_nibbles_supported();
+// whether the triples lookup of a fused step's products (AVX2) runs on this build
+bool packed_triples_supported();
 // whether the wide lookup of a fused step's W_h (AVX-512 F) runs on this CPU and build
 bool packed_wide_supported();
 // The fixed operands of packed_lstm_step for one packed layer, resolved once per stepper
 // (nq_plugin/packed/kernels/native.py, lstm_stepper): both matrices' word planes (the minus
 // plane only for 2-bit matrices), each term's layer norm (the per-row scale `pre_*` and eps;
 // none: the term is not layer-normalized), W_h's int8-activation layout (inexact mode), the
-// lookup of the fp32 products (packed_products.h, Lookup: 0 pairs, 1 nibbles) and, optional,
-// each matrix's lane layout (packed_products.h, RowBlock: (4 ceil(H / 8), words, 8) int32, the
-// blocks of each gate's rows; read instead of the planes, which are then only checked).
+// lookup of the fp32 products (packed_products.h, Lookup: 0 pairs, 1 nibbles, 2 triples) and,
+// optional, each matrix's lane layout (packed_products.h, RowBlock: (4 ceil(H / 8), words, 8)
+// int32, the blocks of each gate's rows; read instead of the planes, which are then only
+// checked) -- under the triples lookup, required: each matrix's triples layout in the same
+// fields and shape, words of 30 inputs (packed_triples.cpp).
 struct PackedStepOperands {
   at::Tensor ih_plus, hh_plus;
   c10::optional<at::Tensor> ih_neg, hh_neg;

@@ -96,9 +96,14 @@ bool nibbles_supported() {
 #endif
 }
 
-std::vector<float> build_tables(const float* x, int64_t n, int64_t stride, int64_t columns,
-                                int64_t words, bool ternary, Lookup lookup) {
-  std::vector<float> t((size_t)(n * words * kTableFloats));
+Tables build_tables(const float* x, int64_t n, int64_t stride, int64_t columns,
+                    int64_t words, bool ternary, Lookup lookup) {
+  Tables t((size_t)(n * words * table_floats(lookup)));
+  if (lookup == Lookup::kTriples) {
+    TORCH_CHECK(triples_supported(), "the triples lookup needs an AVX2 build");
+    build_triple_tables(x, n, stride, columns, words, ternary, t.data());
+    return t;
+  }
 #ifdef __AVX2__
   if (lookup == Lookup::kNibbles) {
     TORCH_CHECK(nibbles_supported(), "the nibble lookup needs AVX-512 F and VL");
@@ -309,6 +314,10 @@ void rows_dot(const RowBlock* rows, int count, int64_t words, const float* table
   for (int i = 0; i < count; ++i) {
     const RowBlock& block = rows[i];
     float* o = out + i * n * kLanes;
+    if (lookup == Lookup::kTriples) {
+      rows_dot_triples(block, words, tables, table_stride, n, o);
+      continue;
+    }
 #ifdef __AVX2__
     if (lookup == Lookup::kNibbles) {
       if (block.ternary) {
@@ -328,11 +337,13 @@ void rows_dot(const RowBlock* rows, int count, int64_t words, const float* table
 }
 
 Lookup lookup_of(int64_t value) {
-  TORCH_CHECK(value == (int64_t)Lookup::kPairs || value == (int64_t)Lookup::kNibbles,
-              "lookup: 0 (pairs) or 1 (nibbles), got ", value);
+  TORCH_CHECK(value >= (int64_t)Lookup::kPairs && value <= (int64_t)Lookup::kTriples,
+              "lookup: 0 (pairs), 1 (nibbles) or 2 (triples), got ", value);
   const Lookup how = static_cast<Lookup>(value);
-  TORCH_CHECK(how == Lookup::kPairs || nibbles_supported(),
+  TORCH_CHECK(how != Lookup::kNibbles || nibbles_supported(),
               "the nibble lookup needs AVX-512 F and VL, which this CPU or build lacks");
+  TORCH_CHECK(how != Lookup::kTriples || triples_supported(),
+              "the triples lookup needs an AVX2 build, which this one is not");
   return how;
 }
 
@@ -348,13 +359,6 @@ RowBlock plane_block(const uint32_t* plus, const uint32_t* neg, int64_t words, i
   return b;
 }
 
-RowBlock lane_block(const uint32_t* add, const uint32_t* sub, int64_t words, int64_t index) {
-  RowBlock b;
-  b.lane_add = add + index * words * kLanes;
-  if (sub != nullptr) b.lane_sub = sub + index * words * kLanes;
-  b.ternary = sub != nullptr;
-  return b;
-}
 
 std::pair<const uint32_t*, const uint32_t*> lanes_of(const at::Tensor& add,
                                                      const c10::optional<at::Tensor>& sub,
@@ -450,12 +454,15 @@ at::Tensor packed_gemv_q8(at::Tensor x, at::Tensor add, c10::optional<at::Tensor
 }
 
 bool packed_nibbles_supported() { return nibbles_supported(); }
+bool packed_triples_supported() { return triples_supported(); }
 bool packed_wide_supported() { return wide_supported(); }
 
 // x: (N, columns) float32; plus (and neg for 2 bits): (R, words) int32; scale: (R,) float32.
 at::Tensor packed_gemv(at::Tensor x, at::Tensor plus, c10::optional<at::Tensor> neg,
                        at::Tensor scale, int64_t columns, int64_t lookup) {
   const Lookup how = lookup_of(lookup);
+  TORCH_CHECK(how != Lookup::kTriples, "packed_gemv reads the planes: lookup 0 (pairs) or 1 "
+              "(nibbles); the triples lookup is a fused step's (a triples layout)");
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be (N, n) float32");
   auto planes = planes_of(plus, neg, "packed_gemv");
   const int64_t n = x.size(0), rows = planes.first.size(0), words = planes.first.size(1);

@@ -24,7 +24,8 @@ using namespace nq_packed;
 // ROW_BLOCKS, with ax / ah the layer norm's gain. Blocks of 8 hidden units: the 4 gates' 8 rows
 // each, then the cell for those units while the gates are in cache; a layer-normalized term
 // needs all 4H rows first (a pass before). Blocks never straddle two gates; their words come
-// from the lane layout where `m` holds one (one load a word), else from the planes. x (B, K), h
+// from the lane layout where `m` holds one (one load a word), else from the planes; under the
+// triples lookup the lane fields hold the triples layouts (packed_triples.cpp), read instead. x (B, K), h
 // and c (B, H) float32; the fixed operands in `m` (native.h), planes contiguous int32 (R = 4H
 // rows); packed_lstm_step returns {h', c'}.
 namespace {
@@ -48,11 +49,27 @@ void step_into(const float* x, const float* h, const float* c, int64_t batch, in
   TORCH_CHECK(ax.numel() == rows && ah.numel() == rows && shift.numel() == rows,
               "ax, ah and shift need 4H values");
   auto axc = ax.contiguous(), ahc = ah.contiguous(), sc = shift.contiguous();
-  const auto tx = m.ih_wide.has_value() ? std::vector<float>()
-                                         : build_tables(x, batch, inputs,
-                                                        inputs, wx, ih.second.has_value(), how);
   // int8 activations for the recurrent product (the optional inexact mode): its nibble layout
   const bool q8 = hh_q8_add.has_value();
+  // the words the lookups read: the planes' (32 inputs each) or, under the triples lookup, its
+  // layout's (kTripleInputs each), which the lane fields then hold
+  int64_t words[2] = {wx, wh};
+  if (how == Lookup::kTriples) {
+    const c10::optional<at::Tensor>* layouts[2] = {&m.ih_lane_add, &m.hh_lane_add};
+    const int64_t needed[2] = {inputs, hidden};
+    for (int t = 0; t < 2; ++t) {
+      if (t == 1 && q8) continue;
+      TORCH_CHECK(layouts[t]->has_value() && (*layouts[t])->dim() == 3,
+                  "the triples lookup reads each matrix's triples layout (in the lane fields: "
+                  "nq_plugin/packed/kernels/native.py, triples_layout), which is missing");
+      words[t] = (*layouts[t])->size(1);
+      TORCH_CHECK(words[t] * kTripleInputs >= needed[t], "triples layout: ", words[t],
+                  " words of ", kTripleInputs, " inputs do not cover ", needed[t]);
+    }
+  }
+  const auto tx = m.ih_wide.has_value() ? Tables()
+                                         : build_tables(x, batch, inputs, inputs, words[0],
+                                                        ih.second.has_value(), how);
   if (q8) {
     check_q8(*hh_q8_add, hh_q8_sub, rows, hidden);
     TORCH_CHECK(hh_q8_sub.has_value() == hh.second.has_value(),
@@ -70,8 +87,8 @@ void step_into(const float* x, const float* h, const float* c, int64_t batch, in
                 "lacks: use the nibble or pair lookup (NQ_PLUGIN_LOOKUP)");
     check_wide(**wide_layouts[t], hidden, columns[t], ternary[t]);
   }
-  const auto th = q8 || wide[1] ? std::vector<float>()
-                                : build_tables(h, batch, hidden, hidden, wh,
+  const auto th = q8 || wide[1] ? Tables()
+                                : build_tables(h, batch, hidden, hidden, words[1],
                                                ternary[1], how);
   // the two products: plane pointers (or their lane layout), tables, words, and the layer
   // norm's per-row scale
@@ -97,21 +114,24 @@ void step_into(const float* x, const float* h, const float* c, int64_t batch, in
     }
     return t;
   };
-  Term terms[2] = {term_of(ih, m.ih_lane_add, m.ih_lane_sub, tx.data(), wx, pre_x, eps_x),
-                   term_of(hh, m.hh_lane_add, m.hh_lane_sub, th.data(), wh, pre_h, eps_h)};
+  Term terms[2] = {term_of(ih, m.ih_lane_add, m.ih_lane_sub, tx.data(), words[0], pre_x, eps_x),
+                   term_of(hh, m.hh_lane_add, m.hh_lane_sub, th.data(), words[1], pre_h, eps_h)};
   // dots of rows j0..j0+7 (clamped to the gate's rows) of gates g0..g0+count-1 with every
   // activation row: out + (g - g0) * batch * kLanes for gate g
   auto dots = [&](const Term& term, int64_t g0, int count, int64_t j0, float* out) {
     RowBlock blocks[kGates];
     for (int i = 0; i < count; ++i) {
       const int64_t g = g0 + i;
-      blocks[i] = term.lane_add != nullptr
-                      ? lane_block(term.lane_add, term.lane_sub, term.words,
-                                   g * hblocks + j0 / kLanes)
-                      : plane_block(term.plus, term.neg, term.words, g * hidden + j0,
-                                    g * hidden + hidden);
+      if (term.lane_add != nullptr) {
+        set_lane_block(blocks[i], term.lane_add, term.lane_sub, term.words,
+                       g * hblocks + j0 / kLanes);
+      } else {
+        blocks[i] = plane_block(term.plus, term.neg, term.words, g * hidden + j0,
+                                g * hidden + hidden);
+      }
     }
-    rows_dot(blocks, count, term.words, term.tables, term.words * kTableFloats, batch, out, how);
+    rows_dot(blocks, count, term.words, term.tables, term.words * table_floats(how), batch, out,
+             how);
   };
   // terms computed for all rows first -- layer-normalized ones (pre * (B y), then each gate
   // block standardized in place), the int8-activation product and the wide lookup's -- read
@@ -122,7 +142,7 @@ void step_into(const float* x, const float* h, const float* c, int64_t batch, in
   // the wide lookup's products in the cell pass, 32 units (4 blocks) at a time, unless the
   // term is layer-normalized (then computed for all rows first, as the others)
   const bool wide_in_pass[2] = {wide[0] && !whole[0], wide[1] && !whole[1]};
-  std::vector<float> wide_tables[2];
+  Tables wide_tables[2];
   for (int t = 0; t < 2; ++t)
     if (wide_in_pass[t])
       wide_tables[t] = build_wide_tables(activations[t], batch, columns[t], columns[t],

@@ -121,11 +121,11 @@ void check_wide(const at::Tensor& codes, int64_t hidden, int64_t columns, bool t
               " weights (nq_plugin/packed/kernels/native.py, wide_layout)");
 }
 
-std::vector<float> build_wide_tables(const float* x, int64_t n, int64_t stride, int64_t columns,
-                                     int64_t quads, bool ternary) {
+Tables build_wide_tables(const float* x, int64_t n, int64_t stride, int64_t columns,
+                         int64_t quads, bool ternary) {
   TORCH_CHECK(wide_supported(), "the wide lookup needs AVX-512 F");
   const int64_t groups = 4 * quads;
-  std::vector<float> tables((size_t)(n * groups * 32));
+  Tables tables((size_t)(n * groups * 32));
 #ifdef __AVX2__
   for (int64_t b = 0; b < n; ++b)
     wide_tables(x + b * stride, columns, groups, ternary, tables.data() + b * groups * 32);

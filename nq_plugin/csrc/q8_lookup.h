@@ -22,6 +22,8 @@
 #include <immintrin.h>
 #endif
 
+#include "cache_line.h"
+
 namespace nq_q8 {
 
 constexpr int64_t kRows = 32;        // rows per block (one byte each in a 256-bit register)
@@ -46,10 +48,11 @@ inline void quantize_rows(const float* x, int64_t n, int64_t stride, int64_t col
 }
 
 // the tables of the n quantized rows: (n, padded / 4, 64) bytes
-inline std::vector<int8_t> build_tables(const std::vector<int8_t>& q, int64_t n, int64_t padded,
-                                        bool ternary) {
+using ByteTables = std::vector<int8_t, nq_native::CacheLineAllocator<int8_t>>;
+inline ByteTables build_tables(const std::vector<int8_t>& q, int64_t n, int64_t padded,
+                               bool ternary) {
   const int64_t groups = padded / 4;
-  std::vector<int8_t> t((size_t)(n * groups * kTableBytes));
+  ByteTables t((size_t)(n * groups * kTableBytes));
   for (int64_t b = 0; b < n; ++b)
     for (int64_t g = 0; g < groups; ++g) {
       const int8_t* v = q.data() + b * padded + 4 * g;

@@ -10,11 +10,13 @@ error) or ``torch`` (the exact PyTorch path everywhere). Without a compiler ``au
 PyTorch and says so once in the log.
 
 ``NQ_PLUGIN_LOOKUP`` chooses the table lookup of the exact products (:func:`lookup_choice`):
-``auto`` (default: ``wide`` where the CPU has AVX-512 F and VL, else ``pairs``), ``wide``
-(``nibbles``, and in the fused step W_h by a 32-entry table per 3 ternary or 5 binary inputs in
-two 512-bit registers, read from its :func:`wide_layout`), ``nibbles`` (a 16-value table per 4 inputs,
-vpermt2ps) or ``pairs`` (a 4-value table per 2 inputs, AVX2's vpermilps). All give the exact
-product up to fp32 summation order.
+``auto`` (default: ``wide`` where the CPU has AVX-512 F and VL, else ``triples`` in an AVX2
+build, else ``pairs``), ``wide`` (``nibbles``, and in the fused step W_h by a 32-entry table per
+3 ternary or 5 binary inputs in two 512-bit registers, read from its :func:`wide_layout`),
+``nibbles`` (a 16-value table per 4 inputs, vpermt2ps), ``triples`` (``pairs``, and in the fused
+step both matrices by an 8-value table per 3 inputs, AVX2's vpermps, read from their
+:func:`triples_layout`) or ``pairs`` (a 4-value table per 2 inputs, AVX2's vpermilps). All give
+the exact product up to fp32 summation order.
 
 ``NQ_PLUGIN_ACTIVATIONS`` chooses the activations of the fused CPU step's recurrent product:
 ``fp32`` (default: exact) or ``int8`` -- h quantized per row to int8 (q = round(h / s),
@@ -44,31 +46,42 @@ LANES = 8  # rows per block of the lookup kernels (csrc/packed_products.h, kLane
 Q8_ROWS = 32  # rows per block of the int8-activation layout (csrc/q8_lookup.h)
 
 
-# csrc/packed_products.h, Lookup: the tables' lookup (wide: the nibbles', beside the fused
-# step's wide layout of W_h)
-LOOKUP_NUMBERS = {"pairs": 0, "nibbles": 1, "wide": 1}
+# csrc/packed_products.h, Lookup: the tables' lookup of packed_gemv (from the planes; wide: the
+# nibbles', beside the fused step's wide layouts; triples: the pairs', beside the fused step's
+# triples layouts) and of the fused step
+LOOKUP_NUMBERS = {"pairs": 0, "nibbles": 1, "wide": 1, "triples": 0}
+STEP_LOOKUP_NUMBERS = {"pairs": 0, "nibbles": 1, "wide": 1, "triples": 2}
+TRIPLE_GROUPS = 10  # groups of 3 inputs per word of the triples layout (kTripleGroups)
 WIDE_UNITS = 32  # hidden units of each gate per block of the wide layout (kWideUnits)
 
 
 def lookup_setting() -> str:
-    """The backend's ``lookup`` as set (``NQ_PLUGIN_LOOKUP``): auto | nibbles | pairs."""
+    """The backend's ``lookup`` as set (``NQ_PLUGIN_LOOKUP``): auto | wide | nibbles | triples
+    | pairs."""
     return backend.current().lookup.value
 
 
 def lookup_choice() -> str:
     """The lookup the native kernel's exact products use here: ``wide`` (the nibbles, and a
     fused step's W_h by 32-entry tables per 3 ternary or 5 binary inputs), ``nibbles`` (a
-    16-value table per 4 inputs, AVX-512 F and VL) or ``pairs`` (a 4-value table per 2 inputs);
-    ``auto`` takes wide where the CPU runs it. Forcing wide or nibbles on a CPU without AVX-512
-    is an error."""
+    16-value table per 4 inputs, AVX-512 F and VL), ``triples`` (the pairs, and a fused step's
+    matrices by 8-value tables per 3 inputs, AVX2) or ``pairs`` (a 4-value table per 2 inputs);
+    ``auto`` takes wide where the CPU runs it, else triples where the build has AVX2. Forcing
+    wide or nibbles on a CPU without AVX-512, or triples on a build without AVX2, is an
+    error."""
     setting = lookup_setting()
     ext = load()
     supported = bool(ext.packed_nibbles_supported()) and bool(ext.packed_wide_supported())
+    triples = bool(ext.packed_triples_supported())
     if setting == "auto":
-        return "wide" if supported else "pairs"
+        return "wide" if supported else ("triples" if triples else "pairs")
     if setting in ("nibbles", "wide") and not supported:
         raise RuntimeError(f"{backend.current().label('lookup')}, but this CPU (or the "
-                           "extension's build) has no AVX-512 F and VL: use pairs or auto")
+                           "extension's build) has no AVX-512 F and VL: use "
+                           f"{'triples, ' if triples else ''}pairs or auto")
+    if setting == "triples" and not triples:
+        raise RuntimeError(f"{backend.current().label('lookup')}, but the extension's build "
+                           "has no AVX2: use pairs or auto")
     return setting
 
 
@@ -169,17 +182,51 @@ def lane_layout(planes, bits: int, segment: int) -> Tuple[torch.Tensor, Optional
     and, ternary, the subtracts: one 256-bit load a word where the planes need 8 rows' words
     transposed in registers. As many bytes as the planes."""
     add, sub = add_sub_planes(planes, bits)
+    return (_interleaved(add, segment, "lane layout"),
+            None if sub is None else _interleaved(sub, segment, "lane layout"))
 
-    def interleaved(words):
-        rows, count = words.shape
-        if rows % segment:
-            raise ValueError(f"lane layout: {rows} rows are not segments of {segment}")
-        w = words.reshape(rows // segment, segment, count)
-        pad = (-segment) % LANES
-        if pad:
-            w = torch.cat([w, w[:, -1:].expand(-1, pad, count)], dim=1)
-        return w.reshape(-1, LANES, count).transpose(1, 2).contiguous()
-    return interleaved(add), None if sub is None else interleaved(sub)
+
+def triples_layout(planes, bits: int, segment: int,
+                   columns: Optional[int] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The triples layout a fused step's W_x and W_h are read from under the ``triples`` lookup
+    (``csrc/packed_triples.cpp``): the rows arranged as :func:`lane_layout`'s (segments of
+    ``segment`` rows in blocks of ``LANES``, a segment's missing rows repeating its last), each
+    word holding 10 groups of 3 inputs as 3-bit codes -- group i of word q (inputs 30 q + 3 i ..
+    30 q + 3 i + 2) at bit 3 i for i < 5, 16 + 3 (i - 5) after, input 3 i + d at the code's bit
+    d -- for the adds (binary: the signs, bit set for +1; ternary: bit set for +1) and, ternary,
+    the subtracts (bit set for -1); inputs past ``columns`` (default: the planes' 32 per word)
+    0. A (blocks, ceil(C / 30), LANES) int32 tensor each: 16/15 as many bytes as the planes."""
+    columns = 32 * word_planes(planes, bits)[0].shape[1] if columns is None else columns
+    codes = unpack_matrix(planes, bits, columns, dtype=torch.int16)
+    words = -(-columns // (3 * TRIPLE_GROUPS))
+    pad = words * 3 * TRIPLE_GROUPS - columns
+    shifts = torch.tensor([3 * i if i < 5 else 16 + 3 * (i - 5) for i in range(TRIPLE_GROUPS)],
+                          dtype=torch.int64)
+
+    def encoded(selected):  # (rows, columns) bool -> (rows, words) int32
+        bits3 = torch.nn.functional.pad(selected.to(torch.int64), (0, pad))
+        bits3 = bits3.reshape(bits3.shape[0], words, TRIPLE_GROUPS, 3)
+        group = bits3[..., 0] + 2 * bits3[..., 1] + 4 * bits3[..., 2]
+        word = (group << shifts).sum(-1)
+        return word.to(torch.int32)
+    add = encoded(codes > 0)
+    sub = encoded(codes < 0) if bits == 2 else None
+    return _interleaved(add, segment, "triples layout"), (
+        None if sub is None else _interleaved(sub, segment, "triples layout"))
+
+
+def _interleaved(words: torch.Tensor, segment: int, what: str) -> torch.Tensor:
+    """(rows, count) words in segments of ``segment`` rows, each in blocks of ``LANES`` rows
+    (the last block's missing rows repeating the segment's last row), each block's words
+    interleaved: a (blocks, count, LANES) tensor whose [k, q, l] is word q of block k's row l."""
+    rows, count = words.shape
+    if rows % segment:
+        raise ValueError(f"{what}: {rows} rows are not segments of {segment}")
+    w = words.reshape(rows // segment, segment, count)
+    pad = (-segment) % LANES
+    if pad:
+        w = torch.cat([w, w[:, -1:].expand(-1, pad, count)], dim=1)
+    return w.reshape(-1, LANES, count).transpose(1, 2).contiguous()
 
 
 def wide_layout(planes, bits: int, hidden: int, columns: Optional[int] = None) -> torch.Tensor:
@@ -228,13 +275,14 @@ def lstm_stepper(ih, hh, layer_norm_x=None, layer_norm_h=None, q8_hh=None):
     gate block (ax / ah then being its gain). ``q8_hh``: W_h's :func:`q8_layout`, for int8
     activations in the recurrent product (inexact mode). The exact products use
     :func:`lookup_choice`'s lookup and read the matrices' :func:`lane_layout` (as many bytes
-    again as the planes) or, under ``wide``, their :func:`wide_layout` (4/3 or 8/5 as many),
-    both resolved here once. A generation step is one call."""
+    again as the planes), under ``wide`` their :func:`wide_layout` (4/3 or 8/5 as many), under
+    ``triples`` their :func:`triples_layout` (16/15 as many), resolved here once. A generation
+    step is one call."""
     ext = load()
     fused = ext.packed_lstm_step
     m = ext.PackedStepOperands()
     lookup = lookup_choice()
-    m.lookup = LOOKUP_NUMBERS[lookup]
+    m.lookup = STEP_LOOKUP_NUMBERS[lookup]
 
     def resident(*layouts):  # what every step reads whole: on huge pages (huge_pages.cpp)
         return tuple(None if t is None else ext.huge_page_copy(t) for t in layouts)
@@ -247,10 +295,14 @@ def lstm_stepper(ih, hh, layer_norm_x=None, layer_norm_h=None, q8_hh=None):
     hidden = m.hh_plus.shape[0] // 4
     if lookup == "wide":  # W_x (its words' columns) read from its wide layout
         m.ih_wide, = resident(wide_layout(*ih, hidden, 32 * m.ih_plus.shape[1]))
+    elif lookup == "triples":  # the lane fields hold the triples layouts
+        m.ih_lane_add, m.ih_lane_sub = resident(*triples_layout(*ih, hidden))
     else:
         m.ih_lane_add, m.ih_lane_sub = resident(*lane_layout(*ih, hidden))
     if q8_hh is None and lookup == "wide":  # W_h read from its wide layout
         m.hh_wide, = resident(wide_layout(*hh, hidden))
+    elif q8_hh is None and lookup == "triples":
+        m.hh_lane_add, m.hh_lane_sub = resident(*triples_layout(*hh, hidden, hidden))
     elif q8_hh is None:  # the int8-activation product reads its own layout
         m.hh_lane_add, m.hh_lane_sub = resident(*lane_layout(*hh, hidden))
     if layer_norm_x is not None:

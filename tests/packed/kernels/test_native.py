@@ -31,10 +31,12 @@ def cpu_flags():
         return None
 
 
-@pytest.fixture(params=["pairs", "nibbles", "wide"])
+@pytest.fixture(params=["pairs", "triples", "nibbles", "wide"])
 def lookup(request, built, backend_choice):
     """Each table lookup of the exact products that this CPU runs, chosen for the test."""
-    if request.param != "pairs" and not built.packed_nibbles_supported():
+    if request.param == "triples" and not built.packed_triples_supported():
+        pytest.skip("the extension is no AVX2 build: the triples lookup cannot run")
+    if request.param in ("nibbles", "wide") and not built.packed_nibbles_supported():
         pytest.skip(f"this CPU (or build) has no AVX-512 F and VL: the {request.param} lookup "
                     "cannot run")
     backend_choice(lookup=request.param)
@@ -165,7 +167,7 @@ def test_lane_layout_is_the_planes_rearranged(built, bits, hidden, lookup):
     x, h, c = torch.randn(2, cols), torch.randn(2, hidden), torch.randn(2, hidden)
     ax, ah, shift = torch.rand(rows), torch.rand(rows), torch.randn(rows)
     m = built.PackedStepOperands()
-    m.lookup = native.LOOKUP_NUMBERS[lookup]
+    m.lookup = native.LOOKUP_NUMBERS[lookup]  # the planes' lookups (triples: the pairs)
     m.ih_plus, m.ih_neg = first, neg
     m.hh_plus, m.hh_neg = word_planes(hh, 1)
     from_planes = built.packed_lstm_step(x, h, c, ax, ah, shift, m)
@@ -177,6 +179,63 @@ def test_lane_layout_is_the_planes_rearranged(built, bits, hidden, lookup):
     m.ih_lane_add = add[:-1].contiguous()  # a block short: refused, not read out of bounds
     with pytest.raises(RuntimeError, match="lane layout"):
         built.packed_lstm_step(x, h, c, ax, ah, shift, m)
+
+
+@pytest.mark.parametrize("bits", [1, 2])
+@pytest.mark.parametrize("hidden,cols", [(5, 61), (13, 30), (16, 300)])
+def test_triples_layout_is_the_codes_rearranged(built, bits, hidden, cols, backend_choice):
+    """The triples layout holds, for block k's row l, group i of word q -- inputs 30 q + 3 i +
+    d, d = 0, 1, 2 at the code's bit d -- at bits 3 i (i < 5) or 16 + 3 (i - 5) of [k, q, l]:
+    the adds' code (binary: bit set for +1; ternary: for +1) and, ternary, the subtracts' (for
+    -1); inputs past the matrix 0, a gate's missing rows repeating its last. The fused step
+    reads both matrices from theirs under the triples lookup (only there) and refuses a
+    missing or short layout."""
+    if not built.packed_triples_supported():
+        pytest.skip("the extension is no AVX2 build: the triples lookup cannot run")
+    torch.manual_seed(hidden + bits + cols)
+    rows = 4 * hidden
+    codes = torch.randint(-1, 2, (rows, cols))
+    if bits == 1:
+        codes = torch.where(codes >= 0, 1, -1)
+    planes = pack_matrix(codes.float(), bits)
+    add, sub = native.triples_layout(planes, bits, hidden, cols)
+    blocks, words = -(-hidden // 8), -(-cols // 30)
+    assert add.shape == (4 * blocks, words, 8) and add.dtype == torch.int32
+    assert (sub is None) == (bits == 1)
+    for k in range(4 * blocks):
+        for l in range(8):
+            g, j = divmod(k, blocks)
+            r = g * hidden + min(j * 8 + l, hidden - 1)
+            for col in range(words * 30):
+                q, i, d = col // 30, (col % 30) // 3, col % 3
+                bit = (3 * i if i < 5 else 16 + 3 * (i - 5)) + d
+                w = int(codes[r, col]) if col < cols else 0
+                assert (int(add[k, q, l]) >> bit) & 1 == (w > 0)
+                if sub is not None:
+                    assert (int(sub[k, q, l]) >> bit) & 1 == (w < 0)
+    with pytest.raises(ValueError, match="not segments of 7"):
+        native.triples_layout(planes, bits, 7)
+
+    hh = (pack_matrix(codes[:, :hidden].float() if cols >= hidden else
+                      torch.ones(rows, hidden), bits), bits)
+    ih = (planes, bits)
+    for lookup, expected in (("triples", 2), ("pairs", 0)):
+        backend_choice(lookup=lookup)
+        step = native.lstm_stepper(ih, hh)
+        operands = step.operands
+        assert operands.lookup == expected
+        assert operands.hh_lane_add.shape[1] == (-(-hidden // 30) if expected else
+                                                 -(-hidden // 32))
+    x, h, c = torch.randn(1, cols), torch.randn(1, hidden), torch.randn(1, hidden)
+    args = (torch.ones(rows), torch.ones(rows), torch.zeros(rows))
+    operands.lookup = 2  # the pairs' lane layout where the triples' is due: refused
+    lane = operands.hh_lane_add
+    operands.hh_lane_add = None
+    with pytest.raises(RuntimeError, match="triples layout"):
+        built.packed_lstm_step(x, h, c, *args, operands)
+    operands.hh_lane_add = lane[:, :0].contiguous()
+    with pytest.raises(RuntimeError, match="triples layout"):
+        built.packed_lstm_step(x, h, c, *args, operands)
 
 
 @pytest.mark.parametrize("bits", [1, 2])
@@ -225,35 +284,51 @@ def test_wide_layout_is_the_codes_rearranged(built, bits, hidden, backend_choice
 
 def test_the_lookup_is_chosen_at_run_time_by_the_cpu(built, backend_choice, monkeypatch):
     """auto takes the wide lookup (and its nibbles) exactly where the CPU has AVX-512 F and VL
-    (read from /proc/cpuinfo, independently of the extension's own check); pairs runs
-    everywhere; nibbles or wide forced where they cannot run, or a bad lookup number, is an
-    error naming the fix."""
+    (read from /proc/cpuinfo, independently of the extension's own check), else the triples
+    where the build has AVX2; pairs runs everywhere; nibbles or wide forced where they cannot
+    run, triples without AVX2, or a bad lookup number, is an error naming the fix."""
     flags = cpu_flags()
     supported = built.packed_nibbles_supported()
     if flags is not None and backend.native_march() == "native":
         assert supported == ("avx512f" in flags and "avx512vl" in flags)
         assert built.packed_wide_supported() == ("avx512f" in flags)
-    assert native.lookup_choice() == ("wide" if supported else "pairs")
-    backend_choice(lookup="pairs")
-    assert native.lookup_choice() == "pairs"
+        assert built.packed_triples_supported() == ("avx2" in flags)
+    assert native.lookup_choice() == ("wide" if supported else "triples")
+    for forced in ("pairs", "triples"):
+        backend_choice(lookup=forced)
+        assert native.lookup_choice() == forced
     planes, scale = pack_matrix(torch.ones(8, 40), 2), torch.ones(8)
-    with pytest.raises(RuntimeError, match="0 \\(pairs\\) or 1"):
+    with pytest.raises(RuntimeError, match="0 \\(pairs\\), 1 \\(nibbles\\) or 2"):
         built.packed_gemv(torch.ones(1, 40), *word_planes(planes, 2), scale, 40, 7)
+    with pytest.raises(RuntimeError, match="packed_gemv reads the planes"):
+        built.packed_gemv(torch.ones(1, 40), *word_planes(planes, 2), scale, 40, 2)
 
-    class WithoutNibbles:
+    class Without:
+        triples = True
+
         def packed_nibbles_supported(self):
             return False
 
         def packed_wide_supported(self):
             return False
-    monkeypatch.setattr(native, "load", lambda: WithoutNibbles())
+
+        def packed_triples_supported(self):
+            return self.triples
+    without = Without()
+    monkeypatch.setattr(native, "load", lambda: without)
     backend_choice(lookup="auto")
-    assert native.lookup_choice() == "pairs"
+    assert native.lookup_choice() == "triples"
     for forced in ("nibbles", "wide"):
         backend_choice(lookup=forced)
         with pytest.raises(RuntimeError,
-                           match=f"NQ_PLUGIN_LOOKUP={forced}.*no AVX-512.*pairs or auto"):
+                           match=f"NQ_PLUGIN_LOOKUP={forced}.*no AVX-512.*triples, pairs or auto"):
             native.lookup_choice()
+    without.triples = False  # a build without AVX2 (not x86)
+    backend_choice(lookup="auto")
+    assert native.lookup_choice() == "pairs"
+    backend_choice(lookup="triples")
+    with pytest.raises(RuntimeError, match="NQ_PLUGIN_LOOKUP=triples.*no AVX2.*pairs or auto"):
+        native.lookup_choice()
 
 
 @pytest.mark.parametrize("quantizer", ["bc", "tc", "bwn", "twn", "fp"])
@@ -382,25 +457,46 @@ for bits in (1, 2):
     planes = pack_matrix(w, bits)
     torch.save(m.packed_gemv(x, *word_planes(planes, bits), torch.ones(64), 300, 0),
                f"{OUT}/avx2_{bits}.pt")
+    # the fused step under auto (the triples), W_x and W_h both of `bits` bits
+    wx, wh = torch.randn(4 * 75, 53, generator=g), torch.randn(4 * 75, 75, generator=g)
+    step = native.lstm_stepper((pack_matrix(wx, bits), bits), (pack_matrix(wh, bits), bits))
+    assert step.operands.lookup == 2
+    xs, h, c = torch.randn(2, 53, generator=g), torch.randn(2, 75, generator=g), torch.randn(2, 75, generator=g)
+    torch.save(step(xs, h, c, torch.full((300,), 0.1), torch.full((300,), 0.1), torch.zeros(300)),
+               f"{OUT}/avx2_step_{bits}.pt")
 """
 
 
 @pytest.mark.slow
 def test_the_avx2_only_build_is_a_module_of_its_own(built, tmp_path, monkeypatch):
     """NQ_PLUGIN_MARCH=x86-64-v3 builds a second module (AVX2 and FMA, no AVX-512) that reports
-    the AVX-512 lookups unsupported, as an AVX2-only CPU would, so auto takes the pairs; its
-    products are the native build's pairs products. Any other target is an error."""
+    the AVX-512 lookups unsupported, as an AVX2-only CPU would, so auto takes the triples; its
+    products are the native build's pairs products, and its fused steps (the triples) the same
+    step in fp64. Any other target is an error."""
     env = dict(os.environ, NQ_PLUGIN_MARCH="x86-64-v3")
     res = subprocess.run([sys.executable, "-c", f"OUT = {str(tmp_path)!r}\n" + AVX2_CHECK],
                          capture_output=True, text=True, env=env, timeout=900)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stdout.split()[-3:] == ["False", "False", "pairs"]
+    assert res.stdout.split()[-3:] == ["False", "False", "triples"]
     g = torch.Generator().manual_seed(0)
     w, x = torch.randn(64, 300, generator=g), torch.randn(2, 300, generator=g)
     for bits in (1, 2):
         planes = pack_matrix(w, bits)
         ours = built.packed_gemv(x, *word_planes(planes, bits), torch.ones(64), 300, 0)
         torch.testing.assert_close(torch.load(tmp_path / f"avx2_{bits}.pt"), ours)
+        wx, wh = torch.randn(4 * 75, 53, generator=g), torch.randn(4 * 75, 75, generator=g)
+        xs, h, c = torch.randn(2, 53, generator=g), torch.randn(2, 75, generator=g), \
+            torch.randn(2, 75, generator=g)
+
+        def codes(w):
+            return unpack_matrix(pack_matrix(w, bits), bits, w.shape[1]).double()
+        gates = 0.1 * (xs.double() @ codes(wx).t() + h.double() @ codes(wh).t())
+        i, f, a, o = gates.chunk(4, dim=1)
+        c_ref = f.sigmoid() * c.double() + i.sigmoid() * a.tanh()
+        h_ref = o.sigmoid() * c_ref.tanh()
+        h2, c2 = torch.load(tmp_path / f"avx2_step_{bits}.pt")
+        torch.testing.assert_close(h2.double(), h_ref, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(c2.double(), c_ref, atol=2e-5, rtol=1e-5)
     monkeypatch.setenv("NQ_PLUGIN_MARCH", "skylake")
     with pytest.raises(ValueError, match="NQ_PLUGIN_MARCH='skylake': use native or x86-64-v3"):
         backend.native_march()
