@@ -4,7 +4,7 @@ models (binary and ternary; exact, and with the optional int8 activations of the
 product, ``set_activations("int8")``), torch.nn.LSTM fp32 and torch's int8 dynamic LSTM, side by
 side in one run, with each one's weight memory (the matrices' bytes; biases and scales aside).
 The exact packed steps run with each table lookup this CPU has (``NQ_PLUGIN_LOOKUP``: wide
-and nibbles with AVX-512, pairs everywhere), each in its row.
+and nibbles with AVX-512, triples in an AVX2 build, pairs everywhere), each in its row.
 
     python benchmarks/inference_step.py [--hidden 512 2000] [--steps 200] [--rounds 5]
 
@@ -78,8 +78,9 @@ def main():
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, CPU: {cpu_name()}, vector flags: {cpu_flags()}")
     ext = native.load()
-    lookups = (["wide", "nibbles", "pairs"]
-               if ext.packed_nibbles_supported() and ext.packed_wide_supported() else ["pairs"])
+    lookups = (["wide", "nibbles"]
+               if ext.packed_nibbles_supported() and ext.packed_wide_supported() else [])
+    lookups += ["triples", "pairs"] if ext.packed_triples_supported() else ["pairs"]
     print(f"table lookups of the exact packed steps measured: {', '.join(lookups)}")
     torch.manual_seed(0)
     for hidden in a.hidden:
@@ -120,6 +121,12 @@ def main():
                   **{row: word_bytes(packed if "bc" in row else ternary)
                      + 4 * hidden * -(-hidden // (20 if "bc" in row else 12)) * 4
                      for row in lookup_of if lookup_of[row] == "wide"},
+                  # the triples lookup also keeps both matrices' triples layouts (3-bit codes,
+                  # 30 inputs a word, a plane each for the adds and, ternary, the subtracts)
+                  **{row: word_bytes(packed if "bc" in row else ternary)
+                     + 4 * hidden * (-(-32 * -(-inp // 32) // 30) + -(-hidden // 30)) * 4
+                     * (1 if "bc" in row else 2)
+                     for row in lookup_of if lookup_of[row] == "triples"},
                   # the words and W_h's nibble layout (as many bytes as its planes)
                   "packed bc+weight, int8 h": word_bytes(packed) + 4 * hidden * hidden // 8,
                   "packed tc+weight, int8 h": word_bytes(ternary) + 4 * hidden * hidden // 4,
