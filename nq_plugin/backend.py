@@ -59,7 +59,8 @@ class Lookup(str, Enum):
     """The table lookup of the CPU's exact (fp32-activation) packed products
     (nq_plugin/csrc/packed_gemv.cpp)."""
     AUTO = "auto"        # wide where the CPU has AVX-512 (F and VL), else triples where the
-    #                      extension is an AVX2 build, else pairs
+    #                      extension is an AVX2 build and they measure faster than the pairs
+    #                      here (native.triples_speedup), else pairs
     WIDE = "wide"        # nibbles, and a fused step's W_h by a 32-entry table per 3 ternary
     #                      or 5 binary inputs (AVX-512F), or an error
     NIBBLES = "nibbles"  # a 16-value table per 4 inputs (AVX-512VL), or an error

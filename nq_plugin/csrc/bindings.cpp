@@ -44,6 +44,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "whether the nibble lookup of packed products (AVX-512 F and VL) runs here");
   m.def("packed_triples_supported", &packed_triples_supported,
         "whether the triples lookup of a packed step's products (AVX2) runs here");
+  m.def("packed_triples_speedup", &packed_triples_speedup,
+        "a ternary product's time by the pair lookup over its time by the triples, measured "
+        "here (0 where the triples do not run)");
   m.def("packed_wide_supported", &packed_wide_supported,
         "whether the wide lookup of a packed step's W_h (AVX-512 F) runs here");
   m.def("packed_lstm_step", &packed_lstm_step,

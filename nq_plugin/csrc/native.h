@@ -13,6 +13,9 @@ at::Tensor packed_gemv(at::Tensor x, at::Tensor plus, c10::optional<at::Tensor> 
 bool packed_nibbles_supported();
 // whether the triples lookup of a fused step's products (AVX2) runs on this build
 bool packed_triples_supported();
+// a ternary product's time by the pair lookup over its time by the triples, measured on this
+// CPU (a few milliseconds; 0 where the triples do not run): lookup_choice's evidence
+double packed_triples_speedup();
 // whether the wide lookup of a fused step's W_h (AVX-512 F) runs on this CPU and build
 bool packed_wide_supported();
 // The fixed operands of packed_lstm_step for one packed layer, resolved once per stepper

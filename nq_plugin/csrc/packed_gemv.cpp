@@ -455,6 +455,7 @@ at::Tensor packed_gemv_q8(at::Tensor x, at::Tensor add, c10::optional<at::Tensor
 
 bool packed_nibbles_supported() { return nibbles_supported(); }
 bool packed_triples_supported() { return triples_supported(); }
+double packed_triples_speedup() { return triples_speedup(); }
 bool packed_wide_supported() { return wide_supported(); }
 
 // x: (N, columns) float32; plus (and neg for 2 bits): (R, words) int32; scale: (R,) float32.

@@ -27,6 +27,9 @@ enum class Lookup : int64_t { kPairs = 0, kNibbles = 1, kTriples = 2 };
 bool nibbles_supported();
 // whether kTriples runs here: an AVX2 build (packed_triples.cpp)
 bool triples_supported();
+// the time of a ternary product by the pairs over its time by the triples, measured here
+// (packed_triples.cpp; 0 where the triples do not run)
+double triples_speedup();
 constexpr int64_t kTripleGroups = 10;                     // groups of 3 inputs per triples word
 constexpr int64_t kTripleInputs = 3 * kTripleGroups;      // inputs per triples word
 constexpr int64_t kTripleTableFloats = 8 * kTripleGroups;  // per triples word, its tables

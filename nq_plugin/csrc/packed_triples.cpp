@@ -11,14 +11,19 @@
 // group i's code comes to the bottom of its lane by a 16-bit high multiply by 2^(16 - 3i)
 // (vpmulhuw, the multiplier's port) rather than a shift (the shuffles' port, which the lookups
 // already fill; triples_word.h): 1.7-1.8x the pairs per ternary product on Zen 4's AVX2
-// (benchmarks/triples_kernel.cpp).
+// (benchmarks/triples_kernel.cpp), but 0.7x on Zen 3, whose vpermps across lanes costs more
+// than its in-lane vpermilps: auto takes the triples only where triples_speedup, measured once
+// a process, finds them faster.
 // Exact fp32 activations: the tables are sums of +-x_i, the product their fp32 sum.
 // Layout: nq_plugin/packed/kernels/native.py, triples_layout: (blocks, words, 8) int32 as the
 // lane layout's RowBlock (packed_products.h), each word 30 inputs.
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
+#include <limits>
+#include <random>
 #include <vector>
 #ifdef __AVX2__
 #include <immintrin.h>
@@ -97,6 +102,58 @@ void rows_dot_triples(const RowBlock& rows, int64_t words, const float* tables,
 #else
   (void)words, (void)tables, (void)table_stride, (void)n, (void)out;
   TORCH_CHECK(false, "the triples lookup is not compiled in (no AVX2 build)");
+#endif
+}
+
+double triples_speedup() {
+#ifdef __AVX2__
+  // A ternary product of 512 rows by 960 inputs (32 pair words, 32 triples words a row), random
+  // codes in both layouts, one activation row; each lookup's time the best of 9 rounds of 8
+  // products, the rounds alternating so that both see the same load. The product is what a
+  // step's blocks compute (rows_dot over 4 blocks, the gates), a few milliseconds in all.
+  constexpr int64_t kBlocks = 64, kInputs = 960;
+  constexpr int64_t pair_words = kInputs / 32, triple_words = kInputs / kTripleInputs;
+  std::mt19937 random(20261206);
+  auto words = [&](int64_t count, uint32_t mask) {
+    std::vector<uint32_t> w(count);
+    for (auto& v : w) v = static_cast<uint32_t>(random()) & mask;
+    return w;
+  };
+  const auto pa = words(kBlocks * pair_words * kLanes, 0xffffffffu);
+  const auto ps = words(pa.size(), 0xffffffffu);
+  const auto ta = words(kBlocks * triple_words * kLanes, 0x3fffffffu);
+  const auto ts = words(ta.size(), 0x3fffffffu);
+  std::vector<float> x(kInputs);
+  std::uniform_real_distribution<float> uniform(-1.f, 1.f);
+  for (auto& v : x) v = uniform(random);
+  const Tables pair_tables = build_tables(x.data(), 1, kInputs, kInputs, pair_words, true,
+                                          Lookup::kPairs);
+  const Tables triple_tables = build_tables(x.data(), 1, kInputs, kInputs, triple_words, true,
+                                            Lookup::kTriples);
+  float out[kGates * kLanes];
+  auto product_seconds = [&](Lookup how, const std::vector<uint32_t>& add,
+                             const std::vector<uint32_t>& sub, int64_t w, const Tables& t) {
+    const auto start = std::chrono::steady_clock::now();
+    for (int repeat = 0; repeat < 8; ++repeat) {
+      for (int64_t b = 0; b < kBlocks; b += kGates) {
+        RowBlock blocks[kGates];
+        for (int g = 0; g < kGates; ++g) {
+          set_lane_block(blocks[g], add.data(), sub.data(), w, b + g);
+        }
+        rows_dot(blocks, kGates, w, t.data(), w * table_floats(how), 1, out, how);
+      }
+    }
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  double pairs = std::numeric_limits<double>::infinity(), triples = pairs;
+  for (int round = 0; round < 9; ++round) {
+    pairs = std::min(pairs, product_seconds(Lookup::kPairs, pa, ps, pair_words, pair_tables));
+    triples = std::min(triples, product_seconds(Lookup::kTriples, ta, ts, triple_words,
+                                                triple_tables));
+  }
+  return pairs / triples;
+#else
+  return 0.0;
 #endif
 }
 

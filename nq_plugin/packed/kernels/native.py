@@ -11,7 +11,8 @@ PyTorch and says so once in the log.
 
 ``NQ_PLUGIN_LOOKUP`` chooses the table lookup of the exact products (:func:`lookup_choice`):
 ``auto`` (default: ``wide`` where the CPU has AVX-512 F and VL, else ``triples`` in an AVX2
-build, else ``pairs``), ``wide`` (``nibbles``, and in the fused step W_h by a 32-entry table per
+build where they measure faster than the pairs on this CPU, :func:`triples_speedup`, else
+``pairs``), ``wide`` (``nibbles``, and in the fused step W_h by a 32-entry table per
 3 ternary or 5 binary inputs in two 512-bit registers, read from its :func:`wide_layout`),
 ``nibbles`` (a 16-value table per 4 inputs, vpermt2ps), ``triples`` (``pairs``, and in the fused
 step both matrices by an 8-value table per 3 inputs, AVX2's vpermps, read from their
@@ -28,6 +29,7 @@ exact.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from typing import Optional, Tuple
@@ -53,6 +55,9 @@ LOOKUP_NUMBERS = {"pairs": 0, "nibbles": 1, "wide": 1, "triples": 0}
 STEP_LOOKUP_NUMBERS = {"pairs": 0, "nibbles": 1, "wide": 1, "triples": 2}
 TRIPLE_GROUPS = 10  # groups of 3 inputs per word of the triples layout (kTripleGroups)
 WIDE_UNITS = 32  # hidden units of each gate per block of the wide layout (kWideUnits)
+# auto takes the triples over the pairs only when they measured at least this much faster
+# here: a close call stays with the pairs, so that the choice does not flip from run to run
+TRIPLES_MARGIN = 1.1
 
 
 def lookup_setting() -> str:
@@ -61,20 +66,39 @@ def lookup_setting() -> str:
     return backend.current().lookup.value
 
 
+@functools.lru_cache(maxsize=None)
+def triples_speedup() -> float:
+    """A ternary product's time by the pair lookup over its time by the triples, measured once
+    a process on this CPU by the extension (``packed_triples_speedup``: a 512 x 960 product in
+    both layouts, best of 9 alternating rounds, a few milliseconds); 0 where the triples do not
+    run. Measured because the triples' full-width vpermps is one fast instruction on some CPUs
+    and not on others: 1.7-1.8x the pairs on Zen 4's AVX2, 0.7x on Zen 3 (whose vpermps
+    across lanes costs more than the pairs' in-lane vpermilps; benchmarks/README.md)."""
+    speedup = float(load().packed_triples_speedup())
+    if speedup > 0:
+        logger.info("nq_plugin: the triples lookup measured %.2fx the pairs on this CPU: "
+                    "NQ_PLUGIN_LOOKUP=auto takes the %s", speedup,
+                    "triples" if speedup >= TRIPLES_MARGIN else "pairs")
+    return speedup
+
+
 def lookup_choice() -> str:
     """The lookup the native kernel's exact products use here: ``wide`` (the nibbles, and a
     fused step's W_h by 32-entry tables per 3 ternary or 5 binary inputs), ``nibbles`` (a
     16-value table per 4 inputs, AVX-512 F and VL), ``triples`` (the pairs, and a fused step's
     matrices by 8-value tables per 3 inputs, AVX2) or ``pairs`` (a 4-value table per 2 inputs);
-    ``auto`` takes wide where the CPU runs it, else triples where the build has AVX2. Forcing
-    wide or nibbles on a CPU without AVX-512, or triples on a build without AVX2, is an
-    error."""
+    ``auto`` takes wide where the CPU runs it, else triples where the build has AVX2 and they
+    measured at least ``TRIPLES_MARGIN`` times the pairs' speed here (:func:`triples_speedup`),
+    else pairs. Forcing wide or nibbles on a CPU without AVX-512, or triples on a build without
+    AVX2, is an error."""
     setting = lookup_setting()
     ext = load()
     supported = bool(ext.packed_nibbles_supported()) and bool(ext.packed_wide_supported())
     triples = bool(ext.packed_triples_supported())
     if setting == "auto":
-        return "wide" if supported else ("triples" if triples else "pairs")
+        if supported:
+            return "wide"
+        return "triples" if triples and triples_speedup() >= TRIPLES_MARGIN else "pairs"
     if setting in ("nibbles", "wide") and not supported:
         raise RuntimeError(f"{backend.current().label('lookup')}, but this CPU (or the "
                            "extension's build) has no AVX-512 F and VL: use "

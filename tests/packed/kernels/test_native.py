@@ -293,7 +293,10 @@ def test_the_lookup_is_chosen_at_run_time_by_the_cpu(built, backend_choice, monk
         assert supported == ("avx512f" in flags and "avx512vl" in flags)
         assert built.packed_wide_supported() == ("avx512f" in flags)
         assert built.packed_triples_supported() == ("avx2" in flags)
-    assert native.lookup_choice() == ("wide" if supported else "triples")
+    speedup = built.packed_triples_speedup()
+    assert (speedup > 0) == built.packed_triples_supported() and speedup < float("inf")
+    measured = "triples" if native.triples_speedup() >= native.TRIPLES_MARGIN else "pairs"
+    assert native.lookup_choice() == ("wide" if supported else measured)
     for forced in ("pairs", "triples"):
         backend_choice(lookup=forced)
         assert native.lookup_choice() == forced
@@ -305,6 +308,10 @@ def test_the_lookup_is_chosen_at_run_time_by_the_cpu(built, backend_choice, monk
 
     class Without:
         triples = True
+        speedup = 1.7  # the triples' measured speed over the pairs' (Zen 4's AVX2)
+
+        def packed_triples_speedup(self):
+            return self.speedup if self.triples else 0.0
 
         def packed_nibbles_supported(self):
             return False
@@ -316,19 +323,31 @@ def test_the_lookup_is_chosen_at_run_time_by_the_cpu(built, backend_choice, monk
             return self.triples
     without = Without()
     monkeypatch.setattr(native, "load", lambda: without)
+    native.triples_speedup.cache_clear()  # measured once a process: again for each CPU here
     backend_choice(lookup="auto")
     assert native.lookup_choice() == "triples"
+    without.speedup = 0.7  # Zen 3: vpermps across lanes slower than the pairs' vpermilps
+    native.triples_speedup.cache_clear()
+    assert native.lookup_choice() == "pairs"
+    backend_choice(lookup="triples")  # forced, the triples run where measured slower
+    assert native.lookup_choice() == "triples"
+    without.speedup = 1.05  # a close call (within TRIPLES_MARGIN) stays with the pairs
+    native.triples_speedup.cache_clear()
+    backend_choice(lookup="auto")
+    assert native.lookup_choice() == "pairs"
     for forced in ("nibbles", "wide"):
         backend_choice(lookup=forced)
         with pytest.raises(RuntimeError,
                            match=f"NQ_PLUGIN_LOOKUP={forced}.*no AVX-512.*triples, pairs or auto"):
             native.lookup_choice()
     without.triples = False  # a build without AVX2 (not x86)
+    native.triples_speedup.cache_clear()
     backend_choice(lookup="auto")
     assert native.lookup_choice() == "pairs"
     backend_choice(lookup="triples")
     with pytest.raises(RuntimeError, match="NQ_PLUGIN_LOOKUP=triples.*no AVX2.*pairs or auto"):
         native.lookup_choice()
+    native.triples_speedup.cache_clear()  # the next test measures this CPU again
 
 
 @pytest.mark.parametrize("quantizer", ["bc", "tc", "bwn", "twn", "fp"])
@@ -450,16 +469,20 @@ from nq_plugin.packed.kernels import native
 m = native.load()
 assert m is not None, loader.build_error()
 assert m.__name__.endswith("x86_64_v3"), m.__name__
-print(m.packed_wide_supported(), m.packed_nibbles_supported(), native.lookup_choice())
+from nq_plugin import backend
+print(m.packed_wide_supported(), m.packed_nibbles_supported(), native.lookup_choice(),
+      native.triples_speedup())
 g = torch.Generator().manual_seed(0)
 w, x = torch.randn(64, 300, generator=g), torch.randn(2, 300, generator=g)
 for bits in (1, 2):
     planes = pack_matrix(w, bits)
     torch.save(m.packed_gemv(x, *word_planes(planes, bits), torch.ones(64), 300, 0),
                f"{OUT}/avx2_{bits}.pt")
-    # the fused step under auto (the triples), W_x and W_h both of `bits` bits
+    # the fused step by the triples (auto's choice where they measure faster), W_x and W_h
+    # both of `bits` bits
     wx, wh = torch.randn(4 * 75, 53, generator=g), torch.randn(4 * 75, 75, generator=g)
-    step = native.lstm_stepper((pack_matrix(wx, bits), bits), (pack_matrix(wh, bits), bits))
+    with backend.use(lookup="triples"):
+        step = native.lstm_stepper((pack_matrix(wx, bits), bits), (pack_matrix(wh, bits), bits))
     assert step.operands.lookup == 2
     xs, h, c = torch.randn(2, 53, generator=g), torch.randn(2, 75, generator=g), torch.randn(2, 75, generator=g)
     torch.save(step(xs, h, c, torch.full((300,), 0.1), torch.full((300,), 0.1), torch.zeros(300)),
@@ -470,14 +493,17 @@ for bits in (1, 2):
 @pytest.mark.slow
 def test_the_avx2_only_build_is_a_module_of_its_own(built, tmp_path, monkeypatch):
     """NQ_PLUGIN_MARCH=x86-64-v3 builds a second module (AVX2 and FMA, no AVX-512) that reports
-    the AVX-512 lookups unsupported, as an AVX2-only CPU would, so auto takes the triples; its
-    products are the native build's pairs products, and its fused steps (the triples) the same
-    step in fp64. Any other target is an error."""
+    the AVX-512 lookups unsupported, as an AVX2-only CPU would, so auto takes the triples where
+    they measure faster than the pairs here, else the pairs; its products are the native build's
+    pairs products, and its fused steps by the triples the same step in fp64. Any other target
+    is an error."""
     env = dict(os.environ, NQ_PLUGIN_MARCH="x86-64-v3")
     res = subprocess.run([sys.executable, "-c", f"OUT = {str(tmp_path)!r}\n" + AVX2_CHECK],
                          capture_output=True, text=True, env=env, timeout=900)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stdout.split()[-3:] == ["False", "False", "triples"]
+    wide, nibbles, choice, speedup = res.stdout.split()[-4:]
+    assert (wide, nibbles) == ("False", "False") and float(speedup) > 0
+    assert choice == ("triples" if float(speedup) >= native.TRIPLES_MARGIN else "pairs")
     g = torch.Generator().manual_seed(0)
     w, x = torch.randn(64, 300, generator=g), torch.randn(2, 300, generator=g)
     for bits in (1, 2):
