@@ -96,6 +96,9 @@ class Dataset:
     save_every: int = 0         # updates between mid-epoch checkpoints (0: at epoch ends)
     paper_epochs: int = 200     # the paper's schedule length, for the card
     note: str = ""              # what the card says of every model of the dataset
+    # one-hot input: (the data's symbols, the columns the paper counts), for the card's
+    # sentence on the size (one_hot_size_note); None: the input is an embedding
+    one_hot: Optional[Tuple[int, int]] = None
     force_anneal: Optional[int] = 11  # the recipe's --force-anneal (the epoch its per-epoch
     #                                   decay begins); None: the schedule is not by epoch
     recipe_args: Tuple[str, ...] = ("{quantizer}", "{norm}")  # train.sh's arguments after
@@ -105,12 +108,29 @@ class Dataset:
         return [a.format(quantizer=quantizer, norm=norm, epochs=epochs) for a in self.recipe_args]
 
 
+SPECIAL_SYMBOLS = 4  # fairseq's dictionary: <s>, <pad>, </s>, <unk>
+
+
+def one_hot_size_note(symbols: int, paper_columns: int, quantizer: str,
+                      hidden: int = 512) -> str:
+    """The card's sentence on a one-hot char model's size: fairseq's dictionary adds its special
+    symbols to the data's, so W_x (4H rows) has more columns than the paper counts, at the
+    quantizer's bits each."""
+    from nq_plugin.quant import QUANTIZERS
+    extra = symbols + SPECIAL_SYMBOLS - paper_columns
+    kb = 4 * hidden * extra * QUANTIZERS[quantizer].bits / 8 / 1024
+    return (f"Size: the LSTM's one-hot input has {symbols + SPECIAL_SYMBOLS} columns (the "
+            f"data's {symbols} symbols and fairseq's {SPECIAL_SYMBOLS} special ones) where the "
+            f"paper counts {paper_columns}: {extra} columns of W_x more, {kb:g} KB more than "
+            "the paper's count for this model (its tables round to the KB).")
+
+
 DATASETS: Dict[str, Dataset] = {
     "ptb_char": Dataset(
         "recipes/ptb_char/train.sh", "ptb_char", "bpc",
         ("--task", "bptt_lm", "--gen-subset", "test", "--tokens-per-sample", "100",
          "--batch-size", "16", "--cpu"), "ptb_char", "zoo/eval_text/news_en.txt",
-        save_every=400),
+        save_every=400, one_hot=(49, 50)),
     "ptb_word": Dataset(
         "recipes/ptb_word/train.sh", "ptb_word", "perplexity",
         ("--task", "bptt_lm", "--gen-subset", "test", "--tokens-per-sample", "35",
@@ -123,7 +143,7 @@ DATASETS: Dict[str, Dataset] = {
         "recipes/warpeace/train.sh", "warpeace", "bpc",
         ("--task", "bptt_lm", "--gen-subset", "test", "--tokens-per-sample", "100",
          "--batch-size", "16", "--cpu"), "bytes", "zoo/eval_text/news_en.txt",
-        save_every=400),
+        save_every=400, one_hot=(87, 87)),
     # pixel by pixel (784 steps, 1x100); the recipe's schedule: Adam, lr 0.002 decaying
     # exponentially per epoch to 0.001 in its last epoch, clip 1, B=100; no text of its own
     "mnist": Dataset(
@@ -981,7 +1001,10 @@ def card_notes(run: Run, value: float, epochs: float) -> str:
         text = (f"{abs(value - run.paper):.3g} from the paper's {run.paper:g} after {epochs:g} "
                 f"of the paper's up to {run.data.paper_epochs} epochs; the training campaign "
                 f"(recipes/zoo/campaign.py) continues it. Last phase: {run.schedule}")
-    return (text + (" " + run.data.note if run.data.note else "")).strip()
+    text = (text + (" " + run.data.note if run.data.note else "")).strip()
+    if run.data.one_hot is None:
+        return text
+    return text + "\n\n" + one_hot_size_note(*run.data.one_hot, run.quantizer)
 
 
 def refresh_notes(plan: List[Run], log=print) -> None:
