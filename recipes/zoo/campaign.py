@@ -257,6 +257,11 @@ SMNIST_MORE2_TEXT = ("Then Adam from those weights with a fresh optimizer state:
 SMNIST_HELD = ("--lr", "0.001", "--force-anneal", "10", "--lr-shrink", "0.8")
 SMNIST_HELD_TEXT = ("Then Adam from those weights with a fresh optimizer state: lr 1e-3 for 9 "
                     "epochs, then x0.8 per epoch (the recipe's clipping 1, B=100).")
+# then, for what is left of the session, stochastic weight averaging's recipe: a constant low
+# rate, the mean of every epoch's weights
+SMNIST_SWA = ("--lr", "0.00025", "--force-anneal", "100", "--lr-shrink", "0.8")
+SMNIST_SWA_TEXT = ("Then Adam from those weights with a fresh optimizer state: lr 2.5e-4, "
+                   "constant (the recipe's clipping 1, B=100).")
 SMNIST_CHRONO_TEXT = (" Chrono initialisation of the gate biases (Tallec & Ollivier 2018; "
                       "--init chrono).")
 # more epochs at the recipe's late learning rate for a model that underfits after its anneal
@@ -378,6 +383,12 @@ PLAN: List[Run] = [
         None, None, SMNIST_HELD_TEXT, ("--init", "chrono", "--init-state-noise", "0.1",
                                        *SMNIST_HELD), from_zoo=True, target=SMNIST_TARGET,
         average=5),
+    Run("smnist-bc-layer.more2.swa", "smnist-bc-layer", "mnist", "bc", "layer", 6, None, None,
+        SMNIST_SWA_TEXT, ("--init", "chrono", "--init-state-noise", "0.1", *SMNIST_SWA),
+        from_zoo=True, target=SMNIST_TARGET, after="smnist-bc-layer.more2", average=6),
+    Run("smnist-bc-layer.held.swa", "smnist-bc-layer", "mnist", "bc", "layer", 6, None, None,
+        SMNIST_SWA_TEXT, ("--init", "chrono", "--init-state-noise", "0.1", *SMNIST_SWA),
+        from_zoo=True, target=SMNIST_TARGET, after="smnist-bc-layer.held", average=6),
     Run("warpeace-bc-weight", "warpeace-bc-weight", "warpeace", "bc", "weight", SHORT_EPOCHS,
         1.74, 174, SHORT_TEXT, SHORT),
     # the short schedule left it at 1.811 (1.79 is the row's edge): its validation BPC was still
