@@ -383,6 +383,12 @@ PLAN: List[Run] = [
         None, None, SMNIST_HELD_TEXT, ("--init", "chrono", "--init-state-noise", "0.1",
                                        *SMNIST_HELD), from_zoo=True, target=SMNIST_TARGET,
         average=5),
+    # .more2 ended at valid 97.91 / test 97.85 % (the mean of epochs 14-18; its single epochs
+    # 96.9-97.7 valid), .held at 97.94 / 97.78 % (2026-12-06, Zen 3): both short of the margin.
+    # The mean of the two means validated worse (97.56, test 97.80): no soup across phases.
+    # The constant-rate phases after them did not gain either: .more2.swa 97.75 / 97.78 %,
+    # .held.swa 97.69 / 97.84 % (valid / test, the mean of its 6 epochs). What got furthest is
+    # the longest phase at the recipe's late rate (.more, 30 epochs: 98.01 / 97.92 %)
     Run("smnist-bc-layer.more2.swa", "smnist-bc-layer", "mnist", "bc", "layer", 6, None, None,
         SMNIST_SWA_TEXT, ("--init", "chrono", "--init-state-noise", "0.1", *SMNIST_SWA),
         from_zoo=True, target=SMNIST_TARGET, after="smnist-bc-layer.more2", average=6),
