@@ -259,6 +259,7 @@ SMNIST_HELD_TEXT = ("Then Adam from those weights with a fresh optimizer state: 
                     "epochs, then x0.8 per epoch (the recipe's clipping 1, B=100).")
 # then, for what is left of the session, stochastic weight averaging's recipe: a constant low
 # rate, the mean of every epoch's weights
+SMNIST_CHAIN_EPOCHS = 22  # a further phase after an 18-epoch one, within one session
 SMNIST_SWA = ("--lr", "0.00025", "--force-anneal", "100", "--lr-shrink", "0.8")
 SMNIST_SWA_TEXT = ("Then Adam from those weights with a fresh optimizer state: lr 2.5e-4, "
                    "constant (the recipe's clipping 1, B=100).")
@@ -395,6 +396,17 @@ PLAN: List[Run] = [
     Run("smnist-bc-layer.held.swa", "smnist-bc-layer", "mnist", "bc", "layer", 6, None, None,
         SMNIST_SWA_TEXT, ("--init", "chrono", "--init-state-noise", "0.1", *SMNIST_SWA),
         from_zoo=True, target=SMNIST_TARGET, after="smnist-bc-layer.held", average=6),
+    # so the two 18-epoch phases go on at the recipe's late rate, each on a core, for what one
+    # session holds (about 5 minutes an epoch on a shared core): together with their first 18,
+    # each is longer at lr ~1e-3 than .more was
+    Run("smnist-bc-layer.more2.more", "smnist-bc-layer", "mnist", "bc", "layer",
+        SMNIST_CHAIN_EPOCHS, None, None, SMNIST_MORE_TEXT,
+        ("--init", "chrono", "--init-state-noise", "0.1", *SMNIST_MORE), from_zoo=True,
+        target=SMNIST_TARGET, after="smnist-bc-layer.more2", average=8),
+    Run("smnist-bc-layer.held.more", "smnist-bc-layer", "mnist", "bc", "layer",
+        SMNIST_CHAIN_EPOCHS, None, None, SMNIST_MORE_TEXT,
+        ("--init", "chrono", "--init-state-noise", "0.1", *SMNIST_MORE), from_zoo=True,
+        target=SMNIST_TARGET, after="smnist-bc-layer.held", average=8),
     Run("warpeace-bc-weight", "warpeace-bc-weight", "warpeace", "bc", "weight", SHORT_EPOCHS,
         1.74, 174, SHORT_TEXT, SHORT),
     # the short schedule left it at 1.811 (1.79 is the row's edge): its validation BPC was still
