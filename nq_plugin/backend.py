@@ -180,6 +180,13 @@ def native_march() -> str:
     return value
 
 
+def extensions_root() -> Optional[str]:
+    """``$TORCH_EXTENSIONS_DIR``, torch's own variable for where it compiles extensions, or
+    None (torch's default root): the native extension's build folders go under it
+    (:func:`nq_plugin.native.build_directory`)."""
+    return os.environ.get("TORCH_EXTENSIONS_DIR") or None
+
+
 def zoo_dir() -> Optional[str]:
     """``$NQ_ZOO_DIR`` (a zoo of one's own), or None."""
     value = os.environ.get("NQ_ZOO_DIR")

@@ -3,6 +3,7 @@
 
 Compiled with ``torch.utils.cpp_extension.load`` (``-O3 -march=native``; at::vec's AVX2 code
 path where the CPU has AVX2) and cached in torch's extensions folder (``TORCH_EXTENSIONS_DIR``,
+else torch's default root), in a build folder of its own per checkout (:func:`build_directory`),
 about 20 s the first time on 2 cores: the bindings include torch/python.h, the kernels ATen
 alone, not the whole of torch/extension.h); never at ``pip install`` (an isolated build would
 pull a CUDA torch). ``NQ_PLUGIN_MARCH=x86-64-v3`` builds a module of its own for AVX2 and FMA
@@ -13,13 +14,15 @@ paths and the reason is logged once; :func:`build_error` says why.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
+import sys
 import threading
 from typing import Optional
 
-from .backend import native_march
+from .backend import extensions_root, native_march
 
 logger = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -33,6 +36,27 @@ NAME = "nq_plugin_native_v34"  # bump when the sources' interface changes
 def _name(march: str) -> str:
     """The extension's module name: one build per -march target (``native``: NAME)."""
     return NAME if march == "native" else f"{NAME}_{re.sub(r'[^A-Za-z0-9]', '_', march)}"
+
+
+def build_directory(name: str, folder: str) -> str:
+    """Where the module ``name`` built from the sources in ``folder`` is compiled and cached.
+
+    torch keeps one folder per extension name and rewrites its build.ninja with the sources'
+    absolute paths, so two checkouts of the plugin (a clone and a worktree, a venv's copy and a
+    source tree) would rebuild the same folder in turn at every load, and replace a module that
+    another process has loaded; the folder therefore carries a digest of the sources' folder,
+    the Python and the torch build: ``<root>/<name>-<digest>``, ``<root>`` being
+    ``TORCH_EXTENSIONS_DIR`` when set (:func:`nq_plugin.backend.extensions_root`), else torch's
+    default root.
+    """
+    import torch
+    from torch.utils.cpp_extension import get_default_build_root
+    root = extensions_root() or get_default_build_root()
+    key = "|".join((os.path.realpath(folder), sys.version, torch.__version__))
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    path = os.path.join(root, f"{name}-{digest}")
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 def _flags(march: str = "native"):
@@ -64,6 +88,7 @@ def extension():
                 _module = build(name=_name(march),
                                 sources=[os.path.join(folder, s) for s in SOURCES],
                                 extra_cflags=_flags(march), extra_ldflags=["-fopenmp"],
+                                build_directory=build_directory(_name(march), folder),
                                 verbose=False)
                 logger.info("nq_plugin: native extension built (%s)", _module.__file__)
             except Exception as err:  # no compiler, no ninja, a build error
