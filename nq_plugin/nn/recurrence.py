@@ -49,18 +49,30 @@ def prepacked(weight: torch.Tensor, batch: int) -> Optional[torch.Tensor]:
         return None
 
 
-# The training loop's step GEMMs (h W_h^T forward, grad_z W_h backward, each thread's rows)
-# go through oneDNN's reordered layout only from this hidden size on: at H=100 (sequential
+# A team of one thread's step GEMMs (h W_h^T forward, grad_z W_h backward; a team of several
+# splits them by columns with plain GEMMs, team_splits_columns) go through oneDNN's reordered
+# layout only from this hidden size on (measured when the team split the batch rows): at H=100 (sequential
 # MNIST, 50 rows a thread) plain mm is faster (the training step 5-8 % faster), at H=300
 # (PTB word, 10 rows a thread) oneDNN is (plain mm 6-9 % slower); AMD EPYC, 2 threads,
 # benchmarks/step_gemm_layout.py
 TRAINING_LAYOUT_MIN_HIDDEN = 192
 
 
+def team_splits_columns(batch: int) -> bool:
+    """Whether the native loop runs on a team of several threads (torch's intra-op threads, at
+    most one per batch row: recurrence.cpp's ``team_size``), which splits each step product by
+    its output columns, the whole batch's rows at once, with plain GEMMs: each thread then
+    reads its part of W_h at a step instead of all of it (10 rows of x W^T at a time ran
+    1.4x slower than 20 rows of half the columns; AMD EPYC Zen 3, one thread). A team of one
+    takes oneDNN's layout where :func:`training_layout` gives it."""
+    return min(torch.get_num_threads(), batch) > 1
+
+
 def training_layout(weight: torch.Tensor, batch: int) -> Optional[torch.Tensor]:
     """:func:`prepacked` for the training loop's step products of ``weight`` ((4H, H) or its
-    transpose), or None (plain mm) below :data:`TRAINING_LAYOUT_MIN_HIDDEN`."""
-    if min(weight.shape) < TRAINING_LAYOUT_MIN_HIDDEN:
+    transpose), or None (plain mm) below :data:`TRAINING_LAYOUT_MIN_HIDDEN` and where the
+    team splits the products by columns (:func:`team_splits_columns`)."""
+    if min(weight.shape) < TRAINING_LAYOUT_MIN_HIDDEN or team_splits_columns(batch):
         return None
     return prepacked(weight, batch)
 
@@ -291,6 +303,14 @@ def native_inference(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0
     return _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0, layout)
 
 
+def _inference_layout(w_hh, batch, layout):
+    """W_h in oneDNN's layout for a team of one (the caller's ``layout``, else reordered now),
+    None for a team that splits the products by columns."""
+    if team_splits_columns(batch):
+        return None
+    return prepacked(w_hh, batch) if layout is None else layout
+
+
 def _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0, layout=None,
                     w_ih=None):
     """The native forward without autograd (keeps nothing for a backward). W_h is reordered
@@ -299,7 +319,7 @@ def _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0,
     with torch.no_grad():
         out, h, c = native_extension().recurrence_forward(
             px, h0, c0, w_hh, shift, gain_x, gain_h, native_term(form_x), native_term(form_h),
-            t0, False, prepacked(w_hh, px.shape[1]) if layout is None else layout, w_ih)
+            t0, False, _inference_layout(w_hh, px.shape[1], layout), w_ih)
     return out, h, c
 
 

@@ -87,8 +87,8 @@ def test_native_equals_python(built, quantizer, norm, opts, layers, training, ba
 def test_native_equals_python_in_double_to_rounding(built, norm, opts, inputs, backend_choice,
                                                      two_threads):
     """The same arithmetic: in float64 the two paths agree to ~1e-12 over 37 steps (more than
-    the backward's chunk of 16 steps), on two threads (the batch split between them and the
-    backward's per-thread partial sums); one input column runs the projection fused into the
+    the backward's chunk of 16 steps), on two threads (the step products split by columns between
+    them, the elementwise work by rows); one input column runs the projection fused into the
     loop (sequential MNIST), gradients of x and W_x included."""
     torch.manual_seed(1)
     model = NQLSTM(inputs, 8, 1, quantizer="tc", norm=norm, **opts).double()
@@ -96,6 +96,35 @@ def test_native_equals_python_in_double_to_rounding(built, norm, opts, inputs, b
     state = (torch.randn(1, 3, 8, dtype=torch.float64), torch.randn(1, 3, 8, dtype=torch.float64))
     py = run(model, x, state, 0, "python", backend_choice)
     nat = run(model, x, state, 0, "native", backend_choice)
+    for a, b in zip(py[:6], nat[:6]):
+        close(b, a, atol=1e-10, rtol=1e-9)
+    for name, g in py[6].items():
+        close(nat[6][name], g, atol=1e-10, rtol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("norm,opts", [("layer", {}), ("batch", {"bn_stats": "separate"})],
+                         ids=["layer", "batch"])
+def test_a_team_splits_the_step_products_by_columns(built, threads, norm, opts, backend_choice):
+    """A team of several threads forms each step product's columns for the whole batch (the
+    products split 2/2 or 1/1/1... over columns, unevenly: H=7, F=28; batch 3) and meets
+    between the products and the elementwise work; a team of one forms them whole. Both are
+    the Python loop's arithmetic in float64, over more steps than a chunk of dL/dW_h."""
+    from nq_plugin.nn.recurrence import team_splits_columns
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert team_splits_columns(3) == (threads > 1)
+        assert not team_splits_columns(1)
+        torch.manual_seed(3)
+        model = NQLSTM(5, 7, 1, quantizer="tc", norm=norm, **opts).double()
+        x = torch.randn(37, 3, 5, dtype=torch.float64)
+        state = (torch.randn(1, 3, 7, dtype=torch.float64),
+                 torch.randn(1, 3, 7, dtype=torch.float64))
+        py = run(model, x, state, 0, "python", backend_choice)
+        nat = run(model, x, state, 0, "native", backend_choice)
+    finally:
+        torch.set_num_threads(before)
     for a, b in zip(py[:6], nat[:6]):
         close(b, a, atol=1e-10, rtol=1e-9)
     for name, g in py[6].items():
