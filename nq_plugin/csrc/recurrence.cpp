@@ -163,16 +163,20 @@ struct StepMatmul {
 };
 
 // The threads of the loop (the "team"): the batch rows are split between torch's intra-op
-// threads once for the whole loop, and each thread runs its own rows' elementwise work. The
-// step GEMMs (h_{t-1} W_h^T forward, grad_z W_h backward, single-threaded inside the team) are
-// split by output columns ("shared": a team of several threads): each thread forms its columns
-// for the whole batch, so it reads only its part of W_h at each step (10 rows of all 1200
-// columns ran 1.4x slower than 20 rows of 600; AMD EPYC Zen 3), and the team meets at a barrier
-// after each product and after each step's elementwise work; dL/dW_h is each thread's rows of
-// it, one GEMM per chunk of steps over the whole batch. A team of one runs its products whole,
-// through oneDNN's layout where given. The ops that normalize by columns (BATCH, POWER_*) meet
-// at one more barrier per step, where each thread adds the others' partial column sums
-// (double-buffered by step parity). No fork and join per step.
+// threads once for the whole loop, and each thread runs its own rows' elementwise work, so a
+// step needs no fork and join. The step GEMMs (h_{t-1} W_h^T forward, grad_z W_h backward,
+// single-threaded inside the team) go one of two ways, as the caller says (split_columns;
+// nq_plugin/nn/recurrence.py, team_splits_columns, from H=192 on):
+// - "shared": each thread forms its output columns of the product for the whole batch, so it
+//   reads only its part of W_h at a step (alone, 10 rows of all 1200 columns ran 1.4x slower
+//   than 20 rows of 600; AMD EPYC Zen 3); the team meets at a barrier after each product and
+//   after each step's elementwise work, and dL/dW_h is each thread's rows of it, one GEMM per
+//   chunk of steps over the whole batch;
+// - else each thread multiplies its own rows by the whole W_h (through oneDNN's layout where
+//   given), with no barrier, and dL/dW_h is each thread's partial over its rows, summed once
+//   at the end.
+// The ops that normalize by columns (BATCH, POWER_*) meet at one more barrier per step, where
+// each thread adds the others' partial column sums (double-buffered by step parity).
 struct Rows {
   int64_t begin, end;
   int64_t size() const { return end - begin; }
@@ -234,6 +238,25 @@ class Team {
 inline Tensor rows_tensor(const void* ptr, int64_t rows, int64_t features,
                           const at::TensorOptions& opts) {
   return at::from_blob(const_cast<void*>(ptr), {rows, features}, opts);
+}
+
+// A shared team's parts of a step product's weight w (K, N): each part's columns as a
+// contiguous (K, N_p) copy (a product reads them ~10 % faster than a strided view)
+inline std::vector<Tensor> column_parts(const Tensor& w, int64_t parts) {
+  std::vector<Tensor> out;
+  for (int64_t p = 0; p < parts; ++p) {
+    const Rows c = rows_of(p, parts, w.size(1));
+    out.push_back(w.narrow(1, c.begin, c.size()).contiguous());
+  }
+  return out;
+}
+
+// this thread's columns of a step product's weight: its copy, or, where the region has fewer
+// threads than planned (nested), a view of w
+inline Tensor column_part(const std::vector<Tensor>& parts, const Tensor& w, int64_t p,
+                          int64_t nt, const Rows& c) {
+  if (nt == static_cast<int64_t>(parts.size())) return parts[p];
+  return w.narrow(1, c.begin, c.size());
 }
 
 // Two column sums over `rows` rows of (rows, F) data: fun(offset, column, n, s1, s2) adds a
@@ -496,7 +519,7 @@ template <typename T>
 void forward_impl(const Tensor& px, const Tensor& w_x_t, const Tensor& h0, const Tensor& c0,
                   const Tensor& w_hh, const Tensor& shift, const Tensor& gain_x,
                   const Tensor& gain_h, const Norm& nx, const Norm& nh, int64_t t0, bool keep,
-                  const Tensor& w_packed, std::vector<Tensor>& result) {
+                  const Tensor& w_packed, bool split_columns, std::vector<Tensor>& result) {
   const int64_t steps = px.size(0), batch = px.size(1);
   const int64_t features = w_x_t.defined() ? w_x_t.size(1) : px.size(2);
   const int64_t hidden = features / kBlocks;
@@ -540,13 +563,15 @@ void forward_impl(const Tensor& px, const Tensor& w_x_t, const Tensor& h0, const
                               opts);
   T* partials_p = partials.data_ptr<T>();
   const int64_t step_size = batch * features, state_size = batch * hidden;
-  // a team of several threads splits the step GEMM by columns (split_columns): z of the
-  // whole batch, W_h^T plain (the oneDNN layout is for one thread's whole product)
-  const bool shared = parts > 1;
+  // a team of several threads splits the step GEMM by columns where asked (split_columns): z
+  // of the whole batch, W_h^T plain (the oneDNN layout is for one thread's whole product)
+  const bool shared = split_columns && parts > 1;
   Tensor z_all = shared ? at::empty({batch, features}, opts) : Tensor();
   const Tensor w_h_t =
       (shared || !w_packed.defined()) ? w_hh.detach().t().contiguous() : Tensor();
   const StepMatmul recurrent{w_packed.defined() ? Tensor() : w_h_t, w_packed};  // z = h W_h^T
+  const std::vector<Tensor> w_h_t_parts =
+      shared ? column_parts(w_h_t, parts) : std::vector<Tensor>();
   Team team(parts);
   team.run([&](int64_t p, int64_t nt) {
     const Rows r = rows_of(p, nt, batch);
@@ -568,7 +593,7 @@ void forward_impl(const Tensor& px, const Tensor& w_x_t, const Tensor& h0, const
         if (shared) {  // this thread's columns of z for the whole batch
           Tensor z_cols = z_all.narrow(1, cols.begin, cols.size());
           at::mm_out(z_cols, rows_tensor(h_prev, batch, hidden, opts),
-                     w_h_t.narrow(1, cols.begin, cols.size()));
+                     column_part(w_h_t_parts, w_h_t, p, nt, cols));
         } else {
           z = recurrent(rows_tensor(h_prev + r.begin * hidden, r.size(), hidden, opts));
           TORCH_CHECK(z.is_contiguous(), "the step GEMM's output must be contiguous");
@@ -671,7 +696,8 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
                    const Tensor& gain_h, int64_t op_x, const Tensor& first_x,
                    const Tensor& second_x, int64_t op_h, const Tensor& second_h, int64_t t0,
                    const Tensor& w_packed_t, const Tensor& nu_x, const Tensor& accum_x,
-                   const Tensor& nu_h, const Tensor& accum_h, std::vector<Tensor>& result) {
+                   const Tensor& nu_h, const Tensor& accum_h, bool split_columns,
+                   std::vector<Tensor>& result) {
   const int64_t steps = out.size(0), batch = out.size(1), hidden = out.size(2);
   const int64_t features = kBlocks * hidden;
   TORCH_CHECK(static_cast<int64_t>(acts.size()) == (steps + kSaveChunk - 1) / kSaveChunk &&
@@ -685,10 +711,11 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
   Tensor grad_px = input.fused() ? at::empty({grad_input ? steps : 0, batch, px.size(2)}, opts)
                                  : at::empty({steps, batch, features}, opts);
   const int64_t parts = team_size(batch);
-  // a team of several threads splits the step GEMMs by columns (split_columns)
-  const bool shared = parts > 1;
+  // a team of several threads splits the step GEMMs by columns where asked (split_columns)
+  const bool shared = split_columns && parts > 1;
   const Tensor w_h = (shared || !w_packed_t.defined()) ? w_hh.detach().contiguous() : Tensor();
   const StepMatmul back{w_packed_t.defined() ? Tensor() : w_h, w_packed_t};  // dh = grad_z W_h
+  const std::vector<Tensor> w_h_parts = shared ? column_parts(w_h, parts) : std::vector<Tensor>();
   const int64_t rows_max = (batch + parts - 1) / parts;
   // dL/dW_h = sum_t grad_z_t^T h_{t-1}: grad_z and h_{t-1} are kept for a chunk of steps, one
   // GEMM per chunk: alone, a thread keeps its rows (one partial dL/dW_h per thread, summed at
@@ -873,7 +900,7 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
         if (shared) {  // this thread's columns of dh for the whole batch
           Tensor dh_cols = dh.narrow(1, hcols.begin, hcols.size());
           at::mm_out(dh_cols, rows_tensor(gz_own + slot * batch * features, batch, features, opts),
-                     w_h.narrow(1, hcols.begin, hcols.size()));
+                     column_part(w_h_parts, w_h, p, nt, hcols));
         }
         if (slot == 0) {  // the chunk of steps t .. t + count - 1 (slots 0 .. count - 1) is done
           const int64_t count = std::min(chunk, steps - t);
@@ -910,7 +937,7 @@ std::vector<Tensor> recurrence_forward(
     Tensor px, Tensor h0, Tensor c0, Tensor w_hh, Tensor shift,
     c10::optional<Tensor> gain_x, c10::optional<Tensor> gain_h, const NormTerm& x,
     const NormTerm& h, int64_t t0, bool keep, c10::optional<Tensor> w_packed,
-    c10::optional<Tensor> w_x) {
+    c10::optional<Tensor> w_x, bool split_columns) {
   const bool fused = w_x.has_value() && w_x->defined();
   TORCH_CHECK(px.dim() == 3 && px.size(0) > 0,
               "px must be (T, B, 4H) (or x (T, B, K) with W_x) with at least one step");
@@ -930,7 +957,7 @@ std::vector<Tensor> recurrence_forward(
   AT_DISPATCH_FLOATING_TYPES(px.scalar_type(), "nq_recurrence_forward", [&] {
     forward_impl<scalar_t>(px, w_x_t, h0, c0, w_hh.contiguous(), shift.contiguous(), gx, gh,
                            nx, nh, t0, keep, w_packed.has_value() ? *w_packed : Tensor(),
-                           result);
+                           split_columns, result);
   });
   return result;
 }
@@ -941,7 +968,7 @@ std::vector<Tensor> recurrence_backward(
     std::vector<Tensor> z_hat, Tensor stats_x, Tensor stats_h, Tensor w_hh,
     c10::optional<Tensor> gain_x, c10::optional<Tensor> gain_h, const NormTerm& x,
     const NormTerm& h, int64_t t0, c10::optional<Tensor> w_packed_t, c10::optional<Tensor> w_x,
-    bool grad_input) {
+    bool grad_input, bool split_columns) {
   const int64_t op_x = x.op, op_h = h.op;
   const Tensor w_x_t = w_x.has_value() && w_x->defined() ? w_x->t().contiguous() : Tensor();
   const int64_t batch = out.size(1), hidden = out.size(2), features = kBlocks * hidden;
@@ -962,7 +989,7 @@ std::vector<Tensor> recurrence_backward(
                             c_all, acts, z_hat, stats_x, stats_h, w_hh, gx, gh, op_x,
                             opt(x.first), opt(x.second), op_h, opt(h.second), t0,
                             opt(w_packed_t), opt(x.nu), opt(x.accum_backward), opt(h.nu),
-                            opt(h.accum_backward), result);
+                            opt(h.accum_backward), split_columns, result);
   });
   return result;
 }

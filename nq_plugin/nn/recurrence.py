@@ -58,21 +58,28 @@ def prepacked(weight: torch.Tensor, batch: int) -> Optional[torch.Tensor]:
 TRAINING_LAYOUT_MIN_HIDDEN = 192
 
 
-def team_splits_columns(batch: int) -> bool:
-    """Whether the native loop runs on a team of several threads (torch's intra-op threads, at
-    most one per batch row: recurrence.cpp's ``team_size``), which splits each step product by
-    its output columns, the whole batch's rows at once, with plain GEMMs: each thread then
-    reads its part of W_h at a step instead of all of it (10 rows of x W^T at a time ran
-    1.4x slower than 20 rows of half the columns; AMD EPYC Zen 3, one thread). A team of one
-    takes oneDNN's layout where :func:`training_layout` gives it."""
-    return min(torch.get_num_threads(), batch) > 1
+# From this hidden size on, a team of several threads (torch's intra-op threads, at most one
+# per batch row: recurrence.cpp's ``team_size``) splits each step product by its output
+# columns, the whole batch's rows at once, with plain GEMMs: each thread then reads its part of
+# W_h at a step instead of all of it (alone, 10 rows of x W^T at PTB word's size ran 1.4x
+# slower than 20 rows of half the columns; AMD EPYC Zen 3). Below, W_h fits a core's cache
+# whole (160 KB at H=100, sequential MNIST) and the team splits the batch rows, without the two
+# barriers a step the column split takes.
+COLUMN_SPLIT_MIN_HIDDEN = 192
+
+
+def team_splits_columns(batch: int, hidden: int) -> bool:
+    """Whether the native loop's team splits the step products by columns (see
+    :data:`COLUMN_SPLIT_MIN_HIDDEN`): several threads, from that hidden size on."""
+    return hidden >= COLUMN_SPLIT_MIN_HIDDEN and min(torch.get_num_threads(), batch) > 1
 
 
 def training_layout(weight: torch.Tensor, batch: int) -> Optional[torch.Tensor]:
     """:func:`prepacked` for the training loop's step products of ``weight`` ((4H, H) or its
     transpose), or None (plain mm) below :data:`TRAINING_LAYOUT_MIN_HIDDEN` and where the
     team splits the products by columns (:func:`team_splits_columns`)."""
-    if min(weight.shape) < TRAINING_LAYOUT_MIN_HIDDEN or team_splits_columns(batch):
+    if min(weight.shape) < TRAINING_LAYOUT_MIN_HIDDEN or \
+            team_splits_columns(batch, min(weight.shape)):
         return None
     return prepacked(weight, batch)
 
@@ -185,7 +192,8 @@ class _NativeRecurrence(torch.autograd.Function):
         module = native_extension()
         res = module.recurrence_forward(px, h0, c0, w_hh, shift, gain_x, gain_h,
                                         native_term(form_x), native_term(form_h), t0, True,
-                                        training_layout(w_hh, px.shape[1]), w_ih)
+                                        training_layout(w_hh, px.shape[1]), w_ih,
+                                        team_splits_columns(px.shape[1], w_hh.shape[1]))
         out, h, c = res[:3]  # then c_all, stats_x, stats_h, the z_hat and activation blocks
         ctx.forms, ctx.t0 = (form_x, form_h), t0
         ctx.save_for_backward(px, w_ih, h0, c0, out, w_hh, gain_x, gain_h, *res[3:])
@@ -200,7 +208,8 @@ class _NativeRecurrence(torch.autograd.Function):
         grads = native_extension().recurrence_backward(
             grad_out, grad_h, grad_c, px, h0, c0, out, c_all, acts, z_hat, stats_x, stats_h,
             w_hh, gain_x, gain_h, native_term(form_x), native_term(form_h), ctx.t0,
-            training_layout(w_hh.t(), out.shape[1]), w_ih, ctx.needs_input_grad[0])
+            training_layout(w_hh.t(), out.shape[1]), w_ih, ctx.needs_input_grad[0],
+            team_splits_columns(out.shape[1], w_hh.shape[1]))
         grad_px, dh0, dc0, grad_w, grad_shift, grad_gain_x, grad_gain_h, grad_w_ih = grads
         return (grad_px if ctx.needs_input_grad[0] else None, dh0, dc0, grad_w, grad_shift,
                 None if gain_x is None else grad_gain_x,
@@ -306,7 +315,7 @@ def native_inference(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0
 def _inference_layout(w_hh, batch, layout):
     """W_h in oneDNN's layout for a team of one (the caller's ``layout``, else reordered now),
     None for a team that splits the products by columns."""
-    if team_splits_columns(batch):
+    if team_splits_columns(batch, w_hh.shape[1]):
         return None
     return prepacked(w_hh, batch) if layout is None else layout
 
@@ -319,7 +328,8 @@ def _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0,
     with torch.no_grad():
         out, h, c = native_extension().recurrence_forward(
             px, h0, c0, w_hh, shift, gain_x, gain_h, native_term(form_x), native_term(form_h),
-            t0, False, _inference_layout(w_hh, px.shape[1], layout), w_ih)
+            t0, False, _inference_layout(w_hh, px.shape[1], layout), w_ih,
+            team_splits_columns(px.shape[1], w_hh.shape[1]))
     return out, h, c
 
 

@@ -105,17 +105,21 @@ def test_native_equals_python_in_double_to_rounding(built, norm, opts, inputs, b
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("norm,opts", [("layer", {}), ("batch", {"bn_stats": "separate"})],
                          ids=["layer", "batch"])
-def test_a_team_splits_the_step_products_by_columns(built, threads, norm, opts, backend_choice):
-    """A team of several threads forms each step product's columns for the whole batch (the
-    products split 2/2 or 1/1/1... over columns, unevenly: H=7, F=28; batch 3) and meets
-    between the products and the elementwise work; a team of one forms them whole. Both are
-    the Python loop's arithmetic in float64, over more steps than a chunk of dL/dW_h."""
-    from nq_plugin.nn.recurrence import team_splits_columns
+def test_a_team_splits_the_step_products_by_columns(built, threads, norm, opts, backend_choice,
+                                                    monkeypatch):
+    """A team of several threads forms each step product's columns for the whole batch (here
+    from any hidden size: split unevenly, H=7, F=28; batch 3) and meets between the products
+    and the elementwise work; a team of one forms them whole. Both are the Python loop's
+    arithmetic in float64, over more steps than a chunk of dL/dW_h."""
+    from nq_plugin.nn import recurrence as loop
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        assert team_splits_columns(3) == (threads > 1)
-        assert not team_splits_columns(1)
+        assert loop.team_splits_columns(20, 300) == (threads > 1)  # PTB word
+        assert not loop.team_splits_columns(100, 100)  # sequential MNIST: W_h fits a cache
+        assert not loop.team_splits_columns(1, 300)  # a team of one
+        monkeypatch.setattr(loop, "COLUMN_SPLIT_MIN_HIDDEN", 1)
+        assert loop.team_splits_columns(3, 7) == (threads > 1)
         torch.manual_seed(3)
         model = NQLSTM(5, 7, 1, quantizer="tc", norm=norm, **opts).double()
         x = torch.randn(37, 3, 5, dtype=torch.float64)
