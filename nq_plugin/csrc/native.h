@@ -70,7 +70,7 @@ std::vector<at::Tensor> recurrence_forward(
     at::Tensor px, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor shift,
     c10::optional<at::Tensor> gain_x, c10::optional<at::Tensor> gain_h, const NormTerm& x,
     const NormTerm& h, int64_t t0, bool keep, c10::optional<at::Tensor> w_packed,
-    c10::optional<at::Tensor> w_x, bool split_columns);
+    c10::optional<at::Tensor> w_x, bool split_columns, std::vector<at::Tensor> packed_parts);
 
 std::vector<at::Tensor> recurrence_backward(
     c10::optional<at::Tensor> grad_out, c10::optional<at::Tensor> grad_h,
@@ -79,4 +79,5 @@ std::vector<at::Tensor> recurrence_backward(
     std::vector<at::Tensor> z_hat, at::Tensor stats_x, at::Tensor stats_h, at::Tensor w_hh,
     c10::optional<at::Tensor> gain_x, c10::optional<at::Tensor> gain_h, const NormTerm& x,
     const NormTerm& h, int64_t t0, c10::optional<at::Tensor> w_packed_t,
-    c10::optional<at::Tensor> w_x, bool grad_input, bool split_columns);
+    c10::optional<at::Tensor> w_x, bool grad_input, bool split_columns,
+    std::vector<at::Tensor> packed_parts);

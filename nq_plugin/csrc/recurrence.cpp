@@ -169,7 +169,8 @@ struct StepMatmul {
 // nq_plugin/nn/recurrence.py, team_splits_columns, from H=192 on):
 // - "shared": each thread forms its output columns of the product for the whole batch, so it
 //   reads only its part of W_h at a step (alone, 10 rows of all 1200 columns ran 1.4x slower
-//   than 20 rows of 600; AMD EPYC Zen 3); the team meets at a barrier after each product and
+//   than 20 rows of 600; AMD EPYC Zen 3), through its part of W_h in oneDNN's layout where the
+//   caller gives one per thread (packed_parts), else a plain GEMM; the team meets at a barrier after each product and
 //   after each step's elementwise work, and dL/dW_h is each thread's rows of it, one GEMM per
 //   chunk of steps over the whole batch;
 // - else each thread multiplies its own rows by the whole W_h (through oneDNN's layout where
@@ -249,6 +250,18 @@ inline std::vector<Tensor> column_parts(const Tensor& w, int64_t parts) {
     out.push_back(w.narrow(1, c.begin, c.size()).contiguous());
   }
   return out;
+}
+
+// One thread's columns of a shared step product, out (B, N_p) a view of the whole batch's
+// product: through its part of the weight in oneDNN's layout where the caller gives one per
+// thread (packed), else a plain GEMM with its columns of w_t (K, N_p)
+inline void part_product(Tensor out, const Tensor& x, const std::vector<Tensor>& packed,
+                         const Tensor& w_t, int64_t p) {
+  if (!packed.empty()) {
+    out.copy_(StepMatmul{Tensor(), packed[p]}(x));
+  } else {
+    at::mm_out(out, x, w_t);
+  }
 }
 
 // this thread's columns of a step product's weight: its copy, or, where the region has fewer
@@ -519,7 +532,8 @@ template <typename T>
 void forward_impl(const Tensor& px, const Tensor& w_x_t, const Tensor& h0, const Tensor& c0,
                   const Tensor& w_hh, const Tensor& shift, const Tensor& gain_x,
                   const Tensor& gain_h, const Norm& nx, const Norm& nh, int64_t t0, bool keep,
-                  const Tensor& w_packed, bool split_columns, std::vector<Tensor>& result) {
+                  const Tensor& w_packed, bool split_columns,
+                  const std::vector<Tensor>& packed_parts, std::vector<Tensor>& result) {
   const int64_t steps = px.size(0), batch = px.size(1);
   const int64_t features = w_x_t.defined() ? w_x_t.size(1) : px.size(2);
   const int64_t hidden = features / kBlocks;
@@ -570,8 +584,10 @@ void forward_impl(const Tensor& px, const Tensor& w_x_t, const Tensor& h0, const
   const Tensor w_h_t =
       (shared || !w_packed.defined()) ? w_hh.detach().t().contiguous() : Tensor();
   const StepMatmul recurrent{w_packed.defined() ? Tensor() : w_h_t, w_packed};  // z = h W_h^T
+  // each thread's part in oneDNN's layout (the caller's, one per thread), else plain copies
+  const bool packed = shared && static_cast<int64_t>(packed_parts.size()) == parts;
   const std::vector<Tensor> w_h_t_parts =
-      shared ? column_parts(w_h_t, parts) : std::vector<Tensor>();
+      (shared && !packed) ? column_parts(w_h_t, parts) : std::vector<Tensor>();
   Team team(parts);
   team.run([&](int64_t p, int64_t nt) {
     const Rows r = rows_of(p, nt, batch);
@@ -591,9 +607,12 @@ void forward_impl(const Tensor& px, const Tensor& w_x_t, const Tensor& h0, const
       const T* z_p = nullptr;  // this step's z, from row r.begin
       team.guarded([&] {
         if (shared) {  // this thread's columns of z for the whole batch
-          Tensor z_cols = z_all.narrow(1, cols.begin, cols.size());
-          at::mm_out(z_cols, rows_tensor(h_prev, batch, hidden, opts),
-                     column_part(w_h_t_parts, w_h_t, p, nt, cols));
+          const bool whole = nt == parts;  // else fewer threads than planned (nested)
+          part_product(z_all.narrow(1, cols.begin, cols.size()),
+                       rows_tensor(h_prev, batch, hidden, opts),
+                       (packed && whole) ? packed_parts : std::vector<Tensor>(),
+                       packed ? w_h_t.narrow(1, cols.begin, cols.size())
+                              : column_part(w_h_t_parts, w_h_t, p, nt, cols), p);
         } else {
           z = recurrent(rows_tensor(h_prev + r.begin * hidden, r.size(), hidden, opts));
           TORCH_CHECK(z.is_contiguous(), "the step GEMM's output must be contiguous");
@@ -697,7 +716,7 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
                    const Tensor& second_x, int64_t op_h, const Tensor& second_h, int64_t t0,
                    const Tensor& w_packed_t, const Tensor& nu_x, const Tensor& accum_x,
                    const Tensor& nu_h, const Tensor& accum_h, bool split_columns,
-                   std::vector<Tensor>& result) {
+                   const std::vector<Tensor>& packed_parts, std::vector<Tensor>& result) {
   const int64_t steps = out.size(0), batch = out.size(1), hidden = out.size(2);
   const int64_t features = kBlocks * hidden;
   TORCH_CHECK(static_cast<int64_t>(acts.size()) == (steps + kSaveChunk - 1) / kSaveChunk &&
@@ -715,7 +734,9 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
   const bool shared = split_columns && parts > 1;
   const Tensor w_h = (shared || !w_packed_t.defined()) ? w_hh.detach().contiguous() : Tensor();
   const StepMatmul back{w_packed_t.defined() ? Tensor() : w_h, w_packed_t};  // dh = grad_z W_h
-  const std::vector<Tensor> w_h_parts = shared ? column_parts(w_h, parts) : std::vector<Tensor>();
+  const bool packed = shared && static_cast<int64_t>(packed_parts.size()) == parts;
+  const std::vector<Tensor> w_h_parts =
+      (shared && !packed) ? column_parts(w_h, parts) : std::vector<Tensor>();
   const int64_t rows_max = (batch + parts - 1) / parts;
   // dL/dW_h = sum_t grad_z_t^T h_{t-1}: grad_z and h_{t-1} are kept for a chunk of steps, one
   // GEMM per chunk: alone, a thread keeps its rows (one partial dL/dW_h per thread, summed at
@@ -898,9 +919,12 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
       if (shared) Team::barrier(nt);  // grad_z of the whole batch complete
       team.guarded([&] {
         if (shared) {  // this thread's columns of dh for the whole batch
-          Tensor dh_cols = dh.narrow(1, hcols.begin, hcols.size());
-          at::mm_out(dh_cols, rows_tensor(gz_own + slot * batch * features, batch, features, opts),
-                     column_part(w_h_parts, w_h, p, nt, hcols));
+          const bool whole = nt == parts;
+          part_product(dh.narrow(1, hcols.begin, hcols.size()),
+                       rows_tensor(gz_own + slot * batch * features, batch, features, opts),
+                       (packed && whole) ? packed_parts : std::vector<Tensor>(),
+                       packed ? w_h.narrow(1, hcols.begin, hcols.size())
+                              : column_part(w_h_parts, w_h, p, nt, hcols), p);
         }
         if (slot == 0) {  // the chunk of steps t .. t + count - 1 (slots 0 .. count - 1) is done
           const int64_t count = std::min(chunk, steps - t);
@@ -937,7 +961,7 @@ std::vector<Tensor> recurrence_forward(
     Tensor px, Tensor h0, Tensor c0, Tensor w_hh, Tensor shift,
     c10::optional<Tensor> gain_x, c10::optional<Tensor> gain_h, const NormTerm& x,
     const NormTerm& h, int64_t t0, bool keep, c10::optional<Tensor> w_packed,
-    c10::optional<Tensor> w_x, bool split_columns) {
+    c10::optional<Tensor> w_x, bool split_columns, std::vector<Tensor> packed_parts) {
   const bool fused = w_x.has_value() && w_x->defined();
   TORCH_CHECK(px.dim() == 3 && px.size(0) > 0,
               "px must be (T, B, 4H) (or x (T, B, K) with W_x) with at least one step");
@@ -957,7 +981,7 @@ std::vector<Tensor> recurrence_forward(
   AT_DISPATCH_FLOATING_TYPES(px.scalar_type(), "nq_recurrence_forward", [&] {
     forward_impl<scalar_t>(px, w_x_t, h0, c0, w_hh.contiguous(), shift.contiguous(), gx, gh,
                            nx, nh, t0, keep, w_packed.has_value() ? *w_packed : Tensor(),
-                           split_columns, result);
+                           split_columns, packed_parts, result);
   });
   return result;
 }
@@ -968,7 +992,7 @@ std::vector<Tensor> recurrence_backward(
     std::vector<Tensor> z_hat, Tensor stats_x, Tensor stats_h, Tensor w_hh,
     c10::optional<Tensor> gain_x, c10::optional<Tensor> gain_h, const NormTerm& x,
     const NormTerm& h, int64_t t0, c10::optional<Tensor> w_packed_t, c10::optional<Tensor> w_x,
-    bool grad_input, bool split_columns) {
+    bool grad_input, bool split_columns, std::vector<Tensor> packed_parts) {
   const int64_t op_x = x.op, op_h = h.op;
   const Tensor w_x_t = w_x.has_value() && w_x->defined() ? w_x->t().contiguous() : Tensor();
   const int64_t batch = out.size(1), hidden = out.size(2), features = kBlocks * hidden;
@@ -989,7 +1013,7 @@ std::vector<Tensor> recurrence_backward(
                             c_all, acts, z_hat, stats_x, stats_h, w_hh, gx, gh, op_x,
                             opt(x.first), opt(x.second), op_h, opt(h.second), t0,
                             opt(w_packed_t), opt(x.nu), opt(x.accum_backward), opt(h.nu),
-                            opt(h.accum_backward), split_columns, result);
+                            opt(h.accum_backward), split_columns, packed_parts, result);
   });
   return result;
 }

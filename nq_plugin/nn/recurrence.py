@@ -16,8 +16,10 @@ and ``step_backward`` (:mod:`nq_plugin.norm`).
 """
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Optional, Tuple
+import time
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -72,6 +74,79 @@ def team_splits_columns(batch: int, hidden: int) -> bool:
     """Whether the native loop's team splits the step products by columns (see
     :data:`COLUMN_SPLIT_MIN_HIDDEN`): several threads, from that hidden size on."""
     return hidden >= COLUMN_SPLIT_MIN_HIDDEN and min(torch.get_num_threads(), batch) > 1
+
+
+# A thread's part of a split step product goes through oneDNN's layout where that measures at
+# least this much faster than plain mm on this CPU for the part's shape (the part's product is
+# then copied into the whole batch's; the margin keeps a timing near 1 from flipping between
+# processes): at PTB word's size plain mm is 1.1-1.2x faster on AMD EPYC Zen 3, the layout
+# 1.1x (H=300) to 1.35x (H=650) on Zen 4 (benchmarks/step_gemm_split.py)
+PART_LAYOUT_MARGIN = 1.1
+
+
+def _best_time(fn, rounds: int = 7, calls: int = 20) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@functools.lru_cache(maxsize=None)
+def part_layout_speedup(rows: int, inner: int, cols: int) -> float:
+    """Plain mm's time over oneDNN's layout's for one thread's part of a split step product
+    (``rows`` x ``inner`` . ``inner`` x ``cols``, on one thread as inside the team), best of 7
+    rounds of 20; 0 where oneDNN cannot. Timed once a process per shape (milliseconds at the
+    paper's sizes), logged."""
+    weight = torch.randn(cols, inner)
+    packed = prepacked(weight, rows)
+    if packed is None:
+        return 0.0
+    x, w_t, out = torch.randn(rows, inner), weight.t().contiguous(), torch.empty(rows, cols)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        plain = _best_time(lambda: torch.mm(x, w_t, out=out))
+        layout = _best_time(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none",
+                                                                        [], ""))
+    finally:
+        torch.set_num_threads(threads)
+    speedup = plain / layout
+    logger.info("nq_plugin: a split step product's part %dx%d.%dx%d through oneDNN's layout: "
+                "%.2fx plain mm (%s at %.2f)", rows, inner, inner, cols, speedup,
+                "taken" if speedup >= PART_LAYOUT_MARGIN else "not taken", PART_LAYOUT_MARGIN)
+    return speedup
+
+
+def part_bounds(n: int, parts: int) -> List[Tuple[int, int]]:
+    """The team's split of n rows or columns, as recurrence.cpp's ``rows_of``: the first
+    ``n % parts`` parts one longer."""
+    per, extra = divmod(n, parts)
+    bounds, begin = [], 0
+    for p in range(parts):
+        end = begin + per + (1 if p < extra else 0)
+        bounds.append((begin, end))
+        begin = end
+    return bounds
+
+
+def part_layouts(weight: torch.Tensor, batch: int) -> List[torch.Tensor]:
+    """For a split step product x weight^T (``weight`` (N, K), its rows the product's columns):
+    each team thread's rows of ``weight`` in oneDNN's layout for the whole batch, where the
+    layout measures faster than plain mm here (:func:`part_layout_speedup`); else [] (plain
+    GEMMs)."""
+    if not team_splits_columns(batch, min(weight.shape)) or not _mkldnn_ok(weight):
+        return []
+    parts = min(torch.get_num_threads(), batch)
+    bounds = part_bounds(weight.shape[0], parts)
+    widest = max(e - b for b, e in bounds)
+    if part_layout_speedup(batch, weight.shape[1], widest) < PART_LAYOUT_MARGIN:
+        return []
+    layouts = [prepacked(weight[b:e], batch) for b, e in bounds]
+    return [] if any(x is None for x in layouts) else layouts
 
 
 def training_layout(weight: torch.Tensor, batch: int) -> Optional[torch.Tensor]:
@@ -193,7 +268,8 @@ class _NativeRecurrence(torch.autograd.Function):
         res = module.recurrence_forward(px, h0, c0, w_hh, shift, gain_x, gain_h,
                                         native_term(form_x), native_term(form_h), t0, True,
                                         training_layout(w_hh, px.shape[1]), w_ih,
-                                        team_splits_columns(px.shape[1], w_hh.shape[1]))
+                                        team_splits_columns(px.shape[1], w_hh.shape[1]),
+                                        part_layouts(w_hh, px.shape[1]))
         out, h, c = res[:3]  # then c_all, stats_x, stats_h, the z_hat and activation blocks
         ctx.forms, ctx.t0 = (form_x, form_h), t0
         ctx.save_for_backward(px, w_ih, h0, c0, out, w_hh, gain_x, gain_h, *res[3:])
@@ -209,7 +285,7 @@ class _NativeRecurrence(torch.autograd.Function):
             grad_out, grad_h, grad_c, px, h0, c0, out, c_all, acts, z_hat, stats_x, stats_h,
             w_hh, gain_x, gain_h, native_term(form_x), native_term(form_h), ctx.t0,
             training_layout(w_hh.t(), out.shape[1]), w_ih, ctx.needs_input_grad[0],
-            team_splits_columns(out.shape[1], w_hh.shape[1]))
+            team_splits_columns(out.shape[1], w_hh.shape[1]), part_layouts(w_hh.t(), out.shape[1]))
         grad_px, dh0, dc0, grad_w, grad_shift, grad_gain_x, grad_gain_h, grad_w_ih = grads
         return (grad_px if ctx.needs_input_grad[0] else None, dh0, dc0, grad_w, grad_shift,
                 None if gain_x is None else grad_gain_x,
@@ -329,7 +405,7 @@ def _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0,
         out, h, c = native_extension().recurrence_forward(
             px, h0, c0, w_hh, shift, gain_x, gain_h, native_term(form_x), native_term(form_h),
             t0, False, _inference_layout(w_hh, px.shape[1], layout), w_ih,
-            team_splits_columns(px.shape[1], w_hh.shape[1]))
+            team_splits_columns(px.shape[1], w_hh.shape[1]), part_layouts(w_hh, px.shape[1]))
     return out, h, c
 
 

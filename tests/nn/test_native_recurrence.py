@@ -135,6 +135,48 @@ def test_a_team_splits_the_step_products_by_columns(built, threads, norm, opts, 
         close(nat[6][name], g, atol=1e-10, rtol=1e-9, msg=name)
 
 
+@pytest.mark.parametrize("faster", [True, False], ids=["layout", "plain"])
+def test_a_split_products_parts_take_onednns_layout_where_it_measures_faster(
+        built, faster, backend_choice, monkeypatch):
+    """Each thread's part of a split product in oneDNN's layout (float32) where the timed
+    speedup reaches the margin, else plain GEMMs: the same loop as a team of one within float32
+    rounding, gradients included; the parts are recurrence.cpp's split (the first ones one
+    longer)."""
+    from nq_plugin.nn import recurrence as loop
+    assert loop.part_bounds(28, 3) == [(0, 10), (10, 19), (19, 28)]
+    assert loop.part_bounds(7, 2) == [(0, 4), (4, 7)]
+    monkeypatch.setattr(loop, "COLUMN_SPLIT_MIN_HIDDEN", 1)
+    monkeypatch.setattr(loop, "part_layout_speedup",
+                        lambda *shape: 2 * loop.PART_LAYOUT_MARGIN if faster else 1.0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        w = torch.randn(28, 7)
+        layouts = loop.part_layouts(w, 3)
+        if loop._mkldnn_ok(w):
+            assert len(layouts) == (2 if faster else 0)
+        torch.manual_seed(4)
+        model = NQLSTM(5, 7, 1, quantizer="tc", norm="layer")
+        x = torch.randn(37, 3, 5)
+        state = (torch.randn(1, 3, 7), torch.randn(1, 3, 7))
+        split = run(model, x, state, 0, "native", backend_choice)
+        torch.set_num_threads(1)
+        whole = run(model, x, state, 0, "native", backend_choice)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(whole[:6], split[:6]):
+        close(b, a, atol=1e-5, rtol=1e-5)
+    for name, g in whole[6].items():
+        close(split[6][name], g, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_the_parts_layout_speedup_is_timed_once(built):
+    from nq_plugin.nn import recurrence as loop
+    speedup = loop.part_layout_speedup(20, 300, 600)
+    assert speedup >= 0 and loop.part_layout_speedup(20, 300, 600) == speedup
+    assert loop.part_layout_speedup.cache_info().hits >= 1
+
+
 @pytest.mark.parametrize("norm,opts", [("layer", {}), ("batch", {"bn_stats": "separate",
                                                                   "bn_max_steps": 2})])
 def test_gradcheck_of_the_native_loop(built, norm, opts, backend_choice):
