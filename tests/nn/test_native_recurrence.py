@@ -49,6 +49,14 @@ def close(a, b, scaled=None, **kw):
     assert err <= bound, f"{kw.get('msg', '')}: max difference {err:.3g} > {bound:.3g}"
 
 
+def same_run(ref, other, **tol):
+    """Outputs, states and gradients of two run() results within tol."""
+    for a, b in zip(ref[:6], other[:6]):
+        close(b, a, **tol)
+    for name, g in ref[6].items():
+        close(other[6][name], g, msg=name, **tol)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("quantizer", ["fp", "bc", "tc", "bwn", "twn", "lab", "lat"])
 @pytest.mark.parametrize("norm,opts", NORMS, ids=lambda v: str(v))
@@ -74,10 +82,7 @@ def test_native_equals_python(built, quantizer, norm, opts, layers, training, ba
     py = run(model, x, state, t0, "python", backend_choice)
     nat = run(model, x, state, t0, "native", backend_choice)
     tol = dict(scaled=1e-5)
-    for a, b in zip(py[:6], nat[:6]):
-        close(b, a, **tol)
-    for name, g in py[6].items():
-        close(nat[6][name], g, msg=name, **tol)
+    same_run(py, nat, **tol)
     for name, buf in py[7].items():
         close(nat[7][name], buf, msg=name, **tol)
 
@@ -96,10 +101,7 @@ def test_native_equals_python_in_double_to_rounding(built, norm, opts, inputs, b
     state = (torch.randn(1, 3, 8, dtype=torch.float64), torch.randn(1, 3, 8, dtype=torch.float64))
     py = run(model, x, state, 0, "python", backend_choice)
     nat = run(model, x, state, 0, "native", backend_choice)
-    for a, b in zip(py[:6], nat[:6]):
-        close(b, a, atol=1e-10, rtol=1e-9)
-    for name, g in py[6].items():
-        close(nat[6][name], g, atol=1e-10, rtol=1e-9, msg=name)
+    same_run(py, nat, atol=1e-10, rtol=1e-9)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -129,10 +131,7 @@ def test_a_team_splits_the_step_products_by_columns(built, threads, norm, opts, 
         nat = run(model, x, state, 0, "native", backend_choice)
     finally:
         torch.set_num_threads(before)
-    for a, b in zip(py[:6], nat[:6]):
-        close(b, a, atol=1e-10, rtol=1e-9)
-    for name, g in py[6].items():
-        close(nat[6][name], g, atol=1e-10, rtol=1e-9, msg=name)
+    same_run(py, nat, atol=1e-10, rtol=1e-9)
 
 
 @pytest.mark.parametrize("faster", [True, False], ids=["layout", "plain"])
@@ -164,10 +163,7 @@ def test_a_split_products_parts_take_onednns_layout_where_it_measures_faster(
         whole = run(model, x, state, 0, "native", backend_choice)
     finally:
         torch.set_num_threads(before)
-    for a, b in zip(whole[:6], split[:6]):
-        close(b, a, atol=1e-5, rtol=1e-5)
-    for name, g in whole[6].items():
-        close(split[6][name], g, atol=1e-5, rtol=1e-5, msg=name)
+    same_run(whole, split, atol=1e-5, rtol=1e-5)
 
 
 def test_the_parts_layout_speedup_is_timed_once(built):
