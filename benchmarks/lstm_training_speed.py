@@ -3,8 +3,10 @@
 For each setting of the paper -- char (d=512, T=100, B=64, one-hot input of 50) and word (d=300,
 T=35, B=20, 300-dim input) -- times torch.nn.LSTM (fp) and NQLSTM with BinaryConnect and every
 normalization, interleaved in rounds so that machine noise hits all alike, and prints tokens/s
-and the ratio to nn.LSTM (median over rounds). The layer/batch/power variants run twice: on the
-native loop (nq_plugin/csrc/recurrence.cpp; NQ_PLUGIN_RECURRENCE=auto) and on the Python loop
+and the ratio to nn.LSTM (median over rounds). The layer/batch/power variants run three times:
+on the native loop (nq_plugin/csrc/recurrence.cpp; NQ_PLUGIN_RECURRENCE=auto), on it with its
+threads splitting each step's products by batch rows ("(rows)": NQ_PLUGIN_STEP_SPLIT=rows, the
+split before the column split; the same as auto below H=192) and on the Python loop
 (NQ_PLUGIN_RECURRENCE=python), side by side in the same rounds. Sequential MNIST (T=784, B=100,
 H=100, scalar input) with --settings smnist.
 
@@ -83,14 +85,21 @@ class GemmFloor:
 FLOORS = [("GEMMs only, mm", False), ("GEMMs only, oneDNN", True)]
 
 
-def loop_of(label):
-    return "python" if label.endswith("(py)") else "auto"
+SUFFIXES = {" (py)": dict(recurrence="python"), " (rows)": dict(step_split="rows")}
 
 
-def time_steps(model, x, n, loop="auto"):
+def choices_of(label):
+    """The execution choices of a variant's label (nq_plugin.backend.use)."""
+    for suffix, choices in SUFFIXES.items():
+        if label.endswith(suffix):
+            return choices
+    return {}
+
+
+def time_steps(model, x, n, choices=None):
     from nq_plugin import backend
     params = list(model.parameters())
-    with backend.use(recurrence=loop):
+    with backend.use(**(choices or {})):
         start = time.perf_counter()
         for _ in range(n):
             out, _ = model(x)
@@ -115,27 +124,27 @@ def main():
         s = SETTINGS[setting]
         x = torch.randn(s["steps"], s["batch"], s["inp"])
         models = [(label, build(setting, norm, opts)) for label, norm, opts in VARIANTS]
-        models += [(label + " (py)", build(setting, norm, opts)) for label, norm, opts in VARIANTS
-                   if norm in ("layer", "batch", "power")]
+        models += [(label + suffix, build(setting, norm, opts)) for suffix in (" (rows)", " (py)")
+                   for label, norm, opts in VARIANTS if norm in ("layer", "batch", "power")]
         floors = [(label, GemmFloor(setting, layout)) for label, layout in FLOORS]
         for label, m in models:
-            time_steps(m, x, 1, loop_of(label))  # warm-up
+            time_steps(m, x, 1, choices_of(label))  # warm-up
         for _, floor in floors:
             floor(1)
         rates = {label: [] for label, _ in models + floors}
         for _ in range(args.rounds):
             for label, m in models:
-                dt = time_steps(m, x, args.steps, loop_of(label))
+                dt = time_steps(m, x, args.steps, choices_of(label))
                 rates[label].append(args.steps * s["steps"] * s["batch"] / dt)
             for label, floor in floors:
                 rates[label].append(args.steps * s["steps"] * s["batch"] / floor(args.steps))
         ref = statistics.median(rates["nn.LSTM fp"])
         print(f"\n{setting}: d={s['hidden']}, T={s['steps']}, B={s['batch']}")
-        print(f"| {'variant':<23} | {'tokens/s':>9} | {'vs nn.LSTM':>10} |")
-        print(f"|{'-' * 25}|{'-' * 11}|{'-' * 12}|")
+        print(f"| {'variant':<25} | {'tokens/s':>9} | {'vs nn.LSTM':>10} |")
+        print(f"|{'-' * 27}|{'-' * 11}|{'-' * 12}|")
         for label, _ in models + floors:
             r = statistics.median(rates[label])
-            print(f"| {label:<23} | {r:>9.0f} | {r / ref:>9.2f}x |")
+            print(f"| {label:<25} | {r:>9.0f} | {r / ref:>9.2f}x |")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,14 @@ class Lookup(str, Enum):
     PAIRS = "pairs"      # a 4-value table per 2 inputs (AVX2; portable without)
 
 
+class StepSplit(str, Enum):
+    """How a team of several threads splits the native LSTM loop's step products
+    (nq_plugin/csrc/recurrence.cpp; nq_plugin/nn/recurrence.py, team_splits_columns)."""
+    AUTO = "auto"        # by output columns from H=192 on (COLUMN_SPLIT_MIN_HIDDEN), else rows
+    COLUMNS = "columns"  # by output columns at every size: each thread a part of W_h
+    ROWS = "rows"        # by batch rows: each thread its rows times the whole W_h
+
+
 class EnvironmentVariable(NamedTuple):
     name: str
     default: str
@@ -87,6 +95,9 @@ ENVIRONMENT: List[EnvironmentVariable] = [
     EnvironmentVariable("NQ_PLUGIN_LOOKUP", "auto",
                         "the CPU's exact packed products: auto | wide (AVX-512) | nibbles "
                         "(AVX-512) | triples (AVX2) | pairs (Backend.lookup)"),
+    EnvironmentVariable("NQ_PLUGIN_STEP_SPLIT", "auto",
+                        "how the native LSTM loop's threads split each step's products: auto | "
+                        "columns | rows (Backend.step_split)"),
     EnvironmentVariable("NQ_PLUGIN_MARCH", "native",
                         "the -march the native extension is compiled for: native (this CPU) or "
                         "x86-64-v3 (AVX2 and FMA, no AVX-512; a build of its own)"),
@@ -101,7 +112,8 @@ ENVIRONMENT: List[EnvironmentVariable] = [
 _FIELDS = {"recurrence": ("NQ_PLUGIN_RECURRENCE", Recurrence),
            "packed_kernel": ("NQ_PLUGIN_KERNEL", PackedKernel),
            "activations": ("NQ_PLUGIN_ACTIVATIONS", Activations),
-           "lookup": ("NQ_PLUGIN_LOOKUP", Lookup)}
+           "lookup": ("NQ_PLUGIN_LOOKUP", Lookup),
+           "step_split": ("NQ_PLUGIN_STEP_SPLIT", StepSplit)}
 
 
 def parse(field: str, value, source: Optional[str] = None) -> Enum:
@@ -124,6 +136,7 @@ class Backend:
     packed_kernel: PackedKernel = PackedKernel.AUTO
     activations: Activations = Activations.FP32
     lookup: Lookup = Lookup.AUTO
+    step_split: StepSplit = StepSplit.AUTO
 
     def __post_init__(self):
         for f in _FIELDS:

@@ -71,9 +71,15 @@ COLUMN_SPLIT_MIN_HIDDEN = 192
 
 
 def team_splits_columns(batch: int, hidden: int) -> bool:
-    """Whether the native loop's team splits the step products by columns (see
-    :data:`COLUMN_SPLIT_MIN_HIDDEN`): several threads, from that hidden size on."""
-    return hidden >= COLUMN_SPLIT_MIN_HIDDEN and min(torch.get_num_threads(), batch) > 1
+    """Whether the native loop's team splits the step products by columns: a team of several
+    threads, as ``backend.current().step_split`` says (``auto``: from
+    :data:`COLUMN_SPLIT_MIN_HIDDEN` on)."""
+    if min(torch.get_num_threads(), batch) < 2:
+        return False
+    split = backend.current().step_split
+    if split is backend.StepSplit.AUTO:
+        return hidden >= COLUMN_SPLIT_MIN_HIDDEN
+    return split is backend.StepSplit.COLUMNS
 
 
 # A thread's part of a split step product goes through oneDNN's layout where that measures at

@@ -110,7 +110,7 @@ def test_native_equals_python_in_double_to_rounding(built, norm, opts, inputs, b
 def test_a_team_splits_the_step_products_by_columns(built, threads, norm, opts, backend_choice,
                                                     monkeypatch):
     """A team of several threads forms each step product's columns for the whole batch (here
-    from any hidden size: split unevenly, H=7, F=28; batch 3) and meets between the products
+    asked at any hidden size, step_split=columns: split unevenly, H=7, F=28; batch 3) and meets between the products
     and the elementwise work; a team of one forms them whole. Both are the Python loop's
     arithmetic in float64, over more steps than a chunk of dL/dW_h."""
     from nq_plugin.nn import recurrence as loop
@@ -120,7 +120,9 @@ def test_a_team_splits_the_step_products_by_columns(built, threads, norm, opts, 
         assert loop.team_splits_columns(20, 300) == (threads > 1)  # PTB word
         assert not loop.team_splits_columns(100, 100)  # sequential MNIST: W_h fits a cache
         assert not loop.team_splits_columns(1, 300)  # a team of one
-        monkeypatch.setattr(loop, "COLUMN_SPLIT_MIN_HIDDEN", 1)
+        backend_choice(step_split="rows")
+        assert not loop.team_splits_columns(20, 300)
+        backend_choice(step_split="columns")
         assert loop.team_splits_columns(3, 7) == (threads > 1)
         torch.manual_seed(3)
         model = NQLSTM(5, 7, 1, quantizer="tc", norm=norm, **opts).double()
@@ -144,7 +146,7 @@ def test_a_split_products_parts_take_onednns_layout_where_it_measures_faster(
     from nq_plugin.nn import recurrence as loop
     assert loop.part_bounds(28, 3) == [(0, 10), (10, 19), (19, 28)]
     assert loop.part_bounds(7, 2) == [(0, 4), (4, 7)]
-    monkeypatch.setattr(loop, "COLUMN_SPLIT_MIN_HIDDEN", 1)
+    backend_choice(step_split="columns")
     monkeypatch.setattr(loop, "part_layout_speedup",
                         lambda *shape: 2 * loop.PART_LAYOUT_MARGIN if faster else 1.0)
     before = torch.get_num_threads()
