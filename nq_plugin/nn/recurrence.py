@@ -394,24 +394,22 @@ def native_inference(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0
     return _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0, layout)
 
 
-def _inference_layout(w_hh, batch, layout):
-    """W_h in oneDNN's layout for a team of one (the caller's ``layout``, else reordered now),
-    None for a team that splits the products by columns."""
-    if team_splits_columns(batch, w_hh.shape[1]):
-        return None
-    return prepacked(w_hh, batch) if layout is None else layout
-
-
 def _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0, layout=None,
                     w_ih=None):
     """The native forward without autograd (keeps nothing for a backward). W_h is reordered
     into oneDNN's layout for this call unless the caller keeps it (``layout``): at H=2000 the
-    reorder of a 64 MB W_h costs more than a step. With ``w_ih``, px is x (fused projection)."""
+    reorder of a 64 MB W_h costs more than a step. A caller that keeps a layout calls once a
+    step or a batch with the same weights (eval, generation), so its team splits the batch rows
+    and reuses it; without one, the team splits the products by columns where
+    :func:`team_splits_columns` says so (whose per-call copies of W_h a long sequence repays).
+    With ``w_ih``, px is x (fused projection)."""
+    batch = px.shape[1]
+    split = layout is None and team_splits_columns(batch, w_hh.shape[1])
+    whole = None if split else (prepacked(w_hh, batch) if layout is None else layout)
     with torch.no_grad():
         out, h, c = native_extension().recurrence_forward(
             px, h0, c0, w_hh, shift, gain_x, gain_h, native_term(form_x), native_term(form_h),
-            t0, False, _inference_layout(w_hh, px.shape[1], layout), w_ih,
-            team_splits_columns(px.shape[1], w_hh.shape[1]), part_layouts(w_hh, px.shape[1]))
+            t0, False, whole, w_ih, split, part_layouts(w_hh, batch) if split else [])
     return out, h, c
 
 
