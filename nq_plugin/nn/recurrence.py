@@ -167,8 +167,9 @@ def training_layout(weight: torch.Tensor, batch: int) -> Optional[torch.Tensor]:
 
 class StepMatmul:
     """y = x W^T for a fixed W applied at every step. On CPU, W is reordered once into oneDNN's
-    blocked layout (``torch.ops.mkldnn``), which runs these skinny GEMMs ~1.35x faster than
-    plain ``mm`` here; elsewhere (or if oneDNN is missing) it is ``torch.mm``."""
+    blocked layout (``torch.ops.mkldnn``), which ran these skinny GEMMs ~1.35x faster than
+    plain ``mm`` on an AMD EPYC Zen 4 (even with it on Zen 3: benchmarks/step_gemm_split.py);
+    elsewhere (or if oneDNN is missing) it is ``torch.mm``."""
 
     def __init__(self, weight: torch.Tensor, batch: int):
         self.weight = weight
