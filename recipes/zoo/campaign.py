@@ -409,6 +409,10 @@ PLAN: List[Run] = [
         SMNIST_CHAIN_EPOCHS, None, None, SMNIST_MORE_TEXT,
         ("--init", "chrono", "--init-state-noise", "0.1", *SMNIST_MORE), from_zoo=True,
         target=SMNIST_TARGET, after="smnist-bc-layer.held", average=8),
+    # (2026-12-06/07, Zen 3) both stopped at 17.2 of 18 epochs on the driver's time budget,
+    # to resume: single epochs' valid 96.4-97.5 (.more2.more) and 96.8-97.5 % (.held.more),
+    # best checkpoints' test 97.33 / 97.69 % (the zoo keeps 97.48 %); the mean of the last 8
+    # comes when they finish
     Run("warpeace-bc-weight", "warpeace-bc-weight", "warpeace", "bc", "weight", SHORT_EPOCHS,
         1.74, 174, SHORT_TEXT, SHORT),
     # the short schedule left it at 1.811 (1.79 is the row's edge): its validation BPC was still
