@@ -48,7 +48,7 @@ class GemmFloor:
     the loop pays that every training step) instead of plain mm."""
 
     def __init__(self, setting: str, layout: bool):
-        from nq_plugin.nn.recurrence import StepMatmul
+        from nq_plugin.nn.step_products import StepMatmul
         s = SETTINGS[setting]
         steps, batch, inp, hidden = s["steps"], s["batch"], s["inp"], s["hidden"]
         self.steps = steps
@@ -59,7 +59,7 @@ class GemmFloor:
         self.dz = torch.randn(batch, 4 * hidden)
         self.dpx = torch.randn(steps * batch, 4 * hidden)
         self.h_prev = torch.randn(steps * batch, hidden)
-        if layout:  # the loop's step products (nn/recurrence.py; plain mm without oneDNN)
+        if layout:  # the loop's step products (nn/step_products.py; plain mm without oneDNN)
             forward, backward = StepMatmul(self.w_h, batch), StepMatmul(self.w_h.t(), batch)
             self.forward_step = lambda: forward(self.h)
             self.backward_step = lambda: backward(self.dz)

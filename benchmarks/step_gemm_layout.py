@@ -1,6 +1,6 @@
 """The native training loop's step GEMMs through oneDNN's reordered layout or plain mm, A/B in
 one run: for each setting, torch.nn.LSTM and NQLSTM (BinaryConnect) with the given
-normalizations, each NQLSTM timed with ``nn.recurrence.training_layout`` forced to oneDNN's
+normalizations, each NQLSTM timed with ``nn.step_products.training_layout`` forced to oneDNN's
 layout ("onednn") and to none ("mm"), interleaved in rounds; prints ms per training step
 (forward + backward) and the ratio to nn.LSTM. What set TRAINING_LAYOUT_MIN_HIDDEN.
 
@@ -11,11 +11,11 @@ import statistics
 
 import torch
 
-import nq_plugin.nn.recurrence as recurrence
+import nq_plugin.nn.step_products as step_products
 from lstm_training_speed import SETTINGS, time_steps  # this folder's script
 from nq_plugin.nn import NQLSTM
 
-LAYOUTS = {"onednn": recurrence.prepacked, "mm": lambda weight, batch: None}
+LAYOUTS = {"onednn": step_products.prepacked, "mm": lambda weight, batch: None}
 
 
 def main():
@@ -34,7 +34,7 @@ def main():
         models[norm] = NQLSTM(s["inp"], s["hidden"], quantizer="bc", norm=norm,
                               bn_max_steps=s["steps"])
 
-    chosen = recurrence.training_layout
+    chosen = step_products.training_layout
     times = {}
     try:
         for model in models.values():
@@ -44,11 +44,11 @@ def main():
                 for layout, fn in LAYOUTS.items():
                     if name == "nn.LSTM" and layout == "mm":
                         continue
-                    recurrence.training_layout = fn
+                    step_products.training_layout = fn
                     per_step = time_steps(model, x, a.steps) / a.steps
                     times.setdefault((name, layout), []).append(per_step)
     finally:
-        recurrence.training_layout = chosen
+        step_products.training_layout = chosen
     base = statistics.median(times[("nn.LSTM", "onednn")])
     print(f"{a.setting}: torch {torch.__version__}, {a.threads} threads, {a.rounds} rounds x "
           f"{a.steps} steps, median")

@@ -72,6 +72,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("accum_forward", &NormTerm::accum_forward)
       .def_readwrite("accum_backward", &NormTerm::accum_backward)
       .def_readwrite("nu", &NormTerm::nu);
+  py::class_<StepWeights>(m, "StepWeights",
+                          "a step product's weights as planned (nn/step_products.py): the whole "
+                          "W, or one part per thread; oneDNN's layout or plain (K, N_part)")
+      .def(py::init<>())
+      .def_readwrite("packed", &StepWeights::packed)
+      .def_readwrite("parts", &StepWeights::parts);
   m.def("native_ops", &native_ops,
         "the recurrence's operations by name (native_ops.h): what NativeForm.op names");
   m.def("recurrence_backward", &recurrence_backward,

@@ -66,11 +66,21 @@ struct NormTerm {
   c10::optional<at::Tensor> accum_forward, accum_backward, nu;
 };
 
+// A step product y = x W^T's weights as the caller planned them (nq_plugin/nn/step_products.py,
+// step_weights): one part, the whole W, and the team splits the batch rows; or one part per
+// thread of the team, its output columns of y for the whole batch. Each part is either in
+// oneDNN's blocked layout (``packed``, for mkldnn::_linear_pointwise) or plain, (K, N_part)
+// contiguous, for at::mm.
+struct StepWeights {
+  bool packed = false;
+  std::vector<at::Tensor> parts;
+};
+
 std::vector<at::Tensor> recurrence_forward(
     at::Tensor px, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor shift,
     c10::optional<at::Tensor> gain_x, c10::optional<at::Tensor> gain_h, const NormTerm& x,
-    const NormTerm& h, int64_t t0, bool keep, c10::optional<at::Tensor> w_packed,
-    c10::optional<at::Tensor> w_x, bool split_columns, std::vector<at::Tensor> packed_parts);
+    const NormTerm& h, int64_t t0, bool keep, c10::optional<at::Tensor> w_x,
+    const StepWeights& step);
 
 std::vector<at::Tensor> recurrence_backward(
     c10::optional<at::Tensor> grad_out, c10::optional<at::Tensor> grad_h,
@@ -78,6 +88,5 @@ std::vector<at::Tensor> recurrence_backward(
     at::Tensor out, at::Tensor c_all, std::vector<at::Tensor> acts,
     std::vector<at::Tensor> z_hat, at::Tensor stats_x, at::Tensor stats_h, at::Tensor w_hh,
     c10::optional<at::Tensor> gain_x, c10::optional<at::Tensor> gain_h, const NormTerm& x,
-    const NormTerm& h, int64_t t0, c10::optional<at::Tensor> w_packed_t,
-    c10::optional<at::Tensor> w_x, bool grad_input, bool split_columns,
-    std::vector<at::Tensor> packed_parts);
+    const NormTerm& h, int64_t t0, c10::optional<at::Tensor> w_x, bool grad_input,
+    const StepWeights& step);

@@ -147,34 +147,28 @@ void normalize_row_backward(int64_t op, const T* d, const T* y_hat, T* dx, int64
   }
 }
 
-// y = x W^T for the step's GEMM: through oneDNN with W reordered once into its blocked layout
-// (``w_packed``, from mkldnn::_reorder_linear_weight; ~1.35x faster for these skinny GEMMs on
-// CPU) when given, else at::mm with w_t = W^T.
-struct StepMatmul {
-  Tensor w_t, w_packed;
-  Tensor operator()(const Tensor& x) const {
-    if (!w_packed.defined()) return at::mm(x, w_t);
-    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
-    std::vector<c10::IValue> stack{x, w_packed, c10::IValue(), std::string("none"),
-                                   c10::List<c10::optional<at::Scalar>>(), c10::IValue()};
-    op.callBoxed(&stack);
-    return stack[0].toTensor();
-  }
-};
+// x W^T through oneDNN with W reordered once into its blocked layout (from
+// mkldnn::_reorder_linear_weight; ~1.35x faster for these skinny GEMMs on an AMD EPYC Zen 4)
+inline Tensor onednn_product(const Tensor& x, const Tensor& w_packed) {
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+  std::vector<c10::IValue> stack{x, w_packed, c10::IValue(), std::string("none"),
+                                 c10::List<c10::optional<at::Scalar>>(), c10::IValue()};
+  op.callBoxed(&stack);
+  return stack[0].toTensor();
+}
 
 // The threads of the loop (the "team"): the batch rows are split between torch's intra-op
 // threads once for the whole loop, and each thread runs its own rows' elementwise work, so a
 // step needs no fork and join. The step GEMMs (h_{t-1} W_h^T forward, grad_z W_h backward,
-// single-threaded inside the team) go one of two ways, as the caller says (split_columns;
-// nq_plugin/nn/recurrence.py, team_splits_columns, from H=192 on):
+// single-threaded inside the team) go one of two ways, as the caller planned them (StepWeights;
+// nq_plugin/nn/step_products.py, step_weights: by columns from H=192 on):
 // - "shared": each thread forms its output columns of the product for the whole batch, so it
 //   reads only its part of W_h at a step (alone, 10 rows of all 1200 columns ran 1.4x slower
-//   than 20 rows of 600; AMD EPYC Zen 3), through its part of W_h in oneDNN's layout where the
-//   caller gives one per thread (packed_parts), else a plain GEMM; the team meets at a barrier after each product and
-//   after each step's elementwise work, and dL/dW_h is each thread's rows of it, one GEMM per
+//   than 20 rows of 600; AMD EPYC Zen 3), through its part of W_h (oneDNN's layout or plain);
+//   the team meets at a barrier after each product and after each step's elementwise work, and dL/dW_h is each thread's rows of it, one GEMM per
 //   chunk of steps over the whole batch;
-// - else each thread multiplies its own rows by the whole W_h (through oneDNN's layout where
-//   given), with no barrier, and dL/dW_h is each thread's partial over its rows, summed once
+// - else each thread multiplies its own rows by the whole W_h (oneDNN's layout or plain),
+//   with no barrier, and dL/dW_h is each thread's partial over its rows, summed once
 //   at the end.
 // The ops that normalize by columns (BATCH, POWER_*) meet at one more barrier per step, where
 // each thread adds the others' partial column sums (double-buffered by step parity).
@@ -241,36 +235,40 @@ inline Tensor rows_tensor(const void* ptr, int64_t rows, int64_t features,
   return at::from_blob(const_cast<void*>(ptr), {rows, features}, opts);
 }
 
-// A shared team's parts of a step product's weight w (K, N): each part's columns as a
-// contiguous (K, N_p) copy (a product reads them ~10 % faster than a strided view)
-inline std::vector<Tensor> column_parts(const Tensor& w, int64_t parts) {
-  std::vector<Tensor> out;
-  for (int64_t p = 0; p < parts; ++p) {
-    const Rows c = rows_of(p, parts, w.size(1));
-    out.push_back(w.narrow(1, c.begin, c.size()).contiguous());
+// A step product x W^T as planned (StepWeights): the whole of it for some rows of x, or one
+// thread's output columns for all of them. ``fallback`` is W^T (K, N), a view, for the columns
+// of a region with fewer threads than planned (nested) and for a plan of parts run by a team of
+// one (the number of torch's threads changed since).
+class StepProduct {
+ public:
+  StepProduct(const StepWeights& weights, Tensor fallback, int64_t team)
+      : w_(weights), fallback_(std::move(fallback)),
+        split_(weights.parts.size() > 1 && team > 1) {
+    TORCH_CHECK(!w_.parts.empty(), "a step product needs its weights (StepWeights.parts)");
   }
-  return out;
-}
-
-// One thread's columns of a shared step product, out (B, N_p) a view of the whole batch's
-// product: through its part of the weight in oneDNN's layout where the caller gives one per
-// thread (packed), else a plain GEMM with its columns of w_t (K, N_p)
-inline void part_product(Tensor out, const Tensor& x, const std::vector<Tensor>& packed,
-                         const Tensor& w_t, int64_t p) {
-  if (!packed.empty()) {
-    out.copy_(StepMatmul{Tensor(), packed[p]}(x));
-  } else {
-    at::mm_out(out, x, w_t);
+  // whether the team splits the product by output columns (else by the batch rows)
+  bool split_columns() const { return split_; }
+  // x (rows, K) times the whole W^T: a new (rows, N)
+  Tensor whole(const Tensor& x) const {
+    if (w_.parts.size() != 1) return at::mm(x, fallback_);
+    return w_.packed ? onednn_product(x, w_.parts[0]) : at::mm(x, w_.parts[0]);
   }
-}
+  // thread p's output columns c of x (B, K) times W^T, into out (B, N_c), a view of the whole
+  // batch's product
+  void columns(Tensor out, const Tensor& x, int64_t p, int64_t nt, const Rows& c) const {
+    if (nt != static_cast<int64_t>(w_.parts.size()))
+      at::mm_out(out, x, fallback_.narrow(1, c.begin, c.size()));
+    else if (w_.packed)
+      out.copy_(onednn_product(x, w_.parts[p]));
+    else
+      at::mm_out(out, x, w_.parts[p]);
+  }
 
-// this thread's columns of a step product's weight: its copy, or, where the region has fewer
-// threads than planned (nested), a view of w
-inline Tensor column_part(const std::vector<Tensor>& parts, const Tensor& w, int64_t p,
-                          int64_t nt, const Rows& c) {
-  if (nt == static_cast<int64_t>(parts.size())) return parts[p];
-  return w.narrow(1, c.begin, c.size());
-}
+ private:
+  const StepWeights& w_;
+  Tensor fallback_;
+  bool split_;
+};
 
 // Two column sums over `rows` rows of (rows, F) data: fun(offset, column, n, s1, s2) adds a
 // vector's terms; out1 / out2 get the sums. Row by row over chunks of columns (sequential
@@ -532,8 +530,7 @@ template <typename T>
 void forward_impl(const Tensor& px, const Tensor& w_x_t, const Tensor& h0, const Tensor& c0,
                   const Tensor& w_hh, const Tensor& shift, const Tensor& gain_x,
                   const Tensor& gain_h, const Norm& nx, const Norm& nh, int64_t t0, bool keep,
-                  const Tensor& w_packed, bool split_columns,
-                  const std::vector<Tensor>& packed_parts, std::vector<Tensor>& result) {
+                  const StepWeights& step, std::vector<Tensor>& result) {
   const int64_t steps = px.size(0), batch = px.size(1);
   const int64_t features = w_x_t.defined() ? w_x_t.size(1) : px.size(2);
   const int64_t hidden = features / kBlocks;
@@ -577,17 +574,10 @@ void forward_impl(const Tensor& px, const Tensor& w_x_t, const Tensor& h0, const
                               opts);
   T* partials_p = partials.data_ptr<T>();
   const int64_t step_size = batch * features, state_size = batch * hidden;
-  // a team of several threads splits the step GEMM by columns where asked (split_columns): z
-  // of the whole batch, W_h^T plain (the oneDNN layout is for one thread's whole product)
-  const bool shared = split_columns && parts > 1;
+  // z = h W_h^T; a team that splits it by columns forms z of the whole batch
+  const StepProduct recurrent(step, w_hh.detach().t(), parts);
+  const bool shared = recurrent.split_columns();
   Tensor z_all = shared ? at::empty({batch, features}, opts) : Tensor();
-  const Tensor w_h_t =
-      (shared || !w_packed.defined()) ? w_hh.detach().t().contiguous() : Tensor();
-  const StepMatmul recurrent{w_packed.defined() ? Tensor() : w_h_t, w_packed};  // z = h W_h^T
-  // each thread's part in oneDNN's layout (the caller's, one per thread), else plain copies
-  const bool packed = shared && static_cast<int64_t>(packed_parts.size()) == parts;
-  const std::vector<Tensor> w_h_t_parts =
-      (shared && !packed) ? column_parts(w_h_t, parts) : std::vector<Tensor>();
   Team team(parts);
   team.run([&](int64_t p, int64_t nt) {
     const Rows r = rows_of(p, nt, batch);
@@ -607,14 +597,10 @@ void forward_impl(const Tensor& px, const Tensor& w_x_t, const Tensor& h0, const
       const T* z_p = nullptr;  // this step's z, from row r.begin
       team.guarded([&] {
         if (shared) {  // this thread's columns of z for the whole batch
-          const bool whole = nt == parts;  // else fewer threads than planned (nested)
-          part_product(z_all.narrow(1, cols.begin, cols.size()),
-                       rows_tensor(h_prev, batch, hidden, opts),
-                       (packed && whole) ? packed_parts : std::vector<Tensor>(),
-                       packed ? w_h_t.narrow(1, cols.begin, cols.size())
-                              : column_part(w_h_t_parts, w_h_t, p, nt, cols), p);
+          recurrent.columns(z_all.narrow(1, cols.begin, cols.size()),
+                            rows_tensor(h_prev, batch, hidden, opts), p, nt, cols);
         } else {
-          z = recurrent(rows_tensor(h_prev + r.begin * hidden, r.size(), hidden, opts));
+          z = recurrent.whole(rows_tensor(h_prev + r.begin * hidden, r.size(), hidden, opts));
           TORCH_CHECK(z.is_contiguous(), "the step GEMM's output must be contiguous");
         }
       });
@@ -714,9 +700,8 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
                    const Tensor& stats_h, const Tensor& w_hh, const Tensor& gain_x,
                    const Tensor& gain_h, int64_t op_x, const Tensor& first_x,
                    const Tensor& second_x, int64_t op_h, const Tensor& second_h, int64_t t0,
-                   const Tensor& w_packed_t, const Tensor& nu_x, const Tensor& accum_x,
-                   const Tensor& nu_h, const Tensor& accum_h, bool split_columns,
-                   const std::vector<Tensor>& packed_parts, std::vector<Tensor>& result) {
+                   const Tensor& nu_x, const Tensor& accum_x, const Tensor& nu_h,
+                   const Tensor& accum_h, const StepWeights& step, std::vector<Tensor>& result) {
   const int64_t steps = out.size(0), batch = out.size(1), hidden = out.size(2);
   const int64_t features = kBlocks * hidden;
   TORCH_CHECK(static_cast<int64_t>(acts.size()) == (steps + kSaveChunk - 1) / kSaveChunk &&
@@ -730,13 +715,10 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
   Tensor grad_px = input.fused() ? at::empty({grad_input ? steps : 0, batch, px.size(2)}, opts)
                                  : at::empty({steps, batch, features}, opts);
   const int64_t parts = team_size(batch);
-  // a team of several threads splits the step GEMMs by columns where asked (split_columns)
-  const bool shared = split_columns && parts > 1;
-  const Tensor w_h = (shared || !w_packed_t.defined()) ? w_hh.detach().contiguous() : Tensor();
-  const StepMatmul back{w_packed_t.defined() ? Tensor() : w_h, w_packed_t};  // dh = grad_z W_h
-  const bool packed = shared && static_cast<int64_t>(packed_parts.size()) == parts;
-  const std::vector<Tensor> w_h_parts =
-      (shared && !packed) ? column_parts(w_h, parts) : std::vector<Tensor>();
+  // dh = grad_z W_h (the product x (W_h^T)^T); a team that splits it by columns forms dh of
+  // the whole batch
+  const StepProduct back(step, w_hh.detach(), parts);
+  const bool shared = back.split_columns();
   const int64_t rows_max = (batch + parts - 1) / parts;
   // dL/dW_h = sum_t grad_z_t^T h_{t-1}: grad_z and h_{t-1} are kept for a chunk of steps, one
   // GEMM per chunk: alone, a thread keeps its rows (one partial dL/dW_h per thread, summed at
@@ -911,7 +893,7 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
           input.backward_rows(t, r.begin, rows, gpx_rows, gwx_own,
                               grad_input ? gpx_all : nullptr);
         if (!shared) {
-          const Tensor dh_rows = back(rows_tensor(gz_p, rows, features, opts));
+          const Tensor dh_rows = back.whole(rows_tensor(gz_p, rows, features, opts));
           std::copy(dh_rows.data_ptr<T>(), dh_rows.data_ptr<T>() + rows * hidden,
                     dh_p + r.begin * hidden);
         }
@@ -919,12 +901,9 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
       if (shared) Team::barrier(nt);  // grad_z of the whole batch complete
       team.guarded([&] {
         if (shared) {  // this thread's columns of dh for the whole batch
-          const bool whole = nt == parts;
-          part_product(dh.narrow(1, hcols.begin, hcols.size()),
-                       rows_tensor(gz_own + slot * batch * features, batch, features, opts),
-                       (packed && whole) ? packed_parts : std::vector<Tensor>(),
-                       packed ? w_h.narrow(1, hcols.begin, hcols.size())
-                              : column_part(w_h_parts, w_h, p, nt, hcols), p);
+          back.columns(dh.narrow(1, hcols.begin, hcols.size()),
+                       rows_tensor(gz_own + slot * batch * features, batch, features, opts), p,
+                       nt, hcols);
         }
         if (slot == 0) {  // the chunk of steps t .. t + count - 1 (slots 0 .. count - 1) is done
           const int64_t count = std::min(chunk, steps - t);
@@ -960,8 +939,8 @@ Tensor gain_or_ones(const c10::optional<Tensor>& gain, const Tensor& like, int64
 std::vector<Tensor> recurrence_forward(
     Tensor px, Tensor h0, Tensor c0, Tensor w_hh, Tensor shift,
     c10::optional<Tensor> gain_x, c10::optional<Tensor> gain_h, const NormTerm& x,
-    const NormTerm& h, int64_t t0, bool keep, c10::optional<Tensor> w_packed,
-    c10::optional<Tensor> w_x, bool split_columns, std::vector<Tensor> packed_parts) {
+    const NormTerm& h, int64_t t0, bool keep, c10::optional<Tensor> w_x,
+    const StepWeights& step) {
   const bool fused = w_x.has_value() && w_x->defined();
   TORCH_CHECK(px.dim() == 3 && px.size(0) > 0,
               "px must be (T, B, 4H) (or x (T, B, K) with W_x) with at least one step");
@@ -980,8 +959,7 @@ std::vector<Tensor> recurrence_forward(
   std::vector<Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(px.scalar_type(), "nq_recurrence_forward", [&] {
     forward_impl<scalar_t>(px, w_x_t, h0, c0, w_hh.contiguous(), shift.contiguous(), gx, gh,
-                           nx, nh, t0, keep, w_packed.has_value() ? *w_packed : Tensor(),
-                           split_columns, packed_parts, result);
+                           nx, nh, t0, keep, step, result);
   });
   return result;
 }
@@ -991,8 +969,8 @@ std::vector<Tensor> recurrence_backward(
     Tensor px, Tensor h0, Tensor c0, Tensor out, Tensor c_all, std::vector<Tensor> acts,
     std::vector<Tensor> z_hat, Tensor stats_x, Tensor stats_h, Tensor w_hh,
     c10::optional<Tensor> gain_x, c10::optional<Tensor> gain_h, const NormTerm& x,
-    const NormTerm& h, int64_t t0, c10::optional<Tensor> w_packed_t, c10::optional<Tensor> w_x,
-    bool grad_input, bool split_columns, std::vector<Tensor> packed_parts) {
+    const NormTerm& h, int64_t t0, c10::optional<Tensor> w_x, bool grad_input,
+    const StepWeights& step) {
   const int64_t op_x = x.op, op_h = h.op;
   const Tensor w_x_t = w_x.has_value() && w_x->defined() ? w_x->t().contiguous() : Tensor();
   const int64_t batch = out.size(1), hidden = out.size(2), features = kBlocks * hidden;
@@ -1012,8 +990,8 @@ std::vector<Tensor> recurrence_backward(
                             c0.contiguous(), out,
                             c_all, acts, z_hat, stats_x, stats_h, w_hh, gx, gh, op_x,
                             opt(x.first), opt(x.second), op_h, opt(h.second), t0,
-                            opt(w_packed_t), opt(x.nu), opt(x.accum_backward), opt(h.nu),
-                            opt(h.accum_backward), split_columns, packed_parts, result);
+                            opt(x.nu), opt(x.accum_backward), opt(h.nu), opt(h.accum_backward),
+                            step, result);
   });
   return result;
 }

@@ -28,7 +28,8 @@ from ..derived import DerivedCache
 from ..norm import NormOptions, build_normalization
 from ..quant import build_quantizer
 from .cell import lstm_cell
-from .recurrence import native_loop_available, prepacked, recurrence
+from .recurrence import native_loop_available, recurrence
+from .step_products import prepacked
 
 State = Tuple[torch.Tensor, torch.Tensor]
 #: ``observer(t, z, h, c)``: called at every step of an observed forward with the step index

@@ -16,10 +16,8 @@ and ``step_backward`` (:mod:`nq_plugin.norm`).
 """
 from __future__ import annotations
 
-import functools
 import logging
-import time
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -29,157 +27,10 @@ from ..logs import LogOnce
 from ..native import build_error as native_build_error
 from ..native import extension as native_extension
 from .cell import lstm_cell
+from .step_products import StepMatmul, step_weights
 
 logger = logging.getLogger(__name__)
 _log_once = LogOnce(logger)
-
-
-def _mkldnn_ok(w: torch.Tensor) -> bool:
-    return (w.device.type == "cpu" and w.dtype == torch.float32
-            and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
-
-
-def prepacked(weight: torch.Tensor, batch: int) -> Optional[torch.Tensor]:
-    """``weight`` reordered into oneDNN's blocked layout for products with ``batch`` rows, or
-    None where oneDNN cannot (the callers then use a plain GEMM)."""
-    if not _mkldnn_ok(weight):
-        return None
-    try:
-        return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), batch)
-    except RuntimeError:  # an op signature of another torch version: exact fallback
-        return None
-
-
-# A team of one thread's step GEMMs (h W_h^T forward, grad_z W_h backward; a team of several
-# splits them by columns with plain GEMMs, team_splits_columns) go through oneDNN's reordered
-# layout only from this hidden size on (measured when the team split the batch rows): at H=100 (sequential
-# MNIST, 50 rows a thread) plain mm is faster (the training step 5-8 % faster), at H=300
-# (PTB word, 10 rows a thread) oneDNN is (plain mm 6-9 % slower); AMD EPYC, 2 threads,
-# benchmarks/step_gemm_layout.py
-TRAINING_LAYOUT_MIN_HIDDEN = 192
-
-
-# From this hidden size on, a team of several threads (torch's intra-op threads, at most one
-# per batch row: recurrence.cpp's ``team_size``) splits each step product by its output
-# columns, the whole batch's rows at once, with plain GEMMs: each thread then reads its part of
-# W_h at a step instead of all of it (alone, 10 rows of x W^T at PTB word's size ran 1.4x
-# slower than 20 rows of half the columns; AMD EPYC Zen 3). Below, W_h fits a core's cache
-# whole (160 KB at H=100, sequential MNIST) and the team splits the batch rows, without the two
-# barriers a step the column split takes.
-COLUMN_SPLIT_MIN_HIDDEN = 192
-
-
-def team_splits_columns(batch: int, hidden: int) -> bool:
-    """Whether the native loop's team splits the step products by columns: a team of several
-    threads, as ``backend.current().step_split`` says (``auto``: from
-    :data:`COLUMN_SPLIT_MIN_HIDDEN` on)."""
-    if min(torch.get_num_threads(), batch) < 2:
-        return False
-    split = backend.current().step_split
-    if split is backend.StepSplit.AUTO:
-        return hidden >= COLUMN_SPLIT_MIN_HIDDEN
-    return split is backend.StepSplit.COLUMNS
-
-
-# A thread's part of a split step product goes through oneDNN's layout where that measures at
-# least this much faster than plain mm on this CPU for the part's shape (the part's product is
-# then copied into the whole batch's; the margin keeps a timing near 1 from flipping between
-# processes): at PTB word's size plain mm is 1.1-1.2x faster on AMD EPYC Zen 3, the layout
-# 1.1x (H=300) to 1.35x (H=650) on Zen 4 (benchmarks/step_gemm_split.py)
-PART_LAYOUT_MARGIN = 1.1
-
-
-def _best_time(fn, rounds: int = 7, calls: int = 20) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-@functools.lru_cache(maxsize=None)
-def part_layout_speedup(rows: int, inner: int, cols: int) -> float:
-    """Plain mm's time over oneDNN's layout's for one thread's part of a split step product
-    (``rows`` x ``inner`` . ``inner`` x ``cols``, on one thread as inside the team), best of 7
-    rounds of 20; 0 where oneDNN cannot. Timed once a process per shape (milliseconds at the
-    paper's sizes), logged."""
-    weight = torch.randn(cols, inner)
-    packed = prepacked(weight, rows)
-    if packed is None:
-        return 0.0
-    x, w_t, out = torch.randn(rows, inner), weight.t().contiguous(), torch.empty(rows, cols)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        plain = _best_time(lambda: torch.mm(x, w_t, out=out))
-        layout = _best_time(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none",
-                                                                        [], ""))
-    finally:
-        torch.set_num_threads(threads)
-    speedup = plain / layout
-    logger.info("nq_plugin: a split step product's part %dx%d.%dx%d through oneDNN's layout: "
-                "%.2fx plain mm (%s at %.2f)", rows, inner, inner, cols, speedup,
-                "taken" if speedup >= PART_LAYOUT_MARGIN else "not taken", PART_LAYOUT_MARGIN)
-    return speedup
-
-
-def part_bounds(n: int, parts: int) -> List[Tuple[int, int]]:
-    """The team's split of n rows or columns, as recurrence.cpp's ``rows_of``: the first
-    ``n % parts`` parts one longer."""
-    per, extra = divmod(n, parts)
-    bounds, begin = [], 0
-    for p in range(parts):
-        end = begin + per + (1 if p < extra else 0)
-        bounds.append((begin, end))
-        begin = end
-    return bounds
-
-
-def part_layouts(weight: torch.Tensor, batch: int) -> List[torch.Tensor]:
-    """For a split step product x weight^T (``weight`` (N, K), its rows the product's columns):
-    each team thread's rows of ``weight`` in oneDNN's layout for the whole batch, where the
-    layout measures faster than plain mm here (:func:`part_layout_speedup`); else [] (plain
-    GEMMs)."""
-    if not team_splits_columns(batch, min(weight.shape)) or not _mkldnn_ok(weight):
-        return []
-    parts = min(torch.get_num_threads(), batch)
-    bounds = part_bounds(weight.shape[0], parts)
-    widest = max(e - b for b, e in bounds)
-    if part_layout_speedup(batch, weight.shape[1], widest) < PART_LAYOUT_MARGIN:
-        return []
-    layouts = [prepacked(weight[b:e], batch) for b, e in bounds]
-    return [] if any(x is None for x in layouts) else layouts
-
-
-def training_layout(weight: torch.Tensor, batch: int) -> Optional[torch.Tensor]:
-    """:func:`prepacked` for the training loop's step products of ``weight`` ((4H, H) or its
-    transpose), or None (plain mm) below :data:`TRAINING_LAYOUT_MIN_HIDDEN` and where the
-    team splits the products by columns (:func:`team_splits_columns`)."""
-    if min(weight.shape) < TRAINING_LAYOUT_MIN_HIDDEN or \
-            team_splits_columns(batch, min(weight.shape)):
-        return None
-    return prepacked(weight, batch)
-
-
-class StepMatmul:
-    """y = x W^T for a fixed W applied at every step. On CPU, W is reordered once into oneDNN's
-    blocked layout (``torch.ops.mkldnn``), which ran these skinny GEMMs ~1.35x faster than
-    plain ``mm`` on an AMD EPYC Zen 4 (even with it on Zen 3: benchmarks/step_gemm_split.py);
-    elsewhere (or if oneDNN is missing) it is ``torch.mm``."""
-
-    def __init__(self, weight: torch.Tensor, batch: int):
-        self.weight = weight
-        self.packed = prepacked(weight, batch)
-        self.weight_t = weight.t()
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
-        return torch.mm(x, self.weight_t)
 
 
 def _forward(px, h, c, w_hh, shift, gain_x, gain_h, norm_x, norm_h, t0, keep):
@@ -274,9 +125,7 @@ class _NativeRecurrence(torch.autograd.Function):
         module = native_extension()
         res = module.recurrence_forward(px, h0, c0, w_hh, shift, gain_x, gain_h,
                                         native_term(form_x), native_term(form_h), t0, True,
-                                        training_layout(w_hh, px.shape[1]), w_ih,
-                                        team_splits_columns(px.shape[1], w_hh.shape[1]),
-                                        part_layouts(w_hh, px.shape[1]))
+                                        w_ih, step_weights(w_hh, px.shape[1], training=True))
         out, h, c = res[:3]  # then c_all, stats_x, stats_h, the z_hat and activation blocks
         ctx.forms, ctx.t0 = (form_x, form_h), t0
         ctx.save_for_backward(px, w_ih, h0, c0, out, w_hh, gain_x, gain_h, *res[3:])
@@ -290,9 +139,8 @@ class _NativeRecurrence(torch.autograd.Function):
         form_x, form_h = ctx.forms
         grads = native_extension().recurrence_backward(
             grad_out, grad_h, grad_c, px, h0, c0, out, c_all, acts, z_hat, stats_x, stats_h,
-            w_hh, gain_x, gain_h, native_term(form_x), native_term(form_h), ctx.t0,
-            training_layout(w_hh.t(), out.shape[1]), w_ih, ctx.needs_input_grad[0],
-            team_splits_columns(out.shape[1], w_hh.shape[1]), part_layouts(w_hh.t(), out.shape[1]))
+            w_hh, gain_x, gain_h, native_term(form_x), native_term(form_h), ctx.t0, w_ih,
+            ctx.needs_input_grad[0], step_weights(w_hh.t(), out.shape[1], training=True))
         grad_px, dh0, dc0, grad_w, grad_shift, grad_gain_x, grad_gain_h, grad_w_ih = grads
         return (grad_px if ctx.needs_input_grad[0] else None, dh0, dc0, grad_w, grad_shift,
                 None if gain_x is None else grad_gain_x,
@@ -389,7 +237,8 @@ def native_inference(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0
                      layout=None):
     """The native loop's forward without autograd for given native forms (a packed model's
     folded normalizations), or None when the native loop is not to run here. ``layout``: W_h
-    already in oneDNN's layout (:func:`prepacked`) for px's batch, kept by the caller."""
+    already in oneDNN's layout (:func:`~nq_plugin.nn.step_products.prepacked`) for px's batch,
+    kept by the caller."""
     if not native_loop_runs(px, (form_x, form_h), (torch.float32,)):
         return None
     return _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0, layout)
@@ -401,16 +250,13 @@ def _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0,
     into oneDNN's layout for this call unless the caller keeps it (``layout``): at H=2000 the
     reorder of a 64 MB W_h costs more than a step. A caller that keeps a layout calls once a
     step or a batch with the same weights (eval, generation), so its team splits the batch rows
-    and reuses it; without one, the team splits the products by columns where
-    :func:`team_splits_columns` says so (whose per-call copies of W_h a long sequence repays).
-    With ``w_ih``, px is x (fused projection)."""
-    batch = px.shape[1]
-    split = layout is None and team_splits_columns(batch, w_hh.shape[1])
-    whole = None if split else (prepacked(w_hh, batch) if layout is None else layout)
+    and reuses it; without one, :func:`~nq_plugin.nn.step_products.step_weights` chooses (the
+    per-call copy of W_h a split by columns takes, a long sequence repays). With ``w_ih``, px
+    is x (fused projection)."""
     with torch.no_grad():
         out, h, c = native_extension().recurrence_forward(
             px, h0, c0, w_hh, shift, gain_x, gain_h, native_term(form_x), native_term(form_h),
-            t0, False, whole, w_ih, split, part_layouts(w_hh, batch) if split else [])
+            t0, False, w_ih, step_weights(w_hh, px.shape[1], training=False, layout=layout))
     return out, h, c
 
 

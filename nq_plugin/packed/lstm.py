@@ -28,7 +28,8 @@ from .. import backend
 from ..derived import DerivedCache
 from ..nn.cell import lstm_cell
 from ..nn.lstm import NQLSTM, NQLSTMLayer
-from ..nn.recurrence import native_inference, prepacked
+from ..nn.recurrence import native_inference
+from ..nn.step_products import prepacked
 from ..norm import FoldedNorm, normalization_class
 from .format import (PRODUCTS, PackedFormatError, layer_shapes, pack_matrix, plane_names,
                      split_codes, tensor_dtype)

@@ -268,7 +268,7 @@ def test_eval_keeps_the_recurrent_layout_and_matches_torch_lstm(steps, batch, mo
     equal torch.nn.LSTM's, step by step with the state carried, and a weight change makes a
     new layout."""
     import nq_plugin.nn.lstm as lstm_module
-    from nq_plugin.nn.recurrence import prepacked
+    from nq_plugin.nn.step_products import prepacked
     torch.manual_seed(0)
     ref = torch.nn.LSTM(7, 16).eval()
     nq = NQLSTM(7, 16).eval()

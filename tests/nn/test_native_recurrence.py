@@ -113,7 +113,7 @@ def test_a_team_splits_the_step_products_by_columns(built, threads, norm, opts, 
     asked at any hidden size, step_split=columns: split unevenly, H=7, F=28; batch 3) and meets between the products
     and the elementwise work; a team of one forms them whole. Both are the Python loop's
     arithmetic in float64, over more steps than a chunk of dL/dW_h."""
-    from nq_plugin.nn import recurrence as loop
+    from nq_plugin.nn import step_products as loop
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -143,9 +143,7 @@ def test_a_split_products_parts_take_onednns_layout_where_it_measures_faster(
     speedup reaches the margin, else plain GEMMs: the same loop as a team of one within float32
     rounding, gradients included; the parts are recurrence.cpp's split (the first ones one
     longer)."""
-    from nq_plugin.nn import recurrence as loop
-    assert loop.part_bounds(28, 3) == [(0, 10), (10, 19), (19, 28)]
-    assert loop.part_bounds(7, 2) == [(0, 4), (4, 7)]
+    from nq_plugin.nn import step_products as loop
     backend_choice(step_split="columns")
     monkeypatch.setattr(loop, "part_layout_speedup",
                         lambda *shape: 2 * loop.PART_LAYOUT_MARGIN if faster else 1.0)
@@ -168,11 +166,38 @@ def test_a_split_products_parts_take_onednns_layout_where_it_measures_faster(
     same_run(whole, split, atol=1e-5, rtol=1e-5)
 
 
-def test_the_parts_layout_speedup_is_timed_once(built):
+def test_weights_planned_for_another_team_run_on_views_of_w_h(built, backend_choice,
+                                                              monkeypatch):
+    """Parts planned for a team of 3 (step_weights) and run by a team of 2 (columns from views
+    of W_h) or of 1 (the whole product on W_h): the Python loop's arithmetic in float64, as the
+    planned team would (the nested region of fewer threads, or the threads changed since)."""
     from nq_plugin.nn import recurrence as loop
-    speedup = loop.part_layout_speedup(20, 300, 600)
-    assert speedup >= 0 and loop.part_layout_speedup(20, 300, 600) == speedup
-    assert loop.part_layout_speedup.cache_info().hits >= 1
+    from nq_plugin.nn import step_products
+    backend_choice(step_split="columns")
+    planned = step_products.step_weights
+
+    def for_three(weight, batch, **kw):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(3)
+        try:
+            return planned(weight, batch, **kw)
+        finally:
+            torch.set_num_threads(threads)
+
+    torch.manual_seed(6)
+    model = NQLSTM(5, 7, 1, quantizer="tc", norm="layer").double()
+    x = torch.randn(21, 3, 5, dtype=torch.float64)
+    state = (torch.randn(1, 3, 7, dtype=torch.float64), torch.randn(1, 3, 7, dtype=torch.float64))
+    py = run(model, x, state, 0, "python", backend_choice)
+    monkeypatch.setattr(loop, "step_weights", for_three)
+    before = torch.get_num_threads()
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            same_run(py, run(model, x, state, 0, "native", backend_choice), atol=1e-10,
+                     rtol=1e-9)
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("norm,opts", [("layer", {}), ("batch", {"bn_stats": "separate",
