@@ -15,7 +15,9 @@
 //   POWER_RUNNING  PowerNorm in training after its warmup: y_hat = y * second[0] (1 / psi),
 //               the forward statistics (sum y^2, sum y_hat^2, count) added to accum (3, F);
 //               backward dy = (d - nu * y_hat) / psi, (sum d * y_hat, count) added to
-//               accum_backward (2, F)
+//               accum_backward (2, F); nothing in a step needs the other rows, so each thread
+//               sums its own rows' statistics over the loop, added to accum once at the end
+//               (no barrier a step)
 //   AFFINE      y_hat = y * first[slot] + second[slot] (a packed model's folded batch norm /
 //               PowerNorm, nq_plugin/packed)
 //   POWER_WARMUP   PowerNorm's warmup: y_hat = y / sqrt(mean_B(y^2) + eps) with the exact
@@ -57,6 +59,9 @@ enum Op : int64_t {
 inline bool by_columns(int64_t op) {
   return op == BATCH || op == POWER_RUNNING || op == POWER_WARMUP;
 }
+// by-columns ops whose step needs the whole batch's sums (the team meets at a barrier):
+// POWER_RUNNING's scale is fixed, so a thread only adds its own rows' sums to its accumulators
+inline bool whole_batch(int64_t op) { return op == BATCH || op == POWER_WARMUP; }
 constexpr int64_t kBlocks = 4;
 
 using nq_native::Vec;
@@ -366,8 +371,9 @@ void forward_partials(int64_t op, const T* y, int64_t rows, int64_t features, T*
 
 // The whole batch's columns of step t from the parts' sums: BATCH mean / invstd (the parts'
 // means and squared deviations combined as Chan et al.'s pairwise variance), and, where
-// `update` (one thread), the running mean and unbiased variance of the step's slot; POWER_*
-// zero / 1 / psi, and, where `update`, the step's statistics added to the accumulators.
+// `update` (one thread), the running mean and unbiased variance of the step's slot;
+// POWER_WARMUP zero / 1 / psi, and, where `update`, the step's statistics added to the
+// accumulators (POWER_RUNNING: running_power_columns, below).
 template <typename T>
 void forward_columns(const Norm& norm, const T* partials, int64_t stride, int64_t parts,
                      int64_t batch, int64_t features, int64_t t, T* a, T* b, bool update) {
@@ -403,13 +409,13 @@ void forward_columns(const Norm& norm, const T* partials, int64_t stride, int64_
       }
       b[j] = T(1) / std::sqrt(var + eps);
     }
-  } else {  // POWER_RUNNING, POWER_WARMUP
+  } else {  // POWER_WARMUP
+    TORCH_CHECK(norm.op == POWER_WARMUP, "forward_columns: op ", norm.op);
     add_parts(partials, stride, parts, 2, features, b);  // sum y^2
     T* acc = norm.accum.data_ptr<T>();
-    const T* fixed = norm.op == POWER_RUNNING ? norm.second.data_ptr<T>() : nullptr;
     for (int64_t j = 0; j < features; ++j) {
       const T sq = b[j];
-      const T s = fixed != nullptr ? fixed[j] : T(1) / std::sqrt(sq / T(batch) + T(norm.eps));
+      const T s = T(1) / std::sqrt(sq / T(batch) + T(norm.eps));
       if (update) {
         acc[j] += sq;
         acc[features + j] += sq * s * s;
@@ -418,6 +424,24 @@ void forward_columns(const Norm& norm, const T* partials, int64_t stride, int64_
       a[j] = T(0);
       b[j] = s;
     }
+  }
+}
+
+// POWER_RUNNING's columns of step t from one thread's own sums (no barrier: its scale is fixed):
+// a = 0, b = 1 / psi, and the thread's rows' statistics added to its own accumulators ``acc``
+// (3, F; summed into the normalization's after the loop): sum y^2, sum y_hat^2, the count.
+template <typename T>
+void running_power_columns(const Norm& norm, const T* part, int64_t rows, int64_t features,
+                           T* a, T* b, T* acc) {
+  const T* sq = part + 2 * features;  // the thread's rows' sum y^2
+  const T* fixed = norm.second.data_ptr<T>();
+  for (int64_t j = 0; j < features; ++j) {
+    const T s = fixed[j];
+    acc[j] += sq[j];
+    acc[features + j] += sq[j] * s * s;
+    acc[2 * features + j] += T(rows);
+    a[j] = T(0);
+    b[j] = s;
   }
 }
 
@@ -436,17 +460,16 @@ void backward_partials(const T* d, const T* y_hat, int64_t rows, int64_t feature
 // The backward of a by-columns term over a thread's rows, in place of d, from the whole
 // batch's sums (sums: sum d, sum d * y_hat): BATCH / POWER_WARMUP
 // dx = invstd (d - mean_B(d) [BATCH only] - y_hat mean_B(d y_hat)); POWER_RUNNING
-// dy = (d - nu y_hat) / psi, and, where `update`, (sum d y_hat, count) added to accum_backward.
+// dy = (d - nu y_hat) / psi, with sums a thread's own rows' (no barrier: its scale is fixed),
+// (sum d y_hat, the rows) added to its own accumulators ``accum_backward`` (2, F).
 template <typename T>
 void backward_columns(int64_t op, T* d, const T* y_hat, const T* invstd, const T* sums,
                       const T* nu, T* accum_backward, int64_t rows, int64_t batch,
-                      int64_t features, T* means, bool update) {
+                      int64_t features, T* means) {
   if (op == POWER_RUNNING) {
-    if (update) {
-      for (int64_t j = 0; j < features; ++j) {
-        accum_backward[j] += sums[features + j];
-        accum_backward[features + j] += T(batch);
-      }
+    for (int64_t j = 0; j < features; ++j) {
+      accum_backward[j] += sums[features + j];
+      accum_backward[features + j] += T(rows);
     }
     for (int64_t b = 0; b < rows; ++b) {
       T* dr = d + b * features;
@@ -573,6 +596,11 @@ void forward_impl(const Tensor& px, const Tensor& w_x_t, const Tensor& h0, const
   Tensor partials = at::empty({(cols_x || cols_h) ? 2 * parts : 0, 2, kPartRows, features},
                               opts);
   T* partials_p = partials.data_ptr<T>();
+  // the team meets after the partial sums only for a term that needs the whole batch's
+  const bool meet = whole_batch(nx.op) || whole_batch(nh.op);
+  // each thread's statistics of a POWER_RUNNING term: (part, term, 3, F), summed after the loop
+  Tensor power_acc = at::zeros(
+      {(nx.op == POWER_RUNNING || nh.op == POWER_RUNNING) ? parts : 0, 2, 3, features}, opts);
   const int64_t step_size = batch * features, state_size = batch * hidden;
   // z = h W_h^T; a team that splits it by columns forms z of the whole batch
   const StepProduct recurrent(step, w_hh.detach().t(), parts);
@@ -614,12 +642,18 @@ void forward_impl(const Tensor& px, const Tensor& w_x_t, const Tensor& h0, const
           forward_partials<T>(nh.op, z_p, r.size(), features,
                               parts_t + p * stride + kPartRows * features);
       });
-      if (cols_x || cols_h) Team::barrier(nt);
+      if (meet) Team::barrier(nt);
       team.guarded([&] {
         const T *ax = nullptr, *bx = nullptr, *ah = nullptr, *bh = nullptr;
-        if (cols_x) {
+        T* own_acc = power_acc.numel() ? power_acc.data_ptr<T>() + p * 6 * features : nullptr;
+        if (nx.op == POWER_RUNNING) {
+          running_power_columns<T>(nx, parts_t + p * stride, r.size(), features, col,
+                                   col + features, own_acc);
+        } else if (cols_x) {
           forward_columns<T>(nx, parts_t, stride, nt, batch, features, t0 + t, col,
                              col + features, p == 0);
+        }
+        if (cols_x) {
           ax = col;
           bx = col + features;
           if (keep && p == 0)
@@ -628,9 +662,15 @@ void forward_impl(const Tensor& px, const Tensor& w_x_t, const Tensor& h0, const
           ax = nx.first.data_ptr<T>() + nx.slot(t0 + t) * features;
           bx = nx.second.data_ptr<T>() + nx.slot(t0 + t) * features;
         }
-        if (cols_h) {
+        if (nh.op == POWER_RUNNING) {
+          running_power_columns<T>(nh, parts_t + p * stride + kPartRows * features, r.size(),
+                                   features, col + 2 * features, col + 3 * features,
+                                   own_acc + 3 * features);
+        } else if (cols_h) {
           forward_columns<T>(nh, parts_t + kPartRows * features, stride, nt, batch, features,
                              t0 + t, col + 2 * features, col + 3 * features, p == 0);
+        }
+        if (cols_h) {
           ah = col + 2 * features;
           bh = col + 3 * features;
           if (keep && p == 0)
@@ -682,6 +722,11 @@ void forward_impl(const Tensor& px, const Tensor& w_x_t, const Tensor& h0, const
       if (shared) Team::barrier(nt);  // h_t complete before the next step's product
     }
   });
+  if (power_acc.numel()) {
+    const Tensor sums = power_acc.sum(0);
+    if (nx.op == POWER_RUNNING) nx.accum.add_(sums[0]);
+    if (nh.op == POWER_RUNNING) nh.accum.add_(sums[1]);
+  }
   const int64_t last = steps - 1;
   result = {out, out[last].clone(), c_all[keep ? last : last % 2].clone()};
   if (keep) {
@@ -740,6 +785,12 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
   const int64_t stride = 2 * 2 * features;  // a part's (term, sum, F)
   Tensor partials = at::empty({(cols_x || cols_h) ? 2 * parts : 0, 2, 2, features}, opts);
   T* partials_p = partials.data_ptr<T>();
+  // the team meets after the partial sums only for a term that needs the whole batch's
+  const bool meet = whole_batch(op_x) || whole_batch(op_h);
+  // each thread's backward statistics of a POWER_RUNNING term: (part, term, 2, F), summed
+  // after the loop
+  Tensor power_acc = at::zeros(
+      {(op_x == POWER_RUNNING || op_h == POWER_RUNNING) ? parts : 0, 2, 2, features}, opts);
   T* partial_p = partial.data_ptr<T>();
   const T* gx = gain_x.data_ptr<T>();
   const T* gh = gain_h.data_ptr<T>();
@@ -870,24 +921,29 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
           backward_partials<T>(gz_p, zh_p + r.begin * features, rows, features,
                                parts_t + p * stride + 2 * features);
       });
-      if (cols_x || cols_h) Team::barrier(nt);
+      if (meet) Team::barrier(nt);
       team.guarded([&] {
+        T* own_acc = power_acc.numel() ? power_acc.data_ptr<T>() + p * 4 * features : nullptr;
+        // a term's column sums: the whole batch's, or POWER_RUNNING's own rows'
+        auto column_sums = [&](int64_t op, int64_t first_row) {
+          const bool own = op == POWER_RUNNING;
+          const T* from = own ? parts_t + p * stride : parts_t;
+          add_parts(from, stride, own ? 1 : nt, first_row, features, sums);
+          add_parts(from, stride, own ? 1 : nt, first_row + 1, features, sums + features);
+        };
         if (cols_x) {
-          add_parts(parts_t, stride, nt, 0, features, sums);
-          add_parts(parts_t, stride, nt, 1, features, sums + features);
+          column_sums(op_x, 0);
           backward_columns<T>(op_x, gpx_rows, xstep_all + r.begin * features,
                               colx_b, sums, nu_x.defined() ? nu_x.data_ptr<T>() : nullptr,
-                              accum_x.defined() ? accum_x.data_ptr<T>() : nullptr, rows, batch,
-                              features, means, p == 0);
+                              own_acc, rows, batch, features, means);
         }
         if (cols_h) {
-          add_parts(parts_t, stride, nt, 2, features, sums);
-          add_parts(parts_t, stride, nt, 3, features, sums + features);
+          column_sums(op_h, 2);
           backward_columns<T>(op_h, gz_p, zh_p + r.begin * features,
                               stats_h.data_ptr<T>() + (t * 2 + 1) * features, sums,
                               nu_h.defined() ? nu_h.data_ptr<T>() : nullptr,
-                              accum_h.defined() ? accum_h.data_ptr<T>() : nullptr, rows, batch,
-                              features, means, p == 0);
+                              own_acc == nullptr ? nullptr : own_acc + 2 * features, rows,
+                              batch, features, means);
         }
         if (input.fused())
           input.backward_rows(t, r.begin, rows, gpx_rows, gwx_own,
@@ -923,6 +979,11 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
       if (shared) Team::barrier(nt);  // dh complete, the chunk's buffers free
     }
   });
+  if (power_acc.numel()) {
+    const Tensor power_sums = power_acc.sum(0);
+    if (op_x == POWER_RUNNING) accum_x.add_(power_sums[0]);
+    if (op_h == POWER_RUNNING) accum_h.add_(power_sums[1]);
+  }
   const Tensor sums = partial.sum(0);
   result = {grad_px, dh, dc, grad_w.size(0) == 1 ? grad_w[0] : grad_w.sum(0), sums[0], sums[1],
             sums[2],

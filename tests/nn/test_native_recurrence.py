@@ -94,7 +94,8 @@ def test_native_equals_python_in_double_to_rounding(built, norm, opts, inputs, b
     """The same arithmetic: in float64 the two paths agree to ~1e-12 over 37 steps (more than
     the backward's chunk of 16 steps), on two threads (the step products split by columns between
     them, the elementwise work by rows); one input column runs the projection fused into the
-    loop (sequential MNIST), gradients of x and W_x included."""
+    loop (sequential MNIST), gradients of x and W_x included; the running statistics too
+    (PowerNorm's, which each thread adds up for its own rows)."""
     torch.manual_seed(1)
     model = NQLSTM(inputs, 8, 1, quantizer="tc", norm=norm, **opts).double()
     x = torch.randn(37, 3, inputs, dtype=torch.float64)
@@ -102,11 +103,13 @@ def test_native_equals_python_in_double_to_rounding(built, norm, opts, inputs, b
     py = run(model, x, state, 0, "python", backend_choice)
     nat = run(model, x, state, 0, "native", backend_choice)
     same_run(py, nat, atol=1e-10, rtol=1e-9)
+    for name, buf in py[7].items():
+        close(nat[7][name], buf, msg=name, atol=1e-10, rtol=1e-9)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("norm,opts", [("layer", {}), ("batch", {"bn_stats": "separate"})],
-                         ids=["layer", "batch"])
+@pytest.mark.parametrize("norm,opts", [("layer", {}), ("batch", {"bn_stats": "separate"}),
+                                       ("power", {})], ids=["layer", "batch", "power"])
 def test_a_team_splits_the_step_products_by_columns(built, threads, norm, opts, backend_choice,
                                                     monkeypatch):
     """A team of several threads forms each step product's columns for the whole batch (here
@@ -134,6 +137,8 @@ def test_a_team_splits_the_step_products_by_columns(built, threads, norm, opts, 
     finally:
         torch.set_num_threads(before)
     same_run(py, nat, atol=1e-10, rtol=1e-9)
+    for name, buf in py[7].items():
+        close(nat[7][name], buf, msg=name, atol=1e-10, rtol=1e-9)
 
 
 @pytest.mark.parametrize("faster", [True, False], ids=["layout", "plain"])
