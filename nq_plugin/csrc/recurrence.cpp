@@ -170,8 +170,8 @@ inline Tensor onednn_product(const Tensor& x, const Tensor& w_packed) {
 // - "shared": each thread forms its output columns of the product for the whole batch, so it
 //   reads only its part of W_h at a step (alone, 10 rows of all 1200 columns ran 1.4x slower
 //   than 20 rows of 600; AMD EPYC Zen 3), through its part of W_h (oneDNN's layout or plain);
-//   the team meets at a barrier after each product and after each step's elementwise work, and dL/dW_h is each thread's rows of it, one GEMM per
-//   chunk of steps over the whole batch;
+//   the team meets at a barrier after each product and after each step's elementwise work,
+//   and dL/dW_h is each thread's rows of it, one GEMM per chunk of steps over the whole batch;
 // - else each thread multiplies its own rows by the whole W_h (oneDNN's layout or plain),
 //   with no barrier, and dL/dW_h is each thread's partial over its rows, summed once
 //   at the end.

@@ -282,6 +282,19 @@ SMNIST_CONT_TEXT = ("Then Adam from those weights with a fresh optimizer state: 
 WORD_TEXT = ("the paper's SGD schedule (lr 20, /4 when validation stalls, clip 0.25, B=20, "
              "T=35, latent LSTM weights at lr x 2 sqrt(H))")
 
+# the layer-norm sequential-MNIST model's recipe arguments (its first 40 epochs' too)
+SMNIST_LAYER = ("--init", "chrono", "--init-state-noise", "0.1")
+
+
+def smnist_layer_phase(run_id: str, epochs: int, text: str, schedule: Tuple[str, ...],
+                       after: Optional[str] = None, average: int = 0) -> "Run":
+    """A phase of smnist-bc-layer after its first 40 epochs: from the zoo's weights (or from
+    the phase it comes ``after``), the recipe's arguments with the ``schedule``'s."""
+    return Run(run_id, "smnist-bc-layer", "mnist", "bc", "layer", epochs, None, None, text,
+               (*SMNIST_LAYER, *schedule), from_zoo=True, target=SMNIST_TARGET, after=after,
+               average=average)
+
+
 PLAN: List[Run] = [
     Run("ptb-char-bc-layer.anneal", "ptb-char-bc-layer", "ptb_char", "bc", "layer", 3, 1.49,
         181, CHAR_ANNEAL_TEXT, CHAR_ANNEAL, from_zoo=True),
@@ -362,76 +375,56 @@ PLAN: List[Run] = [
     # layer norm of W_h h0 = 0 over the blank first pixels)
     Run("smnist-bc-layer", "smnist-bc-layer", "mnist", "bc", "layer", SMNIST_EPOCHS, None,
         None, SMNIST_TEXT + SMNIST_CHRONO_TEXT + " N(0, 0.1) noise on the initial state.",
-        ("--init", "chrono", "--init-state-noise", "0.1"), target=SMNIST_TARGET),
+        SMNIST_LAYER, target=SMNIST_TARGET),
     # its 40 epochs (95.81 %), then the anneal that took smnist-bc-batch from 95.54 % to 97.99 %
-    Run("smnist-bc-layer.anneal", "smnist-bc-layer", "mnist", "bc", "layer", 6, None, None,
-        SMNIST_ANNEAL_TEXT, ("--init", "chrono", "--init-state-noise", "0.1", *SMNIST_ANNEAL),
-        from_zoo=True, target=SMNIST_TARGET),
+    smnist_layer_phase("smnist-bc-layer.anneal", 6, SMNIST_ANNEAL_TEXT, SMNIST_ANNEAL),
     # the anneal's train accuracy (97.1 % at its 4th epoch) stayed at its validation accuracy,
     # rising 0.1-0.2 points an epoch as the lr fell: the model underfits, so it trains on at
     # the anneal's rate before decaying again
-    Run("smnist-bc-layer.hold", "smnist-bc-layer", "mnist", "bc", "layer", 16, None, None,
-        SMNIST_HOLD_TEXT, ("--init", "chrono", "--init-state-noise", "0.1", *SMNIST_HOLD),
-        from_zoo=True, target=SMNIST_TARGET),
+    smnist_layer_phase("smnist-bc-layer.hold", 16, SMNIST_HOLD_TEXT, SMNIST_HOLD),
     # the hold ended at 97.26 % (best valid 97.47 %), short of the zoo's margin: the next
     # phases go on from its best checkpoint (from the zoo's 96.83 % where its folder is gone)
-    Run("smnist-bc-layer.low", "smnist-bc-layer", "mnist", "bc", "layer", 20, None, None,
-        SMNIST_LOW_TEXT, ("--init", "chrono", "--init-state-noise", "0.1", *SMNIST_LOW),
-        from_zoo=True, target=SMNIST_TARGET, after="smnist-bc-layer.hold", average=5),
-    Run("smnist-bc-layer.more", "smnist-bc-layer", "mnist", "bc", "layer", 30, None, None,
-        SMNIST_MORE_TEXT, ("--init", "chrono", "--init-state-noise", "0.1", *SMNIST_MORE),
-        from_zoo=True, target=SMNIST_TARGET, after="smnist-bc-layer.hold", average=5),
+    smnist_layer_phase("smnist-bc-layer.low", 20, SMNIST_LOW_TEXT,
+                       SMNIST_LOW, after="smnist-bc-layer.hold", average=5),
+    smnist_layer_phase("smnist-bc-layer.more", 30, SMNIST_MORE_TEXT,
+                       SMNIST_MORE, after="smnist-bc-layer.hold", average=5),
     # then the anneal that took it from 95.81 % to 96.83 % after its first 40 epochs, longer
-    Run("smnist-bc-layer.reanneal", "smnist-bc-layer", "mnist", "bc", "layer", 8, None, None,
-        SMNIST_ANNEAL_TEXT.replace("from the bundled weights", "from those weights"),
-        ("--init", "chrono", "--init-state-noise", "0.1", *SMNIST_ANNEAL), from_zoo=True,
-        target=SMNIST_TARGET, after="smnist-bc-layer.more", average=4),
-    Run("smnist-bc-layer.more2", "smnist-bc-layer", "mnist", "bc", "layer", SMNIST_MORE2_EPOCHS,
-        None, None, SMNIST_MORE2_TEXT, ("--init", "chrono", "--init-state-noise", "0.1",
-                                        *SMNIST_MORE2), from_zoo=True, target=SMNIST_TARGET,
-        average=5),
-    Run("smnist-bc-layer.held", "smnist-bc-layer", "mnist", "bc", "layer", SMNIST_MORE2_EPOCHS,
-        None, None, SMNIST_HELD_TEXT, ("--init", "chrono", "--init-state-noise", "0.1",
-                                       *SMNIST_HELD), from_zoo=True, target=SMNIST_TARGET,
-        average=5),
+    smnist_layer_phase("smnist-bc-layer.reanneal", 8,
+                       SMNIST_ANNEAL_TEXT.replace("from the bundled weights", "from those weights"),
+                       SMNIST_ANNEAL, after="smnist-bc-layer.more", average=4),
+    smnist_layer_phase("smnist-bc-layer.more2", SMNIST_MORE2_EPOCHS, SMNIST_MORE2_TEXT,
+                       SMNIST_MORE2, average=5),
+    smnist_layer_phase("smnist-bc-layer.held", SMNIST_MORE2_EPOCHS, SMNIST_HELD_TEXT,
+                       SMNIST_HELD, average=5),
     # .more2 ended at valid 97.91 / test 97.85 % (the mean of epochs 14-18; its single epochs
     # 96.9-97.7 valid), .held at 97.94 / 97.78 % (2026-12-06, Zen 3): both short of the margin.
     # The mean of the two means validated worse (97.56, test 97.80): no soup across phases.
     # The constant-rate phases after them did not gain either: .more2.swa 97.75 / 97.78 %,
     # .held.swa 97.69 / 97.84 % (valid / test, the mean of its 6 epochs). What got furthest is
     # the longest phase at the recipe's late rate (.more, 30 epochs: 98.01 / 97.92 %)
-    Run("smnist-bc-layer.more2.swa", "smnist-bc-layer", "mnist", "bc", "layer", 6, None, None,
-        SMNIST_SWA_TEXT, ("--init", "chrono", "--init-state-noise", "0.1", *SMNIST_SWA),
-        from_zoo=True, target=SMNIST_TARGET, after="smnist-bc-layer.more2", average=6),
-    Run("smnist-bc-layer.held.swa", "smnist-bc-layer", "mnist", "bc", "layer", 6, None, None,
-        SMNIST_SWA_TEXT, ("--init", "chrono", "--init-state-noise", "0.1", *SMNIST_SWA),
-        from_zoo=True, target=SMNIST_TARGET, after="smnist-bc-layer.held", average=6),
+    smnist_layer_phase("smnist-bc-layer.more2.swa", 6, SMNIST_SWA_TEXT,
+                       SMNIST_SWA, after="smnist-bc-layer.more2", average=6),
+    smnist_layer_phase("smnist-bc-layer.held.swa", 6, SMNIST_SWA_TEXT,
+                       SMNIST_SWA, after="smnist-bc-layer.held", average=6),
     # so the two 18-epoch phases go on at the recipe's late rate, each on a core, for what one
     # session holds (about 5 minutes an epoch on a shared core): together with their first 18,
     # each is longer at lr ~1e-3 than .more was
-    Run("smnist-bc-layer.more2.more", "smnist-bc-layer", "mnist", "bc", "layer",
-        SMNIST_CHAIN_EPOCHS, None, None, SMNIST_MORE_TEXT,
-        ("--init", "chrono", "--init-state-noise", "0.1", *SMNIST_MORE), from_zoo=True,
-        target=SMNIST_TARGET, after="smnist-bc-layer.more2", average=8),
-    Run("smnist-bc-layer.held.more", "smnist-bc-layer", "mnist", "bc", "layer",
-        SMNIST_CHAIN_EPOCHS, None, None, SMNIST_MORE_TEXT,
-        ("--init", "chrono", "--init-state-noise", "0.1", *SMNIST_MORE), from_zoo=True,
-        target=SMNIST_TARGET, after="smnist-bc-layer.held", average=8),
+    smnist_layer_phase("smnist-bc-layer.more2.more", SMNIST_CHAIN_EPOCHS, SMNIST_MORE_TEXT,
+                       SMNIST_MORE, after="smnist-bc-layer.more2", average=8),
+    smnist_layer_phase("smnist-bc-layer.held.more", SMNIST_CHAIN_EPOCHS, SMNIST_MORE_TEXT,
+                       SMNIST_MORE, after="smnist-bc-layer.held", average=8),
     # (2026-12-07, Zen 3) .held.more: single epochs' valid 96.8-97.5 %, the mean of epochs
     # 11-18 97.76 %, no better than its best checkpoint (valid 97.76, test 97.69 %);
     # .more2.more: single epochs 96.4-97.5 %, the mean of epochs 11-18 valid 97.87 / test
-    # 97.74 % (its best checkpoint 97.53 valid): both short of the margin. At lr ~1e-3 one epoch's weights are noisy and the mean of the last
-    # ones is what held up (.held's 5 annealed epochs: valid 97.94 %), so each 36-epoch chain
-    # ends with an anneal whose last 6 epochs are averaged: from 6e-4 x0.85 an epoch, and
-    # 5e-4 held for 3 epochs then x0.8 (both near 1e-4 at the end)
-    Run("smnist-bc-layer.held.more.anneal", "smnist-bc-layer", "mnist", "bc", "layer",
-        SMNIST_END_EPOCHS, None, None, SMNIST_END_TEXT,
-        ("--init", "chrono", "--init-state-noise", "0.1", *SMNIST_END), from_zoo=True,
-        target=SMNIST_TARGET, after="smnist-bc-layer.held.more", average=6),
-    Run("smnist-bc-layer.more2.more.anneal", "smnist-bc-layer", "mnist", "bc", "layer",
-        SMNIST_END_EPOCHS, None, None, SMNIST_END2_TEXT,
-        ("--init", "chrono", "--init-state-noise", "0.1", *SMNIST_END2), from_zoo=True,
-        target=SMNIST_TARGET, after="smnist-bc-layer.more2.more", average=6),
+    # 97.74 % (its best checkpoint 97.53 valid): both short of the margin. At lr ~1e-3 one
+    # epoch's weights are noisy and the mean of the last ones is what held up (.held's 5
+    # annealed epochs: valid 97.94 %), so each 36-epoch chain ends with an anneal whose last 6
+    # epochs are averaged: from 6e-4 x0.85 an epoch, and 5e-4 held for 3 epochs then x0.8
+    # (both near 1e-4 at the end)
+    smnist_layer_phase("smnist-bc-layer.held.more.anneal", SMNIST_END_EPOCHS, SMNIST_END_TEXT,
+                       SMNIST_END, after="smnist-bc-layer.held.more", average=6),
+    smnist_layer_phase("smnist-bc-layer.more2.more.anneal", SMNIST_END_EPOCHS, SMNIST_END2_TEXT,
+                       SMNIST_END2, after="smnist-bc-layer.more2.more", average=6),
     # (2026-12-07, Zen 3) both anneals reached single epochs of 97.7-98.1 % valid; the mean of
     # epochs 7-12: .held.more.anneal valid 98.20 / test 97.95 % (short of the margin),
     # .more2.more.anneal valid 98.12 / test 98.24 % (packed 98.24 %): the zoo took it, the
