@@ -3,12 +3,14 @@
 For each setting of the paper -- char (d=512, T=100, B=64, one-hot input of 50) and word (d=300,
 T=35, B=20, 300-dim input) -- times torch.nn.LSTM (fp) and NQLSTM with BinaryConnect and every
 normalization, interleaved in rounds so that machine noise hits all alike, and prints tokens/s
-and the ratio to nn.LSTM (median over rounds). The layer/batch/power variants run three times:
+and the ratio to nn.LSTM (median over rounds). The layer/batch/power variants run four times:
 on the native loop (nq_plugin/csrc/recurrence.cpp; NQ_PLUGIN_RECURRENCE=auto), on it with its
-threads splitting each step's products by batch rows ("(rows)": NQ_PLUGIN_STEP_SPLIT=rows, the
-split before the column split; the same as auto below H=192) and on the Python loop
-(NQ_PLUGIN_RECURRENCE=python), side by side in the same rounds. Sequential MNIST (T=784, B=100,
-H=100, scalar input) with --settings smnist.
+threads' parts of the step products as plain BLAS GEMMs ("(plain)": NQ_PLUGIN_STEP_GEMM=plain,
+what auto chose before the loop's own step GEMM), with its threads splitting each step's
+products by batch rows ("(rows)": NQ_PLUGIN_STEP_SPLIT=rows, the split before the column split;
+the same as auto below H=192) and on the Python loop (NQ_PLUGIN_RECURRENCE=python), side by
+side in the same rounds. Sequential MNIST (T=784, B=100, H=100, scalar input) with --settings
+smnist. The layouts auto takes for the step products' parts are logged as it times them.
 
 Two rows time the training step's matrix products alone, in the same rounds (:class:`GemmFloor`):
 what any LSTM's step costs at least on this machine, so that a ratio reads against its ceiling
@@ -17,6 +19,7 @@ what any LSTM's step costs at least on this machine, so that a ratio reads again
     python benchmarks/lstm_training_speed.py [--rounds 5] [--steps 5] [--threads 2]
 """
 import argparse
+import logging
 import statistics
 import time
 
@@ -85,7 +88,8 @@ class GemmFloor:
 FLOORS = [("GEMMs only, mm", False), ("GEMMs only, oneDNN", True)]
 
 
-SUFFIXES = {" (py)": dict(recurrence="python"), " (rows)": dict(step_split="rows")}
+SUFFIXES = {" (py)": dict(recurrence="python"), " (rows)": dict(step_split="rows"),
+            " (plain)": dict(step_gemm="plain")}
 
 
 def choices_of(label):
@@ -116,6 +120,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS))
     args = ap.parse_args()
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("nq_plugin.nn.step_products").setLevel(logging.INFO)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {args.threads} threads, {args.rounds} rounds x "
@@ -124,7 +130,8 @@ def main():
         s = SETTINGS[setting]
         x = torch.randn(s["steps"], s["batch"], s["inp"])
         models = [(label, build(setting, norm, opts)) for label, norm, opts in VARIANTS]
-        models += [(label + suffix, build(setting, norm, opts)) for suffix in (" (rows)", " (py)")
+        models += [(label + suffix, build(setting, norm, opts))
+                   for suffix in (" (plain)", " (rows)", " (py)")
                    for label, norm, opts in VARIANTS if norm in ("layer", "batch", "power")]
         floors = [(label, GemmFloor(setting, layout)) for label, layout in FLOORS]
         for label, m in models:

@@ -77,6 +77,17 @@ class StepSplit(str, Enum):
     ROWS = "rows"        # by batch rows: each thread its rows times the whole W_h
 
 
+class StepGemm(str, Enum):
+    """The layout of the threads' parts of a step product split by columns (training; the
+    native loop, nq_plugin/nn/step_products.py, part_layout)."""
+    AUTO = "auto"      # the fastest of those this build runs, timed once a shape and process
+    #                    as the team runs it; plain unless another is 1.1x as fast
+    PLAIN = "plain"    # plain (K, N_part) copies through at::mm (the BLAS torch links)
+    ONEDNN = "onednn"  # oneDNN's blocked layout (float32), or an error
+    PANELS = "panels"  # the extension's own step GEMM (csrc/step_gemm.cpp: float32, AVX2 and
+    #                    FMA builds), or an error
+
+
 class EnvironmentVariable(NamedTuple):
     name: str
     default: str
@@ -98,6 +109,9 @@ ENVIRONMENT: List[EnvironmentVariable] = [
     EnvironmentVariable("NQ_PLUGIN_STEP_SPLIT", "auto",
                         "how the native LSTM loop's threads split each step's products: auto | "
                         "columns | rows (Backend.step_split)"),
+    EnvironmentVariable("NQ_PLUGIN_STEP_GEMM", "auto",
+                        "the layout of the threads' parts of a product split by columns: auto "
+                        "| plain | onednn | panels (Backend.step_gemm)"),
     EnvironmentVariable("NQ_PLUGIN_MARCH", "native",
                         "the -march the native extension is compiled for: native (this CPU) or "
                         "x86-64-v3 (AVX2 and FMA, no AVX-512; a build of its own)"),
@@ -113,7 +127,8 @@ _FIELDS = {"recurrence": ("NQ_PLUGIN_RECURRENCE", Recurrence),
            "packed_kernel": ("NQ_PLUGIN_KERNEL", PackedKernel),
            "activations": ("NQ_PLUGIN_ACTIVATIONS", Activations),
            "lookup": ("NQ_PLUGIN_LOOKUP", Lookup),
-           "step_split": ("NQ_PLUGIN_STEP_SPLIT", StepSplit)}
+           "step_split": ("NQ_PLUGIN_STEP_SPLIT", StepSplit),
+           "step_gemm": ("NQ_PLUGIN_STEP_GEMM", StepGemm)}
 
 
 def parse(field: str, value, source: Optional[str] = None) -> Enum:
@@ -137,6 +152,7 @@ class Backend:
     activations: Activations = Activations.FP32
     lookup: Lookup = Lookup.AUTO
     step_split: StepSplit = StepSplit.AUTO
+    step_gemm: StepGemm = StepGemm.AUTO
 
     def __post_init__(self):
         for f in _FIELDS:

@@ -29,8 +29,8 @@ _lock = threading.Lock()
 _module = None
 _failed: Optional[str] = None
 SOURCES = ("bindings.cpp", "huge_pages.cpp", "packed_gemv.cpp", "packed_step.cpp",
-           "packed_triples.cpp", "packed_wide.cpp", "recurrence.cpp")
-NAME = "nq_plugin_native_v38"  # bump when the sources' interface changes
+           "packed_triples.cpp", "packed_wide.cpp", "recurrence.cpp", "step_gemm.cpp")
+NAME = "nq_plugin_native_v39"  # bump when the sources' interface changes
 
 
 def _name(march: str) -> str:

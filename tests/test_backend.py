@@ -1,14 +1,19 @@
-"""nq_plugin/backend.py: the step split, one of the execution choices."""
+"""nq_plugin/backend.py: the step split and the step GEMM, two of the execution choices."""
 import pytest
 
-from nq_plugin.backend import Backend, StepSplit, use
+from nq_plugin.backend import Backend, StepGemm, StepSplit, use
 
 
-def test_the_step_split_comes_from_the_environment_and_is_checked():
-    assert Backend().step_split is StepSplit.AUTO
-    assert Backend.from_environ({"NQ_PLUGIN_STEP_SPLIT": "Rows"}).step_split is StepSplit.ROWS
-    with pytest.raises(ValueError, match="NQ_PLUGIN_STEP_SPLIT='diagonal': use auto, columns or "
-                                         "rows"):
-        Backend.from_environ({"NQ_PLUGIN_STEP_SPLIT": "diagonal"})
-    with use(step_split="columns") as chosen:
-        assert chosen.step_split is StepSplit.COLUMNS
+@pytest.mark.parametrize("field, name, enum, given, value, bad, choices", [
+    ("step_split", "NQ_PLUGIN_STEP_SPLIT", StepSplit, "Rows", StepSplit.ROWS, "diagonal",
+     "auto, columns or rows"),
+    ("step_gemm", "NQ_PLUGIN_STEP_GEMM", StepGemm, "PANELS", StepGemm.PANELS, "blas",
+     "auto, plain, onednn or panels")])
+def test_a_choice_comes_from_the_environment_and_is_checked(field, name, enum, given, value,
+                                                            bad, choices):
+    assert getattr(Backend(), field) is enum.AUTO
+    assert getattr(Backend.from_environ({name: given}), field) is value
+    with pytest.raises(ValueError, match=f"{name}='{bad}': use {choices}"):
+        Backend.from_environ({name: bad})
+    with use(**{field: value.value}) as chosen:
+        assert getattr(chosen, field) is value

@@ -72,12 +72,27 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("accum_forward", &NormTerm::accum_forward)
       .def_readwrite("accum_backward", &NormTerm::accum_backward)
       .def_readwrite("nu", &NormTerm::nu);
+  py::enum_<StepLayout>(m, "StepLayout", "the layout of a step product's weight parts")
+      .value("PLAIN", StepLayout::kPlain)
+      .value("ONEDNN", StepLayout::kOneDnn)
+      .value("PANELS", StepLayout::kPanels);
   py::class_<StepWeights>(m, "StepWeights",
                           "a step product's weights as planned (nn/step_products.py): the whole "
-                          "W, or one part per thread; oneDNN's layout or plain (K, N_part)")
+                          "W, or one part per thread; plain (K, N_part), oneDNN's layout or the "
+                          "step GEMM's panels")
       .def(py::init<>())
-      .def_readwrite("packed", &StepWeights::packed)
+      .def_readwrite("layout", &StepWeights::layout)
       .def_readwrite("parts", &StepWeights::parts);
+  m.def("step_gemm_supported", &step_gemm_supported,
+        "whether this build has the loop's own step GEMM (AVX2 and FMA)");
+  m.def("step_product_seconds", &step_product_seconds,
+        "the team's time a step product x weight^T as planned (best of rounds x calls)");
+  m.def("step_gemm_pack", &step_gemm_pack,
+        "weight (N, K) float32 in the step GEMM's panels: (ceil(N / 16), K, 16)");
+  m.def("step_gemm", [](at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {
+    step_gemm_out(out, x, packed);
+    return out;
+  }, "out (M, N) = x (M, K) weight^T from step_gemm_pack's panels; returns out");
   m.def("native_ops", &native_ops,
         "the recurrence's operations by name (native_ops.h): what NativeForm.op names");
   m.def("recurrence_backward", &recurrence_backward,

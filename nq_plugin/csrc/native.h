@@ -68,13 +68,27 @@ struct NormTerm {
 
 // A step product y = x W^T's weights as the caller planned them (nq_plugin/nn/step_products.py,
 // step_weights): one part, the whole W, and the team splits the batch rows; or one part per
-// thread of the team, its output columns of y for the whole batch. Each part is either in
-// oneDNN's blocked layout (``packed``, for mkldnn::_linear_pointwise) or plain, (K, N_part)
-// contiguous, for at::mm.
+// thread of the team, its output columns of y for the whole batch. Every part in one layout:
+// plain, (K, N_part) contiguous, for at::mm; oneDNN's blocked layout (for
+// mkldnn::_linear_pointwise); or the step GEMM's panels (step_gemm_pack, float32).
+enum class StepLayout : int64_t { kPlain = 0, kOneDnn = 1, kPanels = 2 };
 struct StepWeights {
-  bool packed = false;
+  StepLayout layout = StepLayout::kPlain;
   std::vector<at::Tensor> parts;
 };
+
+// The loop's own GEMM for its step products (step_gemm.cpp; AVX2 and FMA builds): whether this
+// build has it; weight (N, K) in panels of 16 of its rows, (ceil(N / 16), K, 16); out (M, N) =
+// x (M, K) weight^T from those panels (rows of x and out contiguous, their strides free)
+bool step_gemm_supported();
+// the team's time a product x (B, K) weight^T as planned in `step` (each thread its columns
+// for all of x's rows, meeting after each product as the loop does, or its rows times the
+// whole weight): best of `rounds` rounds of `calls` products, seconds a product -- what the
+// planner's choice of layout compares (nq_plugin/nn/step_products.py)
+double step_product_seconds(const at::Tensor& x, const at::Tensor& weight,
+                            const StepWeights& step, int64_t rounds, int64_t calls);
+at::Tensor step_gemm_pack(const at::Tensor& weight);
+void step_gemm_out(at::Tensor& out, const at::Tensor& x, const at::Tensor& packed);
 
 std::vector<at::Tensor> recurrence_forward(
     at::Tensor px, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor shift,

@@ -37,8 +37,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <exception>
+#include <limits>
 #include <mutex>
 #include <vector>
 
@@ -255,21 +257,45 @@ class StepProduct {
   bool split_columns() const { return split_; }
   // x (rows, K) times the whole W^T: a new (rows, N)
   Tensor whole(const Tensor& x) const {
-    if (w_.parts.size() != 1) return at::mm(x, fallback_);
-    return w_.packed ? onednn_product(x, w_.parts[0]) : at::mm(x, w_.parts[0]);
+    if (w_.parts.size() != 1 || !fits(x)) return at::mm(x, fallback_);
+    switch (w_.layout) {
+      case StepLayout::kOneDnn:
+        return onednn_product(x, w_.parts[0]);
+      case StepLayout::kPanels: {
+        Tensor out = at::empty({x.size(0), fallback_.size(1)}, x.options());
+        step_gemm_out(out, x, w_.parts[0]);
+        return out;
+      }
+      default:
+        return at::mm(x, w_.parts[0]);
+    }
   }
   // thread p's output columns c of x (B, K) times W^T, into out (B, N_c), a view of the whole
   // batch's product
   void columns(Tensor out, const Tensor& x, int64_t p, int64_t nt, const Rows& c) const {
-    if (nt != static_cast<int64_t>(w_.parts.size()))
+    if (nt != static_cast<int64_t>(w_.parts.size()) || !fits(x)) {
       at::mm_out(out, x, fallback_.narrow(1, c.begin, c.size()));
-    else if (w_.packed)
-      out.copy_(onednn_product(x, w_.parts[p]));
-    else
-      at::mm_out(out, x, w_.parts[p]);
+      return;
+    }
+    switch (w_.layout) {
+      case StepLayout::kOneDnn:
+        out.copy_(onednn_product(x, w_.parts[p]));
+        break;
+      case StepLayout::kPanels:
+        step_gemm_out(out, x, w_.parts[p]);
+        break;
+      default:
+        at::mm_out(out, x, w_.parts[p]);
+    }
   }
 
  private:
+  // the step GEMM's panels are float32 (a float64 loop's plan has plain parts; this keeps a
+  // mismatched plan exact)
+  bool fits(const Tensor& x) const {
+    return w_.layout != StepLayout::kPanels || x.scalar_type() == at::kFloat;
+  }
+
   const StepWeights& w_;
   Tensor fallback_;
   bool split_;
@@ -1055,4 +1081,40 @@ std::vector<Tensor> recurrence_backward(
                             step, result);
   });
   return result;
+}
+
+double step_product_seconds(const Tensor& x, const Tensor& weight, const StepWeights& step,
+                            int64_t rounds, int64_t calls) {
+  TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1),
+              "step_product_seconds: x (B, K) and weight (N, K) expected, got ", x.sizes(),
+              " and ", weight.sizes());
+  const int64_t batch = x.size(0), columns = weight.size(0);
+  const Tensor xc = x.contiguous();
+  const StepProduct product(step, weight.t(), team_size(batch));
+  const bool shared = product.split_columns();
+  Tensor out = at::empty({batch, columns}, x.options());
+  double best = std::numeric_limits<double>::infinity();
+  Team team(team_size(batch));
+  team.run([&](int64_t p, int64_t nt) {
+    const Rows r = rows_of(p, nt, batch), cols = rows_of(p, nt, columns);
+    const Tensor own = xc.narrow(0, r.begin, r.size());
+    for (int64_t round = 0; round < rounds; ++round) {
+      Team::barrier(nt);
+      const auto start = std::chrono::steady_clock::now();
+      for (int64_t call = 0; call < calls; ++call) {
+        team.guarded([&] {
+          if (shared)
+            product.columns(out.narrow(1, cols.begin, cols.size()), xc, p, nt, cols);
+          else
+            product.whole(own);
+        });
+        if (shared) Team::barrier(nt);  // as the loop meets after each product
+      }
+      Team::barrier(nt);
+      if (p == 0)
+        best = std::min(best, std::chrono::duration<double>(
+                                  std::chrono::steady_clock::now() - start).count() / calls);
+    }
+  });
+  return best;
 }

@@ -2,8 +2,10 @@
 (z_t = h_{t-1} W_h^T forward, dL/dh_{t-1} = dL/dz_t W_h backward): the one place that chooses.
 
 - The weight's layout: oneDNN's blocked layout (``torch.ops.mkldnn``, reordered once a call)
-  or a plain GEMM, by the hidden size (:data:`TRAINING_LAYOUT_MIN_HIDDEN`) and, for a thread's
-  part of a split product, by timing both on this CPU (:func:`part_layout_speedup`).
+  or a plain GEMM, by the hidden size (:data:`TRAINING_LAYOUT_MIN_HIDDEN`); for the threads'
+  parts of a split product, plain, oneDNN's or the extension's own step GEMM's panels
+  (``csrc/step_gemm.cpp``), by timing them on this CPU as the team runs them
+  (:func:`part_layout`).
 - The native loop's split of a product between its team of threads (``recurrence.cpp``): by
   the batch rows (each thread multiplies its rows by the whole W) or by output columns (each
   thread forms its columns for the whole batch), by ``backend.current().step_split`` and the
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from typing import List, Optional, Tuple
 
 import torch
@@ -81,49 +82,13 @@ def team_splits_columns(batch: int, hidden: int) -> bool:
     return split is backend.StepSplit.COLUMNS
 
 
-# A thread's part of a split step product goes through oneDNN's layout where that measures at
-# least this much faster than plain mm on this CPU for the part's shape (the part's product is
-# then copied into the whole batch's; the margin keeps a timing near 1 from flipping between
-# processes): at PTB word's size plain mm is 1.1-1.2x faster on AMD EPYC Zen 3, the layout
-# 1.1x (H=300) to 1.35x (H=650) on Zen 4 (benchmarks/step_gemm_split.py)
+# A split step product's parts take another layout than plain mm's where the team's product
+# measures at least this much faster with it on this CPU (the margin keeps a timing near 1 from
+# flipping between processes). Candidates: oneDNN's blocked layout (1.1x at H=300, 1.35x at
+# H=650 on an AMD EPYC Zen 4; 0.8-0.95x on Zen 3) and the loop's own step GEMM
+# (recurrence.cpp's panels, AVX2 + FMA: 1.1-1.35x at PTB word's size, 1.0-2.0x at PTB char's
+# on Zen 3, two threads at once; benchmarks/step_gemm_kernel.py)
 PART_LAYOUT_MARGIN = 1.1
-
-
-def _best_time(fn, rounds: int = 7, calls: int = 20) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-@functools.lru_cache(maxsize=None)
-def part_layout_speedup(rows: int, inner: int, cols: int) -> float:
-    """Plain mm's time over oneDNN's layout's for one thread's part of a split step product
-    (``rows`` x ``inner`` . ``inner`` x ``cols``, on one thread as inside the team), best of 7
-    rounds of 20; 0 where oneDNN cannot. Timed once a process per shape (milliseconds at the
-    paper's sizes), logged."""
-    weight = torch.randn(cols, inner)
-    packed = prepacked(weight, rows)
-    if packed is None:
-        return 0.0
-    x, w_t, out = torch.randn(rows, inner), weight.t().contiguous(), torch.empty(rows, cols)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        plain = _best_time(lambda: torch.mm(x, w_t, out=out))
-        layout = _best_time(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none",
-                                                                        [], ""))
-    finally:
-        torch.set_num_threads(threads)
-    speedup = plain / layout
-    logger.info("nq_plugin: a split step product's part %dx%d.%dx%d through oneDNN's layout: "
-                "%.2fx plain mm (%s at %.2f)", rows, inner, inner, cols, speedup,
-                "taken" if speedup >= PART_LAYOUT_MARGIN else "not taken", PART_LAYOUT_MARGIN)
-    return speedup
 
 
 def part_bounds(n: int, parts: int) -> List[Tuple[int, int]]:
@@ -138,19 +103,70 @@ def part_bounds(n: int, parts: int) -> List[Tuple[int, int]]:
     return bounds
 
 
-def part_layouts(weight: torch.Tensor, batch: int) -> List[torch.Tensor]:
-    """For a split step product x weight^T (``weight`` (N, K), its rows the product's columns):
-    each team thread's rows of ``weight`` in oneDNN's layout for the whole batch, where the
-    layout measures faster than plain mm here (:func:`part_layout_speedup`); else [] (plain
-    GEMMs)."""
-    if not team_splits_columns(batch, min(weight.shape)) or not _mkldnn_ok(weight):
-        return []
+def part_candidates(weight: torch.Tensor) -> List[str]:
+    """The layouts a split product's parts of ``weight`` can take here: ``plain`` always,
+    ``onednn`` where oneDNN runs (float32), ``panels`` where the extension has its step GEMM
+    (float32, an AVX2 and FMA build)."""
+    names = ["plain"]
+    if _mkldnn_ok(weight):
+        names.append("onednn")
+    if weight.dtype == torch.float32 and native_extension().step_gemm_supported():
+        names.append("panels")
+    return names
+
+
+def column_parts(weight: torch.Tensor, batch: int, layout: str):
+    """The split product x weight^T's plan (``StepWeights``) with each team thread's rows of
+    ``weight`` (the product's columns) in ``layout``: ``plain`` (K, N_part) copies,
+    ``onednn``'s blocked layout or ``panels`` (the step GEMM's)."""
+    ext = native_extension()
     bounds = part_bounds(weight.shape[0], team_size(batch))
-    widest = max(e - b for b, e in bounds)
-    if part_layout_speedup(batch, weight.shape[1], widest) < PART_LAYOUT_MARGIN:
-        return []
-    layouts = [prepacked(weight[b:e], batch) for b, e in bounds]
-    return [] if any(x is None for x in layouts) else layouts
+    plan = ext.StepWeights()
+    if layout == "onednn":
+        parts = [prepacked(weight[b:e], batch) for b, e in bounds]
+        if any(x is None for x in parts):
+            return column_parts(weight, batch, "plain")
+        plan.layout, plan.parts = ext.StepLayout.ONEDNN, parts
+    elif layout == "panels":
+        plan.layout = ext.StepLayout.PANELS
+        plan.parts = [ext.step_gemm_pack(weight[b:e]) for b, e in bounds]
+    else:
+        plan.layout = ext.StepLayout.PLAIN
+        plan.parts = [weight[b:e].t().contiguous() for b, e in bounds]
+    return plan
+
+
+def _timing_calls(batch: int, inner: int, cols: int) -> int:
+    """Products a timing round: about 4e8 multiply-adds, 3 to 100 (tens of ms a round at the
+    paper's sizes)."""
+    return max(3, min(100, int(4e8 / max(1, batch * inner * cols))))
+
+
+@functools.lru_cache(maxsize=None)
+def part_layout(batch: int, inner: int, cols: int, dtype: torch.dtype = torch.float32,
+                threads: int = 0) -> str:
+    """The layout of a split step product's parts for x (``batch``, ``inner``) times a weight
+    of ``cols`` rows: each candidate (:func:`part_candidates`) timed as the loop's team runs it
+    (``step_product_seconds``: every thread its columns at once, meeting after each product),
+    best of 7 rounds, on random operands; the fastest where it is at least
+    :data:`PART_LAYOUT_MARGIN` times plain mm's speed, else ``plain``. Once a process per shape
+    and number of threads (``threads``: the caller's torch.get_num_threads(), part of the
+    cache key), logged."""
+    ext = native_extension()
+    weight = torch.randn(cols, inner, dtype=dtype)
+    x = torch.randn(batch, inner, dtype=dtype)
+    calls = _timing_calls(batch, inner, cols)
+    seconds = {name: ext.step_product_seconds(x, weight, column_parts(weight, batch, name), 7,
+                                              calls)
+               for name in part_candidates(weight)}
+    best = min(seconds, key=seconds.get)
+    speedup = seconds["plain"] / seconds[best]
+    chosen = best if speedup >= PART_LAYOUT_MARGIN else "plain"
+    logger.info("nq_plugin: a split step product %dx%d.%dx%d on %d threads: %s; %s taken",
+                batch, inner, inner, cols, team_size(batch),
+                ", ".join(f"{name} {seconds['plain'] / t:.2f}x plain" for name, t in
+                          seconds.items()), chosen)
+    return chosen
 
 
 def training_layout(weight: torch.Tensor, batch: int) -> Optional[torch.Tensor]:
@@ -161,6 +177,22 @@ def training_layout(weight: torch.Tensor, batch: int) -> Optional[torch.Tensor]:
     return prepacked(weight, batch)
 
 
+def parts_layout_for(weight: torch.Tensor, batch: int) -> str:
+    """The layout of a split product's parts of ``weight`` for ``batch`` rows: as
+    ``backend.current().step_gemm`` says (``auto``: :func:`part_layout`'s timing); a layout
+    asked for that does not run here is an error naming why."""
+    wanted = backend.current().step_gemm
+    if wanted is backend.StepGemm.AUTO:
+        return part_layout(batch, weight.shape[1], weight.shape[0], weight.dtype,
+                           torch.get_num_threads())
+    if wanted.value not in part_candidates(weight):
+        raise RuntimeError(
+            f"{backend.current().label('step_gemm')}, but that layout does not run here for "
+            f"{weight.dtype} weights (it runs: {', '.join(part_candidates(weight))}); "
+            "unset it for auto")
+    return wanted.value
+
+
 def step_weights(weight: torch.Tensor, batch: int, *, training: bool,
                  layout: Optional[torch.Tensor] = None):
     """The native loop's weights for the step product x weight^T (``weight`` (N, K); W_h
@@ -169,25 +201,21 @@ def step_weights(weight: torch.Tensor, batch: int, *, training: bool,
     - ``layout`` (the whole weight in oneDNN's layout, kept by an eval-mode caller that steps
       often with it): that, and the team splits the batch rows;
     - where :func:`team_splits_columns`: one part per thread, its rows of ``weight`` (the
-      product's columns), in oneDNN's layout where :func:`part_layouts` says, else plain
-      (K, N_part) copies cut straight from ``weight`` (one copy of W per call);
+      product's columns), in the layout :func:`part_layout` measured fastest for the shape
+      (:func:`column_parts`; one copy of W per call);
     - else the whole weight: in oneDNN's layout (in training from
       :data:`TRAINING_LAYOUT_MIN_HIDDEN` on, :func:`training_layout`; in eval always), else
       plain W^T.
     """
-    plan = native_extension().StepWeights()
+    ext = native_extension()
     weight = weight.detach()
-    if layout is not None:
-        plan.packed, plan.parts = True, [layout]
-    elif team_splits_columns(batch, min(weight.shape)):
-        layouts = part_layouts(weight, batch)
-        plan.packed = bool(layouts)
-        plan.parts = layouts or [weight[b:e].t().contiguous()
-                                 for b, e in part_bounds(weight.shape[0], team_size(batch))]
-    else:
-        whole = training_layout(weight, batch) if training else prepacked(weight, batch)
-        plan.packed = whole is not None
-        plan.parts = [whole if whole is not None else weight.t().contiguous()]
+    if team_splits_columns(batch, min(weight.shape)) and layout is None:
+        return column_parts(weight, batch, parts_layout_for(weight, batch))
+    plan = ext.StepWeights()
+    if layout is None:
+        layout = training_layout(weight, batch) if training else prepacked(weight, batch)
+    plan.layout = ext.StepLayout.PLAIN if layout is None else ext.StepLayout.ONEDNN
+    plan.parts = [weight.t().contiguous() if layout is None else layout]
     return plan
 
 

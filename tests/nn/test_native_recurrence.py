@@ -113,8 +113,8 @@ def test_native_equals_python_in_double_to_rounding(built, norm, opts, inputs, b
 def test_a_team_splits_the_step_products_by_columns(built, threads, norm, opts, backend_choice,
                                                     monkeypatch):
     """A team of several threads forms each step product's columns for the whole batch (here
-    asked at any hidden size, step_split=columns: split unevenly, H=7, F=28; batch 3) and meets between the products
-    and the elementwise work; a team of one forms them whole. Both are the Python loop's
+    asked at any hidden size, step_split=columns: split unevenly, H=7, F=28; batch 3) and meets
+    between the products and the elementwise work; a team of one forms them whole. Both are the Python loop's
     arithmetic in float64, over more steps than a chunk of dL/dW_h."""
     from nq_plugin.nn import step_products as loop
     before = torch.get_num_threads()
@@ -141,24 +141,24 @@ def test_a_team_splits_the_step_products_by_columns(built, threads, norm, opts, 
         close(nat[7][name], buf, msg=name, atol=1e-10, rtol=1e-9)
 
 
-@pytest.mark.parametrize("faster", [True, False], ids=["layout", "plain"])
-def test_a_split_products_parts_take_onednns_layout_where_it_measures_faster(
-        built, faster, backend_choice, monkeypatch):
-    """Each thread's part of a split product in oneDNN's layout (float32) where the timed
-    speedup reaches the margin, else plain GEMMs: the same loop as a team of one within float32
+@pytest.mark.parametrize("layout", ["plain", "onednn", "panels"])
+def test_a_split_products_parts_in_each_layout_give_the_same_loop(built, layout,
+                                                                    backend_choice):
+    """Each thread's part of a split product in each layout (NQ_PLUGIN_STEP_GEMM; float32; a
+    layout this build lacks is skipped): the same loop as a team of one within float32
     rounding, gradients included; the parts are recurrence.cpp's split (the first ones one
     longer)."""
     from nq_plugin.nn import step_products as loop
-    backend_choice(step_split="columns")
-    monkeypatch.setattr(loop, "part_layout_speedup",
-                        lambda *shape: 2 * loop.PART_LAYOUT_MARGIN if faster else 1.0)
+    w = torch.randn(28, 7)
+    if layout not in loop.part_candidates(w):
+        pytest.skip(f"the {layout} layout does not run here")
+    backend_choice(step_split="columns", step_gemm=layout)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        w = torch.randn(28, 7)
-        layouts = loop.part_layouts(w, 3)
-        if loop._mkldnn_ok(w):
-            assert len(layouts) == (2 if faster else 0)
+        plan = loop.step_weights(w, 3, training=True)
+        assert plan.layout == getattr(built.StepLayout, layout.upper())
+        assert len(plan.parts) == 2
         torch.manual_seed(4)
         model = NQLSTM(5, 7, 1, quantizer="tc", norm="layer")
         x = torch.randn(37, 3, 5)

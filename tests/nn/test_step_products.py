@@ -1,6 +1,7 @@
 """How the loop forms its step products (nq_plugin/nn/step_products.py): the team's split,
 the parts' bounds as recurrence.cpp cuts them, the weights handed to the native loop
-(StepWeights) and the timing that picks oneDNN's layout for a thread's part."""
+(StepWeights), the timing that picks a layout for the threads' parts, and the extension's own
+step GEMM (csrc/step_gemm.cpp) against float64."""
 import pytest
 import torch
 
@@ -47,7 +48,7 @@ def test_a_column_split_gets_each_threads_columns_cut_from_the_weight(
     w_hh = torch.randn(28, 7, dtype=torch.float64)  # float64: never oneDNN's layout
     weight = w_hh.t() if transposed else w_hh
     plan = step_products.step_weights(weight, 5, training=True)
-    assert not plan.packed and len(plan.parts) == 3
+    assert plan.layout == built.StepLayout.PLAIN and len(plan.parts) == 3
     for part, (b, e) in zip(plan.parts, step_products.part_bounds(weight.shape[0], 3)):
         assert part.is_contiguous()
         assert torch.equal(part, weight[b:e].t())
@@ -58,7 +59,8 @@ def test_a_rows_split_gets_the_whole_weight(built, threads, backend_choice):
     threads(2)
     w_hh = torch.randn(28, 7, dtype=torch.float64)
     plan = step_products.step_weights(w_hh, 5, training=True)
-    assert not plan.packed and len(plan.parts) == 1 and torch.equal(plan.parts[0], w_hh.t())
+    assert plan.layout == built.StepLayout.PLAIN and len(plan.parts) == 1
+    assert torch.equal(plan.parts[0], w_hh.t())
     back = step_products.step_weights(w_hh.t(), 5, training=True)
     assert torch.equal(back.parts[0], w_hh)  # W_h itself: no copy needed
 
@@ -70,11 +72,121 @@ def test_a_kept_layout_is_used_whole(built, threads, backend_choice):
     w_hh = torch.randn(28, 7)
     layout = torch.zeros(3)  # what the caller keeps is handed over as it is
     plan = step_products.step_weights(w_hh, 5, training=False, layout=layout)
-    assert plan.packed and len(plan.parts) == 1 and plan.parts[0] is not None
+    assert plan.layout == built.StepLayout.ONEDNN and len(plan.parts) == 1
     assert torch.equal(plan.parts[0], layout)
 
 
-def test_the_parts_layout_speedup_is_timed_once():
-    speedup = step_products.part_layout_speedup(20, 300, 600)
-    assert speedup >= 0 and step_products.part_layout_speedup(20, 300, 600) == speedup
-    assert step_products.part_layout_speedup.cache_info().hits >= 1
+def test_the_parts_layout_is_timed_once_a_shape(built, threads):
+    threads(2)
+    step_products.part_layout.cache_clear()
+    chosen = step_products.part_layout(20, 30, 64, torch.float32, 2)
+    assert chosen in step_products.part_candidates(torch.zeros(1))
+    assert step_products.part_layout(20, 30, 64, torch.float32, 2) == chosen
+    assert step_products.part_layout.cache_info().hits >= 1
+
+
+@pytest.mark.parametrize("seconds, chosen", [
+    ({"plain": 1.0, "onednn": 0.95, "panels": 0.5}, "panels"),
+    ({"plain": 1.0, "onednn": 0.8, "panels": 0.95}, "onednn"),
+    ({"plain": 1.0, "onednn": 0.95, "panels": 0.93}, "plain")],
+    ids=["panels", "onednn", "within the margin: plain"])
+def test_the_parts_layout_is_the_fastest_by_the_margin(built, threads, monkeypatch, seconds,
+                                                       chosen):
+    """The fastest candidate where it beats plain mm by PART_LAYOUT_MARGIN, else plain (a close
+    call stays plain); each candidate timed on its own plan."""
+    threads(2)
+    timed = []
+
+    class Timed:
+        """The extension, its timing replaced: seconds by the plan's layout."""
+        def __getattr__(self, name):
+            return getattr(built, name)
+
+        @staticmethod
+        def step_product_seconds(x, weight, plan, rounds, calls):
+            name = {built.StepLayout.PLAIN: "plain", built.StepLayout.ONEDNN: "onednn",
+                    built.StepLayout.PANELS: "panels"}[plan.layout]
+            timed.append(name)
+            return seconds[name]
+
+    monkeypatch.setattr(step_products, "native_extension", lambda: Timed())
+    monkeypatch.setattr(step_products, "part_candidates", lambda weight: list(seconds))
+    monkeypatch.setattr(step_products, "_mkldnn_ok", lambda weight: True)
+    step_products.part_layout.cache_clear()
+    try:
+        assert step_products.part_layout(8, 24, 40, torch.float32, 2) == chosen
+    finally:
+        step_products.part_layout.cache_clear()
+    assert sorted(timed) == sorted(seconds)
+
+
+def test_column_parts_in_each_layout_are_the_threads_rows_of_the_weight(built, threads):
+    threads(2)
+    w = torch.randn(40, 24)
+    for name in step_products.part_candidates(w):
+        plan = step_products.column_parts(w, 8, name)
+        assert len(plan.parts) == 2
+        if name == "plain":
+            for part, (b, e) in zip(plan.parts, step_products.part_bounds(40, 2)):
+                assert torch.equal(part, w[b:e].t())
+        if name == "panels":
+            assert plan.layout == built.StepLayout.PANELS
+            assert [tuple(p.shape) for p in plan.parts] == [(2, 24, 16), (2, 24, 16)]
+
+
+needs_step_gemm = pytest.mark.skipif(
+    loader.extension() is None or not loader.extension().step_gemm_supported(),
+    reason="the step GEMM needs an AVX2 and FMA build of the extension")
+
+
+@needs_step_gemm
+@pytest.mark.parametrize("m, k, n", [(64, 512, 1024), (20, 300, 150), (7, 600, 33), (1, 1, 1),
+                                     (13, 257, 16), (6, 3, 17), (5, 0, 9)])
+def test_the_step_gemm_is_x_times_w_transposed(built, m, k, n):
+    """Every block shape (1-6 rows), a last panel narrower than 16 and several chunks of K,
+    against float64; the panels are W's rows in groups of 16, zero past N."""
+    torch.manual_seed(m * 1000 + k + n)
+    w, x = torch.randn(n, k), torch.randn(m, k)
+    packed = built.step_gemm_pack(w)
+    panels = -(-n // 16)
+    assert packed.shape == (panels, k, 16)
+    padded = torch.cat([w, torch.zeros(panels * 16 - n, k)])
+    assert torch.equal(packed, padded.reshape(panels, 16, k).transpose(1, 2))
+    out = built.step_gemm(torch.full((m, n), float("nan")), x, packed)
+    ref = (x.double() @ w.double().t()).float()
+    torch.testing.assert_close(out, ref, atol=1e-5 * max(1, k) ** 0.5, rtol=1e-5)
+
+
+@needs_step_gemm
+def test_the_step_gemm_writes_a_view_of_a_wider_output(built):
+    """A thread's columns of the whole batch's product: out's rows strided, x's too; nothing
+    outside the view is touched."""
+    w, x_all = torch.randn(40, 30), torch.randn(9, 50)
+    x = x_all[:, 10:40]
+    whole = torch.zeros(9, 100)
+    built.step_gemm(whole.narrow(1, 20, 40), x, built.step_gemm_pack(w))
+    torch.testing.assert_close(whole[:, 20:60], x @ w.t(), atol=1e-5, rtol=1e-5)
+    assert not whole[:, :20].any() and not whole[:, 60:].any()
+
+
+@needs_step_gemm
+def test_the_step_gemm_names_bad_operands(built):
+    w = torch.randn(40, 30)
+    with pytest.raises(RuntimeError, match="float32"):
+        built.step_gemm_pack(w.double())
+    with pytest.raises(RuntimeError, match="step_gemm_out"):
+        built.step_gemm(torch.empty(9, 40), torch.randn(9, 31), built.step_gemm_pack(w))
+    with pytest.raises(RuntimeError, match="contiguous"):
+        built.step_gemm(torch.empty(9, 40), torch.randn(30, 9).t(), built.step_gemm_pack(w))
+
+
+def test_a_step_gemm_asked_for_is_used_and_one_that_cannot_run_is_an_error(
+        built, threads, backend_choice):
+    threads(2)
+    backend_choice(step_split="columns", step_gemm="plain")
+    w = torch.randn(40, 24)
+    assert step_products.step_weights(w, 8, training=True).layout == built.StepLayout.PLAIN
+    backend_choice(step_split="columns", step_gemm="panels")
+    with pytest.raises(RuntimeError, match="NQ_PLUGIN_STEP_GEMM=panels, but that layout does "
+                                           "not run here for torch.float64"):
+        step_products.step_weights(w.double(), 8, training=True)
