@@ -82,13 +82,18 @@ def team_splits_columns(batch: int, hidden: int) -> bool:
     return split is backend.StepSplit.COLUMNS
 
 
-# A split step product's parts take another layout than plain mm's where the team's product
-# measures at least this much faster with it on this CPU (the margin keeps a timing near 1 from
-# flipping between processes). Candidates: oneDNN's blocked layout (1.1x at H=300, 1.35x at
-# H=650 on an AMD EPYC Zen 4; 0.8-0.95x on Zen 3) and the loop's own step GEMM
-# (recurrence.cpp's panels, AVX2 + FMA: 1.1-1.35x at PTB word's size, 1.0-2.0x at PTB char's
-# on Zen 3, two threads at once; benchmarks/step_gemm_kernel.py)
+# The layouts of a split step product's parts, each timed as the team runs it, are weighed by
+# a margin: the fastest by seconds x margin is taken (plain on a tie), so that a timing near
+# another's does not flip between processes.
+# - oneDNN's blocked layout must beat plain mm and the panels by 1.1x (it was 1.1x plain mm at
+#   H=300, 1.35x at H=650 on an AMD EPYC Zen 4; 0.8-0.95x on Zen 3);
+# - the loop's own step GEMM's panels (csrc/step_gemm.cpp, AVX2 + FMA: 1.2-1.4x plain at PTB
+#   word's size, 1.0-1.5x at PTB char's on Zen 3; benchmarks/step_gemm_kernel.py) need only be
+#   faster than plain: they also spare the loop's caches the copies a BLAS (and oneDNN's
+#   output) makes at every call, which a timing of the product alone does not see.
 PART_LAYOUT_MARGIN = 1.1
+PANELS_MARGIN = 1.0
+MARGINS = {"plain": 1.0, "onednn": PART_LAYOUT_MARGIN, "panels": PANELS_MARGIN}
 
 
 def part_bounds(n: int, parts: int) -> List[Tuple[int, int]]:
@@ -148,10 +153,10 @@ def part_layout(batch: int, inner: int, cols: int, dtype: torch.dtype = torch.fl
     """The layout of a split step product's parts for x (``batch``, ``inner``) times a weight
     of ``cols`` rows: each candidate (:func:`part_candidates`) timed as the loop's team runs it
     (``step_product_seconds``: every thread its columns at once, meeting after each product),
-    best of 7 rounds, on random operands; the fastest where it is at least
-    :data:`PART_LAYOUT_MARGIN` times plain mm's speed, else ``plain``. Once a process per shape
-    and number of threads (``threads``: the caller's torch.get_num_threads(), part of the
-    cache key), logged."""
+    best of 7 rounds, on random operands; the fastest by time x margin (:data:`MARGINS`:
+    oneDNN's layout must beat plain and the panels by 1.1x, the panels plain by any amount).
+    Once a process per shape and number of threads (``threads``: the caller's
+    torch.get_num_threads(), part of the cache key), logged."""
     ext = native_extension()
     weight = torch.randn(cols, inner, dtype=dtype)
     x = torch.randn(batch, inner, dtype=dtype)
@@ -159,9 +164,7 @@ def part_layout(batch: int, inner: int, cols: int, dtype: torch.dtype = torch.fl
     seconds = {name: ext.step_product_seconds(x, weight, column_parts(weight, batch, name), 7,
                                               calls)
                for name in part_candidates(weight)}
-    best = min(seconds, key=seconds.get)
-    speedup = seconds["plain"] / seconds[best]
-    chosen = best if speedup >= PART_LAYOUT_MARGIN else "plain"
+    chosen = min(seconds, key=lambda name: seconds[name] * MARGINS[name])  # plain on a tie
     logger.info("nq_plugin: a split step product %dx%d.%dx%d on %d threads: %s; %s taken",
                 batch, inner, inner, cols, team_size(batch),
                 ", ".join(f"{name} {seconds['plain'] / t:.2f}x plain" for name, t in
