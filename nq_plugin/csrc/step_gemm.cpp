@@ -5,9 +5,9 @@
 // in L1 while x's rows stream from L2 (the BLIS micro-kernel's shape, Van Zee & van de Geijn,
 // ACM TOMS 2015). A library sgemm copies its operands into panels of its own at every call: in
 // the char-size training loop (one thread's 64 x 512 . 512 x 1024) MKL's copy routines took
-// about 13 % of the cycles (perf, AMD EPYC Zen 3). Whether it runs faster than the library's
-// product is timed per shape by the planner (nq_plugin/nn/step_products.py, part_layout;
-// benchmarks/step_gemm_kernel.py).
+// about 12 % of the cycles (perf, AMD EPYC Zen 3; benchmarks/README.md). Whether it runs
+// faster than the library's product is timed per shape by the planner
+// (nq_plugin/nn/step_products.py, part_layout; benchmarks/step_gemm_kernel.py).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
