@@ -716,7 +716,8 @@ def train(run: Run, folder: str, data_root: str, seconds: float, log=print) -> d
         raise Interrupted(f"fairseq-train of {run.id} was stopped by a signal ({rc}); the run "
                           "resumes from its checkpoint_last.pt")
     if rc != 0:
-        state["failed"] = f"fairseq-train exited {rc}; see {folder}/train.log"
+        state["failed"] = (f"fairseq-train exited {rc}; see {folder}/train.log (remove the "
+                           "folder to retry the run)")
     elif os.path.isfile(last):
         record_progress(run, folder, state)
     write_state(folder, state)
@@ -1196,6 +1197,7 @@ def campaign(plan, args, deadline, log, publish) -> int:
         folder = os.path.join(args.runs_dir, run.id)
         state = read_state(folder)
         if state.get("failed"):
+            log(f"[{run.id}] skipped, it failed before: {state['failed']}")
             continue
         record = own_record(run, Manifest.load())
         if not state and record and record.get("done"):

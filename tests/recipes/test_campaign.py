@@ -222,6 +222,19 @@ def test_failed_update_leaves_nothing(campaign):
     assert "considered" not in json.loads((tmp / "runs" / "demo.c" / "state.json").read_text())
 
 
+def test_a_failed_run_is_skipped_later_saying_how_to_retry(campaign):
+    c = campaign
+    bad = run("demo.broken", args=("--no-such-option",))
+    res = run_plan(c, c.zoo, [bad])
+    assert res.returncode == 1, res.stdout + res.stderr
+    folder = c.tmp / "runs" / "demo.broken"
+    assert f"[demo.broken] fairseq-train exited 2; see {folder}/train.log (remove the folder " \
+           "to retry the run)" in res.stdout
+    again = run_plan(c, c.zoo, [bad])
+    assert "[demo.broken] skipped, it failed before: fairseq-train exited 2" in again.stdout
+    assert "remove the folder to retry" in again.stdout
+
+
 def test_new_entry_must_fit_the_tree(campaign):
     c, zoo = campaign, campaign.zoo
     subprocess.run(["git", "init", "-q", str(zoo)], check=True)
