@@ -2,7 +2,10 @@
 one run: for each setting, torch.nn.LSTM and NQLSTM (BinaryConnect) with the given
 normalizations, each NQLSTM timed with ``nn.step_products.training_layout`` forced to oneDNN's
 layout ("onednn") and to none ("mm"), interleaved in rounds; prints ms per training step
-(forward + backward) and the ratio to nn.LSTM. What set TRAINING_LAYOUT_MIN_HIDDEN.
+(forward + backward) and the ratio to nn.LSTM. What set TRAINING_LAYOUT_MIN_HIDDEN. The layout
+of the whole W_h is what a team that splits the batch rows uses, so the loop runs with
+NQ_PLUGIN_STEP_SPLIT=rows here (a column split's parts are timed by
+benchmarks/step_gemm_kernel.py).
 
     python benchmarks/step_gemm_layout.py word layer,batch,weight --steps 10
 """
@@ -12,6 +15,7 @@ import statistics
 import torch
 
 import nq_plugin.nn.step_products as step_products
+from nq_plugin import backend
 from lstm_training_speed import SETTINGS, time_steps  # this folder's script
 from nq_plugin.nn import NQLSTM
 
@@ -36,19 +40,20 @@ def main():
 
     chosen = step_products.training_layout
     times = {}
-    try:
-        for model in models.values():
-            time_steps(model, x, 1)
-        for _ in range(a.rounds):
-            for name, model in models.items():
-                for layout, fn in LAYOUTS.items():
-                    if name == "nn.LSTM" and layout == "mm":
-                        continue
-                    step_products.training_layout = fn
-                    per_step = time_steps(model, x, a.steps) / a.steps
-                    times.setdefault((name, layout), []).append(per_step)
-    finally:
-        step_products.training_layout = chosen
+    with backend.use(step_split="rows"):  # the whole W_h for each thread's rows
+        try:
+            for model in models.values():
+                time_steps(model, x, 1)
+            for _ in range(a.rounds):
+                for name, model in models.items():
+                    for layout, fn in LAYOUTS.items():
+                        if name == "nn.LSTM" and layout == "mm":
+                            continue
+                        step_products.training_layout = fn
+                        per_step = time_steps(model, x, a.steps) / a.steps
+                        times.setdefault((name, layout), []).append(per_step)
+        finally:
+            step_products.training_layout = chosen
     base = statistics.median(times[("nn.LSTM", "onednn")])
     print(f"{a.setting}: torch {torch.__version__}, {a.threads} threads, {a.rounds} rounds x "
           f"{a.steps} steps, median")
