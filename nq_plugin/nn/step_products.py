@@ -1,11 +1,11 @@
 """How the LSTM loop forms its step products, y = x W^T for a W fixed over the steps
 (z_t = h_{t-1} W_h^T forward, dL/dh_{t-1} = dL/dz_t W_h backward): the one place that chooses.
 
-- The weight's layout: oneDNN's blocked layout (``torch.ops.mkldnn``, reordered once a call)
-  or a plain GEMM, by the hidden size (:data:`TRAINING_LAYOUT_MIN_HIDDEN`); for the threads'
-  parts of a split product, plain, oneDNN's or the extension's own step GEMM's panels
-  (``csrc/step_gemm.cpp``), by timing them on this CPU as the team runs them
-  (:func:`part_layout`).
+- The weight's layout, for the whole weight (a split by rows) or the threads' parts (a split
+  by columns): plain GEMMs, oneDNN's blocked layout (``torch.ops.mkldnn``) or the extension's
+  own step GEMM's panels (``csrc/step_gemm.cpp``), each reordered once a call, by timing them
+  on this CPU as the team runs them (:func:`part_layout`; ``backend.current().step_gemm``
+  forces one). An eval caller's kept oneDNN layout is used as it is.
 - The native loop's split of a product between its team of threads (``recurrence.cpp``): by
   the batch rows (each thread multiplies its rows by the whole W) or by output columns (each
   thread forms its columns for the whole batch), by ``backend.current().step_split`` and the
@@ -45,19 +45,10 @@ def prepacked(weight: torch.Tensor, batch: int) -> Optional[torch.Tensor]:
         return None
 
 
-# A team of one thread's step GEMMs (h W_h^T forward, grad_z W_h backward; a team of several
-# splits them by columns with plain GEMMs, team_splits_columns) go through oneDNN's reordered
-# layout only from this hidden size on (measured when the team split the batch rows): at H=100
-# (sequential MNIST, 50 rows a thread) plain mm is faster (the training step 5-8 % faster), at
-# H=300 (PTB word, 10 rows a thread) oneDNN is (plain mm 6-9 % slower); AMD EPYC, 2 threads,
-# benchmarks/step_gemm_layout.py
-TRAINING_LAYOUT_MIN_HIDDEN = 192
-
-
 # From this hidden size on, a team of several threads (torch's intra-op threads, at most one
 # per batch row: recurrence.cpp's ``team_size``) splits each step product by its output
-# columns, the whole batch's rows at once, with plain GEMMs: each thread then reads its part of
-# W_h at a step instead of all of it (alone, 10 rows of x W^T at PTB word's size ran 1.4x
+# columns, the whole batch's rows at once: each thread then reads its part of W_h at a step
+# instead of all of it (alone, 10 rows of x W^T at PTB word's size ran 1.4x
 # slower than 20 rows of half the columns; AMD EPYC Zen 3). Below, W_h fits a core's cache
 # whole (160 KB at H=100, sequential MNIST) and the team splits the batch rows, without the two
 # barriers a step the column split takes.
@@ -120,6 +111,21 @@ def part_candidates(weight: torch.Tensor) -> List[str]:
     return names
 
 
+def whole_weight(weight: torch.Tensor, batch: int, layout: str):
+    """The plan (``StepWeights``) of a product x weight^T split by the batch rows: the whole
+    weight in ``layout`` (``plain`` W^T, ``onednn``'s blocked layout, ``panels``)."""
+    ext = native_extension()
+    plan = ext.StepWeights()
+    packed = prepacked(weight, batch) if layout == "onednn" else None
+    if packed is not None:
+        plan.layout, plan.parts = ext.StepLayout.ONEDNN, [packed]
+    elif layout == "panels":
+        plan.layout, plan.parts = ext.StepLayout.PANELS, [ext.step_gemm_pack(weight)]
+    else:
+        plan.layout, plan.parts = ext.StepLayout.PLAIN, [weight.t().contiguous()]
+    return plan
+
+
 def column_parts(weight: torch.Tensor, batch: int, layout: str):
     """The split product x weight^T's plan (``StepWeights``) with each team thread's rows of
     ``weight`` (the product's columns) in ``layout``: ``plain`` (K, N_part) copies,
@@ -147,47 +153,49 @@ def _timing_calls(batch: int, inner: int, cols: int) -> int:
     return max(3, min(100, int(4e8 / max(1, batch * inner * cols))))
 
 
+def split_plan(weight: torch.Tensor, batch: int, layout: str, columns: bool):
+    """The plan of a product x weight^T in ``layout``, split by columns
+    (:func:`column_parts`) or by the batch rows (:func:`whole_weight`)."""
+    return (column_parts if columns else whole_weight)(weight, batch, layout)
+
+
 @functools.lru_cache(maxsize=None)
 def part_layout(batch: int, inner: int, cols: int, dtype: torch.dtype = torch.float32,
-                threads: int = 0) -> str:
-    """The layout of a split step product's parts for x (``batch``, ``inner``) times a weight
-    of ``cols`` rows: each candidate (:func:`part_candidates`) timed as the loop's team runs it
-    (``step_product_seconds``: every thread its columns at once, meeting after each product),
-    best of 7 rounds, on random operands; the fastest by time x margin (:data:`MARGINS`:
-    oneDNN's layout must beat plain and the panels by 1.1x, the panels plain by any amount).
-    Once a process per shape and number of threads (``threads``: the caller's
-    torch.get_num_threads(), part of the cache key), logged."""
-    ext = native_extension()
+                threads: int = 0, columns: bool = True) -> str:
+    """The layout of a step product's weight for x (``batch``, ``inner``) times a weight of
+    ``cols`` rows, split by columns (the threads' parts) or, ``columns`` False, by the batch
+    rows (the whole weight): each candidate (:func:`part_candidates`) timed as the loop's team
+    runs it (``step_product_seconds``: every thread at once, meeting after each product as the
+    column split does), best of 7 rounds, on random operands; the fastest by time x margin
+    (:data:`MARGINS`: oneDNN's layout must beat plain and the panels by 1.1x, the panels plain
+    by any amount). Once a process per shape, split and number of threads (``threads``: the
+    caller's torch.get_num_threads(), part of the cache key), logged."""
     weight = torch.randn(cols, inner, dtype=dtype)
+    names = part_candidates(weight)
+    if names == ["plain"]:
+        return "plain"
+    ext = native_extension()
     x = torch.randn(batch, inner, dtype=dtype)
     calls = _timing_calls(batch, inner, cols)
-    seconds = {name: ext.step_product_seconds(x, weight, column_parts(weight, batch, name), 7,
-                                              calls)
-               for name in part_candidates(weight)}
+    seconds = {name: ext.step_product_seconds(x, weight,
+                                              split_plan(weight, batch, name, columns), 7, calls)
+               for name in names}
     chosen = min(seconds, key=lambda name: seconds[name] * MARGINS[name])  # plain on a tie
-    logger.info("nq_plugin: a split step product %dx%d.%dx%d on %d threads: %s; %s taken",
-                batch, inner, inner, cols, team_size(batch),
+    logger.info("nq_plugin: a step product %dx%d.%dx%d split by %s on %d threads: %s; %s taken",
+                batch, inner, inner, cols, "columns" if columns else "rows", team_size(batch),
                 ", ".join(f"{name} {seconds['plain'] / t:.2f}x plain" for name, t in
                           seconds.items()), chosen)
     return chosen
 
 
-def training_layout(weight: torch.Tensor, batch: int) -> Optional[torch.Tensor]:
-    """:func:`prepacked` for a training loop's whole step product of ``weight`` ((4H, H) or
-    its transpose), or None (plain mm) below :data:`TRAINING_LAYOUT_MIN_HIDDEN`."""
-    if min(weight.shape) < TRAINING_LAYOUT_MIN_HIDDEN:
-        return None
-    return prepacked(weight, batch)
-
-
-def parts_layout_for(weight: torch.Tensor, batch: int) -> str:
-    """The layout of a split product's parts of ``weight`` for ``batch`` rows: as
-    ``backend.current().step_gemm`` says (``auto``: :func:`part_layout`'s timing); a layout
-    asked for that does not run here is an error naming why."""
+def parts_layout_for(weight: torch.Tensor, batch: int, columns: bool = True) -> str:
+    """The layout of a product's weight (its parts, ``columns``; else the whole of it) for
+    ``batch`` rows: as ``backend.current().step_gemm`` says (``auto``: :func:`part_layout`'s
+    timing); a layout asked for that does not run here is an error naming why."""
     wanted = backend.current().step_gemm
     if wanted is backend.StepGemm.AUTO:
         return part_layout(batch, weight.shape[1], weight.shape[0], weight.dtype,
-                           torch.get_num_threads())
+                           torch.get_num_threads(), columns)
     if wanted.value not in part_candidates(weight):
         raise RuntimeError(
             f"{backend.current().label('step_gemm')}, but that layout does not run here for "
@@ -204,22 +212,21 @@ def step_weights(weight: torch.Tensor, batch: int, *, training: bool,
     - ``layout`` (the whole weight in oneDNN's layout, kept by an eval-mode caller that steps
       often with it): that, and the team splits the batch rows;
     - where :func:`team_splits_columns`: one part per thread, its rows of ``weight`` (the
-      product's columns), in the layout :func:`part_layout` measured fastest for the shape
-      (:func:`column_parts`; one copy of W per call);
-    - else the whole weight: in oneDNN's layout (in training from
-      :data:`TRAINING_LAYOUT_MIN_HIDDEN` on, :func:`training_layout`; in eval always), else
-      plain W^T.
+      product's columns), else (a split by the batch rows) the whole weight, in the layout
+      :func:`parts_layout_for` says (:func:`split_plan`; one copy of W per call);
+    - but in eval, split by rows, oneDNN's layout where it runs (as the eval callers that keep
+      a layout have it), else plain W^T.
     """
     ext = native_extension()
     weight = weight.detach()
-    if team_splits_columns(batch, min(weight.shape)) and layout is None:
-        return column_parts(weight, batch, parts_layout_for(weight, batch))
-    plan = ext.StepWeights()
-    if layout is None:
-        layout = training_layout(weight, batch) if training else prepacked(weight, batch)
-    plan.layout = ext.StepLayout.PLAIN if layout is None else ext.StepLayout.ONEDNN
-    plan.parts = [weight.t().contiguous() if layout is None else layout]
-    return plan
+    if layout is not None:
+        plan = ext.StepWeights()
+        plan.layout, plan.parts = ext.StepLayout.ONEDNN, [layout]
+        return plan
+    columns = team_splits_columns(batch, min(weight.shape))
+    if not (columns or training):
+        return whole_weight(weight, batch, "onednn")
+    return split_plan(weight, batch, parts_layout_for(weight, batch, columns), columns)
 
 
 class StepMatmul:

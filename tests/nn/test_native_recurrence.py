@@ -141,24 +141,25 @@ def test_a_team_splits_the_step_products_by_columns(built, threads, norm, opts, 
         close(nat[7][name], buf, msg=name, atol=1e-10, rtol=1e-9)
 
 
+@pytest.mark.parametrize("split", ["columns", "rows"])
 @pytest.mark.parametrize("layout", ["plain", "onednn", "panels"])
-def test_a_split_products_parts_in_each_layout_give_the_same_loop(built, layout,
+def test_a_split_products_weight_in_each_layout_gives_the_same_loop(built, layout, split,
                                                                     backend_choice):
-    """Each thread's part of a split product in each layout (NQ_PLUGIN_STEP_GEMM; float32; a
-    layout this build lacks is skipped): the same loop as a team of one within float32
-    rounding, gradients included; the parts are recurrence.cpp's split (the first ones one
-    longer)."""
+    """Each thread's part of a product split by columns, or the whole weight of one split by
+    rows, in each layout (NQ_PLUGIN_STEP_GEMM; float32; a layout this build lacks is skipped):
+    the same loop as a team of one within float32 rounding, gradients included; the parts are
+    recurrence.cpp's split (the first ones one longer)."""
     from nq_plugin.nn import step_products as loop
     w = torch.randn(28, 7)
     if layout not in loop.part_candidates(w):
         pytest.skip(f"the {layout} layout does not run here")
-    backend_choice(step_split="columns", step_gemm=layout)
+    backend_choice(step_split=split, step_gemm=layout)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         plan = loop.step_weights(w, 3, training=True)
         assert plan.layout == getattr(built.StepLayout, layout.upper())
-        assert len(plan.parts) == 2
+        assert len(plan.parts) == (2 if split == "columns" else 1)
         torch.manual_seed(4)
         model = NQLSTM(5, 7, 1, quantizer="tc", norm="layer")
         x = torch.randn(37, 3, 5)

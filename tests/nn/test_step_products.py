@@ -76,13 +76,24 @@ def test_a_kept_layout_is_used_whole(built, threads, backend_choice):
     assert torch.equal(plan.parts[0], layout)
 
 
-def test_the_parts_layout_is_timed_once_a_shape(built, threads):
+@pytest.mark.parametrize("columns", [True, False], ids=["columns", "rows"])
+def test_the_layout_is_timed_once_a_shape_and_split(built, threads, columns):
     threads(2)
     step_products.part_layout.cache_clear()
-    chosen = step_products.part_layout(20, 30, 64, torch.float32, 2)
+    chosen = step_products.part_layout(20, 30, 64, torch.float32, 2, columns)
     assert chosen in step_products.part_candidates(torch.zeros(1))
-    assert step_products.part_layout(20, 30, 64, torch.float32, 2) == chosen
+    assert step_products.part_layout(20, 30, 64, torch.float32, 2, columns) == chosen
     assert step_products.part_layout.cache_info().hits >= 1
+
+
+def test_a_float64_weight_is_plain_without_a_timing(built, threads, monkeypatch):
+    threads(2)
+    monkeypatch.setattr(step_products, "native_extension", lambda: None)  # no timing possible
+    step_products.part_layout.cache_clear()
+    try:
+        assert step_products.part_layout(20, 30, 64, torch.float64, 2, True) == "plain"
+    finally:
+        step_products.part_layout.cache_clear()
 
 
 @pytest.mark.parametrize("seconds, chosen", [
