@@ -78,10 +78,11 @@ class StepSplit(str, Enum):
 
 
 class StepGemm(str, Enum):
-    """The layout of the threads' parts of a step product split by columns (training; the
-    native loop, nq_plugin/nn/step_products.py, part_layout)."""
-    AUTO = "auto"      # the fastest of those this build runs, timed once a shape and process
-    #                    as the team runs it; plain unless another is 1.1x as fast
+    """The layout of W_h in the native training loop's step products: the threads' parts of a
+    product split by columns, the whole of it in one split by rows
+    (nq_plugin/nn/step_products.py, part_layout)."""
+    AUTO = "auto"      # the fastest of those this build runs, timed once a shape, split and
+    #                    process as the team runs it (oneDNN's only by 1.1x)
     PLAIN = "plain"    # plain (K, N_part) copies through at::mm (the BLAS torch links)
     ONEDNN = "onednn"  # oneDNN's blocked layout (float32), or an error
     PANELS = "panels"  # the extension's own step GEMM (csrc/step_gemm.cpp: float32, AVX2 and
@@ -110,7 +111,7 @@ ENVIRONMENT: List[EnvironmentVariable] = [
                         "how the native LSTM loop's threads split each step's products: auto | "
                         "columns | rows (Backend.step_split)"),
     EnvironmentVariable("NQ_PLUGIN_STEP_GEMM", "auto",
-                        "the layout of the threads' parts of a product split by columns: auto "
+                        "the layout of W_h in the native training loop's step products: auto "
                         "| plain | onednn | panels (Backend.step_gemm)"),
     EnvironmentVariable("NQ_PLUGIN_MARCH", "native",
                         "the -march the native extension is compiled for: native (this CPU) or "
