@@ -114,8 +114,8 @@ def test_a_team_splits_the_step_products_by_columns(built, threads, norm, opts, 
                                                     monkeypatch):
     """A team of several threads forms each step product's columns for the whole batch (here
     asked at any hidden size, step_split=columns: split unevenly, H=7, F=28; batch 3) and meets
-    between the products and the elementwise work; a team of one forms them whole. Both are the Python loop's
-    arithmetic in float64, over more steps than a chunk of dL/dW_h."""
+    between the products and the elementwise work; a team of one forms them whole. Both are the
+    Python loop's arithmetic in float64, over more steps than a chunk of dL/dW_h."""
     from nq_plugin.nn import step_products as loop
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -139,6 +139,26 @@ def test_a_team_splits_the_step_products_by_columns(built, threads, norm, opts, 
     same_run(py, nat, atol=1e-10, rtol=1e-9)
     for name, buf in py[7].items():
         close(nat[7][name], buf, msg=name, atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("split", ["columns", "rows"])
+def test_a_wide_batchs_longer_chunks_of_dl_dw_h(built, split, backend_choice):
+    """From 64 batch rows on dL/dW_h is formed over chunks of 32 steps (70 steps: 32, 32, 6),
+    either split: the Python loop's arithmetic in float64."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        backend_choice(step_split=split)
+        torch.manual_seed(8)
+        model = NQLSTM(3, 5, 1, quantizer="bc", norm="layer").double()
+        x = torch.randn(70, 64, 3, dtype=torch.float64)
+        state = (torch.randn(1, 64, 5, dtype=torch.float64),
+                 torch.randn(1, 64, 5, dtype=torch.float64))
+        py = run(model, x, state, 0, "python", backend_choice)
+        nat = run(model, x, state, 0, "native", backend_choice)
+    finally:
+        torch.set_num_threads(before)
+    same_run(py, nat, atol=1e-10, rtol=1e-9)
 
 
 @pytest.mark.parametrize("split", ["columns", "rows"])
