@@ -111,40 +111,38 @@ def part_candidates(weight: torch.Tensor) -> List[str]:
     return names
 
 
+def _plan(pieces: List[torch.Tensor], batch: int, layout: str):
+    """A ``StepWeights`` of ``pieces`` (slices of a weight, each (N_part, K)) in ``layout``:
+    ``plain`` (K, N_part) copies, ``onednn``'s blocked layout (plain where oneDNN cannot take
+    any piece), or ``panels`` (the step GEMM's)."""
+    ext = native_extension()
+    plan = ext.StepWeights()
+    if layout == "onednn":
+        packed = [prepacked(piece, batch) for piece in pieces]
+        if all(x is not None for x in packed):
+            plan.layout, plan.parts = ext.StepLayout.ONEDNN, packed
+            return plan
+    if layout == "panels":
+        plan.layout = ext.StepLayout.PANELS
+        plan.parts = [ext.step_gemm_pack(piece) for piece in pieces]
+    else:
+        plan.layout = ext.StepLayout.PLAIN
+        plan.parts = [piece.t().contiguous() for piece in pieces]
+    return plan
+
+
 def whole_weight(weight: torch.Tensor, batch: int, layout: str):
     """The plan (``StepWeights``) of a product x weight^T split by the batch rows: the whole
     weight in ``layout`` (``plain`` W^T, ``onednn``'s blocked layout, ``panels``)."""
-    ext = native_extension()
-    plan = ext.StepWeights()
-    packed = prepacked(weight, batch) if layout == "onednn" else None
-    if packed is not None:
-        plan.layout, plan.parts = ext.StepLayout.ONEDNN, [packed]
-    elif layout == "panels":
-        plan.layout, plan.parts = ext.StepLayout.PANELS, [ext.step_gemm_pack(weight)]
-    else:
-        plan.layout, plan.parts = ext.StepLayout.PLAIN, [weight.t().contiguous()]
-    return plan
+    return _plan([weight], batch, layout)
 
 
 def column_parts(weight: torch.Tensor, batch: int, layout: str):
     """The split product x weight^T's plan (``StepWeights``) with each team thread's rows of
     ``weight`` (the product's columns) in ``layout``: ``plain`` (K, N_part) copies,
     ``onednn``'s blocked layout or ``panels`` (the step GEMM's)."""
-    ext = native_extension()
     bounds = part_bounds(weight.shape[0], team_size(batch))
-    plan = ext.StepWeights()
-    if layout == "onednn":
-        parts = [prepacked(weight[b:e], batch) for b, e in bounds]
-        if any(x is None for x in parts):
-            return column_parts(weight, batch, "plain")
-        plan.layout, plan.parts = ext.StepLayout.ONEDNN, parts
-    elif layout == "panels":
-        plan.layout = ext.StepLayout.PANELS
-        plan.parts = [ext.step_gemm_pack(weight[b:e]) for b, e in bounds]
-    else:
-        plan.layout = ext.StepLayout.PLAIN
-        plan.parts = [weight[b:e].t().contiguous() for b, e in bounds]
-    return plan
+    return _plan([weight[b:e] for b, e in bounds], batch, layout)
 
 
 def _timing_calls(batch: int, inner: int, cols: int) -> int:

@@ -135,18 +135,34 @@ def test_the_parts_layout_is_the_fastest_by_its_margin(built, threads, monkeypat
     assert sorted(timed) == sorted(seconds)
 
 
-def test_column_parts_in_each_layout_are_the_threads_rows_of_the_weight(built, threads):
+@pytest.mark.parametrize("columns", [True, False], ids=["columns", "rows"])
+def test_a_plan_in_each_layout_holds_the_split_weight(built, threads, columns):
+    """By columns (column_parts): each thread's rows of the weight; by the batch rows
+    (whole_weight): the whole weight as one part."""
     threads(2)
     w = torch.randn(40, 24)
+    bounds = step_products.part_bounds(40, 2 if columns else 1)
     for name in step_products.part_candidates(w):
-        plan = step_products.column_parts(w, 8, name)
-        assert len(plan.parts) == 2
-        if name == "plain":
-            for part, (b, e) in zip(plan.parts, step_products.part_bounds(40, 2)):
+        plan = step_products.split_plan(w, 8, name, columns)
+        assert plan.layout == {"plain": built.StepLayout.PLAIN, "onednn": built.StepLayout.ONEDNN,
+                               "panels": built.StepLayout.PANELS}[name]
+        assert len(plan.parts) == len(bounds)
+        for part, (b, e) in zip(plan.parts, bounds):
+            if name == "plain":
                 assert torch.equal(part, w[b:e].t())
-        if name == "panels":
-            assert plan.layout == built.StepLayout.PANELS
-            assert [tuple(p.shape) for p in plan.parts] == [(2, 24, 16), (2, 24, 16)]
+            if name == "panels":
+                assert torch.equal(part, built.step_gemm_pack(w[b:e]))
+
+
+def test_onednn_that_cannot_take_a_part_leaves_every_part_plain(built, threads, monkeypatch):
+    threads(2)
+    w = torch.randn(40, 24)
+    cut = iter([torch.zeros(1), None])  # oneDNN takes the first part, not the second
+    monkeypatch.setattr(step_products, "prepacked", lambda piece, batch: next(cut))
+    plan = step_products.column_parts(w, 8, "onednn")
+    assert plan.layout == built.StepLayout.PLAIN
+    for part, (b, e) in zip(plan.parts, step_products.part_bounds(40, 2)):
+        assert torch.equal(part, w[b:e].t())
 
 
 needs_step_gemm = pytest.mark.skipif(
