@@ -89,6 +89,8 @@ def test_the_layout_is_timed_once_a_shape_and_split(built, threads, columns):
 def test_a_float64_weight_is_plain_without_a_timing(built, threads, monkeypatch):
     threads(2)
     monkeypatch.setattr(step_products, "native_extension", lambda: None)  # no timing possible
+    monkeypatch.setattr(torch, "randn", lambda *args, **kwargs: pytest.fail(
+        "random operands were built for a shape that times nothing"))
     step_products.part_layout.cache_clear()
     try:
         assert step_products.part_layout(20, 30, 64, torch.float64, 2, True) == "plain"
