@@ -18,13 +18,6 @@ NORMS = [("layer", {}), ("batch", {"bn_stats": "shared"}),
          ("power", {"pn_warmup": 5}), ("none", {}), ("weight", {})]
 
 
-@pytest.fixture(scope="module")
-def built():
-    module = loader.extension()
-    assert module is not None, f"the native extension did not build: {loader.build_error()}"
-    return module
-
-
 def run(model, x, state, t0, loop, backend_choice):
     backend_choice(recurrence=loop)
     model = copy.deepcopy(model)
@@ -107,57 +100,51 @@ def test_native_equals_python_in_double_to_rounding(built, norm, opts, inputs, b
         close(nat[7][name], buf, msg=name, atol=1e-10, rtol=1e-9)
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
+def python_and_native(model, steps, batch, backend_choice):
+    """run() of ``model`` (float64) on the Python loop and on the native one, over the same
+    random input and state of ``steps`` x ``batch``."""
+    x = torch.randn(steps, batch, model.input_size, dtype=torch.float64)
+    state = tuple(torch.randn(1, batch, model.hidden_size, dtype=torch.float64)
+                  for _ in range(2))
+    return (run(model, x, state, 0, "python", backend_choice),
+            run(model, x, state, 0, "native", backend_choice))
+
+
+@pytest.mark.parametrize("team", [1, 2, 3])
 @pytest.mark.parametrize("norm,opts", [("layer", {}), ("batch", {"bn_stats": "separate"}),
                                        ("power", {})], ids=["layer", "batch", "power"])
-def test_a_team_splits_the_step_products_by_columns(built, threads, norm, opts, backend_choice,
-                                                    monkeypatch):
+def test_a_team_splits_the_step_products_by_columns(built, threads, team, norm, opts,
+                                                    backend_choice):
     """A team of several threads forms each step product's columns for the whole batch (here
     asked at any hidden size, step_split=columns: split unevenly, H=7, F=28; batch 3) and meets
     between the products and the elementwise work; a team of one forms them whole. Both are the
     Python loop's arithmetic in float64, over more steps than a chunk of dL/dW_h."""
     from nq_plugin.nn import step_products as loop
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        assert loop.team_splits_columns(20, 300) == (threads > 1)  # PTB word
-        assert not loop.team_splits_columns(100, 100)  # sequential MNIST: W_h fits a cache
-        assert not loop.team_splits_columns(1, 300)  # a team of one
-        backend_choice(step_split="rows")
-        assert not loop.team_splits_columns(20, 300)
-        backend_choice(step_split="columns")
-        assert loop.team_splits_columns(3, 7) == (threads > 1)
-        torch.manual_seed(3)
-        model = NQLSTM(5, 7, 1, quantizer="tc", norm=norm, **opts).double()
-        x = torch.randn(37, 3, 5, dtype=torch.float64)
-        state = (torch.randn(1, 3, 7, dtype=torch.float64),
-                 torch.randn(1, 3, 7, dtype=torch.float64))
-        py = run(model, x, state, 0, "python", backend_choice)
-        nat = run(model, x, state, 0, "native", backend_choice)
-    finally:
-        torch.set_num_threads(before)
+    threads(team)
+    assert loop.team_splits_columns(20, 300) == (team > 1)  # PTB word
+    assert not loop.team_splits_columns(100, 100)  # sequential MNIST: W_h fits a cache
+    assert not loop.team_splits_columns(1, 300)  # a team of one
+    backend_choice(step_split="rows")
+    assert not loop.team_splits_columns(20, 300)
+    backend_choice(step_split="columns")
+    assert loop.team_splits_columns(3, 7) == (team > 1)
+    torch.manual_seed(3)
+    model = NQLSTM(5, 7, 1, quantizer="tc", norm=norm, **opts).double()
+    py, nat = python_and_native(model, 37, 3, backend_choice)
     same_run(py, nat, atol=1e-10, rtol=1e-9)
     for name, buf in py[7].items():
         close(nat[7][name], buf, msg=name, atol=1e-10, rtol=1e-9)
 
 
 @pytest.mark.parametrize("split", ["columns", "rows"])
-def test_a_wide_batchs_longer_chunks_of_dl_dw_h(built, split, backend_choice):
+def test_a_wide_batchs_longer_chunks_of_dl_dw_h(built, threads, split, backend_choice):
     """From 64 batch rows on dL/dW_h is formed over chunks of 32 steps (70 steps: 32, 32, 6),
     either split: the Python loop's arithmetic in float64."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        backend_choice(step_split=split)
-        torch.manual_seed(8)
-        model = NQLSTM(3, 5, 1, quantizer="bc", norm="layer").double()
-        x = torch.randn(70, 64, 3, dtype=torch.float64)
-        state = (torch.randn(1, 64, 5, dtype=torch.float64),
-                 torch.randn(1, 64, 5, dtype=torch.float64))
-        py = run(model, x, state, 0, "python", backend_choice)
-        nat = run(model, x, state, 0, "native", backend_choice)
-    finally:
-        torch.set_num_threads(before)
+    threads(2)
+    backend_choice(step_split=split)
+    torch.manual_seed(8)
+    model = NQLSTM(3, 5, 1, quantizer="bc", norm="layer").double()
+    py, nat = python_and_native(model, 70, 64, backend_choice)
     same_run(py, nat, atol=1e-10, rtol=1e-9)
 
 

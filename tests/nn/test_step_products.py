@@ -9,21 +9,6 @@ from nq_plugin import native as loader
 from nq_plugin.nn import step_products
 
 
-@pytest.fixture(scope="module")
-def built():
-    module = loader.extension()
-    assert module is not None, f"the native extension did not build: {loader.build_error()}"
-    return module
-
-
-@pytest.fixture
-def threads():
-    """set(n): torch's intra-op threads for the rest of the test, restored afterwards."""
-    before = torch.get_num_threads()
-    yield torch.set_num_threads
-    torch.set_num_threads(before)
-
-
 def test_the_parts_are_recurrence_cpps_split():
     assert step_products.part_bounds(28, 3) == [(0, 10), (10, 19), (19, 28)]
     assert step_products.part_bounds(7, 2) == [(0, 4), (4, 7)]
