@@ -55,11 +55,16 @@ def backend_choice():
 
 
 @pytest.fixture
-def two_threads():
-    """Two intra-op threads for the test (the native kernels' parallel paths: split batches,
-    per-thread partial sums), whatever share of the cores the worker has."""
+def threads():
+    """set(n): torch's intra-op threads for the rest of the test, restored afterwards."""
     import torch
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
+    yield torch.set_num_threads
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def two_threads(threads):
+    """Two intra-op threads for the test (the native kernels' parallel paths: split batches,
+    per-thread partial sums), whatever share of the cores the worker has."""
+    threads(2)

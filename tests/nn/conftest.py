@@ -1,6 +1,5 @@
-"""Fixtures of the nn tests: the built extension and torch's intra-op threads."""
+"""Fixtures of the nn tests: the built extension."""
 import pytest
-import torch
 
 from nq_plugin import native as loader
 
@@ -12,10 +11,3 @@ def built():
     assert module is not None, f"the native extension did not build: {loader.build_error()}"
     return module
 
-
-@pytest.fixture
-def threads():
-    """set(n): torch's intra-op threads for the rest of the test, restored afterwards."""
-    before = torch.get_num_threads()
-    yield torch.set_num_threads
-    torch.set_num_threads(before)

@@ -150,8 +150,8 @@ def test_a_wide_batchs_longer_chunks_of_dl_dw_h(built, threads, split, backend_c
 
 @pytest.mark.parametrize("split", ["columns", "rows"])
 @pytest.mark.parametrize("layout", ["plain", "onednn", "panels"])
-def test_a_split_products_weight_in_each_layout_gives_the_same_loop(built, layout, split,
-                                                                    backend_choice):
+def test_a_split_products_weight_in_each_layout_gives_the_same_loop(built, threads, layout,
+                                                                    split, backend_choice):
     """Each thread's part of a product split by columns, or the whole weight of one split by
     rows, in each layout (NQ_PLUGIN_STEP_GEMM; float32; a layout this build lacks is skipped):
     the same loop as a team of one within float32 rounding, gradients included; the parts are
@@ -161,21 +161,17 @@ def test_a_split_products_weight_in_each_layout_gives_the_same_loop(built, layou
     if layout not in loop.part_candidates(w):
         pytest.skip(f"the {layout} layout does not run here")
     backend_choice(step_split=split, step_gemm=layout)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        plan = loop.step_weights(w, 3, training=True)
-        assert plan.layout == getattr(built.StepLayout, layout.upper())
-        assert len(plan.parts) == (2 if split == "columns" else 1)
-        torch.manual_seed(4)
-        model = NQLSTM(5, 7, 1, quantizer="tc", norm="layer")
-        x = torch.randn(37, 3, 5)
-        state = (torch.randn(1, 3, 7), torch.randn(1, 3, 7))
-        split = run(model, x, state, 0, "native", backend_choice)
-        torch.set_num_threads(1)
-        whole = run(model, x, state, 0, "native", backend_choice)
-    finally:
-        torch.set_num_threads(before)
+    threads(2)
+    plan = loop.step_weights(w, 3, training=True)
+    assert plan.layout == getattr(built.StepLayout, layout.upper())
+    assert len(plan.parts) == (2 if split == "columns" else 1)
+    torch.manual_seed(4)
+    model = NQLSTM(5, 7, 1, quantizer="tc", norm="layer")
+    x = torch.randn(37, 3, 5)
+    state = (torch.randn(1, 3, 7), torch.randn(1, 3, 7))
+    split = run(model, x, state, 0, "native", backend_choice)
+    threads(1)
+    whole = run(model, x, state, 0, "native", backend_choice)
     same_run(whole, split, atol=1e-5, rtol=1e-5)
 
 
