@@ -1,11 +1,16 @@
-// The loop's own GEMM for its step products y = x W^T (float32, AVX2 + FMA): W copied once a
-// loop call into panels of 16 output columns, each panel (K, 16) contiguous (step_gemm_pack),
-// and each step's product computed from x as it lies -- a 6 x 16 block of y in 12 registers,
-// one broadcast of x and two loads of the panel per 12 FMAs, over chunks of K whose panel stays
-// in L1 while x's rows stream from L2 (the BLIS micro-kernel's shape, Van Zee & van de Geijn,
-// ACM TOMS 2015). A library sgemm copies its operands into panels of its own at every call: in
-// the char-size training loop (one thread's 64 x 512 . 512 x 1024) MKL's copy routines took
-// about 12 % of the cycles (perf, AMD EPYC Zen 3; benchmarks/README.md). Whether it runs
+// The loop's own GEMM for its step products y = x W^T (float32; AVX2 + FMA, AVX-512 where the
+// build has it): W copied once a loop call into panels of 16 output columns, each panel (K, 16)
+// contiguous (step_gemm_pack), and each step's product computed from x as it lies, over chunks
+// of K whose panels stay in L1 while x's rows stream from L2 (the BLIS micro-kernel's shape, Van
+// Zee & van de Geijn, ACM TOMS 2015):
+// - AVX2: a 6 x 16 block of y in 12 registers, one broadcast of x and two loads of the panel
+//   per 12 FMAs;
+// - AVX-512: a 12 x 32 block (two panels side by side) in 24 of the 32 registers, one
+//   broadcast of x per two FMAs and two loads of the panels per 24 (on an Intel Xeon with
+//   AVX-512 the AVX2 kernel ran 0.73-0.77x MKL at the char size: half the vector width).
+// A library sgemm copies its operands into panels of its own at every call: in the char-size
+// training loop (one thread's 64 x 512 . 512 x 1024) MKL's copy routines took about 12 % of the
+// cycles (perf, AMD EPYC Zen 3; 14 % on the Intel Xeon; benchmarks/README.md). Whether it runs
 // faster than the library's product is timed per shape by the planner
 // (nq_plugin/nn/step_products.py, part_layout; benchmarks/step_gemm_kernel.py).
 #include <ATen/ATen.h>
@@ -77,6 +82,78 @@ inline void rows_block(int64_t rows, const float* a, int64_t lda, const float* b
   }
 }
 #endif
+
+#ifdef __AVX512F__
+#define NQ_STEP_GEMM_512 1
+constexpr int64_t kRows512 = 12;  // a block's rows: 24 sums, two panel loads, one broadcast
+
+// c (MR x 32, row stride ldc) = (first ? 0 : c) + a (MR x kc, row stride lda) . [b0 | b1]
+// (two panels' chunks, each kc x 16)
+template <int MR>
+inline void block512(const float* __restrict a, int64_t lda, const float* __restrict b0,
+                     const float* __restrict b1, int64_t kc, float* c, int64_t ldc, bool first) {
+  static_assert(MR >= 1 && MR <= kRows512, "a block is 1 to 12 rows");
+  __m512 s0_0 = _mm512_setzero_ps(), s0_1 = s0_0, s1_0 = s0_0, s1_1 = s0_0, s2_0 = s0_0;
+  __m512 s2_1 = s0_0, s3_0 = s0_0, s3_1 = s0_0, s4_0 = s0_0, s4_1 = s0_0, s5_0 = s0_0;
+  __m512 s5_1 = s0_0, s6_0 = s0_0, s6_1 = s0_0, s7_0 = s0_0, s7_1 = s0_0, s8_0 = s0_0;
+  __m512 s8_1 = s0_0, s9_0 = s0_0, s9_1 = s0_0, s10_0 = s0_0, s10_1 = s0_0, s11_0 = s0_0;
+  __m512 s11_1 = s0_0;
+  // named registers, as in the AVX2 block
+#define NQ_STEP_GEMM_ROW512(i)                           \
+  if (MR > i) {                                          \
+    const __m512 x = _mm512_set1_ps(a[i * lda + k]);     \
+    s##i##_0 = _mm512_fmadd_ps(x, p0, s##i##_0);         \
+    s##i##_1 = _mm512_fmadd_ps(x, p1, s##i##_1);         \
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 p0 = _mm512_loadu_ps(b0 + k * kPanel), p1 = _mm512_loadu_ps(b1 + k * kPanel);
+    NQ_STEP_GEMM_ROW512(0)
+    NQ_STEP_GEMM_ROW512(1)
+    NQ_STEP_GEMM_ROW512(2)
+    NQ_STEP_GEMM_ROW512(3)
+    NQ_STEP_GEMM_ROW512(4)
+    NQ_STEP_GEMM_ROW512(5)
+    NQ_STEP_GEMM_ROW512(6)
+    NQ_STEP_GEMM_ROW512(7)
+    NQ_STEP_GEMM_ROW512(8)
+    NQ_STEP_GEMM_ROW512(9)
+    NQ_STEP_GEMM_ROW512(10)
+    NQ_STEP_GEMM_ROW512(11)
+  }
+#undef NQ_STEP_GEMM_ROW512
+  const __m512 sums[kRows512][2] = {{s0_0, s0_1}, {s1_0, s1_1}, {s2_0, s2_1}, {s3_0, s3_1},
+                                    {s4_0, s4_1}, {s5_0, s5_1}, {s6_0, s6_1}, {s7_0, s7_1},
+                                    {s8_0, s8_1}, {s9_0, s9_1}, {s10_0, s10_1}, {s11_0, s11_1}};
+  for (int i = 0; i < MR; ++i) {
+    float* ci = c + i * ldc;
+    if (first) {
+      _mm512_storeu_ps(ci, sums[i][0]);
+      _mm512_storeu_ps(ci + kPanel, sums[i][1]);
+    } else {
+      _mm512_storeu_ps(ci, _mm512_add_ps(sums[i][0], _mm512_loadu_ps(ci)));
+      _mm512_storeu_ps(ci + kPanel, _mm512_add_ps(sums[i][1], _mm512_loadu_ps(ci + kPanel)));
+    }
+  }
+}
+
+inline void rows_block512(int64_t rows, const float* a, int64_t lda, const float* b0,
+                          const float* b1, int64_t kc, float* c, int64_t ldc, bool first) {
+  switch (rows) {
+    case 12: block512<12>(a, lda, b0, b1, kc, c, ldc, first); break;
+    case 11: block512<11>(a, lda, b0, b1, kc, c, ldc, first); break;
+    case 10: block512<10>(a, lda, b0, b1, kc, c, ldc, first); break;
+    case 9: block512<9>(a, lda, b0, b1, kc, c, ldc, first); break;
+    case 8: block512<8>(a, lda, b0, b1, kc, c, ldc, first); break;
+    case 7: block512<7>(a, lda, b0, b1, kc, c, ldc, first); break;
+    case 6: block512<6>(a, lda, b0, b1, kc, c, ldc, first); break;
+    case 5: block512<5>(a, lda, b0, b1, kc, c, ldc, first); break;
+    case 4: block512<4>(a, lda, b0, b1, kc, c, ldc, first); break;
+    case 3: block512<3>(a, lda, b0, b1, kc, c, ldc, first); break;
+    case 2: block512<2>(a, lda, b0, b1, kc, c, ldc, first); break;
+    default: block512<1>(a, lda, b0, b1, kc, c, ldc, first);
+  }
+}
+#endif
 }  // namespace
 
 bool step_gemm_supported() {
@@ -135,10 +212,30 @@ void step_gemm_out(at::Tensor& out, const at::Tensor& x, const at::Tensor& packe
     return;
   }
   alignas(32) float edge[6 * kPanel];  // the last panel's block where N is not a multiple of 16
+#ifdef NQ_STEP_GEMM_512
+  const int64_t pairs = (n / kPanel) / 2;  // two full panels side by side: the 12 x 32 blocks
+  // the rows in blocks of at most 12, as even as they go (64 rows: 11, 11, 11, 11, 10, 10, not
+  // five of 12 and one of 4, whose 8 sums cannot hide the FMAs' latency)
+  const int64_t row_blocks = (m + kRows512 - 1) / kRows512;
+#else
+  const int64_t pairs = 0;
+#endif
   for (int64_t k0 = 0; k0 < k; k0 += kBlockK) {
     const int64_t kc = std::min(kBlockK, k - k0);
     const bool first = k0 == 0;
-    for (int64_t p = 0; p < panels; ++p) {
+#ifdef NQ_STEP_GEMM_512
+    for (int64_t q = 0; q < pairs; ++q) {
+      const float* b0 = bp + (2 * q * k + k0) * kPanel;
+      const float* b1 = b0 + k * kPanel;
+      for (int64_t block = 0, i = 0; block < row_blocks; ++block) {
+        const int64_t rows = m / row_blocks + (block < m % row_blocks ? 1 : 0);
+        rows_block512(rows, a + i * lda + k0, lda, b0, b1, kc, c + i * ldc + 2 * q * kPanel,
+                      ldc, first);
+        i += rows;
+      }
+    }
+#endif
+    for (int64_t p = 2 * pairs; p < panels; ++p) {  // the AVX2 blocks: every panel, or those left
       const float* b = bp + (p * k + k0) * kPanel;
       const int64_t width = std::min(kPanel, n - p * kPanel);
       for (int64_t i = 0; i < m; i += 6) {

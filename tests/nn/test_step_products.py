@@ -159,10 +159,12 @@ needs_step_gemm = pytest.mark.skipif(
 
 @needs_step_gemm
 @pytest.mark.parametrize("m, k, n", [(64, 512, 1024), (20, 300, 150), (7, 600, 33), (1, 1, 1),
-                                     (13, 257, 16), (6, 3, 17), (5, 0, 9)])
+                                     (13, 257, 16), (6, 3, 17), (5, 0, 9), (25, 513, 96)]
+                         + [(m, 40, 80) for m in range(1, 14)])
 def test_the_step_gemm_is_x_times_w_transposed(built, m, k, n):
-    """Every block shape (1-6 rows), a last panel narrower than 16 and several chunks of K,
-    against float64; the panels are W's rows in groups of 16, zero past N."""
+    """Every block shape (1-6 rows of one panel; 1-12 rows of two panels side by side in an
+    AVX-512 build, then a panel left over), a last panel narrower than 16 and several chunks of
+    K, against float64; the panels are W's rows in groups of 16, zero past N."""
     torch.manual_seed(m * 1000 + k + n)
     w, x = torch.randn(n, k), torch.randn(m, k)
     packed = built.step_gemm_pack(w)
