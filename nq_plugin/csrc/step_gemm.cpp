@@ -170,10 +170,12 @@ at::Tensor step_gemm_pack(const at::Tensor& weight) {
               weight.scalar_type());
   const int64_t n = weight.size(0), k = weight.size(1);
   const int64_t panels = (n + kPanel - 1) / kPanel;
-  // (panels, K, 16): panel p's row k holds W[16p .. 16p + 15, k], zeros past N
+  // (panels, K, 16): panel p's row k holds W[16p .. 16p + 15, k], zeros past N. W is read
+  // through its strides, as it lies: the backward's W_h^T parts are views of W_h, whose rows
+  // are a panel's rows (a contiguous copy of such a part first cost more than the packing)
   at::Tensor packed = at::empty({panels, k, kPanel}, weight.options());
-  const at::Tensor w = weight.contiguous();
-  const float* src = w.data_ptr<float>();
+  const float* src = weight.data_ptr<float>();
+  const int64_t s0 = weight.stride(0), s1 = weight.stride(1);
   float* dst = packed.data_ptr<float>();
   at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
@@ -181,7 +183,7 @@ at::Tensor step_gemm_pack(const at::Tensor& weight) {
       for (int64_t i = 0; i < k; ++i)
         for (int64_t j = 0; j < kPanel; ++j) {
           const int64_t row = p * kPanel + j;
-          out[i * kPanel + j] = row < n ? src[row * k + i] : 0.f;
+          out[i * kPanel + j] = row < n ? src[row * s0 + i * s1] : 0.f;
         }
     }
   });

@@ -190,6 +190,17 @@ def test_the_step_gemm_writes_a_view_of_a_wider_output(built):
 
 
 @needs_step_gemm
+@pytest.mark.parametrize("part", [(0, 37), (37, 70)], ids=["first", "second"])
+def test_a_weight_view_is_packed_as_it_lies(built, part):
+    """The backward's parts are rows of W_h^T, a transposed view of W_h: packed through their
+    strides, the panels equal those of a contiguous copy."""
+    w_h = torch.randn(300, 70)
+    view = w_h.t()[part[0]:part[1]]
+    assert not view.is_contiguous()
+    assert torch.equal(built.step_gemm_pack(view), built.step_gemm_pack(view.contiguous()))
+
+
+@needs_step_gemm
 def test_the_step_gemm_names_bad_operands(built):
     w = torch.randn(40, 30)
     with pytest.raises(RuntimeError, match="float32"):
