@@ -79,7 +79,8 @@ def team_splits_columns(batch: int, hidden: int) -> bool:
 # - oneDNN's blocked layout must beat plain mm and the panels by 1.1x (it was 1.1x plain mm at
 #   H=300, 1.35x at H=650 on an AMD EPYC Zen 4; 0.8-0.95x on Zen 3);
 # - the loop's own step GEMM's panels (csrc/step_gemm.cpp, AVX2 + FMA: 1.2-1.4x plain at PTB
-#   word's size, 1.0-1.5x at PTB char's on Zen 3; benchmarks/step_gemm_kernel.py) need only be
+#   word's size, 1.0-1.5x at PTB char's on Zen 3; its AVX-512 blocks 1.02-1.40x on an Intel
+#   Xeon, where the AVX2 blocks ran 0.73-0.81x; benchmarks/step_gemm_kernel.py) need only be
 #   faster than plain: they also spare the loop's caches the copies a BLAS (and oneDNN's
 #   output) makes at every call, which a timing of the product alone does not see.
 PART_LAYOUT_MARGIN = 1.1
