@@ -27,7 +27,7 @@
 #include "native.h"
 
 namespace {
-constexpr int64_t kPanel = 16;   // output columns a panel (two 256-bit registers)
+constexpr int64_t kPanel = 16;   // output columns a panel (two 256-bit registers, one 512-bit)
 constexpr int64_t kBlockK = 256;  // inputs a chunk: a panel's chunk is 16 KB, in L1
 
 #ifdef NQ_STEP_GEMM
