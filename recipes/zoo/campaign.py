@@ -279,6 +279,9 @@ SMNIST_CHRONO_TEXT = (" Chrono initialisation of the gate biases (Tallec & Olliv
 SMNIST_CONT = ("--lr", "0.001", "--force-anneal", "1", "--lr-shrink", "0.9")
 SMNIST_CONT_TEXT = ("Then Adam from those weights with a fresh optimizer state: lr 1e-3, x0.9 "
                     "per epoch (the recipe's clipping 1, B=100).")
+SMNIST_CONT2 = ("--lr", "0.0003", "--force-anneal", "1", "--lr-shrink", "0.85")
+SMNIST_CONT2_TEXT = ("Then again from those weights with a fresh optimizer state: lr 3e-4, "
+                     "x0.85 per epoch.")
 WORD_TEXT = ("the paper's SGD schedule (lr 20, /4 when validation stalls, clip 0.25, B=20, "
              "T=35, latent LSTM weights at lr x 2 sqrt(H))")
 
@@ -311,6 +314,11 @@ PLAN: List[Run] = [
     Run("ptb-word-tc-weight.sgd", "ptb-word-tc-weight", "ptb_word", "tc", "weight", 13, 86.5,
         190, "From the bundled weights (epoch 7) with a fresh schedule: " + WORD_TEXT
         + ", until the plateaus brought the learning rate below 0.1.", from_zoo=True),
+    # continued at its record's lr (0.078) it had converged (validation 94.3-94.6, rising;
+    # 2026-12-07): a fresh schedule from the bundled weights, as ptb-word-tc-weight.sgd, at lr 5
+    Run("ptb-word-bc-weight.sgd", "ptb-word-bc-weight", "ptb_word", "bc", "weight", 13, 87.6,
+        102, "From the bundled weights (epoch 25) with a fresh schedule: "
+        + WORD_TEXT + ", restarted at lr 5.", ("--lr", "5"), from_zoo=True),
     # War and Peace's fp model: done after its first GPU round (validation rose after epoch 8,
     # 1.781 -> 1.861 by epoch 20 at lr 0.002); the zoo holds epoch 8 (its record: lr 0.002,
     # done) and the anneal goes on from it
@@ -370,6 +378,11 @@ PLAN: List[Run] = [
     Run("smnist-bc-weight.cont", "smnist-bc-weight", "mnist", "bc", "weight", 20, None, None,
         SMNIST_CONT_TEXT, ("--init", "chrono", *SMNIST_CONT), from_zoo=True,
         target=SMNIST_TARGET),
+    # the continuation rose from 95.81 % to 96.78 % (best valid, epoch 12 of 20) and was still
+    # rising as its lr fell: a second one from its best weights, lower and decaying faster
+    Run("smnist-bc-weight.cont2", "smnist-bc-weight", "mnist", "bc", "weight", 12, None, None,
+        SMNIST_CONT_TEXT + " " + SMNIST_CONT2_TEXT, ("--init", "chrono", *SMNIST_CONT2),
+        from_zoo=True, target=SMNIST_TARGET, after="smnist-bc-weight.cont"),
     # layer norm, the issue's other choice for the second row, from scratch with chrono biases
     # and noise on the initial state (without it the first update's gradient was not finite:
     # layer norm of W_h h0 = 0 over the blank first pixels)
