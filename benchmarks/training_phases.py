@@ -39,7 +39,8 @@ def main():
     s = SETTINGS[args.setting]
     x = torch.randn(s["steps"], s["batch"], s["inp"])
     bare = build(args.setting, "none", {})
-    bare.force_loop = True
+    for layer in bare.layers:  # the flag is each layer's (on NQLSTM itself it did nothing)
+        layer.force_loop = True
     models = [("nn.LSTM fp", build(args.setting, None, {})), ("bc none, native loop", bare)]
     models += [(f"bc {norm}", build(args.setting, norm, {})) for norm in args.norms]
     for _, model in models:

@@ -302,27 +302,34 @@ class StepProduct {
 };
 
 // Two column sums over `rows` rows of (rows, F) data: fun(offset, column, n, s1, s2) adds a
-// vector's terms; out1 / out2 get the sums. Row by row over chunks of columns (sequential
-// reads; the chunk's sums stay in L1).
+// vector's terms; out1 / out2 get the sums. Over blocks of kSumVectors vectors of columns,
+// each block's sums held in registers down all the rows (summed in row order, as row by row;
+// with the sums in memory, each vector's two loads and two stores of them bounded the pass)
 template <typename T, typename F2>
 void column_sums2(int64_t rows, int64_t features, T* out1, T* out2, const F2& fun) {
-  constexpr int64_t kChunk = 256;
-  for (int64_t j0 = 0; j0 < features; j0 += kChunk) {
-    const int64_t width = std::min(kChunk, features - j0);
-    T s1[kChunk], s2[kChunk];
-    std::fill(s1, s1 + width, T(0));
-    std::fill(s2, s2 + width, T(0));
+  constexpr int64_t kSumVectors = 4;
+  constexpr int64_t kLanes = Vec<T>::size();
+  constexpr int64_t kWidth = kSumVectors * kLanes;
+  int64_t j0 = 0;
+  for (; j0 + kWidth <= features; j0 += kWidth) {
+    Vec<T> s1[kSumVectors], s2[kSumVectors];
+    for (int64_t u = 0; u < kSumVectors; ++u) s1[u] = s2[u] = Vec<T>(T(0));
     for (int64_t b = 0; b < rows; ++b) {
-      for (int64_t j = 0; j < width; j += Vec<T>::size()) {
-        const int64_t n = std::min<int64_t>(Vec<T>::size(), width - j);
-        Vec<T> a1 = Vec<T>::loadu(s1 + j, n), a2 = Vec<T>::loadu(s2 + j, n);
-        fun(b * features + j0 + j, j0 + j, n, a1, a2);
-        a1.store(s1 + j, n);
-        a2.store(s2 + j, n);
-      }
+      const int64_t o = b * features + j0;
+      for (int64_t u = 0; u < kSumVectors; ++u)
+        fun(o + u * kLanes, j0 + u * kLanes, kLanes, s1[u], s2[u]);
     }
-    std::copy(s1, s1 + width, out1 + j0);
-    std::copy(s2, s2 + width, out2 + j0);
+    for (int64_t u = 0; u < kSumVectors; ++u) {
+      s1[u].store(out1 + j0 + u * kLanes);
+      s2[u].store(out2 + j0 + u * kLanes);
+    }
+  }
+  for (; j0 < features; j0 += kLanes) {  // the last columns, a vector at a time
+    const int64_t n = std::min<int64_t>(kLanes, features - j0);
+    Vec<T> s1(T(0)), s2(T(0));
+    for (int64_t b = 0; b < rows; ++b) fun(b * features + j0, j0, n, s1, s2);
+    s1.store(out1 + j0, n);
+    s2.store(out2 + j0, n);
   }
 }
 
