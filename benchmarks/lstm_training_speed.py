@@ -3,14 +3,16 @@
 For each setting of the paper -- char (d=512, T=100, B=64, one-hot input of 50) and word (d=300,
 T=35, B=20, 300-dim input) -- times torch.nn.LSTM (fp) and NQLSTM with BinaryConnect and every
 normalization, interleaved in rounds so that machine noise hits all alike, and prints tokens/s
-and the ratio to nn.LSTM (median over rounds). The layer/batch/power variants run four times:
+and the ratio to nn.LSTM (median over rounds). The layer/batch/power variants run five times:
 on the native loop (nq_plugin/csrc/recurrence.cpp; NQ_PLUGIN_RECURRENCE=auto), on it with its
 threads' parts of the step products as plain BLAS GEMMs ("(plain)": NQ_PLUGIN_STEP_GEMM=plain,
 what auto chose before the loop's own step GEMM), with its threads splitting each step's
-products by batch rows ("(rows)": NQ_PLUGIN_STEP_SPLIT=rows, the split before the column split;
-the same as auto below H=192) and on the Python loop (NQ_PLUGIN_RECURRENCE=python), side by
-side in the same rounds. Sequential MNIST (T=784, B=100, H=100, scalar input) with --settings
-smnist. The layouts auto takes for the step products' parts are logged as it times them.
+products by output columns ("(columns)": NQ_PLUGIN_STEP_SPLIT=columns, auto's rule from H=192
+on before auto timed the two splits) or by batch rows ("(rows)": NQ_PLUGIN_STEP_SPLIT=rows, the
+same as auto below H=192) and on the Python loop (NQ_PLUGIN_RECURRENCE=python), side by side in
+the same rounds. Sequential MNIST (T=784, B=100, H=100, scalar input) with --settings smnist.
+The layouts auto takes for the step products' parts, and the split it keeps after timing the
+two on its first calls, are logged; those calls are part of the warm-up.
 
 Two rows time the training step's matrix products alone, in the same rounds (:class:`GemmFloor`):
 what any LSTM's step costs at least on this machine, so that a ratio reads against its ceiling
@@ -26,6 +28,7 @@ import time
 import torch
 
 from nq_plugin.nn import NQLSTM
+from nq_plugin.nn.step_products import SPLIT_TRIALS
 
 SETTINGS = {"char": dict(inp=50, hidden=512, steps=100, batch=64),
             "word": dict(inp=300, hidden=300, steps=35, batch=20),
@@ -88,8 +91,13 @@ class GemmFloor:
 FLOORS = [("GEMMs only, mm", False), ("GEMMs only, oneDNN", True)]
 
 
+# training steps before the timing: the first calls of a shape time the loop's two splits
+# of the step products (the first of each, then SPLIT_TRIALS each)
+WARMUP_STEPS = 2 * (1 + SPLIT_TRIALS) + 1
+
+
 SUFFIXES = {" (py)": dict(recurrence="python"), " (rows)": dict(step_split="rows"),
-            " (plain)": dict(step_gemm="plain")}
+            " (columns)": dict(step_split="columns"), " (plain)": dict(step_gemm="plain")}
 
 
 def choices_of(label):
@@ -131,11 +139,12 @@ def main():
         x = torch.randn(s["steps"], s["batch"], s["inp"])
         models = [(label, build(setting, norm, opts)) for label, norm, opts in VARIANTS]
         models += [(label + suffix, build(setting, norm, opts))
-                   for suffix in (" (plain)", " (rows)", " (py)")
+                   for suffix in (" (plain)", " (columns)", " (rows)", " (py)")
                    for label, norm, opts in VARIANTS if norm in ("layer", "batch", "power")]
         floors = [(label, GemmFloor(setting, layout)) for label, layout in FLOORS]
         for label, m in models:
-            time_steps(m, x, 1, choices_of(label))  # warm-up
+            # warm-up, and the loop's timing of its two splits (step_products.timed_loop)
+            time_steps(m, x, WARMUP_STEPS, choices_of(label))
         for _, floor in floors:
             floor(1)
         rates = {label: [] for label, _ in models + floors}
@@ -147,11 +156,11 @@ def main():
                 rates[label].append(args.steps * s["steps"] * s["batch"] / floor(args.steps))
         ref = statistics.median(rates["nn.LSTM fp"])
         print(f"\n{setting}: d={s['hidden']}, T={s['steps']}, B={s['batch']}")
-        print(f"| {'variant':<25} | {'tokens/s':>9} | {'vs nn.LSTM':>10} |")
-        print(f"|{'-' * 27}|{'-' * 11}|{'-' * 12}|")
+        print(f"| {'variant':<27} | {'tokens/s':>9} | {'vs nn.LSTM':>10} |")
+        print(f"|{'-' * 29}|{'-' * 11}|{'-' * 12}|")
         for label, _ in models + floors:
             r = statistics.median(rates[label])
-            print(f"| {label:<25} | {r:>9.0f} | {r / ref:>9.2f}x |")
+            print(f"| {label:<27} | {r:>9.0f} | {r / ref:>9.2f}x |")
 
 
 if __name__ == "__main__":

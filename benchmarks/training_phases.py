@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from lstm_training_speed import SETTINGS, build  # this folder's script
+from lstm_training_speed import SETTINGS, WARMUP_STEPS, build  # this folder's script
 
 
 def phases(model, x):
@@ -44,7 +44,7 @@ def main():
     models = [("nn.LSTM fp", build(args.setting, None, {})), ("bc none, native loop", bare)]
     models += [(f"bc {norm}", build(args.setting, norm, {})) for norm in args.norms]
     for _, model in models:
-        for _ in range(2):
+        for _ in range(WARMUP_STEPS):  # and the loop's timing of its splits
             phases(model, x)
     times = {name: ([], []) for name, _ in models}
     for _ in range(args.rounds):

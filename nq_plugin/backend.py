@@ -72,7 +72,9 @@ class Lookup(str, Enum):
 class StepSplit(str, Enum):
     """How a team of several threads splits the native LSTM loop's step products
     (nq_plugin/csrc/recurrence.cpp; nq_plugin/nn/step_products.py, team_splits_columns)."""
-    AUTO = "auto"        # by output columns from H=192 on (COLUMN_SPLIT_MIN_HIDDEN), else rows
+    AUTO = "auto"        # from H=192 on (COLUMN_SPLIT_MIN_HIDDEN), in training the faster of
+    #                      the two on the loop's first calls (step_products.timed_loop), in
+    #                      eval by columns; below, rows
     COLUMNS = "columns"  # by output columns at every size: each thread a part of W_h
     ROWS = "rows"        # by batch rows: each thread its rows times the whole W_h
 

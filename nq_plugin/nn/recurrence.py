@@ -27,7 +27,7 @@ from ..logs import LogOnce
 from ..native import build_error as native_build_error
 from ..native import extension as native_extension
 from .cell import lstm_cell
-from .step_products import StepMatmul, step_weights
+from .step_products import StepMatmul, step_weights, timed_loop
 
 logger = logging.getLogger(__name__)
 _log_once = LogOnce(logger)
@@ -123,9 +123,11 @@ class _NativeRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0, w_ih=None):
         module = native_extension()
-        res = module.recurrence_forward(px, h0, c0, w_hh, shift, gain_x, gain_h,
-                                        native_term(form_x), native_term(form_h), t0, True,
-                                        w_ih, step_weights(w_hh, px.shape[1], training=True))
+        res = timed_loop(
+            "forward", w_hh, px.shape[1], px.shape[0], (form_x.op, form_h.op),
+            lambda plan: module.recurrence_forward(px, h0, c0, w_hh, shift, gain_x, gain_h,
+                                                   native_term(form_x), native_term(form_h),
+                                                   t0, True, w_ih, plan))
         out, h, c = res[:3]  # then c_all, stats_x, stats_h, the z_hat and activation blocks
         ctx.forms, ctx.t0 = (form_x, form_h), t0
         ctx.save_for_backward(px, w_ih, h0, c0, out, w_hh, gain_x, gain_h, *res[3:])
@@ -137,10 +139,12 @@ class _NativeRecurrence(torch.autograd.Function):
             ctx.saved_tensors
         z_hat, acts = blocks[:len(blocks) // 2], blocks[len(blocks) // 2:]
         form_x, form_h = ctx.forms
-        grads = native_extension().recurrence_backward(
-            grad_out, grad_h, grad_c, px, h0, c0, out, c_all, acts, z_hat, stats_x, stats_h,
-            w_hh, gain_x, gain_h, native_term(form_x), native_term(form_h), ctx.t0, w_ih,
-            ctx.needs_input_grad[0], step_weights(w_hh.t(), out.shape[1], training=True))
+        grads = timed_loop(
+            "backward", w_hh.t(), out.shape[1], out.shape[0], (form_x.op, form_h.op),
+            lambda plan: native_extension().recurrence_backward(
+                grad_out, grad_h, grad_c, px, h0, c0, out, c_all, acts, z_hat, stats_x,
+                stats_h, w_hh, gain_x, gain_h, native_term(form_x), native_term(form_h), ctx.t0,
+                w_ih, ctx.needs_input_grad[0], plan))
         grad_px, dh0, dc0, grad_w, grad_shift, grad_gain_x, grad_gain_h, grad_w_ih = grads
         return (grad_px if ctx.needs_input_grad[0] else None, dh0, dc0, grad_w, grad_shift,
                 None if gain_x is None else grad_gain_x,

@@ -9,7 +9,8 @@
 - The native loop's split of a product between its team of threads (``recurrence.cpp``): by
   the batch rows (each thread multiplies its rows by the whole W) or by output columns (each
   thread forms its columns for the whole batch), by ``backend.current().step_split`` and the
-  hidden size (:func:`team_splits_columns`).
+  hidden size (:func:`team_splits_columns`), and, in training from H=192 on, by timing the
+  loop's first calls with each (:func:`timed_loop`, :class:`SplitTrial`).
 
 :func:`step_weights` puts both into the extension's ``StepWeights``, what the native loop
 takes; :class:`StepMatmul` is the Python loop's product.
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import List, Optional, Tuple
+import statistics
+import time
+from typing import Callable, Dict, Hashable, List, Optional, Tuple, TypeVar
 
 import torch
 
@@ -62,15 +65,98 @@ def team_size(batch: int) -> int:
 
 
 def team_splits_columns(batch: int, hidden: int) -> bool:
-    """Whether the native loop's team splits the step products by columns: a team of several
-    threads, as ``backend.current().step_split`` says (``auto``: from
-    :data:`COLUMN_SPLIT_MIN_HIDDEN` on)."""
+    """Whether the native loop's team splits the step products by columns where nothing is
+    timed (eval; :func:`timed_loop` times the two in training): a team of several threads, as
+    ``backend.current().step_split`` says (``auto``: from :data:`COLUMN_SPLIT_MIN_HIDDEN`
+    on)."""
     if team_size(batch) < 2:
         return False
     split = backend.current().step_split
     if split is backend.StepSplit.AUTO:
         return hidden >= COLUMN_SPLIT_MIN_HIDDEN
     return split is backend.StepSplit.COLUMNS
+
+
+def split_is_timed(batch: int, hidden: int) -> bool:
+    """Whether the training loop's split is left to :func:`timed_loop`: ``step_split`` auto, a
+    team of several threads, from :data:`COLUMN_SPLIT_MIN_HIDDEN` on (below, W_h fits a core's
+    cache and the rows split has no barriers to lose)."""
+    return (backend.current().step_split is backend.StepSplit.AUTO and team_size(batch) > 1
+            and hidden >= COLUMN_SPLIT_MIN_HIDDEN)
+
+
+# From H=192 on, either split can be the faster for the whole loop, and which differs by CPU
+# and shape: on an AMD EPYC Zen 3 the column split ran 1.08-1.19x the rows split at PTB word's
+# size and 0.99-1.15x at PTB char's, while on an Intel Xeon the rows split was ahead in 7 of 8
+# pairs at the word size (+4-9 %) and at the char size read 0.96 / 0.97 nn.LSTM against the
+# columns' 0.90 / 0.92 (layer norm, PowerNorm; benchmarks/README.md). The products timed alone
+# do not tell (the barriers, the elementwise work between the products and what it leaves in
+# the caches decide), so the loop's own first training calls of each shape time both,
+# alternating, a call each: the first of each split is not counted (it times and packs its
+# weight's layout), then SPLIT_TRIALS of each; the split with the lower median seconds per step
+# is kept for the process (columns on a tie). Forward and backward are timed apart (keys of
+# their own).
+SPLIT_TRIALS = 3
+
+
+class SplitTrial:
+    """The timing of the two splits for one key (direction, shape, normalizations, threads):
+    :meth:`next` says which split the next call takes (alternating, columns first, until
+    :attr:`chosen`), :meth:`record` counts a call's seconds per step."""
+
+    def __init__(self, key: Hashable):
+        self.key = key
+        self.calls: Dict[bool, int] = {True: 0, False: 0}
+        self.seconds: Dict[bool, List[float]] = {True: [], False: []}
+        self.chosen: Optional[bool] = None
+
+    def next(self) -> bool:
+        if self.chosen is not None:
+            return self.chosen
+        return self.calls[True] <= self.calls[False]
+
+    def record(self, columns: bool, seconds_per_step: float) -> None:
+        if self.chosen is not None:
+            return
+        self.calls[columns] += 1
+        if self.calls[columns] > 1:  # the first call of a split times and packs its layout
+            self.seconds[columns].append(seconds_per_step)
+        if min(len(v) for v in self.seconds.values()) < SPLIT_TRIALS:
+            return
+        median = {split: statistics.median(v) for split, v in self.seconds.items()}
+        self.chosen = median[True] <= median[False]
+        logger.info("nq_plugin: the loop's %s, split by columns %.0f us a step, by rows %.0f "
+                    "us (median of %d calls each); by %s taken", self.key[0],
+                    1e6 * median[True], 1e6 * median[False], SPLIT_TRIALS,
+                    "columns" if self.chosen else "rows")
+
+
+_TRIALS: Dict[Hashable, SplitTrial] = {}
+Result = TypeVar("Result")
+
+
+def timed_loop(direction: str, weight: torch.Tensor, batch: int, steps: int,
+               norms: Tuple[str, str], run: Callable[[object], Result]) -> Result:
+    """``run(plan)`` with the training loop's weights for its step products x weight^T
+    (:func:`step_weights`; ``direction`` "forward" with W_h, "backward" with W_h^T) over
+    ``steps`` steps of ``batch`` rows, normalized by ``norms``: where :func:`split_is_timed`,
+    the split of this key's :class:`SplitTrial` (alternating until one is chosen, the call
+    timed and recorded), else as :func:`team_splits_columns` says."""
+    hidden = min(weight.shape)
+    if not split_is_timed(batch, hidden):
+        return run(step_weights(weight, batch, training=True))
+    key = (direction, batch, tuple(weight.shape), weight.dtype, torch.get_num_threads(), norms)
+    trial = _TRIALS.get(key)
+    if trial is None:
+        trial = _TRIALS[key] = SplitTrial(key)
+    columns = trial.next()
+    plan = step_weights(weight, batch, training=True, columns=columns)
+    if trial.chosen is not None:
+        return run(plan)
+    start = time.perf_counter()
+    result = run(plan)
+    trial.record(columns, (time.perf_counter() - start) / max(1, steps))
+    return result
 
 
 # The layouts of a split step product's parts, each timed as the team runs it, are weighed by
@@ -204,15 +290,16 @@ def parts_layout_for(weight: torch.Tensor, batch: int, columns: bool = True) -> 
 
 
 def step_weights(weight: torch.Tensor, batch: int, *, training: bool,
-                 layout: Optional[torch.Tensor] = None):
+                 layout: Optional[torch.Tensor] = None, columns: Optional[bool] = None):
     """The native loop's weights for the step product x weight^T (``weight`` (N, K); W_h
     forward, W_h^T backward) with ``batch`` rows, as the extension's ``StepWeights``:
 
     - ``layout`` (the whole weight in oneDNN's layout, kept by an eval-mode caller that steps
       often with it): that, and the team splits the batch rows;
-    - where :func:`team_splits_columns`: one part per thread, its rows of ``weight`` (the
-      product's columns), else (a split by the batch rows) the whole weight, in the layout
-      :func:`parts_layout_for` says (:func:`split_plan`; one copy of W per call);
+    - where ``columns`` (:func:`timed_loop`'s choice; unset, :func:`team_splits_columns`):
+      one part per thread, its rows of ``weight`` (the product's columns), else (a split by
+      the batch rows) the whole weight, in the layout :func:`parts_layout_for` says
+      (:func:`split_plan`; one copy of W per call);
     - but in eval, split by rows, oneDNN's layout where it runs (as the eval callers that keep
       a layout have it), else plain W^T.
     """
@@ -222,7 +309,8 @@ def step_weights(weight: torch.Tensor, batch: int, *, training: bool,
         plan = ext.StepWeights()
         plan.layout, plan.parts = ext.StepLayout.ONEDNN, [layout]
         return plan
-    columns = team_splits_columns(batch, min(weight.shape))
+    if columns is None:
+        columns = team_splits_columns(batch, min(weight.shape))
     if not (columns or training):
         return whole_weight(weight, batch, "onednn")
     return split_plan(weight, batch, parts_layout_for(weight, batch, columns), columns)

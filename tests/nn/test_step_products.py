@@ -221,3 +221,115 @@ def test_a_step_gemm_asked_for_is_used_and_one_that_cannot_run_is_an_error(
     with pytest.raises(RuntimeError, match="NQ_PLUGIN_STEP_GEMM=panels, but that layout does "
                                            "not run here for torch.float64"):
         step_products.step_weights(w.double(), 8, training=True)
+
+
+class FakeLoop:
+    """A loop call for timed_loop: records each call's split (a part per thread: columns) and
+    advances a fake clock by its seconds per step."""
+
+    def __init__(self, monkeypatch, columns_seconds, rows_seconds, steps=5):
+        self.now, self.splits, self.steps = 0.0, [], steps
+        self.cost = {True: columns_seconds, False: rows_seconds}
+        monkeypatch.setattr(step_products.time, "perf_counter", lambda: self.now)
+        monkeypatch.setattr(step_products, "_TRIALS", {})
+
+    def __call__(self, plan):
+        columns = len(plan.parts) > 1
+        self.splits.append(columns)
+        self.now += self.cost[columns] * self.steps
+        return columns
+
+
+def timed_calls(loop, calls, direction="forward", batch=20, hidden=300):
+    weight = torch.randn(4 * hidden, hidden, dtype=torch.float64)  # float64: plain, untimed
+    return [step_products.timed_loop(direction, weight, batch, loop.steps,
+                                     ("ROW_BLOCKS", "ROW_BLOCKS"), loop) for _ in range(calls)]
+
+
+C, R = True, False
+
+
+@pytest.mark.parametrize("rows_faster", [True, False])
+def test_auto_times_both_splits_on_the_first_calls_and_keeps_the_faster(
+        built, threads, backend_choice, monkeypatch, caplog, rows_faster):
+    """From H=192 on in training, the first calls alternate the splits (the first of each not
+    counted, then SPLIT_TRIALS each) and the faster per step is kept from then on, logged."""
+    threads(2)
+    loop = FakeLoop(monkeypatch, 2e-3, 1e-3 if rows_faster else 3e-3)
+    trials = 2 * (1 + step_products.SPLIT_TRIALS)
+    with caplog.at_level("INFO", logger="nq_plugin.nn.step_products"):
+        splits = timed_calls(loop, trials + 4)
+    assert splits[:trials] == [C, R] * (trials // 2)
+    kept = R if rows_faster else C
+    assert splits[trials:] == [kept] * 4
+    assert f"by {'rows' if rows_faster else 'columns'} taken" in caplog.text
+    assert "the loop's forward, split by columns 2000 us a step" in caplog.text
+
+
+def test_the_first_call_of_each_split_is_not_counted(built, threads, backend_choice,
+                                                      monkeypatch):
+    """A slow first call of the rows split (it packs and times its weight's layout) does not
+    count against it."""
+    threads(2)
+    loop = FakeLoop(monkeypatch, 2e-3, 1e-3)
+    step_products.timed_loop("forward", torch.randn(1200, 300, dtype=torch.float64), 20, 5,
+                             ("BATCH", "BATCH"), loop)  # columns, counted as the first
+    loop.cost[False] = 1.0  # rows' first call: slow
+    step_products.timed_loop("forward", torch.randn(1200, 300, dtype=torch.float64), 20, 5,
+                             ("BATCH", "BATCH"), loop)
+    loop.cost[False] = 1e-3
+    splits = [step_products.timed_loop("forward", torch.randn(1200, 300, dtype=torch.float64),
+                                       20, 5, ("BATCH", "BATCH"), loop) for _ in range(10)]
+    assert splits[-3:] == [R, R, R]
+
+
+def test_each_direction_and_shape_is_timed_apart(built, threads, backend_choice, monkeypatch):
+    threads(2)
+    loop = FakeLoop(monkeypatch, 2e-3, 1e-3)
+    trials = 2 * (1 + step_products.SPLIT_TRIALS)
+    timed_calls(loop, trials)
+    assert timed_calls(loop, 2, direction="backward") == [C, R]  # a trial of its own
+    assert timed_calls(loop, 2, batch=32) == [C, R]
+    assert timed_calls(loop, 1) == [R]
+    threads(3)  # another team: timed again
+    assert timed_calls(loop, 2) == [C, R]
+
+
+@pytest.mark.parametrize("case", ["rows asked", "columns asked", "small H", "a team of one"])
+def test_nothing_is_timed_where_the_split_is_given(built, threads, backend_choice, monkeypatch,
+                                                   case):
+    """A split asked for (NQ_PLUGIN_STEP_SPLIT), below H=192 and for a team of one, every call
+    takes the one split, untimed."""
+    threads(1 if case == "a team of one" else 2)
+    if case.endswith("asked"):
+        backend_choice(step_split=case.split()[0])
+    loop = FakeLoop(monkeypatch, 2e-3, 1e-3)
+    splits = timed_calls(loop, 6, hidden=100 if case == "small H" else 300)
+    assert splits == [case == "columns asked"] * 6
+    assert step_products._TRIALS == {}
+
+
+def test_training_calls_through_both_splits_run_the_same_loop(built, threads, backend_choice,
+                                                              monkeypatch):
+    """The native loop's training calls at H=192 while the splits are timed (alternating),
+    then with the one kept: the same outputs and gradients from every call, in float64."""
+    from nq_plugin.nn import NQLSTM
+    threads(2)
+    monkeypatch.setattr(step_products, "_TRIALS", {})
+    backend_choice(recurrence="native")
+    torch.manual_seed(2)
+    model = NQLSTM(3, 192, 1, quantizer="tc", norm="batch", bn_stats="separate").double()
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    results = []
+    for _ in range(2 * (1 + step_products.SPLIT_TRIALS) + 2):
+        model.zero_grad()
+        out, _ = model(x)
+        out.sin().sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    trials = list(step_products._TRIALS.values())
+    assert sorted(t.key[0] for t in trials) == ["backward", "forward"]
+    assert all(t.chosen is not None for t in trials)
+    for out, grads in results[1:]:
+        torch.testing.assert_close(out, results[0][0], atol=1e-12, rtol=1e-11)
+        for g, g0 in zip(grads, results[0][1]):
+            torch.testing.assert_close(g, g0, atol=1e-12, rtol=1e-11)
