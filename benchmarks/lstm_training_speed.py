@@ -38,6 +38,15 @@ VARIANTS = [("nn.LSTM fp", None, None), ("bc none", "none", {}), ("bc weight", "
             ("bc batch separate", "batch", {"bn_stats": "separate"}), ("bc power", "power", {})]
 
 
+def setting_input(setting: str, threads: int) -> torch.Tensor:
+    """A setting's input (T, B, I), random from seed 0, with torch's threads set to
+    ``threads``: what the scripts of this folder time one setting on."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    s = SETTINGS[setting]
+    return torch.randn(s["steps"], s["batch"], s["inp"])
+
+
 def build(setting, norm, opts):
     s = SETTINGS[setting]
     if norm is None:

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from lstm_training_speed import SETTINGS, WARMUP_STEPS, build  # this folder's script
+from lstm_training_speed import SETTINGS, WARMUP_STEPS, build, setting_input  # this folder's
 
 
 def phases(model, x):
@@ -34,10 +34,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    x = setting_input(args.setting, args.threads)
     s = SETTINGS[args.setting]
-    x = torch.randn(s["steps"], s["batch"], s["inp"])
     bare = build(args.setting, "none", {})
     for layer in bare.layers:  # the flag is each layer's (on NQLSTM itself it did nothing)
         layer.force_loop = True

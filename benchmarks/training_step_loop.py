@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from lstm_training_speed import SETTINGS, build  # this folder's script
+from lstm_training_speed import SETTINGS, build, setting_input  # this folder's script
 
 
 def main():
@@ -20,10 +20,7 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    s = SETTINGS[args.setting]
-    x = torch.randn(s["steps"], s["batch"], s["inp"])
+    x = setting_input(args.setting, args.threads)
     model = build(args.setting, None if args.norm == "lstm" else args.norm, {})
     for _ in range(2):
         out, _ = model(x)
