@@ -268,19 +268,18 @@ def test_auto_times_both_splits_on_the_first_calls_and_keeps_the_faster(
 
 def test_the_first_call_of_each_split_is_not_counted(built, threads, backend_choice,
                                                       monkeypatch):
-    """A slow first call of the rows split (it packs and times its weight's layout) does not
-    count against it."""
+    """The first call of each split (it packs and times its weight's layout) is not among the
+    seconds a split is judged by; the later ones are, per step."""
     threads(2)
-    loop = FakeLoop(monkeypatch, 2e-3, 1e-3)
-    step_products.timed_loop("forward", torch.randn(1200, 300, dtype=torch.float64), 20, 5,
-                             ("BATCH", "BATCH"), loop)  # columns, counted as the first
-    loop.cost[False] = 1.0  # rows' first call: slow
-    step_products.timed_loop("forward", torch.randn(1200, 300, dtype=torch.float64), 20, 5,
-                             ("BATCH", "BATCH"), loop)
-    loop.cost[False] = 1e-3
-    splits = [step_products.timed_loop("forward", torch.randn(1200, 300, dtype=torch.float64),
-                                       20, 5, ("BATCH", "BATCH"), loop) for _ in range(10)]
-    assert splits[-3:] == [R, R, R]
+    loop = FakeLoop(monkeypatch, 2e-3, 1.0)  # rows' first call: slow
+    timed_calls(loop, 2)
+    (trial,) = step_products._TRIALS.values()
+    assert trial.calls == {C: 1, R: 1} and trial.seconds == {C: [], R: []}
+    loop.cost[R] = 1e-3
+    timed_calls(loop, 2 * step_products.SPLIT_TRIALS)
+    assert trial.seconds == {C: pytest.approx([2e-3] * step_products.SPLIT_TRIALS),
+                             R: pytest.approx([1e-3] * step_products.SPLIT_TRIALS)}
+    assert trial.chosen is R
 
 
 def test_each_direction_and_shape_is_timed_apart(built, threads, backend_choice, monkeypatch):
