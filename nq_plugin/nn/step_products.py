@@ -81,8 +81,8 @@ def split_is_timed(batch: int, hidden: int) -> bool:
     """Whether the training loop's split is left to :func:`timed_loop`: ``step_split`` auto, a
     team of several threads, from :data:`COLUMN_SPLIT_MIN_HIDDEN` on (below, W_h fits a core's
     cache and the rows split has no barriers to lose)."""
-    return (backend.current().step_split is backend.StepSplit.AUTO and team_size(batch) > 1
-            and hidden >= COLUMN_SPLIT_MIN_HIDDEN)
+    return (backend.current().step_split is backend.StepSplit.AUTO
+            and team_splits_columns(batch, hidden))
 
 
 # From H=192 on, either split can be the faster for the whole loop, and which differs by CPU
