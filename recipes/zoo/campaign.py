@@ -407,6 +407,14 @@ PLAN: List[Run] = [
         " ".join((SMNIST_CONT_TEXT, SMNIST_CONT2_TEXT, SMNIST_MORE2_TEXT, SMNIST_END2_TEXT)),
         ("--init", "chrono", *SMNIST_END2), from_zoo=True, target=SMNIST_TARGET,
         after="smnist-bc-weight.cont2.more", average=6),
+    # (2026-12-07, second core) beside it, the layer-norm chain's next step: another 18 epochs
+    # at the recipe's late rate from .cont2.more's mean, the last 8 averaged (.more2.more's),
+    # for an anneal of its own after
+    Run("smnist-bc-weight.cont2.more.more", "smnist-bc-weight", "mnist", "bc", "weight",
+        SMNIST_CHAIN_EPOCHS, None, None,
+        " ".join((SMNIST_CONT_TEXT, SMNIST_CONT2_TEXT, SMNIST_MORE2_TEXT, SMNIST_MORE_TEXT)),
+        ("--init", "chrono", *SMNIST_MORE), from_zoo=True, target=SMNIST_TARGET,
+        after="smnist-bc-weight.cont2.more", average=8),
     # layer norm, the other choice for the second row, from scratch with chrono biases
     # and noise on the initial state (without it the first update's gradient was not finite:
     # layer norm of W_h h0 = 0 over the blank first pixels)
