@@ -18,7 +18,7 @@ Two rows time the training step's matrix products alone, in the same rounds (:cl
 what any LSTM's step costs at least on this machine, so that a ratio reads against its ceiling
 (nn.LSTM's time above the floor is its cell, its copies and its fork/joins).
 
-    python benchmarks/lstm_training_speed.py [--rounds 5] [--steps 5] [--threads 2]
+    python benchmarks/lstm_training_speed.py [--rounds 5] [--steps 5] [--threads 2] [--auto-only]
 """
 import argparse
 import logging
@@ -136,6 +136,10 @@ def main():
     ap.add_argument("--steps", type=int, default=5, help="training steps per timing")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS))
+    ap.add_argument("--auto-only", action="store_true",
+                    help="only nn.LSTM and the variants under the backend's automatic choices "
+                         "(no (plain), (columns), (rows) or (py) copies): a shorter run, for "
+                         "A/B runs of two trees")
     args = ap.parse_args()
     logging.basicConfig(format="%(message)s")
     logging.getLogger("nq_plugin.nn.step_products").setLevel(logging.INFO)
@@ -147,9 +151,10 @@ def main():
         s = SETTINGS[setting]
         x = torch.randn(s["steps"], s["batch"], s["inp"])
         models = [(label, build(setting, norm, opts)) for label, norm, opts in VARIANTS]
-        models += [(label + suffix, build(setting, norm, opts))
-                   for suffix in (" (plain)", " (columns)", " (rows)", " (py)")
-                   for label, norm, opts in VARIANTS if norm in ("layer", "batch", "power")]
+        if not args.auto_only:
+            models += [(label + suffix, build(setting, norm, opts))
+                       for suffix in (" (plain)", " (columns)", " (rows)", " (py)")
+                       for label, norm, opts in VARIANTS if norm in ("layer", "batch", "power")]
         floors = [(label, GemmFloor(setting, layout)) for label, layout in FLOORS]
         for label, m in models:
             # warm-up, and the loop's timing of its two splits (step_products.timed_loop)

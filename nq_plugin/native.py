@@ -2,7 +2,8 @@
 (``csrc/packed_gemv.cpp``) and the normalized LSTM recurrence (``csrc/recurrence.cpp``).
 
 Compiled with ``torch.utils.cpp_extension.load`` (``-O3 -march=native``; at::vec's AVX2 code
-path where the CPU has AVX2) and cached in torch's extensions folder (``TORCH_EXTENSIONS_DIR``,
+path where the CPU has AVX2, and its AVX-512 path in the recurrence's unit where the CPU has
+AVX-512: ``csrc/recurrence.cpp``) and cached in torch's extensions folder (``TORCH_EXTENSIONS_DIR``,
 else torch's default root), in a build folder of its own per checkout (:func:`build_directory`),
 about 20 s the first time on 2 cores: the bindings include torch/python.h, the kernels ATen
 alone, not the whole of torch/extension.h); never at ``pip install`` (an isolated build would

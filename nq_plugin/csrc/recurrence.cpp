@@ -27,6 +27,18 @@
 // with vectorized exp / tanh (at::vec); the backward walks the steps once the same way and
 // forms dL/dW_h with one GEMM per chunk of steps. The batch rows are split between the threads
 // for the whole loop (Team, below): no fork and join per step.
+// The loop's elementwise work runs in at::vec's AVX-512 code where the module is built for an
+// AVX-512 CPU (-march=native). The module's other sources keep AVX2's 8-float vectors
+// (nq_plugin/native.py; the packed kernels' blocks are 8 rows), and vec_math.h's helpers take a
+// namespace per capability, so the two widths never share a symbol. On an Intel Xeon with
+// AVX-512 the char-size training step gained against nn.LSTM with each normalization in three
+// alternated pairs of runs (benchmarks/README.md, 2026-12-07, night).
+#if defined(__AVX512F__) && defined(CPU_CAPABILITY_AVX2) && !defined(NQ_AVX2_ONLY)
+#undef CPU_CAPABILITY
+#undef CPU_CAPABILITY_AVX2
+#define CPU_CAPABILITY AVX512
+#define CPU_CAPABILITY_AVX512
+#endif
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>

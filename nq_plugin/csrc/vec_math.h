@@ -1,6 +1,7 @@
 // Vectorized gate activations, the LSTM cell and layer norm's block statistics, shared by the
-// extension's sources (at::vec; AVX2 code where the
-// extension is built with CPU_CAPABILITY_AVX2, nq_plugin/native.py).
+// extension's sources (at::vec; AVX2 code where the extension is built with
+// CPU_CAPABILITY_AVX2, nq_plugin/native.py, and AVX-512 code in recurrence.cpp where the CPU
+// has it).
 #pragma once
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -10,6 +11,9 @@
 #include <utility>
 
 namespace nq_native {
+// one copy of each helper per vector width (CPU_CAPABILITY: AVX2, or AVX512 in recurrence.cpp's
+// unit where the CPU has it): the widths' instances never share a symbol
+inline namespace CPU_CAPABILITY {
 
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
@@ -66,4 +70,5 @@ inline std::pair<T, T> standardize(const T* x, T* out, int64_t n, double eps) {
   return {mean, rstd};
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace nq_native
