@@ -5,6 +5,9 @@ statistics beyond T_max, dropout; gradcheck in double; the fallback when the ext
 be built, and the choice logged once."""
 import copy
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -357,3 +360,55 @@ def test_an_unusable_compiler_falls_back_to_python_and_says_why(tmp_path):
     assert "trained True" in res.stdout
     assert "the native extension could not be built" in res.stderr
     assert "the LSTM loop runs in Python (the native extension did not build" in res.stderr
+
+
+AVX2_LOOP = """
+import copy, torch
+from nq_plugin import backend, native as loader
+from nq_plugin.nn import NQLSTM
+m = loader.extension()
+assert m is not None, loader.build_error()
+assert m.__name__.endswith("x86_64_v3"), m.__name__
+torch.set_num_threads(2)
+checked = 0
+# float32: within 1e-4 of each tensor's scale (PowerNorm's dL/dW_x of one input column, summed
+# over 126 rows, differs by 5e-5 of its scale in the AVX-512 build too: float rounding)
+for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-4)):
+    for norm, opts in NORMS:
+        for inputs in (5, 1):  # projected, and the projection fused into the loop
+            torch.manual_seed(1)
+            model = NQLSTM(inputs, 20, 1, quantizer="tc", norm=norm, **opts).to(dtype)
+            x = torch.randn(21, 6, inputs, dtype=dtype)
+            results = []
+            for loop in ("python", "native"):
+                with backend.use(recurrence=loop):
+                    mod = copy.deepcopy(model)
+                    xg = x.clone().requires_grad_()
+                    out, (h, c) = mod(xg)
+                    (out.sin().sum() + h.sum() + 2 * c.sum()).backward()
+                    results.append([out, h, c, xg.grad] + [p.grad for p in mod.parameters()]
+                                   + list(mod.buffers()))
+            for a, b in zip(*results):
+                err = float((a - b).abs().max()) if a.numel() else 0.0
+                bound = tol * max(1.0, float(a.abs().max()) if a.numel() else 0.0)
+                assert err <= bound, (dtype, norm, inputs, err, bound)
+                checked += 1
+print("checked", checked)
+"""
+
+
+@pytest.mark.slow
+def test_the_avx2_only_build_runs_the_loop_as_the_python_loop(built):
+    """Where the CPU has AVX-512 the loop's elementwise work runs AVX-512 code, elsewhere AVX2's:
+    the AVX2 build (NQ_PLUGIN_MARCH=x86-64-v3, what an AVX2-only CPU runs) agrees with the Python
+    loop in float64 (to ~1e-9) and float32 (to 1e-4 of each tensor's scale), forward, backward
+    and running statistics, for each native normalization, on two threads, with H=20 (a partial
+    vector of either width) and the fused input projection."""
+    env = dict(os.environ, NQ_PLUGIN_MARCH="x86-64-v3")
+    script = f"NORMS = {NORMS[:5]!r}\n" + AVX2_LOOP
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr
+    word, count = res.stdout.split()[-2:]
+    # 20 cases (2 dtypes x 5 normalizations x 2 input widths), each out, h, c, dL/dx and more
+    assert word == "checked" and int(count) >= 20 * 4, res.stdout
