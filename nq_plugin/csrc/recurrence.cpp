@@ -31,9 +31,11 @@
 // AVX-512 CPU (-march=native). The module's other sources keep AVX2's 8-float vectors
 // (nq_plugin/native.py; the packed kernels' blocks are 8 rows), and vec_math.h's helpers take a
 // namespace per capability, so the two widths never share a symbol. On an Intel Xeon with
-// AVX-512 the char-size training step gained against nn.LSTM with each normalization in three
-// alternated pairs of runs (benchmarks/README.md, 2026-12-07, night).
-#if defined(__AVX512F__) && defined(CPU_CAPABILITY_AVX2) && !defined(NQ_AVX2_ONLY)
+// AVX-512, three alternated A/B pairs: the sequential-MNIST training step 2-11 % faster, the
+// word size's batch-normalizing ops faster, the char size unchanged (benchmarks/README.md,
+// 2026-12-07, night). AVX-512 F, BW, DQ and VL: what at::vec's AVX-512 code uses.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && \
+    defined(__AVX512VL__) && defined(CPU_CAPABILITY_AVX2) && !defined(NQ_AVX2_ONLY)
 #undef CPU_CAPABILITY
 #undef CPU_CAPABILITY_AVX2
 #define CPU_CAPABILITY AVX512
