@@ -788,11 +788,21 @@ def card_command(cmd: List[str], run: Run, folder: str, data_root: str,
 
 
 def note_command(state: dict, command: str) -> None:
-    """Add the command a session ran to the run's list unless it repeats the last one (a resume
-    from checkpoint_last.pt runs the same command again)."""
+    """Add the command a session ran to the run's list unless it repeats the last one: a resume
+    from checkpoint_last.pt runs the command that began the folder again, without its starting
+    checkpoint (``--restore-file`` and the resets), and is not a phase of its own."""
     commands = state.setdefault("commands", [])
-    if not commands or commands[-1] != command:
+    if not commands or command not in (commands[-1], without_start(commands[-1])):
         commands.append(command)
+
+
+def without_start(command: str) -> str:
+    """A card command without its starting checkpoint: ``--restore-file X`` and the resets."""
+    words = command.split(" ")
+    if "--restore-file" in words:
+        at = words.index("--restore-file")
+        del words[at:at + 2]
+    return " ".join(w for w in words if w not in RESETS)
 
 
 def record_progress(run: Run, folder: str, state: dict) -> dict:

@@ -389,6 +389,31 @@ def test_the_card_shows_the_commands_a_run_really_ran(tmp_path):
     assert state["commands"] == [shown, shown + " --lr 1e-4"]
 
 
+def test_a_resume_is_not_listed_as_a_phase_of_its_own(tmp_path, monkeypatch):
+    """A phase begun from an earlier phase's checkpoint and resumed in a later session from its
+    checkpoint_last.pt runs its command without the starting checkpoint: the card lists the
+    phase once, as it began (a resume listed it twice, the second as if trained again)."""
+    campaign = campaign_module()
+    run = campaign.PLAN[[r.id for r in campaign.PLAN].index("smnist-bc-weight.cont2.more.anneal")]
+    folder, prev = str(tmp_path / "run"), str(tmp_path / "prev" / "checkpoint_average.pt")
+    # the checkpoints' training seconds (read for the time budget): none, without checkpoints
+    monkeypatch.setattr(campaign, "checkpoint_progress", lambda path: {"seconds": 0.0})
+    began = campaign.card_command(campaign.train_command(run, folder, "/data", 3600, prev)[0],
+                                  run, folder, "/data", prev)
+    assert "--restore-file PREV_RUN_DIR/checkpoint_average.pt --reset-optimizer" in began
+    os.makedirs(folder)
+    open(os.path.join(folder, "checkpoint_last.pt"), "wb").close()
+    cmd, start, _ = campaign.train_command(run, folder, "/data", 3600, None)
+    resumed = campaign.card_command(cmd, run, folder, "/data", None)
+    assert start == "resume" and "--restore-file" not in resumed
+    state = {}
+    campaign.note_command(state, began)
+    campaign.note_command(state, resumed)
+    assert state["commands"] == [began]
+    campaign.note_command(state, resumed + " --lr 1e-4")  # another command is listed
+    assert state["commands"] == [began, resumed + " --lr 1e-4"]
+
+
 @pytest.mark.parametrize("average_wins", [True, False])
 def test_the_offered_checkpoint_is_the_better_validated(tmp_path, monkeypatch, average_wins):
     """offered(): the mean of the last epochs' weights where its validation (accuracy: higher)
