@@ -363,9 +363,10 @@ def test_an_unusable_compiler_falls_back_to_python_and_says_why(tmp_path):
 
 
 AVX2_LOOP = """
-import copy, torch
+import contextlib, torch
 from nq_plugin import backend, native as loader
 from nq_plugin.nn import NQLSTM
+from tests.nn.test_native_recurrence import NORMS, close, run, same_run
 m = loader.extension()
 assert m is not None, loader.build_error()
 assert m.__name__.endswith("x86_64_v3"), m.__name__
@@ -373,26 +374,21 @@ torch.set_num_threads(2)
 checked = 0
 # float32: within 1e-4 of each tensor's scale (PowerNorm's dL/dW_x of one input column, summed
 # over 126 rows, differs by 5e-5 of its scale in the AVX-512 build too: float rounding)
-for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-4)):
-    for norm, opts in NORMS:
-        for inputs in (5, 1):  # projected, and the projection fused into the loop
-            torch.manual_seed(1)
-            model = NQLSTM(inputs, 20, 1, quantizer="tc", norm=norm, **opts).to(dtype)
-            x = torch.randn(21, 6, inputs, dtype=dtype)
-            results = []
-            for loop in ("python", "native"):
-                with backend.use(recurrence=loop):
-                    mod = copy.deepcopy(model)
-                    xg = x.clone().requires_grad_()
-                    out, (h, c) = mod(xg)
-                    (out.sin().sum() + h.sum() + 2 * c.sum()).backward()
-                    results.append([out, h, c, xg.grad] + [p.grad for p in mod.parameters()]
-                                   + list(mod.buffers()))
-            for a, b in zip(*results):
-                err = float((a - b).abs().max()) if a.numel() else 0.0
-                bound = tol * max(1.0, float(a.abs().max()) if a.numel() else 0.0)
-                assert err <= bound, (dtype, norm, inputs, err, bound)
-                checked += 1
+with contextlib.ExitStack() as stack:
+    choice = lambda **changes: stack.enter_context(backend.use(**changes))
+    for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-4)):
+        for norm, opts in NORMS[:5]:
+            for inputs in (5, 1):  # projected, and the projection fused into the loop
+                torch.manual_seed(1)
+                model = NQLSTM(inputs, 20, 1, quantizer="tc", norm=norm, **opts).to(dtype)
+                x = torch.randn(21, 6, inputs, dtype=dtype)
+                state = tuple(torch.randn(1, 6, 20, dtype=dtype) for _ in range(2))
+                py = run(model, x, state, 0, "python", choice)
+                nat = run(model, x, state, 0, "native", choice)
+                same_run(py, nat, scaled=tol)
+                for name, buf in py[7].items():
+                    close(nat[7][name], buf, msg=name, scaled=tol)
+                checked += len(py[:6]) + len(py[6]) + len(py[7])
 print("checked", checked)
 """
 
@@ -405,9 +401,9 @@ def test_the_avx2_only_build_runs_the_loop_as_the_python_loop(built):
     and running statistics, for each native normalization, on two threads, with H=20 (a partial
     vector of either width) and the fused input projection."""
     env = dict(os.environ, NQ_PLUGIN_MARCH="x86-64-v3")
-    script = f"NORMS = {NORMS[:5]!r}\n" + AVX2_LOOP
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env=env, timeout=900)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    res = subprocess.run([sys.executable, "-c", AVX2_LOOP], capture_output=True, text=True,
+                         env=env, timeout=900, cwd=root)
     assert res.returncode == 0, res.stdout + res.stderr
     word, count = res.stdout.split()[-2:]
     # 20 cases (2 dtypes x 5 normalizations x 2 input widths), each out, h, c, dL/dx and more
