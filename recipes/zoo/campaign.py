@@ -182,6 +182,9 @@ class Run:
     # weights instead of the best checkpoint when it validates better (measured once, at the
     # end of the run); the card says so
     average: int = 0
+    # fairseq-train's --seed: a sibling phase with another draws its own batch order and
+    # dropout from the same weights
+    seed: int = 1
 
     def reaches_row(self, value: Optional[float]) -> bool:
         """Whether ``value`` is in its row: the paper's number within tolerance, or the
@@ -427,6 +430,20 @@ PLAN: List[Run] = [
         " ".join((SMNIST_CONT_TEXT, SMNIST_CONT2_TEXT, SMNIST_MORE2_TEXT, SMNIST_END2_TEXT,
                   SMNIST_MORE2_TEXT)),
         ("--init", "chrono", *SMNIST_MORE2), from_zoo=True, target=SMNIST_TARGET, average=6),
+    # (2026-12-07, Intel; 12 of 20 epochs at 23:10) beside it on the second core, the same
+    # phase with another seed (its own batch order): two draws of the chain that gained
+    Run("smnist-bc-weight.again.seed2", "smnist-bc-weight", "mnist", "bc", "weight", 20, None,
+        None, " ".join((SMNIST_CONT_TEXT, SMNIST_CONT2_TEXT, SMNIST_MORE2_TEXT,
+                        SMNIST_END2_TEXT, SMNIST_MORE2_TEXT)),
+        ("--init", "chrono", *SMNIST_MORE2), from_zoo=True, target=SMNIST_TARGET, average=6,
+        seed=2),
+    # then the anneal that ended the chain last time (.cont2.more.anneal), from .again's
+    Run("smnist-bc-weight.again.anneal", "smnist-bc-weight", "mnist", "bc", "weight",
+        SMNIST_END_EPOCHS, None, None,
+        " ".join((SMNIST_CONT_TEXT, SMNIST_CONT2_TEXT, SMNIST_MORE2_TEXT, SMNIST_END2_TEXT,
+                  SMNIST_MORE2_TEXT, SMNIST_END2_TEXT)),
+        ("--init", "chrono", *SMNIST_END2), from_zoo=True, target=SMNIST_TARGET,
+        after="smnist-bc-weight.again", average=6),
     # layer norm, the issue's other choice for the second row, from scratch with chrono biases
     # and noise on the initial state (without it the first update's gradient was not finite:
     # layer norm of W_h h0 = 0 over the blank first pixels)
@@ -588,7 +605,7 @@ def train_command(run: Run, folder: str, data_root: str, seconds_budget: float,
     cmd = ["bash", os.path.join(ROOT, run.data.recipe), os.path.join(data_root, run.data.folder),
            folder, *run.data.recipe_arguments(run.quantizer, run.norm, run.epochs), *run.args,
            "--max-epoch",
-           str(max_epoch or run.epochs), "--seed", "1"]
+           str(max_epoch or run.epochs), "--seed", str(run.seed)]
     cmd += save_args(run)
     if os.path.isfile(last):
         start, held = "resume", checkpoint_progress(last)["seconds"]
@@ -1070,7 +1087,7 @@ def add(run: Run, folder: str, data_root: str, best: str, state: dict, value: fl
         command = " ".join([f"bash {run.data.recipe} DATA_BIN RUN_DIR",
                             *run.data.recipe_arguments(run.quantizer, run.norm, run.epochs),
                             *map(shlex.quote, run.args), "--max-epoch", str(run.epochs),
-                            "--seed", "1", *save_args(run)])
+                            "--seed", str(run.seed), *save_args(run)])
         if state.get("started") == "zoo":
             command += " --restore-file model.pt " + " ".join(RESETS)
     train_cmd = (state["base_train_command"] + "\n" + command).strip()

@@ -347,6 +347,23 @@ def test_a_run_gone_on_from_the_zoo_keeps_its_schedule_when_it_resumes(tmp_path)
     assert not campaign.finished(at_end, run, {})  # the plan's whole run is longer
 
 
+def test_a_phase_with_a_seed_of_its_own_trains_with_it(tmp_path):
+    """A plan entry's seed is the one fairseq-train gets (once: a later --seed would win), and
+    the plan's sibling of smnist-bc-weight.again differs from it only in its seed."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("nq_campaign_under_test3", DRIVER)
+    campaign = importlib.util.module_from_spec(spec)
+    sys.modules["nq_campaign_under_test3"] = campaign
+    spec.loader.exec_module(campaign)
+    runs = {r.id: r for r in campaign.PLAN}
+    first, sibling = runs["smnist-bc-weight.again"], runs["smnist-bc-weight.again.seed2"]
+    assert dataclasses.replace(sibling, id=first.id, seed=first.seed) == first
+    for run, seed in ((first, "1"), (sibling, "2")):
+        cmd, start, _ = campaign.train_command(run, str(tmp_path), "data", 3600, None)
+        assert start == "scratch" and cmd.count("--seed") == 1
+        assert cmd[cmd.index("--seed") + 1] == seed
+
+
 def test_the_hardware_line_names_each_phase_once():
     import importlib.util
     spec = importlib.util.spec_from_file_location("nq_campaign_under_test3", DRIVER)
