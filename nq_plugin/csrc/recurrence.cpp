@@ -811,7 +811,6 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
   // the whole batch
   const StepProduct back(step, w_hh.detach(), parts);
   const bool shared = back.split_columns();
-  const int64_t rows_max = (batch + parts - 1) / parts;
   // dL/dW_h = sum_t grad_z_t^T h_{t-1}: grad_z and h_{t-1} are kept for a chunk of steps, one
   // GEMM per chunk: alone, a thread keeps its rows (one partial dL/dW_h per thread, summed at
   // the end); in a shared team, the whole batch's, and each thread forms its rows of dL/dW_h.
@@ -819,12 +818,16 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
   // training step was faster than with 16 in each of four A/B runs, AMD EPYC Zen 3), else 16
   // (the word size, 20 rows, gained nothing from 32)
   const int64_t chunk = std::min<int64_t>(steps, batch >= 64 ? 32 : 16);
-  Tensor grad_z = shared ? at::empty({1, chunk * batch, features}, opts)
-                         : at::empty({parts, chunk * rows_max, features}, opts);
-  Tensor h_prev = shared ? at::empty({1, chunk * batch, hidden}, opts)
-                         : at::empty({parts, chunk * rows_max, hidden}, opts);
-  // dL/dW_h: the first chunk's GEMM writes it (no zero fill), the later ones add to it
+  // The chunk's buffers: in a shared team each slot holds the whole batch; alone, a thread's
+  // rows [begin, end) have a block of their own from row chunk * begin, so that the blocks do
+  // not overlap however many threads the region has (a thread limit, OMP_THREAD_LIMIT below
+  // torch's threads, gives it fewer than planned)
+  Tensor grad_z = at::empty({chunk * batch, features}, opts);
+  Tensor h_prev = at::empty({chunk * batch, hidden}, opts);
+  // dL/dW_h: the first chunk's GEMM writes it (no zero fill), the later ones add to it; the
+  // region's threads each write one (shared: the one), summed after the loop
   Tensor grad_w = at::empty({shared ? 1 : parts, features, hidden}, opts);
+  int64_t written = 1;  // the partials of dL/dW_h the region's threads wrote
   // the input term's y_hat of this step, for the ops finished by columns
   Tensor x_hat_step = at::empty({by_columns(op_x) ? batch : 0, features}, opts);
   // per-thread sums of dg, dg * x_hat, dg * z_hat over all steps and rows: the gradients of
@@ -870,8 +873,9 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
     T* sums = dgr + 3 * features;   // a by-columns term's two whole-batch sums (2 F)
     T* means = dgr + 5 * features;  // 2 F
     T* acc = partial_p + p * 3 * features;
-    T* gz_own = grad_z.data_ptr<T>() + (shared ? 0 : p * chunk * rows_max * features);
-    T* hp_own = h_prev.data_ptr<T>() + (shared ? 0 : p * chunk * rows_max * hidden);
+    if (p == 0 && !shared) written = nt;
+    T* gz_own = grad_z.data_ptr<T>() + (shared ? 0 : chunk * r.begin * features);
+    T* hp_own = h_prev.data_ptr<T>() + (shared ? 0 : chunk * r.begin * hidden);
     T* gw_own = grad_w.data_ptr<T>() + (shared ? 0 : p * features * hidden);
     T* gwx_own = input.fused() ? grad_w_x.data_ptr<T>() + p * px.size(2) * features : nullptr;
     // with the fused projection: this step's px and dL/dpx of the thread's rows
@@ -1035,8 +1039,8 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
     if (op_h == POWER_RUNNING) accum_h.add_(power_sums[1]);
   }
   const Tensor sums = partial.sum(0);
-  result = {grad_px, dh, dc, grad_w.size(0) == 1 ? grad_w[0] : grad_w.sum(0), sums[0], sums[1],
-            sums[2],
+  result = {grad_px, dh, dc, written == 1 ? grad_w[0] : grad_w.narrow(0, 0, written).sum(0),
+            sums[0], sums[1], sums[2],
             input.fused() ? grad_w_x.sum(0).t().contiguous() : Tensor()};
 }
 

@@ -408,3 +408,50 @@ def test_the_avx2_only_build_runs_the_loop_as_the_python_loop(built):
     word, count = res.stdout.split()[-2:]
     # 20 cases (2 dtypes x 5 normalizations x 2 input widths), each out, h, c, dL/dx and more
     assert word == "checked" and int(count) >= 20 * 4, res.stdout
+
+
+THREAD_LIMITED_LOOP = """
+import contextlib, sys, torch
+from nq_plugin import backend
+from nq_plugin.nn import NQLSTM
+from tests.nn.test_native_recurrence import NORMS, close, run, same_run
+torch.set_num_threads(int(sys.argv[1]))
+checked = 0
+with contextlib.ExitStack() as stack:
+    choice = lambda **changes: stack.enter_context(backend.use(**changes))
+    for split in ("rows", "columns"):
+        choice(step_split=split)
+        for norm, opts in (NORMS[0], NORMS[2], NORMS[3]):  # layer, batch, power
+            for inputs in (5, 1):  # projected, and the projection fused into the loop
+                torch.manual_seed(3)
+                model = NQLSTM(inputs, 7, 1, quantizer="tc", norm=norm, **opts).double()
+                x = torch.randn(37, 3, inputs, dtype=torch.float64)
+                state = tuple(torch.randn(1, 3, 7, dtype=torch.float64) for _ in range(2))
+                py = run(model, x, state, 0, "python", choice)
+                nat = run(model, x, state, 0, "native", choice)
+                same_run(py, nat, atol=1e-10, rtol=1e-9)
+                for name, buf in py[7].items():
+                    close(nat[7][name], buf, msg=name, atol=1e-10, rtol=1e-9)
+                checked += len(py[:6]) + len(py[6]) + len(py[7])
+print("checked", checked)
+"""
+
+
+@pytest.mark.parametrize("limit,threads", [(1, 2), (2, 3)])
+def test_a_region_with_fewer_threads_than_torchs_runs_the_loop_as_the_python_loop(
+        built, limit, threads):
+    """A thread limit below torch's threads (OMP_THREAD_LIMIT) gives the loop's parallel region
+    fewer threads than it planned its team for: each thread's chunk of grad_z keeps to its own
+    rows and only the partials of dL/dW_h the region's threads wrote are summed, so the loop
+    is still the Python loop's arithmetic in float64 (before, dL/dW_h took an unwritten
+    partial, and with 2 threads for a plan of 3 their chunks overlapped), both splits, over
+    37 steps (more than a chunk of dL/dW_h), for the normalizations with their own team
+    work (layer, batch by columns, PowerNorm's running statistics), 3 batch rows."""
+    env = dict(os.environ, OMP_THREAD_LIMIT=str(limit))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    res = subprocess.run([sys.executable, "-c", THREAD_LIMITED_LOOP, str(threads)],
+                         capture_output=True, text=True, env=env, timeout=600, cwd=root)
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    word, count = res.stdout.split()[-2:]
+    # 12 cases (2 splits x 3 normalizations x 2 input widths), each out, h, c, dL/dx and more
+    assert word == "checked" and int(count) >= 12 * 4, res.stdout
