@@ -2,8 +2,10 @@
 
 For each setting of the paper -- char (d=512, T=100, B=64, one-hot input of 50) and word (d=300,
 T=35, B=20, 300-dim input) -- times torch.nn.LSTM (fp) and NQLSTM with BinaryConnect and every
-normalization, interleaved in rounds so that machine noise hits all alike, and prints tokens/s
-and the ratio to nn.LSTM (median over rounds). The layer/batch/power variants run five times:
+normalization, interleaved in rounds so that machine noise hits all alike (each round starting
+one variant further on), and prints tokens/s, the ratio to nn.LSTM (median over rounds), and
+each round's ratio to that round's nn.LSTM as median [min-max] over the rounds (the run's own
+spread: what one ratio can be trusted to). The layer/batch/power variants run five times:
 on the native loop (nq_plugin/csrc/recurrence.cpp; NQ_PLUGIN_RECURRENCE=auto), on it with its
 threads' parts of the step products as plain BLAS GEMMs ("(plain)": NQ_PLUGIN_STEP_GEMM=plain,
 what auto chose before the loop's own step GEMM), with its threads splitting each step's
@@ -146,7 +148,7 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {args.threads} threads, {args.rounds} rounds x "
-          f"{args.steps} steps, median tokens/s")
+          f"{args.steps} steps, median tokens/s; each round's ratios to that round's nn.LSTM")
     for setting in args.settings:
         s = SETTINGS[setting]
         x = torch.randn(s["steps"], s["batch"], s["inp"])
@@ -162,20 +164,28 @@ def main():
         for _, floor in floors:
             floor(1)
         rates = {label: [] for label, _ in models + floors}
-        for _ in range(args.rounds):
-            for label, m in models:
-                dt = time_steps(m, x, args.steps, choices_of(label))
+        entries = [(label, m, None) for label, m in models]
+        entries += [(label, None, floor) for label, floor in floors]
+        for i in range(args.rounds):
+            # each round starts one entry further on: no variant always runs right after
+            # the same other one (or first)
+            for label, m, floor in entries[i % len(entries):] + entries[:i % len(entries)]:
+                dt = time_steps(m, x, args.steps, choices_of(label)) if floor is None \
+                    else floor(args.steps)
                 rates[label].append(args.steps * s["steps"] * s["batch"] / dt)
-            for label, floor in floors:
-                rates[label].append(args.steps * s["steps"] * s["batch"] / floor(args.steps))
         ref = statistics.median(rates["nn.LSTM fp"])
         print(f"\n{setting}: d={s['hidden']}, T={s['steps']}, B={s['batch']}")
-        print(f"| {'variant':<27} | {'tokens/s':>9} | {'vs nn.LSTM':>10} |")
-        print(f"|{'-' * 29}|{'-' * 11}|{'-' * 12}|")
+        print(f"| {'variant':<27} | {'tokens/s':>9} | {'vs nn.LSTM':>10} | "
+              f"{'each round: median [min-max]':<28} |")
+        print(f"|{'-' * 29}|{'-' * 11}|{'-' * 12}|{'-' * 30}|")
         for label, _ in models + floors:
             r = statistics.median(rates[label])
-            print(f"| {label:<27} | {r:>9.0f} | {r / ref:>9.2f}x |")
-
+            # the ratio to nn.LSTM's rate in the same round (what drift between rounds moves
+            # least), and its spread over the rounds: the run's own noise
+            each = [a / b for a, b in zip(rates[label], rates["nn.LSTM fp"])]
+            spread = (f"{statistics.median(each):.2f}x [{min(each):.2f}-{max(each):.2f}]"
+                      if label != "nn.LSTM fp" else "")
+            print(f"| {label:<27} | {r:>9.0f} | {r / ref:>9.2f}x | {spread:<28} |")
 
 if __name__ == "__main__":
     main()
