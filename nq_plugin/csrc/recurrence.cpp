@@ -492,18 +492,6 @@ void running_power_columns(const Norm& norm, const T* part, int64_t rows, int64_
   }
 }
 
-// Backward column sums of one term over a thread's rows: BATCH / POWER_WARMUP sum d and
-// sum d * y_hat, POWER_RUNNING sum d * y_hat (the second row).
-template <typename T>
-void backward_partials(const T* d, const T* y_hat, int64_t rows, int64_t features, T* part) {
-  column_sums2<T>(rows, features, part, part + features,
-                  [&](int64_t o, int64_t j, int64_t n, Vec<T>& s1, Vec<T>& s2) {
-                    const Vec<T> g = Vec<T>::loadu(d + o, n);
-                    s1 = s1 + g;
-                    s2 = s2 + g * Vec<T>::loadu(y_hat + o, n);
-                  });
-}
-
 // The backward of a by-columns term over a thread's rows, in place of d, from the whole
 // batch's sums (sums: sum d, sum d * y_hat): BATCH / POWER_WARMUP
 // dx = invstd (d - mean_B(d) [BATCH only] - y_hat mean_B(d y_hat)); POWER_RUNNING
@@ -866,13 +854,17 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
     const Rows hcols = rows_of(p, nt, hidden), fcols = rows_of(p, nt, features);
     // a shared team's chunk buffers hold the whole batch (row b of slot s at s * batch + b)
     const int64_t slot_rows = shared ? batch : rows, first_row = shared ? r.begin : 0;
-    std::vector<T> buf(7 * features);
+    std::vector<T> buf(10 * features);
     T* dgr = buf.data();
     T* d = dgr + features;
     T* x_own = dgr + 2 * features;
     T* sums = dgr + 3 * features;   // a by-columns term's two whole-batch sums (2 F)
     T* means = dgr + 5 * features;  // 2 F
     T* acc = partial_p + p * 3 * features;
+    // with a term by columns: this step's sums over the thread's rows of dg, dg * x_hat and
+    // dg * z_hat (3 F), added to acc after the rows; its partial column sums of
+    // d = gain * dg and of d * y_hat are the gain times two of them
+    T* step_acc = (cols_x || cols_h) ? dgr + 7 * features : acc;
     if (p == 0 && !shared) written = nt;
     T* gz_own = grad_z.data_ptr<T>() + (shared ? 0 : chunk * r.begin * features);
     T* hp_own = h_prev.data_ptr<T>() + (shared ? 0 : chunk * r.begin * hidden);
@@ -913,6 +905,7 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
                                           std::min(t0 + t, slots_h - 1) * features
                                     : nullptr;
       team.guarded([&] {
+        if (step_acc != acc) std::fill(step_acc, step_acc + 3 * features, T(0));
         for (int64_t b = r.begin; b < r.end; ++b) {
           const int64_t row = b * features, q = b * hidden, own = b - r.begin;
           const T* ar = a_p + row;
@@ -940,14 +933,15 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
                          sx_p ? sx_p + b * 2 * kBlocks : nullptr);
           const T* zr = zh_p + row;
           // the gradients of shift and the gains
+          T* sa = step_acc;
           for (int64_t j = 0; j < features; j += Vec<T>::size()) {
             const int64_t n = std::min<int64_t>(Vec<T>::size(), features - j);
             const Vec<T> g = Vec<T>::loadu(dgr + j, n);
-            (Vec<T>::loadu(acc + j, n) + g).store(acc + j, n);
-            (Vec<T>::loadu(acc + features + j, n) + g * Vec<T>::loadu(xr + j, n))
-                .store(acc + features + j, n);
-            (Vec<T>::loadu(acc + 2 * features + j, n) + g * Vec<T>::loadu(zr + j, n))
-                .store(acc + 2 * features + j, n);
+            (Vec<T>::loadu(sa + j, n) + g).store(sa + j, n);
+            (Vec<T>::loadu(sa + features + j, n) + g * Vec<T>::loadu(xr + j, n))
+                .store(sa + features + j, n);
+            (Vec<T>::loadu(sa + 2 * features + j, n) + g * Vec<T>::loadu(zr + j, n))
+                .store(sa + 2 * features + j, n);
           }
           // through the gains into the two normalizations (by columns: finished below)
           T* gz_row = gz_p + own * features;
@@ -968,12 +962,20 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
                                       sh_p ? sh_p + b * 2 * kBlocks : nullptr);
           }
         }
-        if (cols_x)
-          backward_partials<T>(gpx_rows, xstep_all + r.begin * features, rows, features,
-                               parts_t + p * stride);
-        if (cols_h)
-          backward_partials<T>(gz_p, zh_p + r.begin * features, rows, features,
-                               parts_t + p * stride + 2 * features);
+        if (step_acc != acc) {
+          at::vec::map2<T>([](Vec<T> a, Vec<T> v) { return a + v; }, acc, acc, step_acc,
+                           3 * features);
+          // the partial column sums of d = gain * dg and d * y_hat: (sum d, sum d * y_hat) of
+          // each term by columns, from this step's sums of dg and dg * y_hat
+          const T* sum_dg = step_acc;
+          auto gained = [&](const T* gain, const T* sum_dg_y, T* part) {
+            auto times = [](Vec<T> g, Vec<T> v) { return g * v; };
+            at::vec::map2<T>(times, part, gain, sum_dg, features);
+            at::vec::map2<T>(times, part + features, gain, sum_dg_y, features);
+          };
+          if (cols_x) gained(gx, step_acc + features, parts_t + p * stride);
+          if (cols_h) gained(gh, step_acc + 2 * features, parts_t + p * stride + 2 * features);
+        }
       });
       if (meet) Team::barrier(nt);
       team.guarded([&] {
