@@ -168,6 +168,15 @@ void normalize_row_backward(int64_t op, const T* d, const T* y_hat, T* dx, int64
   }
 }
 
+// Whether oneDNN's products give the right result here: outside a parallel region oneDNN
+// splits a product between omp_get_max_threads() threads, and where OpenMP's thread limit
+// (OMP_THREAD_LIMIT) gives its region fewer, the part of the missing ones is never computed
+// (torch 2.13: a 6 x 20 . 20 x 80 product off by 69 % of its scale with a limit of 1 and 2
+// threads). Inside a region (a team's thread) it runs on that one thread, right.
+inline bool onednn_right_here() {
+  return omp_in_parallel() || omp_get_thread_limit() >= omp_get_max_threads();
+}
+
 // x W^T through oneDNN with W reordered once into its blocked layout (from
 // mkldnn::_reorder_linear_weight; ~1.35x faster for these skinny GEMMs on an AMD EPYC Zen 4)
 inline Tensor onednn_product(const Tensor& x, const Tensor& w_packed) {
@@ -305,8 +314,10 @@ class StepProduct {
 
  private:
   // the step GEMM's panels are float32 (a float64 loop's plan has plain parts; this keeps a
-  // mismatched plan exact)
+  // mismatched plan exact); oneDNN's layout only where oneDNN computes right (else through
+  // the fallback, W^T as it lies)
   bool fits(const Tensor& x) const {
+    if (w_.layout == StepLayout::kOneDnn) return onednn_right_here();
     return w_.layout != StepLayout::kPanels || x.scalar_type() == at::kFloat;
   }
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import statistics
 import time
 from typing import Callable, Dict, Hashable, List, Optional, Tuple, TypeVar
@@ -31,10 +32,31 @@ from ..native import extension as native_extension
 logger = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=None)
+def omp_thread_limit() -> Optional[int]:
+    """OpenMP's thread limit, ``OMP_THREAD_LIMIT`` (the runtime reads it once, at start-up), or
+    None where it sets none (a value the runtime would ignore included)."""
+    try:
+        limit = int(os.environ.get("OMP_THREAD_LIMIT", "").strip())
+    except ValueError:
+        return None
+    return limit if limit > 0 else None
+
+
+def onednn_right_here() -> bool:
+    """Whether oneDNN's products are right with torch's threads now: oneDNN splits a product
+    between torch's threads, and where OpenMP's thread limit is lower its region gets fewer
+    and the missing threads' part is never computed (torch 2.13: a 6 x 20 . 20 x 80 product
+    off by 69 % of its scale with OMP_THREAD_LIMIT=1 and 2 threads). The native loop checks
+    the same at each product (``recurrence.cpp``, ``onednn_right_here``)."""
+    limit = omp_thread_limit()
+    return limit is None or limit >= torch.get_num_threads()
+
+
 def _mkldnn_ok(w: torch.Tensor) -> bool:
     return (w.device.type == "cpu" and w.dtype == torch.float32
             and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise") and onednn_right_here())
 
 
 def prepacked(weight: torch.Tensor, batch: int) -> Optional[torch.Tensor]:
@@ -188,7 +210,7 @@ def part_bounds(n: int, parts: int) -> List[Tuple[int, int]]:
 
 def part_candidates(weight: torch.Tensor) -> List[str]:
     """The layouts a split product's parts of ``weight`` can take here: ``plain`` always,
-    ``onednn`` where oneDNN runs (float32), ``panels`` where the extension has its step GEMM
+    ``onednn`` where oneDNN runs right (float32, :func:`onednn_right_here`), ``panels`` where the extension has its step GEMM
     (float32, an AVX2 and FMA build)."""
     names = ["plain"]
     if _mkldnn_ok(weight):
@@ -282,9 +304,14 @@ def parts_layout_for(weight: torch.Tensor, batch: int, columns: bool = True) -> 
         return part_layout(batch, weight.shape[1], weight.shape[0], weight.dtype,
                            torch.get_num_threads(), columns)
     if wanted.value not in part_candidates(weight):
+        why = ""
+        if wanted.value == "onednn" and not onednn_right_here():
+            why = (f" (OMP_THREAD_LIMIT={omp_thread_limit()} is below torch's "
+                   f"{torch.get_num_threads()} threads, with which oneDNN computes wrong "
+                   "products: raise the limit or torch.set_num_threads to at most it)")
         raise RuntimeError(
             f"{backend.current().label('step_gemm')}, but that layout does not run here for "
-            f"{weight.dtype} weights (it runs: {', '.join(part_candidates(weight))}); "
+            f"{weight.dtype} weights{why} (it runs: {', '.join(part_candidates(weight))}); "
             "unset it for auto")
     return wanted.value
 
@@ -320,7 +347,8 @@ class StepMatmul:
     """y = x W^T for a fixed W applied at every step (the Python loop's product). On CPU, W is
     reordered once into oneDNN's blocked layout (``torch.ops.mkldnn``), which ran these skinny
     GEMMs ~1.35x faster than plain ``mm`` on an AMD EPYC Zen 4 (even with it on Zen 3:
-    benchmarks/step_gemm_split.py); elsewhere (or if oneDNN is missing) it is ``torch.mm``."""
+    benchmarks/step_gemm_split.py); elsewhere (or if oneDNN is missing, or would compute
+    wrong with torch's threads: :func:`onednn_right_here`) it is ``torch.mm``."""
 
     def __init__(self, weight: torch.Tensor, batch: int):
         self.weight = weight
@@ -328,6 +356,6 @@ class StepMatmul:
         self.weight_t = weight.t()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
+        if self.packed is not None and onednn_right_here():
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
         return torch.mm(x, self.weight_t)
