@@ -169,12 +169,14 @@ void normalize_row_backward(int64_t op, const T* d, const T* y_hat, T* dx, int64
 }
 
 // Whether oneDNN's products give the right result here: outside a parallel region oneDNN
-// splits a product between omp_get_max_threads() threads, and where OpenMP's thread limit
-// (OMP_THREAD_LIMIT) gives its region fewer, the part of the missing ones is never computed
-// (torch 2.13: a 6 x 20 . 20 x 80 product off by 69 % of its scale with a limit of 1 and 2
-// threads). Inside a region (a team's thread) it runs on that one thread, right.
+// splits a product between omp_get_max_threads() threads, and where its region gets fewer --
+// OpenMP's thread limit (OMP_THREAD_LIMIT) below them, or dynamic adjustment (OMP_DYNAMIC) on
+// -- the part of the missing ones is never computed (torch 2.13: a 6 x 20 . 20 x 80 product
+// off by 69 % of its scale with a limit of 1 and 2 threads). Inside a region (a team's
+// thread) it runs on that one thread, right. nq_plugin/nn/step_products.py asks the same.
 inline bool onednn_right_here() {
-  return omp_in_parallel() || omp_get_thread_limit() >= omp_get_max_threads();
+  return omp_in_parallel() ||
+         (!omp_get_dynamic() && omp_get_thread_limit() >= omp_get_max_threads());
 }
 
 // x W^T through oneDNN with W reordered once into its blocked layout (from

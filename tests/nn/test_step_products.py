@@ -344,6 +344,27 @@ def test_the_thread_limit_is_read_as_openmp_reads_it(monkeypatch, value, limit):
         step_products.omp_thread_limit.cache_clear()
 
 
+@pytest.mark.parametrize("value,dynamic", [("", False), ("false", False), (" FALSE ", False),
+                                           ("true", True), ("TRUE", True), ("1", True)])
+def test_dynamic_adjustment_is_read_on_the_cautious_side(monkeypatch, threads, value, dynamic):
+    """OMP_DYNAMIC on (libgomp then gives a region fewer threads on a loaded machine, and
+    oneDNN's products came out off by 90 % of their scale) takes oneDNN out as the limit does;
+    anything but a plain false counts as on."""
+    monkeypatch.setenv("OMP_DYNAMIC", value)
+    monkeypatch.delenv("OMP_THREAD_LIMIT", raising=False)
+    step_products.omp_dynamic.cache_clear()
+    step_products.omp_thread_limit.cache_clear()
+    threads(2)
+    try:
+        assert step_products.omp_dynamic() == dynamic
+        assert step_products.onednn_right_here() == (not dynamic)
+        if dynamic:
+            assert step_products.prepacked(torch.randn(8, 4), 2) is None
+    finally:
+        step_products.omp_dynamic.cache_clear()
+        step_products.omp_thread_limit.cache_clear()
+
+
 ONEDNN_UNDER_A_LIMIT = """
 import os, torch
 from nq_plugin import backend
