@@ -220,8 +220,8 @@ def part_bounds(n: int, parts: int) -> List[Tuple[int, int]]:
 
 def part_candidates(weight: torch.Tensor) -> List[str]:
     """The layouts a split product's parts of ``weight`` can take here: ``plain`` always,
-    ``onednn`` where oneDNN runs right (float32, :func:`onednn_right_here`), ``panels`` where the extension has its step GEMM
-    (float32, an AVX2 and FMA build)."""
+    ``onednn`` where oneDNN runs right (float32, :func:`onednn_right_here`), ``panels`` where
+    the extension has its step GEMM (float32, an AVX2 and FMA build)."""
     names = ["plain"]
     if _mkldnn_ok(weight):
         names.append("onednn")

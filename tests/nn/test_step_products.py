@@ -1,7 +1,12 @@
 """How the loop forms its step products (nq_plugin/nn/step_products.py): the team's split,
 the parts' bounds as recurrence.cpp cuts them, the weights handed to the native loop
-(StepWeights), the timing that picks a layout for the threads' parts, and the extension's own
-step GEMM (csrc/step_gemm.cpp) against float64."""
+(StepWeights), the timing that picks a layout for the threads' parts, the extension's own
+step GEMM (csrc/step_gemm.cpp) against float64, and oneDNN left out where OpenMP's thread limit
+or dynamic adjustment would make its products wrong."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -366,7 +371,7 @@ def test_dynamic_adjustment_is_read_on_the_cautious_side(monkeypatch, threads, v
 
 
 ONEDNN_UNDER_A_LIMIT = """
-import os, torch
+import torch
 from nq_plugin import backend
 from nq_plugin.nn import NQLSTM, step_products
 torch.manual_seed(0)
@@ -411,9 +416,6 @@ def test_onednn_is_not_taken_where_the_thread_limit_makes_its_products_wrong(bui
     oneDNN's layout while within the limit goes through W_h as it lies once torch's threads
     exceed it (the native loop checks at each product) -- layer norm's eval step at batch 1
     the same as on one thread."""
-    import os
-    import subprocess
-    import sys
     env = dict(os.environ, OMP_THREAD_LIMIT="2")
     for name in ("NQ_PLUGIN_STEP_GEMM", "OMP_DYNAMIC"):  # the limit alone decides here
         env.pop(name, None)
