@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass
 from enum import Enum
@@ -124,6 +125,9 @@ ENVIRONMENT: List[EnvironmentVariable] = [
                         "where packed copies the bundle leaves out are rebuilt"),
     EnvironmentVariable("WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT", "unset",
                         "set by torchrun: CPU data-parallel training (nq_plugin/distributed.py)"),
+    EnvironmentVariable("OMP_THREAD_LIMIT, OMP_DYNAMIC", "none, false",
+                        "OpenMP's own, honoured: where a region may get fewer threads than "
+                        "torch's, no oneDNN products (nq_plugin/nn/step_products.py)"),
 ]
 
 _FIELDS = {"recurrence": ("NQ_PLUGIN_RECURRENCE", Recurrence),
@@ -228,6 +232,27 @@ def zoo_dir() -> Optional[str]:
 def zoo_cache() -> Optional[str]:
     """``$NQ_ZOO_CACHE``, or None."""
     return os.environ.get("NQ_ZOO_CACHE") or None
+
+
+@functools.lru_cache(maxsize=None)
+def omp_thread_limit() -> Optional[int]:
+    """OpenMP's thread limit, ``$OMP_THREAD_LIMIT`` (the runtime reads it once, at start-up,
+    and so does this), or None where it sets none (a value the runtime would ignore
+    included)."""
+    try:
+        limit = int(os.environ.get("OMP_THREAD_LIMIT", "").strip())
+    except ValueError:
+        return None
+    return limit if limit > 0 else None
+
+
+@functools.lru_cache(maxsize=None)
+def omp_dynamic() -> bool:
+    """Whether OpenMP may give a parallel region fewer threads than asked (``$OMP_DYNAMIC``
+    true: libgomp then gives fewer on a loaded machine); read once, as the runtime reads it.
+    Anything but a plain false counts as true here (the cautious side)."""
+    value = os.environ.get("OMP_DYNAMIC", "").strip().lower()
+    return value not in ("", "false", "0", "no", "off")
 
 
 TORCHRUN_KEYS = ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")

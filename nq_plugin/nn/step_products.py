@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import statistics
 import time
 from typing import Callable, Dict, Hashable, List, Optional, Tuple, TypeVar
@@ -32,26 +31,6 @@ from ..native import extension as native_extension
 logger = logging.getLogger(__name__)
 
 
-@functools.lru_cache(maxsize=None)
-def omp_thread_limit() -> Optional[int]:
-    """OpenMP's thread limit, ``OMP_THREAD_LIMIT`` (the runtime reads it once, at start-up), or
-    None where it sets none (a value the runtime would ignore included)."""
-    try:
-        limit = int(os.environ.get("OMP_THREAD_LIMIT", "").strip())
-    except ValueError:
-        return None
-    return limit if limit > 0 else None
-
-
-@functools.lru_cache(maxsize=None)
-def omp_dynamic() -> bool:
-    """Whether OpenMP may give a parallel region fewer threads than asked (``OMP_DYNAMIC``
-    true: libgomp then gives fewer on a loaded machine); read as the runtime reads it, once.
-    Anything but a plain false counts as true here (the cautious side)."""
-    value = os.environ.get("OMP_DYNAMIC", "").strip().lower()
-    return value not in ("", "false", "0", "no", "off")
-
-
 def onednn_right_here() -> bool:
     """Whether oneDNN's products are right with torch's threads now: oneDNN splits a product
     between torch's threads, and where its region gets fewer -- OpenMP's thread limit below
@@ -59,8 +38,8 @@ def onednn_right_here() -> bool:
     a 6 x 20 . 20 x 80 product off by 69 % of its scale with OMP_THREAD_LIMIT=1 and 2
     threads, or with OMP_DYNAMIC=true on a loaded machine). The native loop checks the same
     at each product (``recurrence.cpp``, ``onednn_right_here``)."""
-    limit = omp_thread_limit()
-    return not omp_dynamic() and (limit is None or limit >= torch.get_num_threads())
+    limit = backend.omp_thread_limit()
+    return not backend.omp_dynamic() and (limit is None or limit >= torch.get_num_threads())
 
 
 def _mkldnn_ok(w: torch.Tensor) -> bool:
@@ -315,11 +294,11 @@ def parts_layout_for(weight: torch.Tensor, batch: int, columns: bool = True) -> 
                            torch.get_num_threads(), columns)
     if wanted.value not in part_candidates(weight):
         why = ""
-        if wanted.value == "onednn" and omp_dynamic():
+        if wanted.value == "onednn" and backend.omp_dynamic():
             why = (" (OMP_DYNAMIC is on: OpenMP may give oneDNN fewer threads than it splits "
                    "its products for, and they come out wrong; unset it)")
         elif wanted.value == "onednn" and not onednn_right_here():
-            why = (f" (OMP_THREAD_LIMIT={omp_thread_limit()} is below torch's "
+            why = (f" (OMP_THREAD_LIMIT={backend.omp_thread_limit()} is below torch's "
                    f"{torch.get_num_threads()} threads, with which oneDNN computes wrong "
                    "products: raise the limit or torch.set_num_threads to at most it)")
         raise RuntimeError(

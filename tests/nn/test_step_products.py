@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from nq_plugin import backend
 from nq_plugin import native as loader
 from nq_plugin.nn import step_products
 
@@ -339,16 +340,6 @@ def test_training_calls_through_both_splits_run_the_same_loop(built, threads, ba
             torch.testing.assert_close(g, g0, atol=1e-12, rtol=1e-11)
 
 
-@pytest.mark.parametrize("value,limit", [("", None), ("abc", None), ("0", None), (" 3 ", 3)])
-def test_the_thread_limit_is_read_as_openmp_reads_it(monkeypatch, value, limit):
-    monkeypatch.setenv("OMP_THREAD_LIMIT", value)
-    step_products.omp_thread_limit.cache_clear()
-    try:
-        assert step_products.omp_thread_limit() == limit
-    finally:
-        step_products.omp_thread_limit.cache_clear()
-
-
 @pytest.mark.parametrize("value,dynamic", [("", False), ("false", False), (" FALSE ", False),
                                            ("true", True), ("TRUE", True), ("1", True)])
 def test_dynamic_adjustment_is_read_on_the_cautious_side(monkeypatch, threads, value, dynamic):
@@ -357,17 +348,17 @@ def test_dynamic_adjustment_is_read_on_the_cautious_side(monkeypatch, threads, v
     anything but a plain false counts as on."""
     monkeypatch.setenv("OMP_DYNAMIC", value)
     monkeypatch.delenv("OMP_THREAD_LIMIT", raising=False)
-    step_products.omp_dynamic.cache_clear()
-    step_products.omp_thread_limit.cache_clear()
+    backend.omp_dynamic.cache_clear()
+    backend.omp_thread_limit.cache_clear()
     threads(2)
     try:
-        assert step_products.omp_dynamic() == dynamic
+        assert backend.omp_dynamic() == dynamic
         assert step_products.onednn_right_here() == (not dynamic)
         if dynamic:
             assert step_products.prepacked(torch.randn(8, 4), 2) is None
     finally:
-        step_products.omp_dynamic.cache_clear()
-        step_products.omp_thread_limit.cache_clear()
+        backend.omp_dynamic.cache_clear()
+        backend.omp_thread_limit.cache_clear()
 
 
 ONEDNN_UNDER_A_LIMIT = """
