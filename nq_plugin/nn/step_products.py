@@ -31,15 +31,28 @@ from ..native import extension as native_extension
 logger = logging.getLogger(__name__)
 
 
+def onednn_wrong_because() -> Optional[str]:
+    """Why oneDNN's products would be wrong with torch's threads now, or None where they are
+    right: oneDNN splits a product between torch's threads, and where its region gets fewer --
+    OpenMP's thread limit below them, or dynamic adjustment on -- the missing threads' part is
+    never computed (torch 2.13: a 6 x 20 . 20 x 80 product off by 69 % of its scale with
+    OMP_THREAD_LIMIT=1 and 2 threads, or with OMP_DYNAMIC=true on a loaded machine). The
+    native loop checks the same at each product (``recurrence.cpp``, ``onednn_right_here``)."""
+    if backend.omp_dynamic():
+        return ("OMP_DYNAMIC is on: OpenMP may give oneDNN fewer threads than it splits its "
+                "products for, and they come out wrong; unset it")
+    limit, threads = backend.omp_thread_limit(), torch.get_num_threads()
+    if limit is not None and limit < threads:
+        return (f"OMP_THREAD_LIMIT={limit} is below torch's {threads} threads, with which "
+                "oneDNN computes wrong products: raise the limit or torch.set_num_threads to "
+                "at most it")
+    return None
+
+
 def onednn_right_here() -> bool:
-    """Whether oneDNN's products are right with torch's threads now: oneDNN splits a product
-    between torch's threads, and where its region gets fewer -- OpenMP's thread limit below
-    them, or dynamic adjustment on -- the missing threads' part is never computed (torch 2.13:
-    a 6 x 20 . 20 x 80 product off by 69 % of its scale with OMP_THREAD_LIMIT=1 and 2
-    threads, or with OMP_DYNAMIC=true on a loaded machine). The native loop checks the same
-    at each product (``recurrence.cpp``, ``onednn_right_here``)."""
-    limit = backend.omp_thread_limit()
-    return not backend.omp_dynamic() and (limit is None or limit >= torch.get_num_threads())
+    """Whether oneDNN's products are right with torch's threads now
+    (:func:`onednn_wrong_because`)."""
+    return onednn_wrong_because() is None
 
 
 def _mkldnn_ok(w: torch.Tensor) -> bool:
@@ -293,14 +306,8 @@ def parts_layout_for(weight: torch.Tensor, batch: int, columns: bool = True) -> 
         return part_layout(batch, weight.shape[1], weight.shape[0], weight.dtype,
                            torch.get_num_threads(), columns)
     if wanted.value not in part_candidates(weight):
-        why = ""
-        if wanted.value == "onednn" and backend.omp_dynamic():
-            why = (" (OMP_DYNAMIC is on: OpenMP may give oneDNN fewer threads than it splits "
-                   "its products for, and they come out wrong; unset it)")
-        elif wanted.value == "onednn" and not onednn_right_here():
-            why = (f" (OMP_THREAD_LIMIT={backend.omp_thread_limit()} is below torch's "
-                   f"{torch.get_num_threads()} threads, with which oneDNN computes wrong "
-                   "products: raise the limit or torch.set_num_threads to at most it)")
+        wrong = onednn_wrong_because() if wanted.value == "onednn" else None
+        why = f" ({wrong})" if wrong else ""
         raise RuntimeError(
             f"{backend.current().label('step_gemm')}, but that layout does not run here for "
             f"{weight.dtype} weights{why} (it runs: {', '.join(part_candidates(weight))}); "
@@ -340,7 +347,8 @@ class StepMatmul:
     reordered once into oneDNN's blocked layout (``torch.ops.mkldnn``), which ran these skinny
     GEMMs ~1.35x faster than plain ``mm`` on an AMD EPYC Zen 4 (even with it on Zen 3:
     benchmarks/step_gemm_split.py); elsewhere (or if oneDNN is missing, or would compute
-    wrong with torch's threads: :func:`onednn_right_here`) it is ``torch.mm``."""
+    wrong with torch's threads: :func:`onednn_right_here`, checked once a call of the loop)
+    it is ``torch.mm``."""
 
     def __init__(self, weight: torch.Tensor, batch: int):
         self.weight = weight
@@ -348,6 +356,6 @@ class StepMatmul:
         self.weight_t = weight.t()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None and onednn_right_here():
+        if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
         return torch.mm(x, self.weight_t)
