@@ -56,6 +56,7 @@
 #include <exception>
 #include <limits>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "native.h"
@@ -549,21 +550,51 @@ void backward_columns(int64_t op, T* d, const T* y_hat, const T* invstd, const T
 // the steps whose z_hat and activations one saved block holds (one allocation per block)
 constexpr int64_t kSaveChunk = 16;
 
+// Fused inputs wider than this go through the step GEMM (float32, where the build has it):
+// narrower ones (sequential MNIST's one pixel) take one pass over F per input column
+constexpr int64_t kPassColumns = 4;
+
 // The input term px = x W_x^T: given for all steps ((T, B, F), one GEMM outside), or, for
-// narrow inputs (the fused projection: K columns, sequential MNIST's K = 1), computed in the
-// loop from x (T, B, K) and W_x^T (K, F) for a thread's rows at a time, so that no (T, B, F)
-// block is written or read (forward), nor its gradient (backward: dL/dW_x and dL/dx are summed
-// in the loop).
+// narrow inputs (the fused projection: K columns; nq_plugin/nn/recurrence.py, fuses_input:
+// sequential MNIST's K = 1, the char models' 50 symbols), computed in the loop from x (T, B, K)
+// and W_x^T (K, F) for a thread's rows at a time, so that no (T, B, F) block is written or read
+// (forward), nor its gradient (backward: dL/dW_x and dL/dx are summed in the loop). Up to
+// kPassColumns columns by one pass over F per column; wider, in float32, by the step GEMM from
+// W_x's panels (px, and dL/dx = dL/dpx W_x), and dL/dW_x by one GEMM per chunk of steps, as
+// dL/dW_h (at the char size: the (T, B, 4H) block and its gradient are 52 MB each, written,
+// read, and read twice more by the GEMMs of the projection's backward outside the loop).
 template <typename T>
 struct InputTerm {
   const T* data;  // px (T, B, F), or x (T, B, K) where fused
   const T* w_t;   // W_x^T (K, F) where fused, else nullptr
   int64_t batch, features, columns;
+  // where the step GEMM computes the fused products: the panels of W_x (px = x W_x^T) and of
+  // W_x^T (dL/dx = dL/dpx W_x); else undefined
+  Tensor panels_x, panels_x_t;
   bool fused() const { return w_t != nullptr; }
+  bool by_gemm() const { return panels_x.defined(); }
+  // the step GEMM's panels for a fused input of float32 wider than kPassColumns
+  void plan(const Tensor& w_x_t) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (fused() && columns > kPassColumns && step_gemm_supported()) {
+        panels_x = step_gemm_pack(w_x_t.t());
+        panels_x_t = step_gemm_pack(w_x_t);
+      }
+    }
+  }
+  static Tensor view(const T* p, int64_t rows, int64_t cols) {
+    return at::from_blob(const_cast<T*>(p), {rows, cols},
+                         at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  }
   // px of rows [begin, begin + rows) of step t, (rows, F): in px, or computed into buf
   const T* rows(int64_t t, int64_t begin, int64_t rows, T* buf) const {
     if (!fused()) return data + (t * batch + begin) * features;
     const T* x = data + (t * batch + begin) * columns;
+    if (by_gemm()) {
+      Tensor out = view(buf, rows, features);
+      step_gemm_out(out, view(x, rows, columns), panels_x);
+      return buf;
+    }
     for (int64_t b = 0; b < rows; ++b) {
       T* o = buf + b * features;
       const T* xb = x + b * columns;
@@ -576,6 +607,23 @@ struct InputTerm {
       }
     }
     return buf;
+  }
+  // by_gemm(): the fused projection's backward for rows [begin, begin + rows) of step t, whose
+  // dL/dpx is slot `slot` of a thread's chunk (chunk_dpx: (slots, rows, F)): x's rows kept in
+  // the same slot of chunk_x (slots, rows, K); where grad_x is given, dL/dx = dpx W_x; at slot 0
+  // (the chunk of steps t .. t + count - 1 done), dL/dW_x^T (K, F) += x^T dpx over the chunk
+  void backward_chunk(int64_t t, int64_t begin, int64_t rows, int64_t slot, int64_t count,
+                      const T* chunk_dpx, T* chunk_x, T* grad_w_t, T* grad_x) const {
+    const T* x = data + (t * batch + begin) * columns;
+    std::copy(x, x + rows * columns, chunk_x + slot * rows * columns);
+    if (grad_x != nullptr) {
+      Tensor out = view(grad_x + (t * batch + begin) * columns, rows, columns);
+      step_gemm_out(out, view(chunk_dpx + slot * rows * features, rows, features), panels_x_t);
+    }
+    if (slot == 0)
+      view(grad_w_t, columns, features)
+          .addmm_(view(chunk_x, count * rows, columns).t(),
+                  view(chunk_dpx, count * rows, features));
   }
   // the fused projection's backward for rows [begin, begin + rows) of step t from their
   // dL/dpx (rows, F): dL/dW_x^T (K, F) += x^T dpx, and, where grad_x is given, dL/dx = dpx W_x
@@ -628,8 +676,9 @@ void forward_impl(const Tensor& px, const Tensor& w_x_t, const Tensor& h0, const
   const Tensor h0c = h0.contiguous(), c0c = c0.contiguous();
   const T* h0_p = h0c.data_ptr<T>();
   const T* c0_p = c0c.data_ptr<T>();
-  const InputTerm<T> input{px.data_ptr<T>(), w_x_t.defined() ? w_x_t.data_ptr<T>() : nullptr,
-                           batch, features, px.size(2)};
+  InputTerm<T> input{px.data_ptr<T>(), w_x_t.defined() ? w_x_t.data_ptr<T>() : nullptr,
+                     batch, features, px.size(2)};
+  input.plan(w_x_t);
   T* out_p = out.data_ptr<T>();
   T* c_all_p = c_all.data_ptr<T>();
   const T* shift_p = shift.data_ptr<T>();
@@ -801,8 +850,9 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
                   acts.size() == z_hat.size(),
               "the saved activations do not match the forward's blocks of steps");
   auto opts = out.options();
-  const InputTerm<T> input{px.data_ptr<T>(), w_x_t.defined() ? w_x_t.data_ptr<T>() : nullptr,
-                           batch, features, px.size(2)};
+  InputTerm<T> input{px.data_ptr<T>(), w_x_t.defined() ? w_x_t.data_ptr<T>() : nullptr,
+                     batch, features, px.size(2)};
+  input.plan(w_x_t);
   // dL/dpx (T, B, F), or, with the fused projection, dL/dx (T, B, K) where asked for and each
   // thread's dL/dW_x^T (K, F)
   Tensor grad_px = input.fused() ? at::empty({grad_input ? steps : 0, batch, px.size(2)}, opts)
@@ -883,8 +933,11 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
     T* hp_own = h_prev.data_ptr<T>() + (shared ? 0 : chunk * r.begin * hidden);
     T* gw_own = grad_w.data_ptr<T>() + (shared ? 0 : p * features * hidden);
     T* gwx_own = input.fused() ? grad_w_x.data_ptr<T>() + p * px.size(2) * features : nullptr;
-    // with the fused projection: this step's px and dL/dpx of the thread's rows
+    // with the fused projection: this step's px and dL/dpx of the thread's rows; through the
+    // step GEMM, dL/dpx and x of the thread's rows for a chunk of steps (InputTerm::backward_chunk)
     std::vector<T> px_buf(input.fused() ? 2 * rows * features : 0);
+    std::vector<T> chunk_dpx(input.by_gemm() ? chunk * rows * features : 0);
+    std::vector<T> chunk_x(input.by_gemm() ? chunk * rows * input.columns : 0);
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t slot = t % chunk;
       const int64_t block = t / kSaveChunk, within = t % kSaveChunk;
@@ -896,8 +949,9 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
       const T* go_p = go_all != nullptr ? go_all + t * state_size : nullptr;
       // this step's px and dL/dpx, from row r.begin
       const T* px_rows = input.rows(t, r.begin, rows, px_buf.data());
-      T* gpx_rows = input.fused() ? px_buf.data() + rows * features
-                                  : gpx_all + (t * batch + r.begin) * features;
+      T* gpx_rows = input.by_gemm() ? chunk_dpx.data() + slot * rows * features
+                    : input.fused() ? px_buf.data() + rows * features
+                                    : gpx_all + (t * batch + r.begin) * features;
       // this step's rows, from row r.begin
       T* gz_p = gz_own + (slot * slot_rows + first_row) * features;
       T* parts_t = partials_p + (t % 2) * nt * stride;
@@ -1014,7 +1068,11 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
                               own_acc == nullptr ? nullptr : own_acc + 2 * features, rows,
                               batch, features, means);
         }
-        if (input.fused())
+        if (input.by_gemm())
+          input.backward_chunk(t, r.begin, rows, slot, std::min(chunk, steps - t),
+                               chunk_dpx.data(), chunk_x.data(), gwx_own,
+                               grad_input ? gpx_all : nullptr);
+        else if (input.fused())
           input.backward_rows(t, r.begin, rows, gpx_rows, gwx_own,
                               grad_input ? gpx_all : nullptr);
         if (!shared) {

@@ -22,7 +22,7 @@ from typing import Optional, Tuple
 import torch
 
 from .. import backend
-from ..backend import Recurrence
+from ..backend import Recurrence, StepGemm
 from ..logs import LogOnce
 from ..native import build_error as native_build_error
 from ..native import extension as native_extension
@@ -268,6 +268,25 @@ def _native_forward(px, h0, c0, w_hh, shift, gain_x, gain_h, form_x, form_h, t0,
 # (sequential MNIST: one pixel a step): no (T, B, 4H) px block is written, read, or
 # differentiated through a GEMM with K this small
 FUSED_INPUT_COLUMNS = 4
+# in float32 with the loop's step GEMM, inputs at most this wide too (the char models' 50
+# symbols): their px, dL/dx and dL/dW_x are products of the step GEMM or of one GEMM per chunk
+# of steps inside the loop (nq_plugin/csrc/recurrence.cpp, InputTerm), and the 52 MB px block of
+# the char size and its gradient are never written
+FUSED_GEMM_INPUT_COLUMNS = 64
+
+
+def fuses_input(x: torch.Tensor, input_weight: torch.Tensor) -> bool:
+    """Whether the native loop computes x's projection by ``input_weight`` (W_x, (4H, K))
+    itself: K <= FUSED_INPUT_COLUMNS, or, in float32 where the extension has the step GEMM and
+    the backend's ``step_gemm`` choice allows it (auto or panels), K <= FUSED_GEMM_INPUT_COLUMNS."""
+    columns = x.shape[-1]
+    if input_weight.dtype != x.dtype:
+        return False
+    if columns <= FUSED_INPUT_COLUMNS:
+        return True
+    return (columns <= FUSED_GEMM_INPUT_COLUMNS and x.dtype == torch.float32
+            and backend.current().step_gemm in (StepGemm.AUTO, StepGemm.PANELS)
+            and native_extension().step_gemm_supported())
 
 
 def recurrence(px: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor,
@@ -280,7 +299,7 @@ def recurrence(px: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch
     w_hh, shift, the gains and ``input_weight`` (hand-written backward); without autograd it
     keeps nothing. ``layout``: W_h in oneDNN's layout for px's batch, kept by an eval-mode
     caller. ``input_weight``: W_x (4H, K), and then ``px`` is the input x (T, B, K) and
-    px = x W_x^T (fused into the native loop for K <= FUSED_INPUT_COLUMNS, else one GEMM).
+    px = x W_x^T (fused into the native loop where :func:`fuses_input`, else one GEMM).
     Native (C++) where it builds and both normalizations have a native form
     (:meth:`nq_plugin.norm.Normalization.native_form`), else the Python loop."""
     tensors = (px, h0, c0, w_hh, shift, gain_x, gain_h, input_weight)
@@ -288,8 +307,7 @@ def recurrence(px: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch
                                                  for x in tensors)
     forms = native_forms(px.shape[1], norm_x, norm_h) if px.device.type == "cpu" else (None, None)
     native = native_loop_runs(px, forms)
-    if input_weight is not None and not (native and px.shape[-1] <= FUSED_INPUT_COLUMNS
-                                         and input_weight.dtype == px.dtype):
+    if input_weight is not None and not (native and fuses_input(px, input_weight)):
         px, input_weight = torch.nn.functional.linear(px, input_weight), None
     if native:
         if needs_grad:

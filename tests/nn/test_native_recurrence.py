@@ -264,6 +264,78 @@ def test_gradcheck_of_the_fused_input_projection(built, columns, backend_choice,
     assert torch.autograd.gradcheck(f, (x, w_ih, h0, c0, w, shift), eps=1e-6, atol=1e-6)
 
 
+def test_which_input_projections_the_loop_fuses(built):
+    """K <= 4 input columns in any dtype (one pass over F per column); up to 64 in float32 where
+    the extension has the step GEMM and NQ_PLUGIN_STEP_GEMM allows it (auto, panels: the char
+    models' 50 symbols); never a weight of another dtype, nor a wider input."""
+    from nq_plugin import backend
+    from nq_plugin.nn.recurrence import (FUSED_GEMM_INPUT_COLUMNS, FUSED_INPUT_COLUMNS,
+                                         fuses_input)
+    gemm = built.step_gemm_supported()
+    for columns, dtype, fused in [(1, torch.float64, True), (4, torch.float32, True),
+                                  (5, torch.float64, False), (50, torch.float32, gemm),
+                                  (64, torch.float32, gemm), (65, torch.float32, False),
+                                  (300, torch.float32, False)]:
+        x = torch.zeros(2, 3, columns, dtype=dtype)
+        assert fuses_input(x, torch.zeros(8, columns, dtype=dtype)) is fused, (columns, dtype)
+    x = torch.zeros(2, 3, 3)
+    assert not fuses_input(x, torch.zeros(8, 3, dtype=torch.float64))
+    assert FUSED_INPUT_COLUMNS == 4 and FUSED_GEMM_INPUT_COLUMNS == 64
+    x, w = torch.zeros(2, 3, 50), torch.zeros(8, 50)
+    for choice, fused in [("plain", False), ("onednn", False), ("panels", gemm)]:
+        with backend.use(step_gemm=choice):  # the step products' choice holds here too
+            assert fuses_input(x, w) is fused, choice
+
+
+@pytest.mark.parametrize("norm,opts", [("layer", {}),
+                                       ("batch", {"bn_stats": "separate", "bn_max_steps": 4}),
+                                       ("power", {})], ids=["layer", "batch", "power"])
+@pytest.mark.parametrize("grad_input", [True, False], ids=["dx", "no-dx"])
+def test_a_wider_input_projection_runs_in_the_loop_through_the_step_gemm(
+        built, norm, opts, grad_input, backend_choice, two_threads, monkeypatch):
+    """50 input columns in float32 (the char models' symbols): px = x W_x^T and dL/dx by the
+    step GEMM inside the native loop and dL/dW_x by one GEMM per chunk of steps (70 steps of 64
+    sequences on two threads: chunks of 32, the last one partial; F.linear never runs), with
+    and without dL/dx: the outputs, states, gradients and running statistics of the same loop
+    with the projection and its backward as GEMMs outside, to float32 rounding (that loop is
+    the Python loop's arithmetic: the tests above; over 70 float32 steps both drift from the
+    Python loop alike, by the normalizations' amplified rounding)."""
+    if not built.step_gemm_supported():
+        pytest.skip("this build of the extension has no step GEMM (AVX2 and FMA)")
+    from nq_plugin.nn import recurrence as rec
+    torch.manual_seed(4)
+    model = NQLSTM(50, 8, 1, quantizer="bc", norm=norm, **opts)
+    x = torch.randn(70, 64, 50)
+    state = (torch.randn(1, 64, 8), torch.randn(1, 64, 8))
+    assert rec.fuses_input(x, model.layers[0].weight_ih)
+    backend_choice(recurrence="native")
+
+    def run_once():
+        net = copy.deepcopy(model)
+        xs = x.clone().requires_grad_(grad_input)
+        out, (h, c) = net(xs, tuple(s.clone() for s in state))
+        (out.sin().sum() + h.sum() + 2 * c.sum()).backward()
+        grads = {n: p.grad for n, p in net.named_parameters()}
+        return [out, h, c] + ([xs.grad] if grad_input else []), grads, dict(net.named_buffers())
+
+    with monkeypatch.context() as outside:
+        outside.setattr(rec, "fuses_input", lambda x, weight: False)
+        ref = run_once()
+
+    def linear_must_not_run(*args, **kwargs):
+        raise AssertionError("the projection ran outside the loop")
+
+    monkeypatch.setattr(torch.nn.functional, "linear", linear_must_not_run)
+    fused = run_once()
+    for a, b in zip(ref[0], fused[0]):
+        close(b, a, scaled=1e-5)
+    assert set(ref[1]) == set(fused[1]) and "layers.0.weight_ih" in ref[1]
+    for name, g in ref[1].items():
+        close(fused[1][name], g, msg=name, scaled=1e-5)
+    for name, buf in ref[2].items():
+        close(fused[2][name], buf, msg=name, scaled=1e-5)
+
+
 def test_without_the_extension_auto_falls_back_and_native_fails_loudly(monkeypatch, caplog,
         backend_choice):
     from nq_plugin.nn import recurrence as rec
