@@ -31,7 +31,7 @@ _module = None
 _failed: Optional[str] = None
 SOURCES = ("bindings.cpp", "huge_pages.cpp", "packed_gemv.cpp", "packed_step.cpp",
            "packed_triples.cpp", "packed_wide.cpp", "recurrence.cpp", "step_gemm.cpp")
-NAME = "nq_plugin_native_v39"  # bump when the sources' interface changes
+NAME = "nq_plugin_native_v40"  # bump when the sources' interface changes
 
 
 def _name(march: str) -> str:

@@ -87,6 +87,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "whether this build has the loop's own step GEMM (AVX2 and FMA)");
   m.def("step_product_seconds", &step_product_seconds,
         "the team's time a step product x weight^T as planned (best of rounds x calls)");
+  m.def("one_hot_columns", [](const at::Tensor& x) -> c10::optional<at::Tensor> {
+    at::Tensor index = one_hot_columns(x);
+    return index.defined() ? c10::optional<at::Tensor>(index) : c10::nullopt;
+  }, "each row's column where every row of x (rows, K) is one-hot, else None");
   m.def("step_gemm_pack", &step_gemm_pack,
         "weight (N, K) float32 in the step GEMM's panels: (ceil(N / 16), K, 16)");
   m.def("step_gemm", [](at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {

@@ -88,6 +88,9 @@ bool step_gemm_supported();
 double step_product_seconds(const at::Tensor& x, const at::Tensor& weight,
                             const StepWeights& step, int64_t rounds, int64_t calls);
 at::Tensor step_gemm_pack(const at::Tensor& weight);
+// each row's column where every row of x (rows, K) is one-hot, else an undefined tensor
+// (recurrence.cpp: the fused input projection of one-hot inputs is a copy of W_x^T's rows)
+at::Tensor one_hot_columns(const at::Tensor& x);
 void step_gemm_out(at::Tensor& out, const at::Tensor& x, const at::Tensor& packed);
 
 std::vector<at::Tensor> recurrence_forward(

@@ -554,6 +554,40 @@ constexpr int64_t kSaveChunk = 16;
 // narrower ones (sequential MNIST's one pixel) take one pass over F per input column
 constexpr int64_t kPassColumns = 4;
 
+}  // namespace
+
+// Each row of x (rows, K)'s one column if every row is one-hot (one entry 1, the others 0),
+// else an undefined tensor: the char models' input (nq_lstm_lm --one-hot-input), whose projection
+// px = x W_x^T is then row k of W_x^T, bit for bit (1 w = w, 0 w = 0 for finite w).
+Tensor one_hot_columns(const Tensor& x) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "one_hot_columns takes a contiguous (rows, K) "
+              "tensor, got ", x.sizes());
+  Tensor index = at::empty({x.size(0)}, x.options().dtype(at::kLong));
+  int64_t* out = index.data_ptr<int64_t>();
+  const int64_t rows = x.size(0), columns = x.size(1);
+  bool one_hot = columns > 0;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "one_hot_columns", [&] {
+    const scalar_t* p = x.data_ptr<scalar_t>();
+    for (int64_t b = 0; b < rows && one_hot; ++b) {
+      const scalar_t* row = p + b * columns;
+      int64_t hot = -1;
+      for (int64_t k = 0; k < columns; ++k) {
+        if (row[k] == scalar_t(0)) continue;
+        if (row[k] != scalar_t(1) || hot >= 0) {
+          one_hot = false;
+          break;
+        }
+        hot = k;
+      }
+      one_hot = one_hot && hot >= 0;
+      out[b] = hot;
+    }
+  });
+  return one_hot ? index : Tensor();
+}
+
+namespace {
+
 // The input term px = x W_x^T: given for all steps ((T, B, F), one GEMM outside), or, for
 // narrow inputs (the fused projection: K columns; nq_plugin/nn/recurrence.py, fuses_input:
 // sequential MNIST's K = 1, the char models' 50 symbols), computed in the loop from x (T, B, K)
@@ -562,7 +596,10 @@ constexpr int64_t kPassColumns = 4;
 // kPassColumns columns by one pass over F per column; wider, in float32, by the step GEMM from
 // W_x's panels (px, and dL/dx = dL/dpx W_x), and dL/dW_x by one GEMM per chunk of steps, as
 // dL/dW_h (at the char size: the (T, B, 4H) block and its gradient are 52 MB each, written,
-// read, and read twice more by the GEMMs of the projection's backward outside the loop).
+// read, and read twice more by the GEMMs of the projection's backward outside the loop); and
+// where every row of x is one-hot (the char models' input; one_hot_columns), px is a copy of
+// W_x^T's row k and dL/dW_x^T's row k the sum of its rows' dL/dpx: no product at all (dL/dx,
+// where asked for, still the step GEMM's).
 template <typename T>
 struct InputTerm {
   const T* data;  // px (T, B, F), or x (T, B, K) where fused
@@ -571,14 +608,21 @@ struct InputTerm {
   // where the step GEMM computes the fused products: the panels of W_x (px = x W_x^T) and of
   // W_x^T (dL/dx = dL/dpx W_x); else undefined
   Tensor panels_x, panels_x_t;
+  // where x is one-hot (one_hot_columns, (T B)): each row's column k, whose px is row k of
+  // W_x^T (a copy, no product) and whose dL/dpx is added to row k of dL/dW_x^T; else nullptr
+  Tensor hot;
+  const int64_t* hot_p = nullptr;
   bool fused() const { return w_t != nullptr; }
   bool by_gemm() const { return panels_x.defined(); }
-  // the step GEMM's panels for a fused input of float32 wider than kPassColumns
-  void plan(const Tensor& w_x_t) {
+  // the step GEMM's panels for a fused input of float32 wider than kPassColumns, and x's
+  // columns where it is one-hot
+  void plan(const Tensor& x, const Tensor& w_x_t) {
     if constexpr (std::is_same_v<T, float>) {
       if (fused() && columns > kPassColumns && step_gemm_supported()) {
         panels_x = step_gemm_pack(w_x_t.t());
         panels_x_t = step_gemm_pack(w_x_t);
+        hot = one_hot_columns(x.view({-1, columns}));
+        if (hot.defined()) hot_p = hot.data_ptr<int64_t>();
       }
     }
   }
@@ -590,6 +634,13 @@ struct InputTerm {
   const T* rows(int64_t t, int64_t begin, int64_t rows, T* buf) const {
     if (!fused()) return data + (t * batch + begin) * features;
     const T* x = data + (t * batch + begin) * columns;
+    if (hot_p != nullptr) {
+      for (int64_t b = 0; b < rows; ++b) {
+        const T* w = w_t + hot_p[t * batch + begin + b] * features;
+        std::copy(w, w + features, buf + b * features);
+      }
+      return buf;
+    }
     if (by_gemm()) {
       Tensor out = view(buf, rows, features);
       step_gemm_out(out, view(x, rows, columns), panels_x);
@@ -608,18 +659,31 @@ struct InputTerm {
     }
     return buf;
   }
-  // by_gemm(): the fused projection's backward for rows [begin, begin + rows) of step t, whose
-  // dL/dpx is slot `slot` of a thread's chunk (chunk_dpx: (slots, rows, F)): x's rows kept in
-  // the same slot of chunk_x (slots, rows, K); where grad_x is given, dL/dx = dpx W_x; at slot 0
-  // (the chunk of steps t .. t + count - 1 done), dL/dW_x^T (K, F) += x^T dpx over the chunk
-  void backward_chunk(int64_t t, int64_t begin, int64_t rows, int64_t slot, int64_t count,
-                      const T* chunk_dpx, T* chunk_x, T* grad_w_t, T* grad_x) const {
-    const T* x = data + (t * batch + begin) * columns;
-    std::copy(x, x + rows * columns, chunk_x + slot * rows * columns);
+  // whether the backward keeps dL/dpx and x for a chunk of steps (backward_gemm)
+  bool chunked() const { return by_gemm() && hot_p == nullptr; }
+  // by_gemm(): the fused projection's backward for rows [begin, begin + rows) of step t from
+  // their dL/dpx (rows, F): where grad_x is given, dL/dx = dpx W_x (the step GEMM); one-hot
+  // rows add their dL/dpx to dL/dW_x^T's row k; else (chunked()) dpx is slot `slot` of the
+  // thread's chunk (chunk_dpx: (slots, rows, F)), x's rows go to the same slot of chunk_x
+  // (slots, rows, K), and at slot 0 (the chunk of steps t .. t + count - 1 done)
+  // dL/dW_x^T (K, F) += x^T dpx over the chunk, one GEMM
+  void backward_gemm(int64_t t, int64_t begin, int64_t rows, int64_t slot, int64_t count,
+                     const T* dpx, const T* chunk_dpx, T* chunk_x, T* grad_w_t,
+                     T* grad_x) const {
     if (grad_x != nullptr) {
       Tensor out = view(grad_x + (t * batch + begin) * columns, rows, columns);
-      step_gemm_out(out, view(chunk_dpx + slot * rows * features, rows, features), panels_x_t);
+      step_gemm_out(out, view(dpx, rows, features), panels_x_t);
     }
+    if (hot_p != nullptr) {
+      for (int64_t b = 0; b < rows; ++b) {
+        T* g = grad_w_t + hot_p[t * batch + begin + b] * features;
+        at::vec::map2<T>([](Vec<T> a, Vec<T> d) { return a + d; }, g, g, dpx + b * features,
+                         features);
+      }
+      return;
+    }
+    const T* x = data + (t * batch + begin) * columns;
+    std::copy(x, x + rows * columns, chunk_x + slot * rows * columns);
     if (slot == 0)
       view(grad_w_t, columns, features)
           .addmm_(view(chunk_x, count * rows, columns).t(),
@@ -678,7 +742,7 @@ void forward_impl(const Tensor& px, const Tensor& w_x_t, const Tensor& h0, const
   const T* c0_p = c0c.data_ptr<T>();
   InputTerm<T> input{px.data_ptr<T>(), w_x_t.defined() ? w_x_t.data_ptr<T>() : nullptr,
                      batch, features, px.size(2)};
-  input.plan(w_x_t);
+  input.plan(px, w_x_t);
   T* out_p = out.data_ptr<T>();
   T* c_all_p = c_all.data_ptr<T>();
   const T* shift_p = shift.data_ptr<T>();
@@ -852,7 +916,7 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
   auto opts = out.options();
   InputTerm<T> input{px.data_ptr<T>(), w_x_t.defined() ? w_x_t.data_ptr<T>() : nullptr,
                      batch, features, px.size(2)};
-  input.plan(w_x_t);
+  input.plan(px, w_x_t);
   // dL/dpx (T, B, F), or, with the fused projection, dL/dx (T, B, K) where asked for and each
   // thread's dL/dW_x^T (K, F)
   Tensor grad_px = input.fused() ? at::empty({grad_input ? steps : 0, batch, px.size(2)}, opts)
@@ -934,10 +998,10 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
     T* gw_own = grad_w.data_ptr<T>() + (shared ? 0 : p * features * hidden);
     T* gwx_own = input.fused() ? grad_w_x.data_ptr<T>() + p * px.size(2) * features : nullptr;
     // with the fused projection: this step's px and dL/dpx of the thread's rows; through the
-    // step GEMM, dL/dpx and x of the thread's rows for a chunk of steps (InputTerm::backward_chunk)
+    // step GEMM, dL/dpx and x of the thread's rows for a chunk of steps (InputTerm::backward_gemm)
     std::vector<T> px_buf(input.fused() ? 2 * rows * features : 0);
-    std::vector<T> chunk_dpx(input.by_gemm() ? chunk * rows * features : 0);
-    std::vector<T> chunk_x(input.by_gemm() ? chunk * rows * input.columns : 0);
+    std::vector<T> chunk_dpx(input.chunked() ? chunk * rows * features : 0);
+    std::vector<T> chunk_x(input.chunked() ? chunk * rows * input.columns : 0);
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t slot = t % chunk;
       const int64_t block = t / kSaveChunk, within = t % kSaveChunk;
@@ -949,7 +1013,7 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
       const T* go_p = go_all != nullptr ? go_all + t * state_size : nullptr;
       // this step's px and dL/dpx, from row r.begin
       const T* px_rows = input.rows(t, r.begin, rows, px_buf.data());
-      T* gpx_rows = input.by_gemm() ? chunk_dpx.data() + slot * rows * features
+      T* gpx_rows = input.chunked() ? chunk_dpx.data() + slot * rows * features
                     : input.fused() ? px_buf.data() + rows * features
                                     : gpx_all + (t * batch + r.begin) * features;
       // this step's rows, from row r.begin
@@ -1069,9 +1133,9 @@ void backward_impl(const Tensor& grad_out, Tensor dh, Tensor dc, const Tensor& p
                               batch, features, means);
         }
         if (input.by_gemm())
-          input.backward_chunk(t, r.begin, rows, slot, std::min(chunk, steps - t),
-                               chunk_dpx.data(), chunk_x.data(), gwx_own,
-                               grad_input ? gpx_all : nullptr);
+          input.backward_gemm(t, r.begin, rows, slot, std::min(chunk, steps - t), gpx_rows,
+                              chunk_dpx.data(), chunk_x.data(), gwx_own,
+                              grad_input ? gpx_all : nullptr);
         else if (input.fused())
           input.backward_rows(t, r.begin, rows, gpx_rows, gwx_own,
                               grad_input ? gpx_all : nullptr);

@@ -273,20 +273,27 @@ FUSED_INPUT_COLUMNS = 4
 # of steps inside the loop (nq_plugin/csrc/recurrence.cpp, InputTerm), and the 52 MB px block of
 # the char size and its gradient are never written
 FUSED_GEMM_INPUT_COLUMNS = 64
+# and one-hot inputs at most this wide (War and Peace's 91 symbols): their px is a copy of one
+# row of W_x^T a row and dL/dW_x a sum of rows, no product (InputTerm, one_hot_columns)
+FUSED_ONE_HOT_COLUMNS = 256
 
 
 def fuses_input(x: torch.Tensor, input_weight: torch.Tensor) -> bool:
     """Whether the native loop computes x's projection by ``input_weight`` (W_x, (4H, K))
     itself: K <= FUSED_INPUT_COLUMNS, or, in float32 where the extension has the step GEMM and
-    the backend's ``step_gemm`` choice allows it (auto or panels), K <= FUSED_GEMM_INPUT_COLUMNS."""
+    the backend's ``step_gemm`` choice allows it (auto or panels), K <= FUSED_GEMM_INPUT_COLUMNS,
+    or K <= FUSED_ONE_HOT_COLUMNS where every row of x is one-hot."""
     columns = x.shape[-1]
     if input_weight.dtype != x.dtype:
         return False
     if columns <= FUSED_INPUT_COLUMNS:
         return True
-    return (columns <= FUSED_GEMM_INPUT_COLUMNS and x.dtype == torch.float32
+    if not (columns <= FUSED_ONE_HOT_COLUMNS and x.dtype == torch.float32
             and backend.current().step_gemm in (StepGemm.AUTO, StepGemm.PANELS)
-            and native_extension().step_gemm_supported())
+            and native_extension().step_gemm_supported()):
+        return False
+    return (columns <= FUSED_GEMM_INPUT_COLUMNS
+            or native_extension().one_hot_columns(x.detach().reshape(-1, columns)) is not None)
 
 
 def recurrence(px: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor,

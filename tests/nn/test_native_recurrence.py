@@ -264,10 +264,20 @@ def test_gradcheck_of_the_fused_input_projection(built, columns, backend_choice,
     assert torch.autograd.gradcheck(f, (x, w_ih, h0, c0, w, shift), eps=1e-6, atol=1e-6)
 
 
+def one_hot_input(steps, batch, columns, spoiled=False):
+    """(steps, batch, columns) one-hot rows (the char models' input); ``spoiled``: one row with
+    a second 1, so that the input is no longer one-hot."""
+    x = torch.nn.functional.one_hot(torch.randint(columns, (steps, batch)), columns).float()
+    if spoiled:
+        x[3, 5, (int(x[3, 5].argmax()) + 1) % columns] = 1.0
+    return x
+
+
 def test_which_input_projections_the_loop_fuses(built):
     """K <= 4 input columns in any dtype (one pass over F per column); up to 64 in float32 where
     the extension has the step GEMM and NQ_PLUGIN_STEP_GEMM allows it (auto, panels: the char
-    models' 50 symbols); never a weight of another dtype, nor a wider input."""
+    models' 50 symbols), up to 256 where the input is one-hot; never a weight of another dtype,
+    nor a wider input."""
     from nq_plugin import backend
     from nq_plugin.nn.recurrence import (FUSED_GEMM_INPUT_COLUMNS, FUSED_INPUT_COLUMNS,
                                          fuses_input)
@@ -285,27 +295,52 @@ def test_which_input_projections_the_loop_fuses(built):
     for choice, fused in [("plain", False), ("onednn", False), ("panels", gemm)]:
         with backend.use(step_gemm=choice):  # the step products' choice holds here too
             assert fuses_input(x, w) is fused, choice
+    # one-hot rows up to 256 columns (War and Peace's 91 symbols), dense ones not past 64
+    w = torch.zeros(8, 91)
+    assert fuses_input(one_hot_input(2, 3, 91), w) is gemm
+    assert not fuses_input(one_hot_input(6, 7, 91, spoiled=True), w)
+    assert not fuses_input(one_hot_input(2, 3, 257), torch.zeros(8, 257))
+
+
+def test_one_hot_columns_are_found_only_where_every_row_is_one_hot(built):
+    """The fused projection's test for one-hot input: each row's column where every row has one
+    entry 1 and zeros elsewhere; None for a row of zeros, an entry other than 1, two ones."""
+    for dtype in (torch.float32, torch.float64):
+        index = torch.tensor([3, 0, 4, 4, 1])
+        x = torch.nn.functional.one_hot(index, 6).to(dtype)
+        assert torch.equal(built.one_hot_columns(x), index)
+        for row, values in [(2, [0.0] * 6), (0, [0, 0, 0, 2.0, 0, 0]),
+                            (4, [0, 1.0, 0, 0, 1.0, 0]), (1, [-1.0, 0, 0, 0, 0, 0])]:
+            bad = x.clone()
+            bad[row] = torch.tensor(values, dtype=dtype)
+            assert built.one_hot_columns(bad) is None, values
+    assert built.one_hot_columns(torch.zeros(3, 0)) is None
 
 
 @pytest.mark.parametrize("norm,opts", [("layer", {}),
                                        ("batch", {"bn_stats": "separate", "bn_max_steps": 4}),
                                        ("power", {})], ids=["layer", "batch", "power"])
 @pytest.mark.parametrize("grad_input", [True, False], ids=["dx", "no-dx"])
+@pytest.mark.parametrize("kind", ["dense", "one-hot", "one-hot-spoiled"])
 def test_a_wider_input_projection_runs_in_the_loop_through_the_step_gemm(
-        built, norm, opts, grad_input, backend_choice, two_threads, monkeypatch):
+        built, norm, opts, grad_input, kind, backend_choice, two_threads, monkeypatch):
     """50 input columns in float32 (the char models' symbols): px = x W_x^T and dL/dx by the
     step GEMM inside the native loop and dL/dW_x by one GEMM per chunk of steps (70 steps of 64
-    sequences on two threads: chunks of 32, the last one partial; F.linear never runs), with
-    and without dL/dx: the outputs, states, gradients and running statistics of the same loop
-    with the projection and its backward as GEMMs outside, to float32 rounding (that loop is
-    the Python loop's arithmetic: the tests above; over 70 float32 steps both drift from the
-    Python loop alike, by the normalizations' amplified rounding)."""
+    sequences on two threads: chunks of 32, the last one partial; F.linear never runs), or, for
+    one-hot input, px a copy of W_x^T's rows and dL/dW_x^T's rows sums of dL/dpx (a row that is
+    not one-hot sends the whole input to the GEMMs), with and without dL/dx: the outputs,
+    states, gradients and running statistics of the same loop with the projection and its
+    backward as GEMMs outside, to float32 rounding (that loop is the Python loop's arithmetic:
+    the tests above; over 70 float32 steps both drift from the Python loop alike, by the
+    normalizations' amplified rounding)."""
     if not built.step_gemm_supported():
         pytest.skip("this build of the extension has no step GEMM (AVX2 and FMA)")
     from nq_plugin.nn import recurrence as rec
     torch.manual_seed(4)
     model = NQLSTM(50, 8, 1, quantizer="bc", norm=norm, **opts)
-    x = torch.randn(70, 64, 50)
+    x = (torch.randn(70, 64, 50) if kind == "dense"
+         else one_hot_input(70, 64, 50, spoiled=kind == "one-hot-spoiled"))
+    assert (built.one_hot_columns(x.view(-1, 50)) is not None) == (kind == "one-hot")
     state = (torch.randn(1, 64, 8), torch.randn(1, 64, 8))
     assert rec.fuses_input(x, model.layers[0].weight_ih)
     backend_choice(recurrence="native")
