@@ -40,12 +40,17 @@ VARIANTS = [("nn.LSTM fp", None, None), ("bc none", "none", {}), ("bc weight", "
             ("bc batch separate", "batch", {"bn_stats": "separate"}), ("bc power", "power", {})]
 
 
-def setting_input(setting: str, threads: int) -> torch.Tensor:
+def setting_input(setting: str, threads: int, dense_char: bool = False) -> torch.Tensor:
     """A setting's input (T, B, I), random from seed 0, with torch's threads set to
-    ``threads``: what the scripts of this folder time one setting on."""
+    ``threads``: what the scripts of this folder time one setting on. The char setting's
+    rows are one-hot symbols, as the char models' (recipes/ptb_char: --one-hot-input; before
+    2026-12-08 they were N(0, 1) here too: ``dense_char``); the others' N(0, 1)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     s = SETTINGS[setting]
+    if setting == "char" and not dense_char:
+        symbols = torch.randint(s["inp"], (s["steps"], s["batch"]))
+        return torch.nn.functional.one_hot(symbols, s["inp"]).float()
     return torch.randn(s["steps"], s["batch"], s["inp"])
 
 
@@ -142,6 +147,9 @@ def main():
                     help="only nn.LSTM and the variants under the backend's automatic choices "
                          "(no (plain), (columns), (rows) or (py) copies): a shorter run, for "
                          "A/B runs of two trees")
+    ap.add_argument("--dense-char", action="store_true",
+                    help="the char setting's input N(0, 1) rather than one-hot symbols (the "
+                         "input of the runs before 2026-12-08)")
     args = ap.parse_args()
     logging.basicConfig(format="%(message)s")
     logging.getLogger("nq_plugin.nn.step_products").setLevel(logging.INFO)
@@ -151,7 +159,7 @@ def main():
           f"{args.steps} steps, median tokens/s; each round's ratios to that round's nn.LSTM")
     for setting in args.settings:
         s = SETTINGS[setting]
-        x = torch.randn(s["steps"], s["batch"], s["inp"])
+        x = setting_input(setting, args.threads, args.dense_char)
         models = [(label, build(setting, norm, opts)) for label, norm, opts in VARIANTS]
         if not args.auto_only:
             models += [(label + suffix, build(setting, norm, opts))
