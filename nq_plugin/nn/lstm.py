@@ -62,8 +62,9 @@ class LayerRef:
 class NQLSTMLayer(nn.Module):
     """One normalized, quantized LSTM layer (time-major input (T, B, input_size)); the options
     are those of :class:`nq_plugin.nn.options.LSTMOptions`. The layer picks the executor of
-    :func:`nq_plugin.nn.cell.lstm_cell`: torch's fused kernel (none / weight norm), the loop with
-    the hand-written backward (:mod:`nq_plugin.nn.recurrence`), or the autograd loop (reference;
+    :func:`nq_plugin.nn.cell.lstm_cell`: the loop with the hand-written backward
+    (:mod:`nq_plugin.nn.recurrence`; none / weight norm too in training where its native form
+    runs), torch's fused kernel (none / weight norm otherwise), or the autograd loop (reference;
     used when a step observer is given)."""
 
     # Eval without autograd, none / weight norm: single steps (generation, streaming) take the
@@ -233,6 +234,12 @@ class NQLSTMLayer(nn.Module):
         if self.uses_loop:
             layout = self._recurrent_layout(w_hh, x.shape[1]) if inference else None
             return self._loop(x, state, w_ih, w_hh, t0, layout)
+        # training, none / weight norm: the native loop and its hand-written backward, where it
+        # runs, faster than torch's fused LSTM and its autograd (bc + weight at the word size
+        # 1.01-1.02x nn.LSTM against 0.90-0.91x, sequential MNIST 1.27-1.28x against 1.00x;
+        # benchmarks/README.md, 2026-12-08)
+        if torch.is_grad_enabled() and native_loop_available(x, self.ih_norm, self.hh_norm):
+            return self._loop(x, state, w_ih, w_hh, t0)
         if inference and x.shape[0] == 1 and native_loop_available(x, self.ih_norm, self.hh_norm):
             layout = self._recurrent_layout(w_hh, x.shape[1])
             if layout is not None:

@@ -231,7 +231,7 @@ def native_forms(batch: int, norm_x, norm_h):
 
 
 def native_loop_available(x: torch.Tensor, norm_x, norm_h) -> bool:
-    """Whether the native loop runs a call without autograd on ``x`` (T, B, F) with these
+    """Whether the native loop runs a call on ``x`` (T, B, F; float32) with these
     normalizations -- checked quietly, for callers with another fast path (torch's LSTM)."""
     return native_loop_runs(x, native_forms(x.shape[1], norm_x, norm_h), (torch.float32,),
                             quiet=True)

@@ -344,3 +344,43 @@ def test_the_core_works_without_fairseq():
         "print('ok')\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("norm", ["none", "weight"])
+def test_none_and_weight_norm_train_on_the_native_loop(built, norm, backend_choice, monkeypatch):
+    """In training (autograd) a layer without a normalization on activations runs the native
+    loop and its hand-written backward, not torch's fused LSTM, with torch's LSTM's results and
+    gradients (to float32 rounding); without autograd a sequence still takes torch's LSTM (the
+    same arithmetic whatever the segment length), and so does training where the loop is asked
+    to run in Python (torch's LSTM is the fast path there)."""
+    from nq_plugin.nn import NQLSTMLayer
+    torch.manual_seed(0)
+    model = NQLSTM(7, 16, 2, quantizer="bc", norm=norm)
+    x = torch.randn(9, 3, 7)
+    backend_choice(recurrence="auto")
+    fused_calls = []
+    real_fused = NQLSTMLayer._fused
+
+    def counted(self, *args):
+        fused_calls.append(1)
+        return real_fused(self, *args)
+
+    monkeypatch.setattr(NQLSTMLayer, "_fused", counted)
+    out, (h, c) = model(x)
+    (out.sin().sum() + h.sum()).backward()
+    assert not fused_calls
+    grads = [p.grad.clone() for p in model.parameters()]
+    ref = copy.deepcopy(model)
+    ref.zero_grad()
+    backend_choice(recurrence="python")
+    out_ref, (h_ref, _) = ref(x)
+    (out_ref.sin().sum() + h_ref.sum()).backward()
+    assert len(fused_calls) == 2  # both layers on torch's LSTM
+    torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=0)
+    for g, p in zip(grads, ref.parameters()):
+        torch.testing.assert_close(g, p.grad, atol=1e-4, rtol=1e-4)
+    backend_choice(recurrence="auto")
+    with torch.no_grad():
+        model.eval()
+        model(x)
+    assert len(fused_calls) == 4
