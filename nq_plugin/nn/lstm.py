@@ -10,7 +10,8 @@ Q quantizes each of the 4 gate blocks of W_x and W_h separately (8 scales per la
 of the normalizations of :mod:`nq_plugin.norm`. Two execution paths give the same result:
 
 * ``none`` / ``weight``: N only rewrites the matrix, so the quantized, normalized weights are
-  materialized once per forward and PyTorch's fused LSTM kernel runs;
+  materialized once per forward and PyTorch's fused LSTM kernel runs (in training the native
+  loop, where it runs: faster);
 * ``layer`` / ``batch`` / ``power``: the input term is one GEMM over all steps, normalized
   vectorized; only the recurrent term is stepped in a loop.
 """
