@@ -626,9 +626,10 @@ struct InputTerm {
       }
     }
   }
+  // (rows, cols) at p as a tensor of T (rows_tensor, no copy)
   static Tensor view(const T* p, int64_t rows, int64_t cols) {
-    return at::from_blob(const_cast<T*>(p), {rows, cols},
-                         at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+    return rows_tensor(p, rows, cols,
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
   }
   // px of rows [begin, begin + rows) of step t, (rows, F): in px, or computed into buf
   const T* rows(int64_t t, int64_t begin, int64_t rows, T* buf) const {
